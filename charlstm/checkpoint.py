@@ -1,0 +1,125 @@
+"""Checkpoints: self-contained, atomic on write, ``weights_only`` on read.
+
+A checkpoint is one ``torch.save`` dict of tensors and plain Python values::
+
+    format_version  int              FORMAT_VERSION
+    model_config    dict             ModelConfig.to_dict()
+    train_config    dict             TrainConfig.to_dict()
+    vocab           str              the sorted characters; id i is vocab[i]
+    model           state dict       CharLSTM weights
+    optimizer       state dict       AdamW moments and step counts (None in exports)
+    progress        dict             step, epoch, chunk, elapsed, best/last val loss, ...
+    rng             dict             CPU (and CUDA) generator states
+    hidden          [h, c]           carried LSTM state, each (layers, B, H)
+    metrics         list[dict]       every line written to metrics.jsonl
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.corpus import CharVocab, atomic_path
+from charlstm.errors import UserError
+from charlstm.model import CharLSTM
+
+FORMAT_VERSION = 1
+BEST, LAST = "best.pt", "last.pt"
+REQUIRED_KEYS = ("format_version", "model_config", "vocab", "model")
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+
+
+def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
+    """A checkpoint file, or a run directory meaning its ``prefer`` file (the other if absent)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        other = LAST if prefer == BEST else BEST
+        for name in (prefer, other):
+            if (p / name).is_file():
+                return p / name
+        raise UserError(
+            f"run directory {str(p)!r} holds no {BEST} or {LAST}, expected a folder written by charlstm train"
+        )
+    if not p.exists():
+        raise UserError(f"checkpoint {str(p)!r} does not exist, expected a .pt file or a run directory")
+    return p
+
+
+def load_checkpoint(path: str | Path, prefer: str = BEST) -> dict[str, Any]:
+    """Read a checkpoint safely: tensors and plain types only, never arbitrary objects."""
+    p = find_checkpoint(path, prefer)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{str(p)!r} refused: it holds objects that are not plain data and loading them could "
+            f"run code ({str(e).splitlines()[0][:120]}); expected a checkpoint written by charlstm"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise UserError(
+            f"{str(p)!r} is not a readable charlstm checkpoint (truncated or corrupted: "
+            f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+        ) from None
+    return validate_payload(payload, p)
+
+
+def validate_payload(payload: Any, p: Path) -> dict[str, Any]:
+    if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
+        raise UserError(f"{str(p)!r} is not a charlstm checkpoint (it lacks the model, configs or vocabulary)")
+    version = payload["format_version"]
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{str(p)!r} has checkpoint format version {version}, expected {FORMAT_VERSION}; "
+            f"it was written by another version of charlstm"
+        )
+    payload["_path"] = str(p)
+    return payload
+
+
+def model_from_payload(payload: dict[str, Any], device: torch.device | str = "cpu") -> tuple[CharLSTM, CharVocab]:
+    """Rebuild the model (in eval mode) and its vocabulary from a loaded checkpoint."""
+    config = ModelConfig.from_dict(payload["model_config"])
+    model = CharLSTM(config)
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise UserError(f"{payload.get('_path')!r} has weights that do not fit its own config ({e})") from None
+    return model.to(device).eval(), CharVocab(payload["vocab"])
+
+
+def train_config_of(payload: dict[str, Any]) -> TrainConfig:
+    return TrainConfig.from_dict(payload.get("train_config", {}))
+
+
+def describe(payload: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-ready summary of a loaded checkpoint, for ``charlstm info``."""
+    progress = payload.get("progress") or {}
+    params = sum(t.numel() for t in payload["model"].values())
+    best = progress.get("best_val_loss")
+    path = Path(payload["_path"])
+    return {
+        "path": str(path),
+        "format_version": payload["format_version"],
+        "step": progress.get("step"),
+        "epoch": payload.get("epoch"),
+        "elapsed": progress.get("elapsed"),
+        "val_loss": best if best is not None and best != float("inf") else None,
+        "last_val_loss": progress.get("last_val_loss") if progress.get("last_val_loss") != float("inf") else None,
+        "params": params,
+        "vocab_size": len(payload["vocab"]),
+        "vocab": payload["vocab"],
+        "precision": progress.get("precision"),
+        "corpus": payload.get("corpus"),
+        "config": {"model": payload["model_config"], "train": payload.get("train_config")},
+        "resume": f"charlstm train --resume {path.parent}" if payload.get("optimizer") is not None else None,
+    }

@@ -1,0 +1,176 @@
+"""Configuration dataclasses, one per concern, validated once when they are built.
+
+Field names match the command-line options (``seq_len`` is ``--seq-len``), so a validation
+message can name the option the user typed. Every config is saved inside every checkpoint as
+a plain dict (``dataclasses.asdict``) and rebuilt with ``Config(**d)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from charlstm.errors import UserError
+
+SCHEDULES = ("cosine", "step", "plateau", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+UNKNOWN_POLICIES = ("error", "skip")
+
+
+def option(name: str) -> str:
+    """The command-line spelling of a config field: ``seq_len`` -> ``--seq-len``."""
+    return "--" + name.replace("_", "-")
+
+
+def _fail(name: str, value: object, accepted: str) -> UserError:
+    return UserError(f"{option(name)} {value!r} is not valid, expected {accepted}")
+
+
+def _positive_int(cfg: object, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise _fail(name, value, "a whole number greater than 0")
+
+
+def _optional_positive(cfg: object, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(name, value, "a number greater than 0")
+        if not math.isfinite(value) or value <= 0:
+            raise _fail(name, value, "a number greater than 0")
+
+
+def _choice(cfg: object, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise _fail(name, value, "one of " + ", ".join(choices))
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Dict:
+    """Round-trip helpers shared by the config dataclasses."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """Rebuild from a checkpoint's dict, ignoring keys a newer version may have added."""
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Dict):
+    """Shape of the network: embedding -> stacked LSTM -> linear head over the vocabulary."""
+
+    vocab_size: int = 65
+    embedding: int = 64
+    hidden: int = 512
+    layers: int = 2
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "vocab_size", "embedding", "hidden", "layers")
+        if not _finite(self.dropout) or not 0 <= self.dropout < 1:
+            raise _fail("dropout", self.dropout, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Dict):
+    """Data, optimisation, stopping and output settings of one training run."""
+
+    corpus: str = "tinyshakespeare"
+    encoding: str = "utf-8"
+    val_fraction: float = 0.1
+    seq_len: int = 128
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    schedule: str = "cosine"
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
+    max_steps: int | None = None
+    epochs: float | None = None
+    max_time: float | None = None
+    eval_every: int = 250
+    save_every: int = 250
+    log_every: int = 10
+    sample_chars: int = 200
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _finite(self.val_fraction) or not 0 < self.val_fraction < 1:
+            raise _fail("val_fraction", self.val_fraction, "a number between 0 and 1")
+        _positive_int(self, "seq_len", "batch_size", "eval_every", "save_every", "log_every")
+        if not _finite(self.lr) or self.lr <= 0:
+            raise _fail("lr", self.lr, "a learning rate greater than 0")
+        for name in ("weight_decay", "grad_clip"):
+            if not _finite(getattr(self, name)) or getattr(self, name) < 0:
+                raise _fail(name, getattr(self, name), "a number >= 0 (0 turns it off)")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int):
+            raise _fail("warmup_steps", self.warmup_steps, "a whole number >= 0")
+        if self.warmup_steps < 0:
+            raise _fail("warmup_steps", self.warmup_steps, "a whole number >= 0")
+        if not _finite(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
+            raise _fail("min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        _optional_positive(self, "max_steps", "epochs", "max_time")
+        if self.max_steps is not None and int(self.max_steps) != self.max_steps:
+            raise _fail("max_steps", self.max_steps, "a whole number greater than 0")
+        if isinstance(self.sample_chars, bool) or not isinstance(self.sample_chars, int):
+            raise _fail("sample_chars", self.sample_chars, "a whole number >= 0")
+        if self.sample_chars < 0:
+            raise _fail("sample_chars", self.sample_chars, "a whole number >= 0")
+        _choice(self, "schedule", SCHEDULES)
+        _choice(self, "device", DEVICES)
+        _choice(self, "precision", PRECISIONS)
+        if not self.corpus:
+            raise _fail("corpus", self.corpus, "a corpus name or a path to a UTF-8 text file")
+
+    @property
+    def has_budget(self) -> bool:
+        """Whether any stopping criterion was given."""
+        return any(v is not None for v in (self.max_steps, self.epochs, self.max_time))
+
+
+DEFAULT_EPOCHS = 10.0  # used when none of --max-steps, --epochs, --max-time is given
+
+
+@dataclass(frozen=True)
+class SampleConfig(_Dict):
+    """How text is drawn from a trained model."""
+
+    prompt: str = ""
+    length: int = 500
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    num_samples: int = 1
+    unknown: str = "error"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 0:
+            raise _fail("length", self.length, "a whole number >= 0")
+        if not _finite(self.temperature) or self.temperature < 0:
+            raise _fail("temperature", self.temperature, "a number >= 0 (0 means greedy)")
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0
+        ):
+            raise _fail("top_k", self.top_k, "a whole number >= 0 (0 turns it off)")
+        if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
+            raise _fail("top_p", self.top_p, "a number in (0, 1]")
+        _positive_int(self, "num_samples")
+        _choice(self, "unknown", UNKNOWN_POLICIES)

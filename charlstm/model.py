@@ -1,0 +1,60 @@
+"""CharLSTM: embedding -> stacked LSTM -> linear head over the vocabulary."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from charlstm.config import ModelConfig
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, B, H)
+
+
+class CharLSTM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.embedding)
+        self.lstm = nn.LSTM(
+            config.embedding,
+            config.hidden,
+            num_layers=config.layers,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden, config.vocab_size)
+        self.reset_forget_bias()
+
+    def reset_forget_bias(self) -> None:
+        """Start every forget gate at bias 1 so early gradients flow through the cell state.
+
+        PyTorch orders gates (input, forget, cell, output) and adds two biases; the forget
+        slice of ``bias_ih`` carries the 1 and that of ``bias_hh`` is zeroed.
+        """
+        h = self.config.hidden
+        with torch.no_grad():
+            for layer in range(self.config.layers):
+                getattr(self.lstm, f"bias_ih_l{layer}")[h : 2 * h].fill_(1.0)
+                getattr(self.lstm, f"bias_hh_l{layer}")[h : 2 * h].zero_()
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> State:
+        """Zero hidden and cell state for ``batch`` streams."""
+        shape = (self.config.layers, batch, self.config.hidden)
+        device = device or self.head.weight.device
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """tokens (B, T) int64 -> logits (B, T, V) and the state after the last step."""
+        x = self.embed(tokens)  # (B, T, E)
+        out, state = self.lstm(x, state)  # (B, T, H)
+        logits = self.head(self.drop(out))  # (B, T, V)
+        return logits, state
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between chunks (truncated BPTT) while keeping the values."""
+    return state[0].detach(), state[1].detach()
