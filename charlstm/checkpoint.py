@@ -58,14 +58,17 @@ def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
 def load_checkpoint(path: str | Path, prefer: str = BEST) -> dict[str, Any]:
     """Read a checkpoint safely: tensors and plain types only, never arbitrary objects."""
     p = find_checkpoint(path, prefer)
+    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; anything else is not ours
+        raise UserError(f"{str(p)!r} is not a readable charlstm checkpoint (truncated, corrupted or another format)")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        blocked = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), "non-tensor objects")
         raise UserError(
-            f"{str(p)!r} refused: it holds objects that are not plain data and loading them could "
-            f"run code ({str(e).splitlines()[0][:120]}); expected a checkpoint written by charlstm"
+            f"{str(p)!r} refused: it holds objects that are not plain data ({blocked}) and loading them "
+            f"could run code; expected a checkpoint written by charlstm"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
         raise UserError(
             f"{str(p)!r} is not a readable charlstm checkpoint (truncated or corrupted: "
             f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"

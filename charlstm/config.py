@@ -74,9 +74,9 @@ class ModelConfig(_Dict):
 
     vocab_size: int = 65
     embedding: int = 64
-    hidden: int = 512
+    hidden: int = 256
     layers: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _positive_int(self, "vocab_size", "embedding", "hidden", "layers")
@@ -92,7 +92,7 @@ class TrainConfig(_Dict):
     encoding: str = "utf-8"
     val_fraction: float = 0.1
     seq_len: int = 128
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.01
     grad_clip: float = 1.0

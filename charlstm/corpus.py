@@ -220,12 +220,17 @@ class TokenizedCorpus:
         return self.path.stem
 
 
-def _read_chunks(path: Path, encoding: str) -> Iterable[str]:
-    """Decode ``path`` incrementally; newlines are kept exactly as they are (CRLF stays CRLF)."""
+def codec_name(encoding: str) -> str:
+    """Python's canonical name of a text encoding (``UTF8`` -> ``utf-8``)."""
     try:
-        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        return codecs.lookup(encoding).name
     except LookupError:
         raise UserError(f"--encoding {encoding!r} is not a known text encoding, expected e.g. utf-8, latin-1") from None
+
+
+def _read_chunks(path: Path, encoding: str) -> Iterable[str]:
+    """Decode ``path`` incrementally; newlines are kept exactly as they are (CRLF stays CRLF)."""
+    decoder = codecs.getincrementaldecoder(codec_name(encoding))(errors="strict")
     offset = 0
     with open(path, "rb") as f:
         while True:
@@ -259,8 +264,8 @@ def _scan_vocab(path: Path, encoding: str) -> tuple[CharVocab, int]:
     return CharVocab(chars), count
 
 
-def _cache_paths(path: Path, sha: str, folder: Path) -> tuple[Path, Path]:
-    stem = f".{path.name}.{sha[:16]}.charlstm"
+def _cache_paths(path: Path, sha: str, encoding: str, folder: Path) -> tuple[Path, Path]:
+    stem = f".{path.name}.{sha[:16]}.{encoding}.charlstm"
     return folder / f"{stem}.npy", folder / f"{stem}.json"
 
 
@@ -304,9 +309,10 @@ def load_corpus(path: Path, encoding: str = "utf-8") -> TokenizedCorpus:
     """Encode ``path`` once into a token file beside it (or in the user cache) and map it."""
     path = Path(path)
     check_readable(path, str(path))
+    encoding = codec_name(encoding)
     sha = file_sha256(path)
     for folder in _cache_folders(path):
-        tokens_path, meta_path = _cache_paths(path, sha, folder)
+        tokens_path, meta_path = _cache_paths(path, sha, encoding, folder)
         cached = _load_cached(tokens_path, meta_path)
         if cached is None:
             try:

@@ -1,0 +1,48 @@
+import pytest
+
+from charlstm.config import ModelConfig, SampleConfig, TrainConfig, option
+from charlstm.errors import UserError
+
+
+def test_option_spelling():
+    assert option("seq_len") == "--seq-len"
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, needle",
+    [
+        (ModelConfig, {"hidden": 0}, "--hidden 0"),
+        (ModelConfig, {"layers": -1}, "--layers -1"),
+        (ModelConfig, {"dropout": 1.0}, "--dropout 1.0"),
+        (ModelConfig, {"dropout": -0.1}, "[0, 1)"),
+        (TrainConfig, {"lr": 0.0}, "--lr 0.0"),
+        (TrainConfig, {"lr": float("nan")}, "--lr nan"),
+        (TrainConfig, {"grad_clip": -1.0}, "--grad-clip -1.0"),
+        (TrainConfig, {"schedule": "linear"}, "cosine, step, plateau, constant"),
+        (TrainConfig, {"device": "tpu"}, "auto, cpu, cuda, mps"),
+        (TrainConfig, {"precision": "fp16"}, "auto, fp32, bf16"),
+        (TrainConfig, {"val_fraction": 1.0}, "--val-fraction"),
+        (TrainConfig, {"batch_size": 0}, "--batch-size 0"),
+        (TrainConfig, {"seq_len": -5}, "--seq-len -5"),
+        (TrainConfig, {"max_time": -1.0}, "--max-time"),
+        (TrainConfig, {"max_steps": 0}, "--max-steps"),
+        (SampleConfig, {"temperature": -1.0}, "--temperature -1.0"),
+        (SampleConfig, {"temperature": float("nan")}, "--temperature nan"),
+        (SampleConfig, {"top_k": -1}, "--top-k -1"),
+        (SampleConfig, {"top_p": 0.0}, "(0, 1]"),
+        (SampleConfig, {"top_p": 1.5}, "--top-p 1.5"),
+        (SampleConfig, {"length": -1}, "--length -1"),
+        (SampleConfig, {"unknown": "keep"}, "error, skip"),
+    ],
+)
+def test_invalid_values_name_the_option(cls, kwargs, needle):
+    with pytest.raises(UserError) as info:
+        cls(**kwargs)
+    assert needle in str(info.value)
+    assert "expected" in str(info.value)
+
+
+def test_round_trip_and_unknown_keys_ignored():
+    cfg = TrainConfig(lr=1e-3, max_time=5.0)
+    assert TrainConfig.from_dict({**cfg.to_dict(), "added_later": 1}) == cfg
+    assert ModelConfig.from_dict(ModelConfig(hidden=32).to_dict()).hidden == 32
