@@ -57,8 +57,14 @@ def run_trial(overrides: dict, budget: float, corpus: str, out: Path) -> dict:
     model, _ = ckpt.model_from_payload(ckpt.load_checkpoint(out / ckpt.BEST))
     _, val = split_tokens(run.corpus.tokens, tcfg.val_fraction)
     measured = evaluate(model, val, seq_len=256)
-    return {"val": measured.loss, "steps": result.step, "epochs": result.epoch, "cps": result.chars_per_sec,
-            "precision": run.state.precision, "wall": wall}
+    return {
+        "val": measured.loss,
+        "steps": result.step,
+        "epochs": result.epoch,
+        "cps": result.chars_per_sec,
+        "precision": run.state.precision,
+        "wall": wall,
+    }
 
 
 def main() -> None:
@@ -68,17 +74,21 @@ def main() -> None:
     parser.add_argument("--only", type=int, nargs="*", help="indices of GRID rows to run")
     parser.add_argument("--trial", nargs="*", help="one custom trial as key=value pairs")
     args = parser.parse_args()
-    trials = [dict((kv.split("=", 1)[0], parse_value(kv.split("=", 1)[1])) for kv in args.trial)] if args.trial else [
-        GRID[i] for i in (args.only if args.only else range(len(GRID)))
-    ]
-    print(f"| trial (changes from defaults) | val loss (fp32, best.pt) | steps | epochs | chars/s | precision |")
+    trials = (
+        [dict((kv.split("=", 1)[0], parse_value(kv.split("=", 1)[1])) for kv in args.trial)]
+        if args.trial
+        else [GRID[i] for i in (args.only if args.only else range(len(GRID)))]
+    )
+    print("| trial (changes from defaults) | val loss (fp32, best.pt) | steps | epochs | chars/s | precision |")
     print("|---|---|---|---|---|---|", flush=True)
     for overrides in trials:
         with tempfile.TemporaryDirectory() as tmp:
             r = run_trial(overrides, args.budget, args.corpus, Path(tmp) / "run")
         name = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
-        print(f"| {name} | {r['val']:.4f} | {r['steps']} | {r['epochs']:.2f} | {r['cps']:,.0f} | {r['precision']} |",
-              flush=True)
+        print(
+            f"| {name} | {r['val']:.4f} | {r['steps']} | {r['epochs']:.2f} | {r['cps']:,.0f} | {r['precision']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

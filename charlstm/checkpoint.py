@@ -16,6 +16,7 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values::
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -58,6 +59,8 @@ def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
 def load_checkpoint(path: str | Path, prefer: str = BEST) -> dict[str, Any]:
     """Read a checkpoint safely: tensors and plain types only, never arbitrary objects."""
     p = find_checkpoint(path, prefer)
+    if p.suffix == ".safetensors":
+        return validate_payload(load_safetensors(p), p)
     if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; anything else is not ours
         raise UserError(f"{str(p)!r} is not a readable charlstm checkpoint (truncated, corrupted or another format)")
     try:
@@ -126,3 +129,59 @@ def describe(payload: dict[str, Any]) -> dict[str, Any]:
         "config": {"model": payload["model_config"], "train": payload.get("train_config")},
         "resume": f"charlstm train --resume {path.parent}" if payload.get("optimizer") is not None else None,
     }
+
+
+# ----------------------------------------------------------------------------- safetensors
+def export_safetensors(payload: dict[str, Any], out: str | Path) -> Path:
+    """Write the weights alone to ``out`` with the configs and vocabulary as JSON metadata."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"export target {str(out)!r} must end in .safetensors")
+    progress = payload.get("progress") or {}
+    metadata = {
+        "format": "charlstm",
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(payload["model_config"]),
+        "train_config": json.dumps(payload.get("train_config") or {}),
+        "vocab": json.dumps(payload["vocab"]),
+        "progress": json.dumps(
+            {
+                k: progress[k]
+                for k in ("step", "elapsed", "best_val_loss", "last_val_loss", "precision", "corpus_sha256")
+                if k in progress
+            }
+        ),
+    }
+    tensors = {k: v.contiguous() for k, v in payload["model"].items()}
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return out
+
+
+def load_safetensors(p: Path) -> dict[str, Any]:
+    """A payload (weights, configs, vocabulary; no optimizer) from an exported file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{str(p)!r} is not a readable safetensors file ({e})") from None
+    if meta.get("format") != "charlstm":
+        raise UserError(f"{str(p)!r} is a safetensors file but not a charlstm export (no charlstm metadata)")
+    try:
+        progress = json.loads(meta.get("progress", "{}"))
+        return {
+            "format_version": int(meta["format_version"]),
+            "model_config": json.loads(meta["model_config"]),
+            "train_config": json.loads(meta.get("train_config", "{}")),
+            "vocab": json.loads(meta["vocab"]),
+            "model": tensors,
+            "optimizer": None,
+            "progress": progress,
+        }
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{str(p)!r} has damaged charlstm metadata ({e})") from None

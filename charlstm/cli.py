@@ -250,12 +250,12 @@ def train(
 
     values = dict(locals())
     given_t, given_m = _given(values, TrainConfig), _given(values, ModelConfig)
-    view = TrainView()
-    with view:
+    if not resume:
+        tcfg, mcfg = TrainConfig(**given_t), ModelConfig(**given_m)  # validate before anything is shown
+    with TrainView() as view:
         if resume:
             run = training.resume_run(resume, given_t, given_m, progress=view.download)
         else:
-            tcfg, mcfg = TrainConfig(**given_t), ModelConfig(**given_m)
             run = training.new_run(tcfg, mcfg, overwrite=overwrite, progress=view.download)
         with training.stop_on_signals(training.StopFlag()) as flag:
             result = training.train(run, view.on_event, flag)
@@ -283,18 +283,23 @@ class TrainView:
             console=err,
             transient=False,
         )
-        self.task = self.bar.add_task("train", total=1.0, status="starting")
+        self.task: Any = None
         self.download_task: Any = None
         self.val = math.nan
 
     def __enter__(self) -> TrainView:
-        self.bar.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
+        self.bar.stop()
+
+    def _show(self) -> None:
+        """Start the live display on first use, so a failure before it shows no empty bar."""
+        if not self.bar.live.is_started:
+            self.bar.start()
 
     def download(self, done: int, total: int | None) -> None:
+        self._show()
         if self.download_task is None:
             self.download_task = self.bar.add_task("download", total=total, status="corpus")
         self.bar.update(self.download_task, completed=done)
@@ -303,6 +308,8 @@ class TrainView:
         from charlstm import train as training
 
         if isinstance(event, training.Started):
+            self._show()
+            self.task = self.bar.add_task("train", total=1.0, status="starting")
             resumed = f", resumed at step {event.resumed_step}" if event.resumed_step else ""
             self.bar.console.print(
                 f"[bold]charlstm[/bold] {event.params:,} parameters on {event.device} ({event.precision}), "
@@ -489,6 +496,18 @@ def info(
     for section, values in report["config"].items():
         table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))
     Console().print(table)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint file, or a run directory (meaning its best.pt).")],
+    out: Annotated[str, typer.Argument(help="Target .safetensors file.")],
+) -> None:
+    """Write the weights alone to a .safetensors file (configs and vocabulary as its metadata)."""
+    from charlstm import checkpoint as ckpt
+
+    path = ckpt.export_safetensors(ckpt.load_checkpoint(checkpoint), out)
+    err.print(f"wrote {path} ({path.stat().st_size:,} bytes); sample, eval and info accept it")
 
 
 def _fmt(value: Any) -> str:

@@ -41,7 +41,17 @@ def tiny_model() -> ModelConfig:
 @pytest.fixture
 def tiny_train(corpus_file: Path, tmp_path: Path) -> TrainConfig:
     return TrainConfig(
-        corpus=str(corpus_file), seq_len=16, batch_size=4, lr=1e-2, warmup_steps=2, max_steps=12,
-        eval_every=6, save_every=4, log_every=2, sample_chars=20, precision="fp32", device="cpu",
+        corpus=str(corpus_file),
+        seq_len=16,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        max_steps=12,
+        eval_every=6,
+        save_every=4,
+        log_every=2,
+        sample_chars=20,
+        precision="fp32",
+        device="cpu",
         out=str(tmp_path / "run"),
     )

@@ -32,7 +32,7 @@ def test_round_trip(saved):
     path, model, vocab = saved
     loaded, loaded_vocab = ckpt.model_from_payload(ckpt.load_checkpoint(path))
     assert loaded_vocab == vocab and not loaded.training
-    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

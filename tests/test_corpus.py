@@ -1,7 +1,6 @@
 import hashlib
 import http.server
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,7 +161,10 @@ def test_known_corpus_downloads_with_progress_and_checksum(tmp_path, http_server
     assert path == tmp_path / "corpora" / "toy.txt" and path.read_bytes() == _Handler.body
     assert seen[-1] == (len(_Handler.body), len(_Handler.body))
     assert [p.name for p in path.parent.iterdir()] == ["toy.txt"]  # no temporary file left
-    assert resolve_corpus("toy", tmp_path / "corpora", {"toy": KnownCorpus("http://127.0.0.1:9/x", sha, "toy.txt")}) == path
+    assert (
+        resolve_corpus("toy", tmp_path / "corpora", {"toy": KnownCorpus("http://127.0.0.1:9/x", sha, "toy.txt")})
+        == path
+    )
 
 
 def test_download_with_wrong_checksum_leaves_nothing(tmp_path, http_server):

@@ -127,3 +127,27 @@ def test_too_short_corpus_is_explained(tmp_path, tiny_model):
     path.write_text("hello world\n" * 20, encoding="utf-8")
     with pytest.raises(UserError, match="too short for one batch"):
         new_run(TrainConfig(corpus=str(path), out=str(tmp_path / "r")), tiny_model)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(tiny_train, tiny_model, monkeypatch):
+    from charlstm import train as training
+
+    run = new_run(replace(tiny_train, max_steps=40, save_every=4, eval_every=8), tiny_model)
+    real_step = training.train_step
+
+    def poisoned(run_, x, y, lr):
+        loss = real_step(run_, x, y, lr)
+        if run_.state.step >= 13:  # counted before the increment: the 14th step goes bad
+            with torch.no_grad():
+                for p in run_.model.parameters():
+                    p.fill_(float("nan"))
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(training, "train_step", poisoned)
+    result = train(run)
+    assert result.stopped_by == "nan" and result.step == 14
+    last = ckpt.load_checkpoint(Path(tiny_train.out) / "last.pt")
+    assert last["progress"]["step"] == 12
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    assert ckpt.load_checkpoint(Path(tiny_train.out) / "best.pt")["progress"]["step"] == 8

@@ -1,0 +1,189 @@
+"""Training and sampling speed of charlstm beside plain PyTorch, measured in the same run.
+
+For each shape it prints:
+- training chars/s of charlstm's own step (``charlstm.train.train_step``: its precision,
+  fused AdamW, clipping) and of a plain fp32 ``nn.LSTM`` loop with the same shapes, and the ratio;
+- the FLOP/s that charlstm's training reaches (6 x matmul parameters x chars/s) as a fraction of
+  this machine's matrix-multiply peak in the same dtype, measured here with 2048^3 products;
+- sampling chars/s at 1 and 64 streams: charlstm's ``Stepper`` + ``next_tokens`` beside calling
+  ``nn.LSTM`` once per character, and the ratio.
+
+    python benchmarks/speed.py                  # 2x256 and 2x512 (and 3x512 on a GPU)
+    python benchmarks/speed.py --shapes 2x256 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.corpus import StreamBatches
+from charlstm.model import CharLSTM
+from charlstm.sample import Stepper, next_tokens
+from charlstm.train import Run, RunState, choose_precision, make_optimizer, train_step
+
+V, E, T = 65, 64, 128
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rate(fn: Callable[[], int], device: torch.device, seconds: float) -> float:
+    """Units per second of ``fn`` (which returns the units it did), after a warm-up."""
+    fn()
+    fn()
+    sync(device)
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        done += fn()
+    sync(device)
+    return done / (time.perf_counter() - t0)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float) -> float:
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return rate(lambda: (a @ b, 2 * n**3)[1], device, seconds)
+
+
+def plain_training(h: int, layers: int, batch: int, device: torch.device, seconds: float) -> float:
+    """The usual hand-written loop: fp32, batch_first nn.LSTM, Adam, no extras."""
+    emb, lstm, head = nn.Embedding(V, E), nn.LSTM(E, h, layers, batch_first=True), nn.Linear(h, V)
+    mods = nn.ModuleList([emb, lstm, head]).to(device)
+    opt = torch.optim.Adam(mods.parameters(), lr=2e-3)
+    x = torch.randint(0, V, (batch, T), device=device)
+    y = torch.randint(0, V, (batch, T), device=device)
+    state = None
+
+    def step() -> int:
+        nonlocal state
+        out, state = lstm(emb(x), state)
+        state = tuple(s.detach() for s in state)
+        loss = F.cross_entropy(head(out).reshape(-1, V), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return batch * T
+
+    return rate(step, device, seconds)
+
+
+def charlstm_training(h: int, layers: int, batch: int, device: torch.device, seconds: float) -> tuple[float, str]:
+    tokens = np.random.default_rng(0).integers(0, V, batch * T * 4 + 1).astype(np.uint8)
+    tcfg = TrainConfig(batch_size=batch, seq_len=T)
+    model = CharLSTM(ModelConfig(vocab_size=V, embedding=E, hidden=h, layers=layers)).to(device).train()
+    batches = StreamBatches(tokens, batch, T)
+    precision = choose_precision("auto", model, batches.batch(0), device)
+    run = Run(
+        tcfg,
+        model.config,
+        None,
+        None,
+        batches,
+        tokens,
+        model,
+        make_optimizer(model, tcfg, device),  # type: ignore[arg-type]
+        device,
+        RunState(precision=precision),
+    )
+    x, y = (t.to(device) for t in batches.batch(0))
+
+    def step() -> int:
+        train_step(run, x, y, 1e-3)
+        return batch * T
+
+    return rate(step, device, seconds), precision
+
+
+def matmul_params(h: int, layers: int) -> int:
+    """Parameters that take part in matrix products per character (the embedding is a lookup)."""
+    lstm = 4 * h * (E + h) + (layers - 1) * 4 * h * (h + h)
+    return lstm + h * V
+
+
+def plain_sampling(model: CharLSTM, streams: int, device: torch.device, seconds: float) -> float:
+    """nn.LSTM called once per character with carried state, softmax + multinomial."""
+    tok = torch.zeros(1, streams, dtype=torch.long, device=device)
+    state = None
+
+    @torch.no_grad()
+    def step() -> int:
+        nonlocal tok, state
+        out, state = model.lstm(model.embed(tok), state)
+        probs = model.head(out[-1]).div(0.8).softmax(-1)
+        tok = torch.multinomial(probs, 1).view(1, streams)
+        return streams
+
+    return rate(step, device, seconds)
+
+
+def charlstm_sampling(model: CharLSTM, streams: int, device: torch.device, seconds: float) -> float:
+    stepper = Stepper(model)
+    logits, state = stepper.prime(torch.zeros(streams, 1, dtype=torch.long, device=device))
+    gen = torch.Generator(device).manual_seed(0)
+
+    def step() -> int:
+        nonlocal logits, state
+        tokens = next_tokens(logits, 0.8, generator=gen)
+        logits, state = stepper.step(tokens, state)
+        return streams
+
+    return rate(step, device, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="*", help="LAYERSxHIDDEN, e.g. 2x256")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per figure")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    shapes = args.shapes or (["2x256", "2x512", "3x512"] if device.type == "cuda" else ["2x256", "2x512"])
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(
+        f"# {hw}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}, device {device}"
+    )
+    peaks = {
+        "fp32": matmul_peak(torch.float32, device, args.seconds),
+        "bf16": matmul_peak(torch.bfloat16, device, args.seconds),
+    }
+    print(f"# matmul peak: fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")
+    print(
+        "| shape | train plain fp32 | train charlstm | ratio | charlstm FLOP/s (of peak) "
+        "| sample 1 plain | sample 1 charlstm | ratio | sample 64 plain | sample 64 charlstm | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for shape in shapes:
+        layers, hidden = map(int, shape.split("x"))
+        torch.manual_seed(0)
+        plain = plain_training(hidden, layers, args.batch, device, args.seconds)
+        ours, precision = charlstm_training(hidden, layers, args.batch, device, args.seconds)
+        flops = 6 * matmul_params(hidden, layers) * ours
+        model = CharLSTM(ModelConfig(vocab_size=V, embedding=E, hidden=hidden, layers=layers)).to(device).eval()
+        s = {
+            n: (plain_sampling(model, n, device, args.seconds), charlstm_sampling(model, n, device, args.seconds))
+            for n in (1, 64)
+        }
+        print(
+            f"| {shape} b{args.batch} | {plain:,.0f} | {ours:,.0f} ({precision}) | {ours / plain:.2f}x "
+            f"| {flops / 1e9:,.0f} G ({flops / peaks[precision]:.0%} of {precision}) "
+            f"| {s[1][0]:,.0f} | {s[1][1]:,.0f} | {s[1][1] / s[1][0]:.1f}x "
+            f"| {s[64][0]:,.0f} | {s[64][1]:,.0f} | {s[64][1] / s[64][0]:.1f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The command line end to end through typer's CliRunner, and every user-error path."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charlstm.cli import app
+
+runner = CliRunner()
+TINY = [
+    "--layers",
+    "2",
+    "--hidden",
+    "16",
+    "--embedding",
+    "8",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--lr",
+    "0.02",
+    "--warmup-steps",
+    "2",
+    "--eval-every",
+    "10",
+    "--log-every",
+    "5",
+    "--sample-chars",
+    "30",
+    "--precision",
+    "fp32",
+]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, *needles: str) -> None:
+    """Exit 2, exactly one line on stderr starting with 'error:', no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture
+def trained(corpus_file, tmp_path) -> Path:
+    out = tmp_path / "run"
+    result = invoke("train", "--corpus", corpus_file, "--out", out, "--max-steps", 40, *TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_sample_eval_info_end_to_end(trained, corpus_file):
+    assert {p.name for p in trained.iterdir()} == {"best.pt", "last.pt", "metrics.jsonl"}
+
+    sample = invoke("sample", trained, "--prompt", "KING:", "--length", 50, "--seed", 7)
+    assert sample.exit_code == 0, sample.output
+    assert sample.stdout.startswith("KING:") and len(sample.stdout.rstrip("\n")) >= 50
+    again = invoke("sample", trained, "--prompt", "KING:", "--length", 50, "--seed", 7)
+    assert again.stdout == sample.stdout
+    two = invoke("sample", trained / "last.pt", "--length", 20, "--num-samples", 2, "--top-k", 5, "--top-p", 0.9)
+    assert two.exit_code == 0 and two.stdout.count("-" * 40) == 1
+
+    ev = invoke("eval", trained, "--corpus", corpus_file, "--json")
+    assert ev.exit_code == 0, ev.output
+    report = json.loads(ev.stdout)
+    assert set(report) == {"loss", "bpc", "perplexity", "chars"}
+    assert report["bpc"] == pytest.approx(report["loss"] / 0.6931471805599453)
+    vocab_size = len(set(corpus_file.read_text()))
+    assert report["chars"] > 19_000 and 0 < report["loss"] < math.log(vocab_size) - 0.3  # learned something
+    val = json.loads(invoke("eval", trained, "--json").stdout)
+    assert val["chars"] < 2_100  # default: the checkpoint's own validation tail
+
+    info = invoke("info", trained, "--json")
+    assert info.exit_code == 0, info.output
+    data = json.loads(info.stdout)
+    assert data["step"] == 40 and data["vocab_size"] == vocab_size
+    assert data["params"] > 0 and data["val_loss"] > 0 and data["config"]["model"]["hidden"] == 16
+    table = invoke("info", trained)
+    assert table.exit_code == 0 and "val_loss" in table.stdout
+
+
+def test_resume_continues_and_refuses_changes(trained):
+    more = invoke("train", "--resume", trained, "--max-steps", 50)
+    assert more.exit_code == 0, more.output
+    assert json.loads(invoke("info", trained / "last.pt", "--json").stdout)["step"] == 50
+    assert_user_error(invoke("train", "--resume", trained, "--hidden", 64), "--hidden 64", "16")
+
+
+def test_version_and_help():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("charlstm ")
+    assert invoke("train", "--help").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["train", "--corpus", "no/such/file.txt"], ["does not exist", "tinyshakespeare"]),
+        (["train", "--layers", "abc"], ["--layers"]),
+        (["train", "--dropout", "1.5"], ["--dropout 1.5", "[0, 1)"]),
+        (["train", "--lr", "-1"], ["--lr -1"]),
+        (["train", "--schedule", "linear"], ["--schedule 'linear'", "cosine"]),
+        (["train", "--device", "tpu"], ["--device 'tpu'"]),
+        (["train", "--hidden", "0"], ["--hidden 0"]),
+        (["train", "--grad-clip", "-1"], ["--grad-clip -1"]),
+        (["sample", "nowhere.pt"], ["does not exist"]),
+        (["eval", "nowhere.pt"], ["does not exist"]),
+        (["info", "nowhere.pt"], ["does not exist"]),
+        (["train", "--bogus-option"], ["--bogus-option"]),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, needles):
+    assert_user_error(invoke(*args), *needles)
+
+
+def test_corpus_errors(tmp_path):
+    assert_user_error(invoke("train", "--corpus", tmp_path), "is a directory")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    assert_user_error(invoke("train", "--corpus", empty), "empty")
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00")
+    assert_user_error(invoke("train", "--corpus", binary))
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be\n" * 10)
+    assert_user_error(invoke("train", "--corpus", short, "--out", tmp_path / "r"), "too short", "--seq-len")
+
+
+def test_sampling_errors(trained):
+    assert_user_error(invoke("sample", trained, "--temperature", "-1"), "--temperature -1")
+    assert_user_error(invoke("sample", trained, "--temperature", "warm"), "--temperature")
+    assert_user_error(invoke("sample", trained, "--top-k", "-2"), "--top-k -2")
+    assert_user_error(invoke("sample", trained, "--top-p", "0"), "--top-p 0")
+    assert_user_error(invoke("sample", trained, "--length", "-5"), "--length -5")
+    assert_user_error(invoke("sample", trained, "--prompt", "KING ☃"), "'☃'", "--unknown skip")
+    skipped = invoke("sample", trained, "--prompt", "KING☃", "--unknown", "skip", "--length", 5, "--seed", 1)
+    assert skipped.exit_code == 0 and skipped.stdout.startswith("KING") and "☃" in skipped.stderr
+
+
+def test_existing_run_and_checkpoint_errors(trained, corpus_file, tmp_path):
+    assert_user_error(invoke("train", "--corpus", corpus_file, "--out", trained, *TINY), "--resume", "--overwrite")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((trained / "best.pt").read_bytes()[:1000])
+    for command in ("sample", "eval", "info"):
+        assert_user_error(invoke(command, broken), "not a readable charlstm checkpoint")
+    other = tmp_path / "other.txt"
+    other.write_text("Ωmega text never seen\n" * 50, encoding="utf-8")
+    assert_user_error(invoke("eval", trained, "--corpus", other), "never saw")
+
+
+def run_cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "charlstm", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def test_console_entry_point_and_module():
+    proc = run_cli("--version")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.startswith("charlstm ")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_saves_and_prints_the_resume_command(corpus_file, tmp_path, signum, code):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "train",
+        "--corpus",
+        corpus_file,
+        "--out",
+        out,
+        "--max-steps",
+        100000,
+        *TINY,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    deadline = time.time() + 60
+    while not (out / "best.pt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert f"charlstm train --resume {out}" in err
+    info = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "charlstm", "info", out / "last.pt", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert info["step"] >= 10
+
+
+def test_export_safetensors_is_accepted_everywhere(trained, tmp_path):
+    out = tmp_path / "model.safetensors"
+    result = invoke("export", trained, out)
+    assert result.exit_code == 0, result.output
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["format"] == "charlstm"
+    a = invoke("sample", trained, "--length", 40, "--seed", 3, "--prompt", "KING")
+    b = invoke("sample", out, "--length", 40, "--seed", 3, "--prompt", "KING")
+    assert b.exit_code == 0 and a.stdout == b.stdout
+    assert json.loads(invoke("eval", out, "--json").stdout) == json.loads(invoke("eval", trained, "--json").stdout)
+    info = json.loads(invoke("info", out, "--json").stdout)
+    assert info["step"] == 40 and info["resume"] is None
+    assert_user_error(invoke("export", trained, tmp_path / "model.bin"), ".safetensors")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_malicious_checkpoint_never_runs(tmp_path, monkeypatch, corpus_file):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "evil_run"
+    run_dir.mkdir()
+    torch.save({"format_version": 1, "model_config": {}, "vocab": "ab", "model": _Evil()}, run_dir / "last.pt")
+    torch.save({"format_version": 1, "model_config": {}, "vocab": "ab", "model": _Evil()}, run_dir / "best.pt")
+    for args in (["sample", run_dir], ["eval", run_dir], ["info", run_dir], ["train", "--resume", run_dir]):
+        assert_user_error(invoke(*args), "refused")
+        assert not (tmp_path / "PWNED").exists()
