@@ -74,8 +74,8 @@ class ModelConfig(_Dict):
 
     vocab_size: int = 65
     embedding: int = 64
-    hidden: int = 256
-    layers: int = 2
+    hidden: int = 512
+    layers: int = 1
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -92,8 +92,8 @@ class TrainConfig(_Dict):
     encoding: str = "utf-8"
     val_fraction: float = 0.1
     seq_len: int = 128
-    batch_size: int = 32
-    lr: float = 3e-3
+    batch_size: int = 64
+    lr: float = 2e-2
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     schedule: str = "cosine"

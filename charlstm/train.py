@@ -39,6 +39,7 @@ from charlstm.schedule import get_lr, plateau_update
 
 EVAL_STREAMS = 64  # evaluation splits the text into this many carried-state streams
 METRICS = "metrics.jsonl"
+BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: 1.488 vs 1.491 in the 120 s sweep
 
 
 # ----------------------------------------------------------------------------- events
@@ -285,9 +286,9 @@ def make_optimizer(model: CharLSTM, tcfg: TrainConfig, device: torch.device) -> 
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     try:
-        return torch.optim.AdamW(groups, lr=tcfg.lr, fused=device.type in ("cpu", "cuda"))
+        return torch.optim.AdamW(groups, lr=tcfg.lr, betas=BETAS, fused=device.type in ("cpu", "cuda"))
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=tcfg.lr, foreach=True)
+        return torch.optim.AdamW(groups, lr=tcfg.lr, betas=BETAS, foreach=True)
 
 
 def prepare_corpus(tcfg: TrainConfig, progress: ProgressFn | None) -> TokenizedCorpus:
@@ -305,6 +306,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         )
     for name in existing:
         (run_dir / name).unlink()
+    remove_stale_temporaries(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -314,6 +316,12 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise UserError(
             f"cannot write to run directory {str(run_dir)!r} ({e.strerror}), expected a writable folder"
         ) from None
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temporary files that a killed process left mid-write (``.last.pt.XXXX.tmp``)."""
+    for stale in run_dir.glob(".*.tmp") if run_dir.is_dir() else ():
+        stale.unlink(missing_ok=True)
 
 
 def new_run(tcfg: TrainConfig, mcfg: ModelConfig, overwrite: bool = False, progress: ProgressFn | None = None) -> Run:
@@ -373,7 +381,13 @@ def _cpu(obj: Any) -> Any:
 def save(run: Run, names: tuple[str, ...]) -> None:
     payload = payload_of(run)
     for name in names:
-        ckpt.save_checkpoint(run.run_dir / name, payload)
+        try:
+            ckpt.save_checkpoint(run.run_dir / name, payload)
+        except OSError as e:
+            raise UserError(
+                f"could not write {run.run_dir / name} ({e.strerror or e}) at step {run.state.step}; the previous "
+                f"{name} is intact, free some space or pass --out to another folder, then --resume"
+            ) from None
 
 
 def log_metric(run: Run, record: dict[str, Any]) -> None:
@@ -520,6 +534,7 @@ def resume_run(
     if payload["hidden"] is not None:
         run.hidden = (payload["hidden"][0].to(device), payload["hidden"][1].to(device))
     restore_rng(payload["rng"], device)
+    remove_stale_temporaries(run_dir)
     rewrite_metrics(run)
     return run
 

@@ -243,3 +243,75 @@ def test_malicious_checkpoint_never_runs(tmp_path, monkeypatch, corpus_file):
     for args in (["sample", run_dir], ["eval", run_dir], ["info", run_dir], ["train", "--resume", run_dir]):
         assert_user_error(invoke(*args), "refused")
         assert not (tmp_path / "PWNED").exists()
+
+
+def test_sigkill_at_random_moments_leaves_loadable_checkpoints(corpus_file, tmp_path):
+    """Kill training with SIGKILL at several random moments; every time both files load and the
+    run resumes from last.pt."""
+    import random
+
+    from charlstm import checkpoint as ckpt
+
+    out, rng = tmp_path / "run", random.Random(0)
+    args = ["train", "--corpus", corpus_file, "--out", out, "--max-steps", 100000, *TINY, "--save-every", "1"]
+    steps = []
+    for attempt in range(3):
+        before = (out / "last.pt").stat().st_mtime_ns if attempt else None
+        proc = run_cli(*args) if attempt == 0 else run_cli("train", "--resume", out, "--save-every", "1")
+        deadline = time.time() + 60
+        while time.time() < deadline and not (
+            (out / "best.pt").exists() and (out / "last.pt").stat().st_mtime_ns != before
+        ):
+            time.sleep(0.02)  # until this process has written a checkpoint of its own
+        time.sleep(rng.uniform(0.05, 1.0))  # then somewhere in the middle of steps and writes
+        proc.kill()
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        last, best = ckpt.load_checkpoint(out / "last.pt"), ckpt.load_checkpoint(out / "best.pt")
+        assert best["progress"]["step"] <= last["progress"]["step"]
+        steps.append(last["progress"]["step"])
+    assert steps == sorted(steps) and steps[-1] > steps[0]
+
+
+def test_unwritable_output_directory(corpus_file, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = invoke("train", "--corpus", corpus_file, "--out", blocker / "run", *TINY)
+    assert_user_error(result, "cannot write to run directory")
+
+
+def test_unreadable_corpus(corpus_file, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(corpus_file) else real_access(p, mode))
+    assert_user_error(invoke("train", "--corpus", corpus_file), "cannot be read")
+
+
+def test_disk_full_during_checkpoint_keeps_the_previous_one(trained, monkeypatch):
+    import torch
+
+    before = (trained / "last.pt").read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    result = invoke("train", "--resume", trained, "--max-steps", 60)
+    assert result.exit_code in (1, 2) and "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (trained / "last.pt").read_bytes() == before
+    assert not [p for p in trained.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_internal_errors_exit_1_and_debug_shows_traceback(trained, monkeypatch):
+    from charlstm import sample as sampling
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(sampling, "generate", broken)
+    result = invoke("sample", trained, "--length", 5)
+    assert result.exit_code == 1 and "internal error" in result.stderr and "Traceback" not in result.stderr
+    debug = invoke("--debug", "sample", trained, "--length", 5)
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr and "ZeroDivisionError" in debug.stderr
