@@ -80,6 +80,7 @@ def load_checkpoint(path: str | Path, prefer: str = BEST) -> dict[str, Any]:
 
 
 def validate_payload(payload: Any, p: Path) -> dict[str, Any]:
+    """Check that a loaded object is a charlstm checkpoint of a version this code reads."""
     if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
         raise UserError(f"{str(p)!r} is not a charlstm checkpoint (it lacks the model, configs or vocabulary)")
     version = payload["format_version"]
@@ -127,6 +128,7 @@ def describe(payload: dict[str, Any]) -> dict[str, Any]:
         "precision": progress.get("precision"),
         "corpus": payload.get("corpus"),
         "config": {"model": payload["model_config"], "train": payload.get("train_config")},
+        # resume always continues from the run's last.pt, whichever file was inspected
         "resume": f"charlstm train --resume {path.parent}" if payload.get("optimizer") is not None else None,
     }
 

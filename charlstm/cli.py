@@ -41,7 +41,10 @@ class _Group(TyperGroup):
         except UserError as e:
             code = _fail(str(e), 2)
         except typer.TyperException as e:
-            code = _fail(e.format_message() + " (see --help)", getattr(e, "exit_code", 2))
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help was printed; nothing is wrong
+                code = getattr(e, "exit_code", 2)
+            else:
+                code = _fail(e.format_message() + " (see --help)", getattr(e, "exit_code", 2))
         except (KeyboardInterrupt, typer.Abort):
             code = _fail("interrupted", 130)
         except Exception as e:  # an internal fault, not the user's
@@ -261,7 +264,10 @@ def train(
             result = training.train(run, view.on_event, flag)
     view.summary(result)
     if result.stopped_by == "signal":
-        err.print(f"stopped by signal; resume with:\n  charlstm train --resume {shlex.quote(str(result.run_dir))}")
+        # Plain write, not rich: the command must survive any terminal width and any path.
+        sys.stderr.write(
+            f"stopped by signal; resume with:\n  charlstm train --resume {shlex.quote(str(result.run_dir))}\n"
+        )
         raise typer.Exit(130 if result.signal == signal.SIGINT else 143)
     if result.stopped_by == "nan":
         raise UserError(

@@ -51,6 +51,17 @@ def _choice(cfg: object, name: str, choices: tuple[str, ...]) -> None:
         raise _fail(name, value, "one of " + ", ".join(choices))
 
 
+MAX_SEED = 2**63 - 1
+
+
+def _seed(cfg: object) -> None:
+    value = cfg.seed
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise _fail("seed", value, f"a whole number from 0 to {MAX_SEED}")
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -133,6 +144,7 @@ class TrainConfig(_Dict):
             raise _fail("sample_chars", self.sample_chars, "a whole number >= 0")
         if self.sample_chars < 0:
             raise _fail("sample_chars", self.sample_chars, "a whole number >= 0")
+        _seed(self)
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "device", DEVICES)
         _choice(self, "precision", PRECISIONS)
@@ -173,4 +185,5 @@ class SampleConfig(_Dict):
         if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
             raise _fail("top_p", self.top_p, "a number in (0, 1]")
         _positive_int(self, "num_samples")
+        _seed(self)
         _choice(self, "unknown", UNKNOWN_POLICIES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import http.client
 import json
 import os
 import tempfile
@@ -197,7 +198,7 @@ def download(url: str, target: Path, sha256: str, progress: ProgressFn | None = 
 
     try:
         atomic_write(target, fetch)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", None) or e
         raise UserError(
             f"could not download the corpus from {url} ({reason}); put the file at {target} "
@@ -318,8 +319,8 @@ def load_corpus(path: Path, encoding: str = "utf-8") -> TokenizedCorpus:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 _write_cache(path, encoding, tokens_path, meta_path)
-            except PermissionError:
-                continue  # folder not writable: try the next one
+            except OSError:
+                continue  # folder not writable (permissions, read-only, full): try the next one
             cached = _load_cached(tokens_path, meta_path)
         if cached is not None:
             return TokenizedCorpus(path, cached[0], cached[1], sha)

@@ -103,7 +103,8 @@ def next_tokens(
     """Draw one id per row of logits (B, V) -> (B,); temperature 0 is greedy (argmax)."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    # Shift the maximum to 0 before dividing, so a tiny temperature cannot overflow to inf.
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from charlstm import checkpoint as ckpt
-from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig
+from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, option
 from charlstm.corpus import (
     KNOWN_CORPORA,
     CharVocab,
@@ -119,6 +119,7 @@ def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
 
 # ----------------------------------------------------------------------------- devices
 def resolve_device(name: str) -> torch.device:
+    """The torch device for ``--device``; refuses a device this machine does not have."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -203,19 +204,34 @@ def evaluate(
     precision: str = "fp32",
     streams: int = EVAL_STREAMS,
 ) -> EvalResult:
-    """Mean loss over every predictable character of ``tokens``, state carried chunk to chunk."""
+    """Mean loss over every predictable character of ``tokens`` (all N - 1 of them).
+
+    The text is read as ``streams`` contiguous pieces in parallel, state carried from chunk to
+    chunk within each piece (only the first characters of each piece start from zero state);
+    the few characters left over after the last piece continue its state.
+    """
     device = torch.device(device)
     streams = max(1, min(streams, (len(tokens) - 1) // max(seq_len, 1)))
     batches = StreamBatches(tokens, streams, seq_len, drop_last=False)
     was_training = model.training
     model.eval()
     total, count, state = torch.zeros((), dtype=torch.float64, device=device), 0, None
-    for i in range(len(batches)):
-        x, y = (t.to(device) for t in batches.batch(i))
+
+    def score(x: torch.Tensor, y: torch.Tensor, state: State | None) -> State:
+        nonlocal total, count
         with autocast(device, precision):
-            logits, state = model(x, state)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double()
+            logits, state = model(x.to(device), state)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum").double()
         count += y.numel()
+        return state
+
+    for i in range(len(batches)):
+        state = score(*batches.batch(i), state)
+    end = streams * batches.stream_len  # last target read so far
+    if end < len(tokens) - 1:
+        rest = torch.from_numpy(np.asarray(tokens[end:], dtype=np.int64))[None]  # (1, leftover + 1)
+        last = None if state is None else (state[0][:, -1:].contiguous(), state[1][:, -1:].contiguous())
+        score(rest[:, :-1], rest[:, 1:], last)
     model.train(was_training)
     return EvalResult(loss=float(total) / max(count, 1), chars=count)
 
@@ -345,6 +361,7 @@ def new_run(tcfg: TrainConfig, mcfg: ModelConfig, overwrite: bool = False, progr
 
 # ----------------------------------------------------------------------------- checkpoints
 def payload_of(run: Run) -> dict[str, Any]:
+    """Everything needed to sample, evaluate and resume, as tensors and plain values."""
     st = run.state
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     if run.device.type == "cuda":
@@ -378,21 +395,30 @@ def _cpu(obj: Any) -> Any:
     return obj
 
 
+@contextlib.contextmanager
+def _writing(run: Run, name: str) -> Iterator[None]:
+    """Turn a failed write (disk full, folder gone) into one clear error; the old file stays."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(
+            f"could not write {run.run_dir / name} ({e.strerror or e}) at step {run.state.step}; the previous "
+            f"{name} is intact, free some space or pass --out to another folder, then --resume"
+        ) from None
+
+
 def save(run: Run, names: tuple[str, ...]) -> None:
+    """Write the run's checkpoint under each of ``names`` in its run directory."""
     payload = payload_of(run)
     for name in names:
-        try:
+        with _writing(run, name):
             ckpt.save_checkpoint(run.run_dir / name, payload)
-        except OSError as e:
-            raise UserError(
-                f"could not write {run.run_dir / name} ({e.strerror or e}) at step {run.state.step}; the previous "
-                f"{name} is intact, free some space or pass --out to another folder, then --resume"
-            ) from None
 
 
 def log_metric(run: Run, record: dict[str, Any]) -> None:
+    """Record one metrics line in the run state and append it to metrics.jsonl."""
     run.state.metrics.append(record)
-    with open(run.run_dir / METRICS, "a", encoding="utf-8") as f:
+    with _writing(run, METRICS), open(run.run_dir / METRICS, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -489,8 +515,6 @@ RESUMABLE_CHANGES = frozenset(
 
 
 def _check_overrides(stored: dict[str, Any], given: dict[str, Any], allowed: frozenset[str]) -> None:
-    from charlstm.config import option
-
     for key, value in given.items():
         if key not in allowed and key in stored and stored[key] != value:
             raise UserError(
@@ -508,7 +532,13 @@ def resume_run(
 ) -> Run:
     """Rebuild a run from its ``last.pt`` exactly as it was saved."""
     payload = ckpt.load_checkpoint(path, prefer=ckpt.LAST)
-    run_dir = Path(payload["_path"]).parent
+    source = Path(payload["_path"])
+    if source.name != ckpt.LAST or any(payload.get(k) is None for k in ("optimizer", "rng", "progress")):
+        raise UserError(
+            f"{str(source)!r} cannot be resumed (only a run's {ckpt.LAST} holds the optimizer, RNG and data "
+            f"position), expected the run directory or its {ckpt.LAST}"
+        )
+    run_dir = source.parent
     _check_overrides(payload["model_config"], model_overrides, frozenset())
     _check_overrides(payload["train_config"], train_overrides, RESUMABLE_CHANGES)
     changes = {k: v for k, v in train_overrides.items() if k in RESUMABLE_CHANGES}
@@ -548,7 +578,8 @@ def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
 def rewrite_metrics(run: Run) -> None:
     """metrics.jsonl as of the checkpoint: lines written after it was saved are dropped."""
     text = "".join(json.dumps(r) + "\n" for r in run.state.metrics)
-    atomic_write(run.run_dir / METRICS, lambda f: f.write(text), mode="w")
+    with _writing(run, METRICS):
+        atomic_write(run.run_dir / METRICS, lambda f: f.write(text), mode="w")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -607,35 +638,45 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
             st.step,
         )
     )
+    reason = stop_reason(run, stop)
+    if reason is not None and reason != "signal":
+        raise UserError(
+            f"the run already finished at step {st.step} ({option(reason)} reached), expected a larger "
+            f"--max-steps, --epochs or --max-time to train longer"
+        )
     t0, elapsed0, f0 = time.perf_counter(), st.elapsed, run.fraction()
     window = _Window(t0, st.step, torch.zeros((), device=run.device))
-    reason, evaluated, mean_loss, lr = stop_reason(run, stop), False, math.nan, 0.0
+    mean_loss, lr, evaluated_at, saved_at = math.nan, 0.0, -1, -1
     while reason is None:
         lr = current_lr(run)
         x, y = next_batch(run)
         window.loss += train_step(run, x, y, lr)
         st.step, st.chunk, st.loss_count = st.step + 1, st.chunk + 1, st.loss_count + 1
         st.elapsed = elapsed0 + time.perf_counter() - t0
-        due_eval, due_save = st.step % t.eval_every == 0, st.step % t.save_every == 0
-        if st.step % t.log_every == 0 or due_eval or due_save:
+        due_log, due_eval, due_save = (st.step % n == 0 for n in (t.log_every, t.eval_every, t.save_every))
+        if due_log or due_eval or due_save:  # the only host syncs: fold the loss, refuse to save NaN
             mean_loss = _finite_window_loss(run, window)
             if not math.isfinite(mean_loss):
                 reason = "nan"
                 break
-            if st.step % t.log_every == 0:
+            if due_log:
                 _log(run, window, mean_loss, lr, t0, f0, on_event)
         if due_eval:
             run_eval(run, on_event)
+            evaluated_at = saved_at = st.step
             window.time = time.perf_counter()
         elif due_save:
             save(run, (ckpt.LAST,))
-        evaluated = due_eval
+            saved_at = st.step
         st.elapsed = elapsed0 + time.perf_counter() - t0
         reason = stop_reason(run, stop)
-    if reason == "signal":
-        save(run, (ckpt.LAST,))
-    elif reason != "nan" and not evaluated:
-        run_eval(run, on_event)
+    if reason != "nan":  # close the run: fold the steps since the last sync, then save or evaluate
+        if not math.isfinite(_finite_window_loss(run, window)):
+            reason = "nan"
+        elif reason == "signal" and saved_at != st.step:
+            save(run, (ckpt.LAST,))
+        elif reason != "signal" and evaluated_at != st.step:
+            run_eval(run, on_event)
     return TrainResult(
         run.run_dir,
         st.step,

@@ -46,3 +46,11 @@ def test_round_trip_and_unknown_keys_ignored():
     cfg = TrainConfig(lr=1e-3, max_time=5.0)
     assert TrainConfig.from_dict({**cfg.to_dict(), "added_later": 1}) == cfg
     assert ModelConfig.from_dict(ModelConfig(hidden=32).to_dict()).hidden == 32
+
+
+def test_seed_range():
+    with pytest.raises(UserError, match="--seed"):
+        TrainConfig(seed=2**64)
+    with pytest.raises(UserError, match="--seed"):
+        SampleConfig(seed=-1)
+    assert SampleConfig(seed=2**63 - 1).seed == 2**63 - 1

@@ -71,4 +71,4 @@ def test_any_invalid_sampling_value_is_refused(option_value):
     option, value = option_value
     result = runner.invoke(app, ["sample", "whatever.pt", option, str(value)])
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: ") and "Traceback" not in result.output
+    assert result.stderr.startswith(f"error: {option} ") and "Traceback" not in result.output

@@ -88,3 +88,9 @@ def test_prompt_with_unknown_characters():
 def test_empty_prompt_and_zero_length(model):
     assert "".join(generate(model, VOCAB, "", 0, 1.0)) == ""
     assert len("".join(generate(model, VOCAB, "", 7, 1.0))) == 7
+
+
+def test_tiny_temperature_does_not_overflow():
+    logits = torch.tensor([[50.0, 49.0, -3.0]])
+    gen = torch.Generator().manual_seed(0)
+    assert int(next_tokens(logits, 1e-40, generator=gen)) == 0

@@ -151,3 +151,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(tiny_train, tiny_mod
     assert last["progress"]["step"] == 12
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     assert ckpt.load_checkpoint(Path(tiny_train.out) / "best.pt")["progress"]["step"] == 8
+
+
+def test_evaluation_scores_every_predictable_character(tiny_train, tiny_model):
+    run = new_run(replace(tiny_train, max_steps=2), tiny_model)
+    for n in (2, 17, 1000, 1999):
+        assert evaluate(run.model, run.val_tokens[:n], seq_len=16).chars == n - 1
+    one = evaluate(run.model, run.val_tokens, seq_len=16, streams=1)
+    many = evaluate(run.model, run.val_tokens, seq_len=16, streams=8)
+    assert one.chars == many.chars and abs(one.loss - many.loss) < 0.05
+
+
+def test_finished_run_and_non_resumable_files_are_refused(tiny_train, tiny_model):
+    train(new_run(replace(tiny_train, max_steps=6), tiny_model))
+    with pytest.raises(UserError, match="already finished at step 6.*--max-steps"):
+        train(resume_run(tiny_train.out, {}, {}))
+    with pytest.raises(UserError, match="cannot be resumed"):
+        resume_run(Path(tiny_train.out) / "best.pt", {}, {})
