@@ -396,6 +396,8 @@ def sample(
     seed_used = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
     generator = torch.Generator().manual_seed(seed_used)
     stepper = sampling.Stepper(model)
+    if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8")  # generated text is UTF-8 whatever the locale says
     out, tty = sys.stdout, sys.stdout.isatty()
     for n in range(cfg.num_samples):
         if n:

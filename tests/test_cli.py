@@ -316,3 +316,62 @@ def test_internal_errors_exit_1_and_debug_shows_traceback(trained, monkeypatch):
     assert result.exit_code == 1 and "internal error" in result.stderr and "Traceback" not in result.stderr
     debug = invoke("--debug", "sample", trained, "--length", 5)
     assert debug.exit_code == 1 and "Traceback" in debug.stderr and "ZeroDivisionError" in debug.stderr
+
+
+def test_more_error_paths_through_the_cli(trained, corpus_file, tmp_path):
+    import torch
+
+    assert_user_error(
+        invoke("train", "--corpus", corpus_file, "--val-fraction", "0.00001", "--out", tmp_path / "v"),
+        "validation split",
+        "--val-fraction",
+    )
+    if not torch.cuda.is_available():
+        assert_user_error(
+            invoke("train", "--corpus", corpus_file, "--device", "cuda", "--out", tmp_path / "c"),
+            "--device cuda",
+            "no CUDA GPU",
+        )
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(2048))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    future = tmp_path / "future.pt"
+    payload = torch.load(trained / "best.pt", weights_only=True)
+    torch.save({**payload, "format_version": 99}, future)
+    for command in ("sample", "eval", "info"):
+        assert_user_error(invoke(command, garbage), "not a readable charlstm checkpoint")
+        assert_user_error(invoke(command, foreign), "not a charlstm checkpoint")
+        assert_user_error(invoke(command, future), "format version 99")
+    assert_user_error(invoke("train", "--resume", tmp_path / "nothing-here"), "does not exist")
+
+
+def test_nan_loss_through_the_cli(trained, monkeypatch):
+    from charlstm import train as training
+
+    real_step = training.train_step
+    best_before = (trained / "best.pt").read_bytes()
+
+    def poisoned(run, x, y, lr):
+        return real_step(run, x, y, lr) * float("nan")
+
+    monkeypatch.setattr(training, "train_step", poisoned)
+    result = invoke("train", "--resume", trained, "--max-steps", 60)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "NaN or infinite by step 45" in last_line and "--lr" in last_line
+    assert (trained / "best.pt").read_bytes() == best_before
+    assert json.loads(invoke("info", trained / "last.pt", "--json").stdout)["step"] == 40
+
+
+def test_sample_into_a_closed_pipe_is_quiet(trained):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charlstm", "sample", str(trained), "--length", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    # typer's convention for a reader that went away (`... | head`): exit 1 without a word
+    assert proc.wait(timeout=60) == 1 and err == ""
