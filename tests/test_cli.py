@@ -375,3 +375,26 @@ def test_sample_into_a_closed_pipe_is_quiet(trained):
     err = proc.stderr.read().decode()
     # typer's convention for a reader that went away (`... | head`): exit 1 without a word
     assert proc.wait(timeout=60) == 1 and err == ""
+
+
+def test_other_encodings_through_the_cli(tmp_path):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(("Café, garçon! Où est le thé?\n" * 400).encode("latin-1"))
+    assert_user_error(invoke("train", "--corpus", latin, "--out", tmp_path / "r"), "not valid utf-8", "--encoding")
+    ok = invoke("train", "--corpus", latin, "--encoding", "latin-1", "--out", tmp_path / "r", "--max-steps", 4, *TINY)
+    assert ok.exit_code == 0, ok.output
+    text = invoke("sample", tmp_path / "r", "--prompt", "Café", "--length", 30, "--seed", 1)
+    assert text.exit_code == 0 and text.stdout.startswith("Café")
+
+
+def test_any_script_emoji_and_crlf_train_and_sample(tmp_path):
+    corpus = tmp_path / "poly.txt"
+    lines = ["Καλημέρα κόσμε 🌍\r\n", "こんにちは世界 🎭\r\n", "Привет, мир! ✨\r\n", "مرحبا بالعالم 🌙\r\n"]
+    corpus.write_bytes(("".join(lines) * 300).encode("utf-8"))
+    trained = invoke("train", "--corpus", corpus, "--out", tmp_path / "r", "--max-steps", 30, *TINY)
+    assert trained.exit_code == 0, trained.output
+    info = json.loads(invoke("info", tmp_path / "r", "--json").stdout)
+    assert "\r" in info["vocab"] and "🎭" in info["vocab"] and "こ" in info["vocab"]
+    result = invoke("sample", tmp_path / "r", "--prompt", "こんにちは", "--length", 60, "--seed", 2)
+    assert result.exit_code == 0 and result.stdout.startswith("こんにちは")
+    assert set(result.stdout) - {"\n"} <= set(info["vocab"])
