@@ -130,12 +130,11 @@ def plain_sampling(model: CharLSTM, streams: int, device: torch.device, seconds:
 def charlstm_sampling(model: CharLSTM, streams: int, device: torch.device, seconds: float) -> float:
     stepper = Stepper(model)
     logits, state = stepper.prime(torch.zeros(streams, 1, dtype=torch.long, device=device))
-    gen = torch.Generator(device).manual_seed(0)
+    rng = np.random.default_rng(0)
 
     def step() -> int:
-        nonlocal logits, state
-        tokens = next_tokens(logits, 0.8, generator=gen)
-        logits, state = stepper.step(tokens, state)
+        nonlocal logits
+        logits = stepper.step(next_tokens(logits, 0.8, rng=rng), state)
         return streams
 
     return rate(step, device, seconds)

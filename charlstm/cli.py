@@ -383,7 +383,7 @@ def sample(
     ] = S.unknown,
 ) -> None:
     """Generate text from a trained model; characters stream to stdout as they are made."""
-    import torch
+    import numpy as np
 
     from charlstm import checkpoint as ckpt
     from charlstm import sample as sampling
@@ -394,7 +394,7 @@ def sample(
     if dropped:
         err.print(f"warning: dropped prompt characters the model never saw: {', '.join(map(repr, dropped))}")
     seed_used = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
-    generator = torch.Generator().manual_seed(seed_used)
+    rng = np.random.default_rng(seed_used)
     stepper = sampling.Stepper(model)
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")  # generated text is UTF-8 whatever the locale says
@@ -404,7 +404,7 @@ def sample(
             out.write("\n" + "-" * 40 + "\n")
         out.write(text)
         for ch in sampling.generate(
-            model, vocab, text, cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, generator, stepper
+            model, vocab, text, cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, rng, stepper
         ):
             out.write(ch)
             if tty or ch == "\n":

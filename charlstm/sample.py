@@ -2,23 +2,44 @@
 (temperature, top-k, top-p) on its logits.
 
 Calling ``nn.LSTM`` once per character pays oneDNN's set-up on every call (about a
-millisecond per layer on CPU). The prompt is run once as a sequence through ``nn.LSTM``;
-after that :class:`Stepper` advances the state with plain matrix products on weights it
-arranged once: transposed for ``addmm`` and, for layer 0, with the embedding folded into the
-input projection (a table of V x 4H rows, so one lookup replaces the embedding and a matmul).
+millisecond per layer on CPU), and even hand-written torch ops cost microseconds each in
+dispatch. The prompt is run once as a sequence through ``nn.LSTM``; after that
+:class:`Stepper` advances the state in NumPy, with in-place ufuncs on buffers it allocates
+once and weights it arranged once:
+
+- layer 0's embedding is folded into its input projection: a (V, 4H) table, so one row
+  lookup replaces the embedding and a matrix product;
+- deeper layers multiply ``[x | h]`` by ``[W_ih | W_hh]`` in one product;
+- gate rows are reordered to (input, forget, output, cell) and the sigmoid rows pre-scaled by
+  1/2, so a single ``tanh`` over all 4H gates gives every activation:
+  ``sigmoid(z) = (1 + tanh(z / 2)) / 2``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from charlstm.corpus import CharVocab
 from charlstm.errors import UserError
 from charlstm.model import CharLSTM
 
-LayerState = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (h, c), each (B, H)
+
+@dataclass
+class StepState:
+    """The running state of ``B`` streams, updated in place by :meth:`Stepper.step`."""
+
+    xh: list[np.ndarray]  # per layer (B, in + H): the layer's input then its own h (layer 0: h only)
+    c: list[np.ndarray]  # per layer (B, H)
+    gates: np.ndarray  # (B, 4H) scratch
+    tmp: np.ndarray  # (B, H) scratch
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy().astype(np.float32)
 
 
 class Stepper:
@@ -26,90 +47,117 @@ class Stepper:
 
     @torch.no_grad()
     def __init__(self, model: CharLSTM):
-        lstm, n = model.lstm, model.config.layers
-        self.model = model
-        self.input_tables: list[torch.Tensor] = []  # layer 0: (V, 4H); others: W_ih^T (H, 4H)
-        self.biases: list[torch.Tensor] = []  # (4H,), b_ih + b_hh (folded into the table for layer 0)
-        self.recurrent: list[torch.Tensor] = []  # W_hh^T (H, 4H)
-        for layer in range(n):
-            w_ih = getattr(lstm, f"weight_ih_l{layer}").float()
-            bias = (getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")).float()
+        self.model, h = model, model.config.hidden
+        self.hidden, lstm = h, model.lstm
+        order = np.r_[0 : 2 * h, 3 * h : 4 * h, 2 * h : 3 * h]  # (i, f, g, o) -> (i, f, o, g)
+        scale = np.where(np.arange(4 * h) < 3 * h, 0.5, 1.0).astype(np.float32)[:, None]  # after reordering
+        self.weights: list[np.ndarray] = []  # layer 0: W_hh (4H, H); others: [W_ih | W_hh] (4H, 2H)
+        self.biases: list[np.ndarray] = []  # layer 0: the (V, 4H) table; others: (4H,)
+        for layer in range(model.config.layers):
+            w_ih, w_hh = (_np(getattr(lstm, f"weight_{k}_l{layer}"))[order] * scale for k in ("ih", "hh"))
+            bias = (_np(getattr(lstm, f"bias_ih_l{layer}")) + _np(getattr(lstm, f"bias_hh_l{layer}")))[order]
+            bias = bias * scale[:, 0]
             if layer == 0:
-                table = torch.addmm(bias, model.embed.weight.float(), w_ih.t())  # (V, 4H)
-                self.input_tables.append(table.contiguous())
+                self.biases.append(np.ascontiguousarray(_np(model.embed.weight) @ w_ih.T + bias))
+                self.weights.append(np.ascontiguousarray(w_hh))
             else:
-                self.input_tables.append(w_ih.t().contiguous())
-            self.biases.append(bias.contiguous())
-            self.recurrent.append(getattr(lstm, f"weight_hh_l{layer}").float().t().contiguous())
-        self.head_w = model.head.weight.float().t().contiguous()  # (H, V)
-        self.head_b = model.head.bias.float().contiguous()  # (V,)
+                self.biases.append(np.ascontiguousarray(bias))
+                self.weights.append(np.ascontiguousarray(np.concatenate([w_ih, w_hh], 1)))
+        self.head_w, self.head_b = _np(model.head.weight), _np(model.head.bias)  # (V, H), (V,)
 
     @torch.inference_mode()
-    def prime(self, ids: torch.Tensor) -> tuple[torch.Tensor, LayerState]:
+    def prime(self, ids: torch.Tensor) -> tuple[np.ndarray, StepState]:
         """Run a prompt (B, T) once through the model: logits of its last step (B, V) and the state."""
+        was_training = self.model.training
         self.model.eval()
-        logits, (h, c) = self.model(ids)
-        state = [(h[i].float(), c[i].float()) for i in range(h.shape[0])]
-        return logits[:, -1].float(), state
+        logits, (h, c) = self.model(ids.to(self.model.head.weight.device))
+        self.model.train(was_training)
+        b, width = ids.shape[0], self.hidden
+        xh = [np.zeros((b, width if i == 0 else 2 * width), np.float32) for i in range(len(self.weights))]
+        for i, buf in enumerate(xh):
+            buf[:, -width:] = _np(h[i])
+            if i:
+                buf[:, :width] = _np(h[i - 1])
+        state = StepState(
+            xh,
+            [_np(c[i]).copy() for i in range(len(xh))],
+            np.empty((b, 4 * width), np.float32),
+            np.empty((b, width), np.float32),
+        )
+        return _np(logits[:, -1]), state
 
-    @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
-        """tokens (B,) -> logits (B, V) and the next state."""
-        x = None
-        new_state: LayerState = []
-        for layer, (h, c) in enumerate(state):
-            if layer == 0:
-                gates = torch.addmm(self.input_tables[0].index_select(0, tokens), h, self.recurrent[0])
+    def step(self, tokens: np.ndarray, s: StepState) -> np.ndarray:
+        """tokens (B,) -> logits (B, V); ``s`` advances in place."""
+        h, g = self.hidden, s.gates
+        for layer, (w, xh, c) in enumerate(zip(self.weights, s.xh, s.c, strict=True)):
+            if len(tokens) == 1:
+                np.dot(w, xh[0], out=g[0])  # matrix-vector: the fastest BLAS call for one stream
             else:
-                gates = torch.addmm(self.biases[layer], x, self.input_tables[layer])
-                gates.addmm_(h, self.recurrent[layer])  # (B, 4H): input, forget, cell, output
-            act = gates.sigmoid()
-            i, f, _, o = act.chunk(4, 1)
-            g = gates[:, 2 * h.shape[1] : 3 * h.shape[1]].tanh()
-            c = torch.addcmul(f * c, i, g)
-            x = o * c.tanh()
-            new_state.append((x, c))
-        return torch.addmm(self.head_b, x, self.head_w), new_state
+                np.matmul(xh, w.T, out=g)  # (B, 4H)
+            g += self.biases[0][tokens] if layer == 0 else self.biases[layer]
+            np.tanh(g, out=g)
+            sig = g[:, : 3 * h]
+            sig *= 0.5
+            sig += 0.5  # input, forget, output gates; g[:, 3H:] is the cell candidate
+            c *= g[:, h : 2 * h]
+            np.multiply(g[:, :h], g[:, 3 * h :], out=s.tmp)
+            c += s.tmp
+            np.tanh(c, out=s.tmp)
+            out = xh[:, -h:]
+            np.multiply(g[:, 2 * h : 3 * h], s.tmp, out=out)  # the new h, in place for the next step
+            if layer + 1 < len(s.xh):
+                s.xh[layer + 1][:, :h] = out
+        top = s.xh[-1][:, -h:]
+        if len(tokens) == 1:
+            return (np.dot(self.head_w, top[0]) + self.head_b)[None]
+        return top @ self.head_w.T + self.head_b
 
 
 # ----------------------------------------------------------------------------- sampling rules
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
     """Keep the ``k`` largest logits of each row (B, V); the rest become -inf."""
-    if k <= 0 or k >= logits.shape[-1]:
+    v = logits.shape[-1]
+    if k <= 0 or k >= v:
         return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
-    return logits.masked_fill(logits < kth, float("-inf"))
+    kth = np.partition(logits, v - k, axis=-1)[:, v - k : v - k + 1]  # (B, 1)
+    return np.where(logits < kth, -np.inf, logits)
 
 
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     """Keep the smallest set of most likely tokens whose probability reaches ``p`` (nucleus)."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = sorted_logits.softmax(-1)
-    before = probs.cumsum(-1) - probs  # probability mass strictly ahead of each token
-    drop_sorted = before >= p  # the top token always has 0 ahead of it, so it is kept
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    order = np.argsort(-logits, axis=-1, kind="stable")
+    ranked = np.take_along_axis(logits, order, -1).astype(np.float64)
+    probs = np.exp(ranked - ranked[:, :1])
+    probs /= probs.sum(-1, keepdims=True)
+    before = np.cumsum(probs, -1) - probs  # probability mass strictly ahead of each token
+    drop = np.empty_like(before, dtype=bool)
+    np.put_along_axis(drop, order, before >= p, -1)  # the top token has 0 ahead of it: always kept
+    return np.where(drop, -np.inf, logits)
 
 
 def next_tokens(
-    logits: torch.Tensor,
+    logits: np.ndarray,
     temperature: float,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """Draw one id per row of logits (B, V) -> (B,); temperature 0 is greedy (argmax)."""
     if temperature == 0:
         return logits.argmax(-1)
+    rng = rng if rng is not None else np.random.default_rng()
     # Shift the maximum to 0 before dividing, so a tiny temperature cannot overflow to inf.
-    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
+    with np.errstate(over="ignore"):  # far below the maximum at a tiny temperature: -inf, probability 0
+        z = (logits - logits.max(-1, keepdims=True)) / temperature
     if top_k:
-        logits = top_k_filter(logits, top_k)
+        z = top_k_filter(z, top_k)
     if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+        z = top_p_filter(z, top_p)
+    cdf = np.cumsum(np.exp(z), -1)  # unnormalised
+    u = (1.0 - rng.random(len(z)))[:, None] * cdf[:, -1:]  # uniform in (0, total]
+    return np.minimum((cdf < u).sum(-1), z.shape[-1] - 1)  # first id whose cdf reaches u
 
 
 # ----------------------------------------------------------------------------- generation
@@ -139,17 +187,17 @@ def generate_ids(
     temperature: float,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Iterator[torch.Tensor]:
-    """Yield ``length`` tensors of ids (B,), one per generated position, after reading ``prime`` (B, T)."""
+    rng: np.random.Generator | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield ``length`` arrays of ids (B,), one per generated position, after reading ``prime`` (B, T)."""
     if length <= 0:
         return
     logits, state = stepper.prime(prime)
     for i in range(length):
-        tokens = next_tokens(logits, temperature, top_k, top_p, generator)
+        tokens = next_tokens(logits, temperature, top_k, top_p, rng)
         yield tokens
         if i + 1 < length:
-            logits, state = stepper.step(tokens, state)
+            logits = stepper.step(tokens, state)
 
 
 def generate(
@@ -160,12 +208,12 @@ def generate(
     temperature: float = 0.8,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    rng: np.random.Generator | None = None,
     stepper: Stepper | None = None,
 ) -> Iterator[str]:
     """Yield generated characters one at a time, continuing ``prompt`` (not repeated)."""
     stepper = stepper or Stepper(model)
-    device = stepper.head_w.device
-    prime = torch.tensor([priming_ids(vocab, prompt)], dtype=torch.long, device=device)
-    for tokens in generate_ids(stepper, prime, length, temperature, top_k, top_p, generator):
-        yield vocab.chars[int(tokens[0])]
+    prime = torch.tensor([priming_ids(vocab, prompt)], dtype=torch.long)
+    chars = vocab.chars
+    for tokens in generate_ids(stepper, prime, length, temperature, top_k, top_p, rng):
+        yield chars[tokens[0]]

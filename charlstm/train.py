@@ -34,7 +34,7 @@ from charlstm.corpus import (
 )
 from charlstm.errors import UserError
 from charlstm.model import CharLSTM, State, detach_state
-from charlstm.sample import Stepper, generate
+from charlstm.sample import generate
 from charlstm.schedule import get_lr, plateau_update
 
 EVAL_STREAMS = 64  # evaluation splits the text into this many carried-state streams
@@ -473,13 +473,11 @@ def stop_reason(run: Run, flag: StopFlag | None) -> str | None:
 
 
 def preview(run: Run) -> str:
+    """A short sample from the current weights, seeded by step so a run's previews repeat."""
     if run.tcfg.sample_chars <= 0:
         return ""
-    gen = torch.Generator().manual_seed(run.tcfg.seed + run.state.step)
-    stepper = Stepper(copy.deepcopy(run.model).cpu().float())
-    return "".join(
-        generate(stepper.model, run.corpus.vocab, "", run.tcfg.sample_chars, 0.8, generator=gen, stepper=stepper)
-    )
+    rng = np.random.default_rng(run.tcfg.seed + run.state.step)
+    return "".join(generate(run.model, run.corpus.vocab, "", run.tcfg.sample_chars, 0.8, rng=rng))
 
 
 def run_eval(run: Run, on_event: EventFn) -> None:
