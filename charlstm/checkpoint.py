@@ -31,6 +31,7 @@ from charlstm.model import CharLSTM
 
 FORMAT_VERSION = 1
 BEST, LAST = "best.pt", "last.pt"
+WARM_H, WARM_C = "sampling.warm_h", "sampling.warm_c"  # safetensors names of the warm start state
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "model")
 
 
@@ -104,6 +105,19 @@ def model_from_payload(payload: dict[str, Any], device: torch.device | str = "cp
     return model.to(device).eval(), CharVocab(payload["vocab"])
 
 
+def warm_state_of(payload: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A realistic starting state for sampling: stream 0's carried training state, (layers, 1, H) each.
+
+    The model learned from states carried through running text; from an all-zero state it
+    predicts poorly for the first characters, so sampling starts from a state it knows.
+    """
+    hidden = payload.get("hidden")
+    if not hidden or len(hidden) != 2:
+        return None
+    h, c = hidden
+    return h[:, :1].float().contiguous(), c[:, :1].float().contiguous()
+
+
 def train_config_of(payload: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict(payload.get("train_config", {}))
 
@@ -157,6 +171,9 @@ def export_safetensors(payload: dict[str, Any], out: str | Path) -> Path:
         ),
     }
     tensors = {k: v.contiguous() for k, v in payload["model"].items()}
+    warm = warm_state_of(payload)
+    if warm is not None:  # kept beside the weights so exported models sample as well as checkpoints
+        tensors[WARM_H], tensors[WARM_C] = warm
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return out
@@ -170,6 +187,7 @@ def load_safetensors(p: Path) -> dict[str, Any]:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+        warm = [tensors.pop(k) for k in (WARM_H, WARM_C) if k in tensors]
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{str(p)!r} is not a readable safetensors file ({e})") from None
     if meta.get("format") != "charlstm":
@@ -182,6 +200,7 @@ def load_safetensors(p: Path) -> dict[str, Any]:
             "train_config": json.loads(meta.get("train_config", "{}")),
             "vocab": json.loads(meta["vocab"]),
             "model": tensors,
+            "hidden": warm if len(warm) == 2 else None,
             "optimizer": None,
             "progress": progress,
         }

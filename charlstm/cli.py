@@ -325,7 +325,7 @@ class TrainView:
         elif isinstance(event, training.Progress):
             left = f"{_seconds(event.remaining)} left" if event.remaining is not None else ""
             status = (
-                f"step {event.step}  loss {event.loss:.3f}  val {self.val:.3f}  lr {event.lr:.2e}  "
+                f"step {event.step}  loss {event.loss:.3f}  val {_loss(self.val)}  lr {event.lr:.2e}  "
                 f"{event.chars_per_sec / 1000:.1f}k chars/s  {left}"
             )
             self.bar.update(self.task, completed=event.fraction, status=status)
@@ -344,14 +344,21 @@ class TrainView:
             ("epochs", f"{result.epoch:.2f}"),
             ("time", _seconds(result.elapsed)),
             ("stopped by", result.stopped_by),
-            ("best val loss", f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.3f} bpc)"),
-            ("last val loss", f"{result.last_val_loss:.4f}"),
+            (
+                "best val loss",
+                f"{_loss(result.best_val_loss)} nats/char ({_loss(result.best_val_loss / math.log(2))} bpc)",
+            ),
+            ("last val loss", _loss(result.last_val_loss)),
             ("train loss", f"{result.train_loss:.4f}"),
-            ("speed", f"{result.chars_per_sec:,.0f} chars/s"),
+            ("speed", f"{result.chars_per_sec:,.0f} chars/s (this session, evaluations included)"),
         ]
         for key, value in rows:
             table.add_row(key, value)
         err.print(table)
+
+
+def _loss(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "-"
 
 
 def _seconds(s: float | None) -> str:
@@ -389,12 +396,15 @@ def sample(
     from charlstm import sample as sampling
 
     cfg = SampleConfig(prompt, length, temperature, top_k, top_p, seed, num_samples, unknown)
-    model, vocab = ckpt.model_from_payload(ckpt.load_checkpoint(checkpoint))
+    payload = ckpt.load_checkpoint(checkpoint)
+    model, vocab = ckpt.model_from_payload(payload)
     text, dropped = sampling.prepare_prompt(vocab, cfg.prompt, cfg.unknown)
     if dropped:
         err.print(f"warning: dropped prompt characters the model never saw: {', '.join(map(repr, dropped))}")
     seed_used = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
-    rng = np.random.default_rng(seed_used)
+    if cfg.seed is None:  # shown first, so that even an interrupted sample can be repeated
+        err.print(f"[dim]seed {seed_used} (pass --seed {seed_used} to repeat this text)[/dim]")
+    rng, warm = np.random.default_rng(seed_used), ckpt.warm_state_of(payload)
     stepper = sampling.Stepper(model)
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")  # generated text is UTF-8 whatever the locale says
@@ -403,16 +413,13 @@ def sample(
         if n:
             out.write("\n" + "-" * 40 + "\n")
         out.write(text)
-        for ch in sampling.generate(
-            model, vocab, text, cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, rng, stepper
-        ):
+        args = (cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, rng, stepper, warm)
+        for ch in sampling.generate(model, vocab, text, *args):
             out.write(ch)
             if tty or ch == "\n":
                 out.flush()
         out.write("\n")
         out.flush()
-    if cfg.seed is None:
-        err.print(f"[dim]seed {seed_used}[/dim]")
 
 
 # ----------------------------------------------------------------------------- eval

@@ -25,7 +25,7 @@ import torch
 
 from charlstm.corpus import CharVocab
 from charlstm.errors import UserError
-from charlstm.model import CharLSTM
+from charlstm.model import CharLSTM, State
 
 
 @dataclass
@@ -66,11 +66,15 @@ class Stepper:
         self.head_w, self.head_b = _np(model.head.weight), _np(model.head.bias)  # (V, H), (V,)
 
     @torch.inference_mode()
-    def prime(self, ids: torch.Tensor) -> tuple[np.ndarray, StepState]:
-        """Run a prompt (B, T) once through the model: logits of its last step (B, V) and the state."""
+    def prime(self, ids: torch.Tensor, start: State | None = None) -> tuple[np.ndarray, StepState]:
+        """Run a prompt (B, T) once through the model, from ``start`` (each (layers, 1, H)) or zeros:
+        logits of its last step (B, V) and the state."""
         was_training = self.model.training
         self.model.eval()
-        logits, (h, c) = self.model(ids.to(self.model.head.weight.device))
+        device = self.model.head.weight.device
+        if start is not None:
+            start = tuple(t.to(device).expand(-1, ids.shape[0], -1).contiguous() for t in start)
+        logits, (h, c) = self.model(ids.to(device), start)
         self.model.train(was_training)
         b, width = ids.shape[0], self.hidden
         xh = [np.zeros((b, width if i == 0 else 2 * width), np.float32) for i in range(len(self.weights))]
@@ -174,10 +178,10 @@ def prepare_prompt(vocab: CharVocab, prompt: str, unknown: str = "error") -> tup
 
 
 def priming_ids(vocab: CharVocab, prompt: str) -> list[int]:
-    """Ids the model reads before generating: the prompt, or a newline when it is empty."""
-    if prompt:
-        return vocab.encode(prompt)
-    return [vocab.index["\n"] if "\n" in vocab.index else 0]
+    """Ids the model reads before generating: a newline (text starts on a fresh line), then the prompt."""
+    newline = [vocab.index["\n"]] if "\n" in vocab.index and not prompt.startswith("\n") else []
+    ids = newline + vocab.encode(prompt)
+    return ids or [0]
 
 
 def generate_ids(
@@ -188,11 +192,12 @@ def generate_ids(
     top_k: int | None = None,
     top_p: float | None = None,
     rng: np.random.Generator | None = None,
+    start: State | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield ``length`` arrays of ids (B,), one per generated position, after reading ``prime`` (B, T)."""
     if length <= 0:
         return
-    logits, state = stepper.prime(prime)
+    logits, state = stepper.prime(prime, start)
     for i in range(length):
         tokens = next_tokens(logits, temperature, top_k, top_p, rng)
         yield tokens
@@ -210,10 +215,14 @@ def generate(
     top_p: float | None = None,
     rng: np.random.Generator | None = None,
     stepper: Stepper | None = None,
+    start: State | None = None,
 ) -> Iterator[str]:
-    """Yield generated characters one at a time, continuing ``prompt`` (not repeated)."""
+    """Yield generated characters one at a time, continuing ``prompt`` (not repeated).
+
+    ``start`` is the state the model reads the prompt from (see ``checkpoint.warm_state_of``).
+    """
     stepper = stepper or Stepper(model)
     prime = torch.tensor([priming_ids(vocab, prompt)], dtype=torch.long)
     chars = vocab.chars
-    for tokens in generate_ids(stepper, prime, length, temperature, top_k, top_p, rng):
+    for tokens in generate_ids(stepper, prime, length, temperature, top_k, top_p, rng, start):
         yield chars[tokens[0]]

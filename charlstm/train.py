@@ -207,8 +207,9 @@ def evaluate(
     """Mean loss over every predictable character of ``tokens`` (all N - 1 of them).
 
     The text is read as ``streams`` contiguous pieces in parallel, state carried from chunk to
-    chunk within each piece (only the first characters of each piece start from zero state);
-    the few characters left over after the last piece continue its state.
+    chunk within each piece. Each piece but the first starts from the state left by reading the
+    ``seq_len`` characters before it (unscored), so no piece starts cold in the middle of the
+    text; the few characters left over after the last piece continue its state.
     """
     device = torch.device(device)
     streams = max(1, min(streams, (len(tokens) - 1) // max(seq_len, 1)))
@@ -225,6 +226,7 @@ def evaluate(
         count += y.numel()
         return state
 
+    state = _warm_streams(model, tokens, batches, device, precision)
     for i in range(len(batches)):
         state = score(*batches.batch(i), state)
     end = streams * batches.stream_len  # last target read so far
@@ -234,6 +236,24 @@ def evaluate(
         score(rest[:, :-1], rest[:, 1:], last)
     model.train(was_training)
     return EvalResult(loss=float(total) / max(count, 1), chars=count)
+
+
+def _warm_streams(
+    model: CharLSTM, tokens: np.ndarray, batches: StreamBatches, device: torch.device, precision: str
+) -> State | None:
+    """State of every stream after reading the text just before it; stream 0 starts at zero."""
+    if batches.streams < 2:
+        return None
+    width = min(batches.seq_len, batches.stream_len)
+    starts = np.maximum(batches.starts[:, 0], batches.stream_len) - width  # stream 0 borrows stream 1's
+    idx = starts[:, None] + np.arange(width, dtype=np.int64)  # (B, W)
+    x = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64)).to(device)
+    with autocast(device, precision):
+        _, (h, c) = model(x)
+    h, c = h.float(), c.float()
+    h[:, 0].zero_()
+    c[:, 0].zero_()
+    return h, c
 
 
 # ----------------------------------------------------------------------------- the run
@@ -477,7 +497,9 @@ def preview(run: Run) -> str:
     if run.tcfg.sample_chars <= 0:
         return ""
     rng = np.random.default_rng(run.tcfg.seed + run.state.step)
-    return "".join(generate(run.model, run.corpus.vocab, "", run.tcfg.sample_chars, 0.8, rng=rng))
+    start = None if run.hidden is None else tuple(t[:, :1].detach().float() for t in run.hidden)
+    text = generate(run.model, run.corpus.vocab, "", run.tcfg.sample_chars, 0.8, rng=rng, start=start)
+    return "".join(text)
 
 
 def run_eval(run: Run, on_event: EventFn) -> None:
@@ -642,7 +664,7 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
             f"the run already finished at step {st.step} ({option(reason)} reached), expected a larger "
             f"--max-steps, --epochs or --max-time to train longer"
         )
-    t0, elapsed0, f0 = time.perf_counter(), st.elapsed, run.fraction()
+    t0, elapsed0, f0, step0 = time.perf_counter(), st.elapsed, run.fraction(), st.step
     window = _Window(t0, st.step, torch.zeros((), device=run.device))
     mean_loss, lr, evaluated_at, saved_at = math.nan, 0.0, -1, -1
     while reason is None:
@@ -683,12 +705,7 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
         st.best_val_loss,
         st.last_val_loss,
         mean_loss,
-        _mean_speed(run),
+        (st.step - step0) * t.batch_size * t.seq_len / max(st.elapsed - elapsed0, 1e-9),
         reason,
         stop.signum if stop else None,
     )
-
-
-def _mean_speed(run: Run) -> float:
-    speeds = [m["chars_per_sec"] for m in run.state.metrics if m["type"] == "train"]
-    return float(np.median(speeds)) if speeds else 0.0

@@ -100,3 +100,14 @@ def test_empty_prompt_and_zero_length(model):
 def test_tiny_temperature_does_not_overflow():
     logits = np.array([[49.0, 50.0, -3.0]], dtype=np.float32)
     assert next_tokens(logits, 1e-40, rng=np.random.default_rng(0)).tolist() == [1]
+
+
+def test_prime_from_a_given_state_matches_nn_lstm(model):
+    tokens = torch.randint(0, len(VOCAB), (3, 6))
+    h0, c0 = torch.randn(3, 1, 24), torch.randn(3, 1, 24)  # (layers, 1, H), shared by the streams
+    expected, _ = model(tokens, (h0.expand(-1, 3, -1).contiguous(), c0.expand(-1, 3, -1).contiguous()))
+    logits, state = Stepper(model).prime(tokens, (h0, c0))
+    np.testing.assert_allclose(logits, expected[:, -1].detach().numpy(), rtol=1e-5, atol=1e-5)
+    cold = "".join(generate(model, VOCAB, "ab", 30, 0.0))
+    warm = "".join(generate(model, VOCAB, "ab", 30, 0.0, start=(h0 * 3, c0 * 3)))
+    assert cold != warm

@@ -168,3 +168,10 @@ def test_finished_run_and_non_resumable_files_are_refused(tiny_train, tiny_model
         train(resume_run(tiny_train.out, {}, {}))
     with pytest.raises(UserError, match="cannot be resumed"):
         resume_run(Path(tiny_train.out) / "best.pt", {}, {})
+
+
+def test_evaluation_hardly_depends_on_chunking(tiny_train, tiny_model):
+    run = new_run(replace(tiny_train, max_steps=60, lr=3e-2), tiny_model)
+    train(run)
+    losses = [evaluate(run.model, run.val_tokens, seq_len=n).loss for n in (8, 32, 128)]
+    assert max(losses) - min(losses) < 0.02, losses
