@@ -642,31 +642,49 @@ def _log(run: Run, window: _Window, mean_loss: float, lr: float, t0: float, f0: 
     window.time, window.step = now, st.step
 
 
-def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = None) -> TrainResult:
-    """Train until the budget is spent or ``stop`` is set; evaluate and checkpoint on the way."""
-    on_event = on_event or (lambda event: None)
+def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
+    """Emit ``Started``; refuse to continue a run whose budget is already spent."""
     st, t = run.state, run.tcfg
-    on_event(
-        Started(
-            run.run_dir,
-            run.model.num_params(),
-            str(run.device),
-            st.precision,
-            t.batch_size * t.seq_len,
-            len(run.batches.tokens),
-            len(run.val_tokens),
-            st.step,
-        )
-    )
     reason = stop_reason(run, stop)
     if reason is not None and reason != "signal":
         raise UserError(
             f"the run already finished at step {st.step} ({option(reason)} reached), expected a larger "
             f"--max-steps, --epochs or --max-time to train longer"
         )
+    chars = t.batch_size * t.seq_len
+    on_event(
+        Started(
+            run.run_dir,
+            run.model.num_params(),
+            str(run.device),
+            st.precision,
+            chars,
+            len(run.batches.tokens),
+            len(run.val_tokens),
+            st.step,
+        )
+    )
+
+
+def _close(run: Run, window: _Window, reason: str, saved_at: int, evaluated_at: int, on_event: EventFn) -> str:
+    """End the run: fold the steps since the last sync, then save (signal) or evaluate (budget)."""
+    if reason == "nan" or not math.isfinite(_finite_window_loss(run, window)):
+        return "nan"
+    if reason == "signal" and saved_at != run.state.step:
+        save(run, (ckpt.LAST,))
+    elif reason != "signal" and evaluated_at != run.state.step:
+        run_eval(run, on_event)
+    return reason
+
+
+def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = None) -> TrainResult:
+    """Train until the budget is spent or ``stop`` is set; evaluate and checkpoint on the way."""
+    on_event = on_event or (lambda event: None)
+    st, t = run.state, run.tcfg
+    _announce(run, on_event, stop)
     t0, elapsed0, f0, step0 = time.perf_counter(), st.elapsed, run.fraction(), st.step
     window = _Window(t0, st.step, torch.zeros((), device=run.device))
-    mean_loss, lr, evaluated_at, saved_at = math.nan, 0.0, -1, -1
+    reason, mean_loss, evaluated_at, saved_at = None, math.nan, -1, -1
     while reason is None:
         lr = current_lr(run)
         x, y = next_batch(run)
@@ -690,13 +708,8 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
             saved_at = st.step
         st.elapsed = elapsed0 + time.perf_counter() - t0
         reason = stop_reason(run, stop)
-    if reason != "nan":  # close the run: fold the steps since the last sync, then save or evaluate
-        if not math.isfinite(_finite_window_loss(run, window)):
-            reason = "nan"
-        elif reason == "signal" and saved_at != st.step:
-            save(run, (ckpt.LAST,))
-        elif reason != "signal" and evaluated_at != st.step:
-            run_eval(run, on_event)
+    reason = _close(run, window, reason, saved_at, evaluated_at, on_event)
+    speed = (st.step - step0) * t.batch_size * t.seq_len / max(st.elapsed - elapsed0, 1e-9)
     return TrainResult(
         run.run_dir,
         st.step,
@@ -705,7 +718,7 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
         st.best_val_loss,
         st.last_val_loss,
         mean_loss,
-        (st.step - step0) * t.batch_size * t.seq_len / max(st.elapsed - elapsed0, 1e-9),
+        speed,
         reason,
         stop.signum if stop else None,
     )
