@@ -297,7 +297,8 @@ class TrainView:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        if self.bar.live.is_started:  # stopping a display never shown would print a blank line
+            self.bar.stop()
 
     def _show(self) -> None:
         """Start the live display on first use, so a failure before it shows no empty bar."""

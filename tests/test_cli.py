@@ -48,7 +48,7 @@ def invoke(*args: str):
 def assert_user_error(result, *needles: str) -> None:
     """Exit 2, exactly one line on stderr starting with 'error:', no traceback."""
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
+    lines = result.stderr.rstrip("\n").splitlines()  # a blank line before the error counts too
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output
     for needle in needles:
@@ -398,3 +398,17 @@ def test_any_script_emoji_and_crlf_train_and_sample(tmp_path):
     result = invoke("sample", tmp_path / "r", "--prompt", "こんにちは", "--length", 60, "--seed", 2)
     assert result.exit_code == 0 and result.stdout.startswith("こんにちは")
     assert set(result.stdout) - {"\n"} <= set(info["vocab"])
+
+
+def test_offline_download_through_the_cli_is_one_line(tmp_path, monkeypatch):
+    from charlstm import corpus
+
+    monkeypatch.chdir(tmp_path)
+    entry = corpus.KNOWN_CORPORA["tinyshakespeare"]
+    monkeypatch.setitem(
+        corpus.KNOWN_CORPORA,
+        "tinyshakespeare",
+        corpus.KnownCorpus("http://127.0.0.1:9/input.txt", entry.sha256, entry.filename),
+    )
+    assert_user_error(invoke("train"), "could not download", "corpora/tinyshakespeare.txt", "--corpus PATH")
+    assert not (tmp_path / "corpora" / "tinyshakespeare.txt").exists()
