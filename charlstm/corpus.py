@@ -370,11 +370,6 @@ class StreamBatches:
     def __len__(self) -> int:
         return self.num_chunks
 
-    @property
-    def chars_per_pass(self) -> int:
-        """Characters predicted in one pass over all chunks."""
-        return self.streams * min(self.stream_len, self.num_chunks * self.seq_len)
-
     def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of chunk ``i``, each (B, T) int64 (T shorter for a last partial chunk)."""
         begin = i * self.seq_len

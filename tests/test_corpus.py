@@ -105,7 +105,7 @@ def test_stream_batches_layout():
     assert x.tolist() == [list(range(8, 16)), list(range(28, 36))]
     assert torch.equal(y, x + 1)
     full = StreamBatches(tokens, streams=2, seq_len=8, drop_last=False)
-    assert len(full) == 3 and full.batch(2)[0].shape == (2, 4) and full.chars_per_pass == 40
+    assert len(full) == 3 and full.batch(2)[0].shape == (2, 4)  # the last partial chunk: 20 - 2 * 8
 
 
 def test_too_short_corpus_says_how_short():
