@@ -27,7 +27,7 @@ import torch
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.corpus import CharVocab, atomic_path
 from charlstm.errors import UserError
-from charlstm.model import CharLSTM
+from charlstm.model import CharLSTM, first_stream
 
 FORMAT_VERSION = 1
 BEST, LAST = "best.pt", "last.pt"
@@ -114,8 +114,7 @@ def warm_state_of(payload: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] 
     hidden = payload.get("hidden")
     if not hidden or len(hidden) != 2:
         return None
-    h, c = hidden
-    return h[:, :1].float().contiguous(), c[:, :1].float().contiguous()
+    return first_stream((hidden[0], hidden[1]))
 
 
 def train_config_of(payload: dict[str, Any]) -> TrainConfig:

@@ -57,3 +57,8 @@ class CharLSTM(nn.Module):
 def detach_state(state: State) -> State:
     """Cut the graph between chunks (truncated BPTT) while keeping the values."""
     return state[0].detach(), state[1].detach()
+
+
+def first_stream(state: State) -> State:
+    """Row 0 of a carried state, (layers, 1, H) each, detached fp32: a realistic start for sampling."""
+    return state[0][:, :1].detach().float().contiguous(), state[1][:, :1].detach().float().contiguous()

@@ -33,7 +33,7 @@ from charlstm.corpus import (
     split_tokens,
 )
 from charlstm.errors import UserError
-from charlstm.model import CharLSTM, State, detach_state
+from charlstm.model import CharLSTM, State, detach_state, first_stream
 from charlstm.sample import generate
 from charlstm.schedule import get_lr, plateau_update
 
@@ -497,7 +497,7 @@ def preview(run: Run) -> str:
     if run.tcfg.sample_chars <= 0:
         return ""
     rng = np.random.default_rng(run.tcfg.seed + run.state.step)
-    start = None if run.hidden is None else tuple(t[:, :1].detach().float() for t in run.hidden)
+    start = None if run.hidden is None else first_stream(run.hidden)
     text = generate(run.model, run.corpus.vocab, "", run.tcfg.sample_chars, 0.8, rng=rng, start=start)
     return "".join(text)
 
