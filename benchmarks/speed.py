@@ -5,8 +5,10 @@ For each shape it prints:
   fused AdamW, clipping) and of a plain fp32 ``nn.LSTM`` loop with the same shapes, and the ratio;
 - the FLOP/s that charlstm's training reaches (6 x matmul parameters x chars/s) as a fraction of
   this machine's matrix-multiply peak in the same dtype, measured here with 2048^3 products;
-- sampling chars/s at 1 and 64 streams: charlstm's ``Stepper`` + ``next_tokens`` beside calling
-  ``nn.LSTM`` once per character, and the ratio.
+- sampling chars/s at 1 and 64 streams, with weights in fp32 (exact) and in bf16 (what
+  ``charlstm sample`` uses for a model trained in bf16): one stream through the compiled
+  generation loop, 64 through ``Stepper.step`` + ``next_tokens``; beside calling ``nn.LSTM``
+  once per character with softmax + multinomial, and the ratios.
 
     python benchmarks/speed.py                  # 2x256 and 2x512 (and 3x512 on a GPU)
     python benchmarks/speed.py --shapes 2x256 --seconds 5
@@ -15,6 +17,7 @@ For each shape it prints:
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import time
 from collections.abc import Callable
@@ -27,7 +30,7 @@ from torch import nn
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.corpus import StreamBatches
 from charlstm.model import CharLSTM
-from charlstm.sample import Stepper, next_tokens
+from charlstm.sample import CHUNK, SamplingRule, Stepper, next_tokens
 from charlstm.train import Run, RunState, choose_precision, make_optimizer, train_step
 
 V, E, T = 65, 64, 128
@@ -127,17 +130,21 @@ def plain_sampling(model: CharLSTM, streams: int, device: torch.device, seconds:
     return rate(step, device, seconds)
 
 
-def charlstm_sampling(model: CharLSTM, streams: int, device: torch.device, seconds: float) -> float:
-    stepper = Stepper(model)
-    logits, state = stepper.prime(torch.zeros(streams, 1, dtype=torch.long, device=device))
+def charlstm_sampling(model: CharLSTM, streams: int, precision: str, seconds: float) -> float:
+    """What ``charlstm sample`` runs (always on the CPU): one stream generates chunks in one
+    compiled call each; many streams step together (matrix products, compiled gate math)."""
+    stepper, rule = Stepper(copy.deepcopy(model).cpu(), precision), SamplingRule(0.8)
+    logits, state = stepper.prime(torch.zeros(streams, 1, dtype=torch.long))
     rng = np.random.default_rng(0)
 
     def step() -> int:
         nonlocal logits
-        logits = stepper.step(next_tokens(logits, 0.8, rng=rng), state)
+        if streams == 1:
+            return len(stepper.generate_one(state, CHUNK, rule, rng, last=False))
+        logits = stepper.step(next_tokens(logits, *rule.args(), rng=rng), state)
         return streams
 
-    return rate(step, device, seconds)
+    return rate(step, torch.device("cpu"), seconds)
 
 
 def main() -> None:
@@ -159,29 +166,32 @@ def main() -> None:
         "bf16": matmul_peak(torch.bfloat16, device, args.seconds),
     }
     print(f"# matmul peak: fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")
-    print(
-        "| shape | train plain fp32 | train charlstm | ratio | charlstm FLOP/s (of peak) "
-        "| sample 1 plain | sample 1 charlstm | ratio | sample 64 plain | sample 64 charlstm | ratio |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    training, sampling = [], []
     for shape in shapes:
         layers, hidden = map(int, shape.split("x"))
         torch.manual_seed(0)
         plain = plain_training(hidden, layers, args.batch, device, args.seconds)
         ours, precision = charlstm_training(hidden, layers, args.batch, device, args.seconds)
         flops = 6 * matmul_params(hidden, layers) * ours
-        model = CharLSTM(ModelConfig(vocab_size=V, embedding=E, hidden=hidden, layers=layers)).to(device).eval()
-        s = {
-            n: (plain_sampling(model, n, device, args.seconds), charlstm_sampling(model, n, device, args.seconds))
-            for n in (1, 64)
-        }
-        print(
+        training.append(
             f"| {shape} b{args.batch} | {plain:,.0f} | {ours:,.0f} ({precision}) | {ours / plain:.2f}x "
-            f"| {flops / 1e9:,.0f} G ({flops / peaks[precision]:.0%} of {precision}) "
-            f"| {s[1][0]:,.0f} | {s[1][1]:,.0f} | {s[1][1] / s[1][0]:.1f}x "
-            f"| {s[64][0]:,.0f} | {s[64][1]:,.0f} | {s[64][1] / s[64][0]:.1f}x |",
-            flush=True,
+            f"| {flops / 1e9:,.0f} G ({flops / peaks[precision]:.0%} of {precision} peak) |"
         )
+        model = CharLSTM(ModelConfig(vocab_size=V, embedding=E, hidden=hidden, layers=layers)).to(device).eval()
+        for n in (1, 64):
+            base = plain_sampling(model, n, device, args.seconds)
+            ours32, ours16 = (charlstm_sampling(model, n, p, args.seconds) for p in ("fp32", "bf16"))
+            ratios = f"{ours32:,.0f} | {ours32 / base:.1f}x | {ours16:,.0f} | {ours16 / base:.1f}x"
+            sampling.append(f"| {shape} | {n} | {base:,.0f} | {ratios} |")
+        print(f"# {shape} measured", flush=True)
+    print("\nTraining, chars/s:\n")
+    print("| shape, batch | plain fp32 nn.LSTM | charlstm | ratio | charlstm FLOP/s |")
+    print("|---|---|---|---|---|")
+    print("\n".join(training))
+    print("\nSampling, chars/s (plain: nn.LSTM called once per character; charlstm: `charlstm sample`'s step):\n")
+    print("| shape | streams | plain nn.LSTM | charlstm fp32 | ratio | charlstm bf16 | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(sampling))
 
 
 if __name__ == "__main__":

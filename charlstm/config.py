@@ -172,6 +172,7 @@ class SampleConfig(_Dict):
     seed: int | None = None
     num_samples: int = 1
     unknown: str = "error"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 0:
@@ -187,3 +188,4 @@ class SampleConfig(_Dict):
         _positive_int(self, "num_samples")
         _seed(self)
         _choice(self, "unknown", UNKNOWN_POLICIES)
+        _choice(self, "precision", PRECISIONS)

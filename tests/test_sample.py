@@ -1,12 +1,24 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
 
+from charlstm import sample as sampling
 from charlstm.config import ModelConfig
 from charlstm.corpus import CharVocab
 from charlstm.errors import UserError
 from charlstm.model import CharLSTM
-from charlstm.sample import Stepper, generate, next_tokens, prepare_prompt, top_k_filter, top_p_filter
+from charlstm.sample import (
+    SamplingRule,
+    Stepper,
+    generate,
+    next_tokens,
+    prepare_prompt,
+    resolve_precision,
+    top_k_filter,
+    top_p_filter,
+)
 
 VOCAB = CharVocab("\nabcdefgh:ABC ")
 
@@ -28,6 +40,56 @@ def test_fast_step_matches_nn_lstm(model, streams):
         logits = stepper.step(tokens[:, t].numpy(), state)
         got.append(logits)
     np.testing.assert_allclose(np.stack(got, 1), expected[:, 3:].detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("streams", [1, 5])
+def test_bf16_step_equals_nn_lstm_on_bf16_rounded_weights(model, streams):
+    """bf16 rounds the matrices read per step. One stream keeps fp32 arithmetic (tight match);
+    many streams also round the products' inputs and outputs, as autocast does (close match)."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in rounded.named_parameters():
+            if name == "head.weight" or "weight_hh" in name or ("weight_ih" in name and not name.endswith("l0")):
+                p.copy_(p.bfloat16().float())
+    tokens = torch.randint(0, len(VOCAB), (streams, 12))
+    expected, _ = rounded(tokens)
+    stepper = Stepper(model, "bf16")
+    logits, state = stepper.prime(tokens[:, :4])
+    got = [logits]
+    for t in range(4, 12):
+        got.append(stepper.step(tokens[:, t].numpy(), state))
+    tolerance = 1e-5 if streams == 1 else 5e-3
+    np.testing.assert_allclose(np.stack(got, 1), expected[:, 3:].detach().numpy(), rtol=tolerance, atol=tolerance)
+    exact, _ = model(tokens)
+    assert not np.allclose(np.stack(got, 1), exact[:, 3:].detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("rule", [SamplingRule(1.0), SamplingRule(0.7, top_k=4), SamplingRule(1.2, top_p=0.8)])
+def test_compiled_generation_equals_stepping_one_character_at_a_time(model, monkeypatch, precision, rule):
+    monkeypatch.setattr(sampling, "CHUNK", 7)  # several chunks, and a short last one
+    stepper, prime = Stepper(model, precision), torch.tensor([[1, 2, 3]])
+    fast = np.concatenate(list(sampling.generate_ids(stepper, prime, 30, rule, np.random.default_rng(5))))
+    logits, state = stepper.prime(prime)
+    rng, slow = np.random.default_rng(5), []
+    for _ in range(30):
+        slow.append(int(next_tokens(logits, *rule.args(), rng=rng)[0]))
+        logits = stepper.step(np.array(slow[-1:]), state)
+    assert fast.tolist() == slow
+
+
+def test_fast_tanh_is_accurate():
+    x = np.linspace(-20, 20, 400_001).astype(np.float32)
+    got = np.array([sampling._tanh(float(v)) for v in x[::97]])
+    assert np.abs(got - np.tanh(x[::97].astype(np.float64))).max() < 2e-7
+    assert sampling._tanh(0.0) == 0.0 and sampling._tanh(-1e-30) <= 0.0
+
+
+def test_auto_precision_follows_training():
+    assert resolve_precision("auto", "bf16") == "bf16"
+    assert resolve_precision("auto", "fp32") == "fp32"
+    assert resolve_precision("auto", None) == "fp32"
+    assert resolve_precision("fp32", "bf16") == "fp32"
 
 
 def test_prime_keeps_the_training_mode(model):
