@@ -14,6 +14,7 @@ import shlex
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Annotated, Any
 
@@ -416,18 +417,26 @@ def sample(
     stepper = sampling.Stepper(model, sampling.resolve_precision(cfg.precision, ckpt.describe(payload)["precision"]))
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")  # generated text is UTF-8 whatever the locale says
+    rule = sampling.SamplingRule(cfg.temperature, cfg.top_k, cfg.top_p)
+    args = (cfg.length, cfg.num_samples, rule, rng, stepper, warm)
+    _write_samples(text, sampling.generate_texts(model, vocab, text, *args), cfg.num_samples)
+
+
+def _write_samples(prompt: str, pieces: Iterator[list[str]], count: int) -> None:
+    """Samples are drawn side by side: the first streams to stdout as it grows, the others follow it."""
     out, tty = sys.stdout, sys.stdout.isatty()
-    for n in range(cfg.num_samples):
-        if n:
-            out.write("\n" + "-" * 40 + "\n")
-        out.write(text)
-        args = (cfg.length, cfg.temperature, cfg.top_k, cfg.top_p, rng, stepper, warm)
-        for chunk in sampling.generate(model, vocab, text, *args):
-            out.write(chunk)
-            if tty or "\n" in chunk:
-                out.flush()
-        out.write("\n")
-        out.flush()
+    rest: list[list[str]] = [[] for _ in range(count - 1)]
+    out.write(prompt)
+    for piece, *others in pieces:
+        out.write(piece)
+        if tty or "\n" in piece:
+            out.flush()
+        for kept, more in zip(rest, others, strict=True):
+            kept.append(more)
+    out.write("\n")
+    for kept in rest:
+        out.write("\n" + "-" * 40 + "\n" + prompt + "".join(kept) + "\n")
+    out.flush()
 
 
 # ----------------------------------------------------------------------------- eval

@@ -104,8 +104,8 @@ class TrainConfig(_Dict):
     val_fraction: float = 0.1
     seq_len: int = 128
     batch_size: int = 64
-    lr: float = 2e-2
-    weight_decay: float = 0.01
+    lr: float = 3e-2
+    weight_decay: float = 0.2
     grad_clip: float = 1.0
     schedule: str = "cosine"
     warmup_steps: int = 50

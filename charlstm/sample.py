@@ -505,6 +505,29 @@ def generate_ids(
             logits = stepper.step(tokens, state)
 
 
+def generate_texts(
+    model: CharLSTM,
+    vocab: CharVocab,
+    prompt: str,
+    length: int,
+    count: int,
+    rule: SamplingRule,
+    rng: np.random.Generator,
+    stepper: Stepper | None = None,
+    start: State | None = None,
+) -> Iterator[list[str]]:
+    """``count`` samples continuing ``prompt`` (not repeated), drawn side by side: yields one
+    piece of text per sample at a time, ``length`` characters per sample in all.
+
+    ``start`` is the state the model reads the prompt from (see ``checkpoint.warm_state_of``).
+    """
+    stepper = stepper or Stepper(model)
+    prime = torch.tensor([priming_ids(vocab, prompt)] * count, dtype=torch.long)
+    chars = vocab.chars
+    for ids in generate_ids(stepper, prime, length, rule, rng, start):
+        yield ["".join(chars[i] for i in ids)] if count == 1 else [chars[i] for i in ids]
+
+
 def generate(
     model: CharLSTM,
     vocab: CharVocab,
@@ -517,14 +540,8 @@ def generate(
     stepper: Stepper | None = None,
     start: State | None = None,
 ) -> Iterator[str]:
-    """Yield generated text continuing ``prompt`` (not repeated), a chunk at a time: ``length``
-    characters in all.
-
-    ``start`` is the state the model reads the prompt from (see ``checkpoint.warm_state_of``).
-    """
-    stepper = stepper or Stepper(model)
+    """One sample continuing ``prompt`` (not repeated), a piece at a time: ``length`` characters in all."""
     rng = rng if rng is not None else np.random.default_rng()
-    prime = torch.tensor([priming_ids(vocab, prompt)], dtype=torch.long)
-    chars = vocab.chars
-    for ids in generate_ids(stepper, prime, length, SamplingRule(temperature, top_k, top_p), rng, start):
-        yield "".join(chars[i] for i in ids)
+    rule = SamplingRule(temperature, top_k, top_p)
+    for pieces in generate_texts(model, vocab, prompt, length, 1, rule, rng, stepper, start):
+        yield pieces[0]

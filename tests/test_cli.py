@@ -73,6 +73,14 @@ def test_train_sample_eval_info_end_to_end(trained, corpus_file):
     assert again.stdout == sample.stdout
     two = invoke("sample", trained / "last.pt", "--length", 20, "--num-samples", 2, "--top-k", 5, "--top-p", 0.9)
     assert two.exit_code == 0 and two.stdout.count("-" * 40) == 1
+    three = invoke("sample", trained, "--prompt", "KING:", "--length", 20, "--num-samples", 3, "--seed", 1)
+    parts = three.stdout.split("\n" + "-" * 40 + "\n")  # drawn side by side, printed one after another
+    assert len(parts) == 3 and all(p.startswith("KING:") and len(p) == 5 + 20 + 1 for p in parts)
+    assert len(set(parts)) == 3
+    for precision in ("fp32", "bf16"):
+        exact = invoke("sample", trained, "--length", 30, "--seed", 2, "--precision", precision)
+        assert exact.exit_code == 0 and len(exact.stdout) == 31
+    assert_user_error(invoke("sample", trained, "--precision", "fp16"), "--precision")
 
     ev = invoke("eval", trained, "--corpus", corpus_file, "--json")
     assert ev.exit_code == 0, ev.output
@@ -311,7 +319,7 @@ def test_internal_errors_exit_1_and_debug_shows_traceback(trained, monkeypatch):
     def broken(*a, **k):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(sampling, "generate", broken)
+    monkeypatch.setattr(sampling, "generate_texts", broken)
     result = invoke("sample", trained, "--length", 5)
     assert result.exit_code == 1 and "internal error" in result.stderr and "Traceback" not in result.stderr
     debug = invoke("--debug", "sample", trained, "--length", 5)
