@@ -29,6 +29,7 @@ from llvmlite import ir as llvm_ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
+from charlstm.config import ModelConfig
 from charlstm.corpus import CharVocab
 from charlstm.errors import UserError
 from charlstm.model import CharLSTM, State
@@ -503,6 +504,16 @@ def generate_ids(
         yield tokens
         if i + 1 < length:
             logits = stepper.step(tokens, state)
+
+
+def compile_kernels(precision: str = "fp32") -> None:
+    """Compile one stream's generation loop (or load it from Numba's on-disk cache, well under a
+    second), so that a timed loop does not pay for it: about 10 s the first time on a 2-core CPU."""
+    with torch.random.fork_rng(devices=[]):  # a run's random state must not move
+        tiny = CharLSTM(ModelConfig(vocab_size=3, embedding=2, hidden=2, layers=2)).eval()
+    stepper = Stepper(tiny, precision)
+    _, state = stepper.prime(torch.zeros(1, 1, dtype=torch.long))
+    stepper.generate_one(state, 2, SamplingRule(1.0, 2, 0.9), np.random.default_rng(0), last=True)
 
 
 def generate_texts(

@@ -34,7 +34,7 @@ from charlstm.corpus import (
 )
 from charlstm.errors import UserError
 from charlstm.model import CharLSTM, State, detach_state, first_stream
-from charlstm.sample import generate
+from charlstm.sample import compile_kernels, generate
 from charlstm.schedule import get_lr, plateau_update
 
 EVAL_STREAMS = 64  # evaluation splits the text into this many carried-state streams
@@ -682,6 +682,8 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
     on_event = on_event or (lambda event: None)
     st, t = run.state, run.tcfg
     _announce(run, on_event, stop)
+    if t.sample_chars > 0:
+        compile_kernels()  # the previews' sampling step: compiled once per machine, not on the clock
     t0, elapsed0, f0, step0 = time.perf_counter(), st.elapsed, run.fraction(), st.step
     window = _Window(t0, st.step, torch.zeros((), device=run.device))
     reason, mean_loss, evaluated_at, saved_at = None, math.nan, -1, -1

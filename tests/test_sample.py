@@ -173,3 +173,9 @@ def test_prime_from_a_given_state_matches_nn_lstm(model):
     cold = "".join(generate(model, VOCAB, "ab", 30, 0.0))
     warm = "".join(generate(model, VOCAB, "ab", 30, 0.0, start=(h0 * 3, c0 * 3)))
     assert cold != warm
+
+
+def test_compiling_ahead_leaves_the_random_state_alone():
+    before = torch.get_rng_state()
+    sampling.compile_kernels("fp32")
+    assert torch.equal(before, torch.get_rng_state())
