@@ -26,14 +26,13 @@ MODEL_KEYS = {"embedding", "hidden", "layers", "dropout"}
 # Each trial names only what differs from the current defaults.
 GRID: list[dict] = [
     {},
-    {"batch_size": 64},
-    {"layers": 3},
-    {"hidden": 384},
-    {"hidden": 512},
-    {"lr": 5e-3},
-    {"lr": 2e-3},
-    {"seq_len": 64},
+    {"weight_decay": 0.1},
+    {"weight_decay": 0.3},
+    {"lr": 2e-2},
+    {"lr": 4e-2},
     {"dropout": 0.1},
+    {"hidden": 640},
+    {"batch_size": 128, "seq_len": 64},
 ]
 
 
