@@ -16,6 +16,7 @@ SCHEDULES = ("cosine", "step", "plateau", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 UNKNOWN_POLICIES = ("error", "skip")
+MAX_SAMPLES = 100_000
 
 
 def option(name: str) -> str:
@@ -186,6 +187,8 @@ class SampleConfig(_Dict):
         if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
             raise _fail("top_p", self.top_p, "a number in (0, 1]")
         _positive_int(self, "num_samples")
+        if self.num_samples > MAX_SAMPLES:  # drawn side by side: each one holds its own state
+            raise _fail("num_samples", self.num_samples, f"at most {MAX_SAMPLES:,} per call")
         _seed(self)
         _choice(self, "unknown", UNKNOWN_POLICIES)
         _choice(self, "precision", PRECISIONS)

@@ -20,6 +20,7 @@ arithmetic. The prompt is run once as a sequence through ``nn.LSTM``; after that
 from __future__ import annotations
 
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 
 import numba
@@ -220,9 +221,9 @@ def _keep_top_p(z: np.ndarray, p: float) -> None:
     order = np.argsort(-z, kind="mergesort")  # stable: ties keep their order
     probs = np.exp(z[order].astype(np.float64) - z[order[0]])
     probs /= probs.sum()
-    ahead = 0.0  # probability mass strictly ahead of each entry: the top one is always kept
+    ahead = 0.0  # probability mass strictly ahead of each entry
     for i in range(order.shape[0]):
-        if ahead >= p:
+        if i and ahead >= p:  # the likeliest entry is always kept, whatever p
             z[order[i]] = -np.inf
         ahead += probs[i]
 
@@ -237,16 +238,15 @@ def _draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, u: f
         z[v] = (logits[v] - top) / temperature
     _keep_top_k(z, top_k)
     _keep_top_p(z, top_p)
-    total = 0.0
+    acc = 0.0
+    for v in range(z.shape[0]):  # cumulative probabilities (unnormalised), summed in order
+        acc += np.exp(z[v])
+        z[v] = acc
+    target = u * acc  # u in (0, 1]: the last entry with any probability reaches it exactly
     for v in range(z.shape[0]):
-        z[v] = np.exp(z[v])
-        total += z[v]
-    target, acc = u * total, 0.0
-    for v in range(z.shape[0]):
-        acc += z[v]
-        if acc >= target:
+        if z[v] >= target:
             return v
-    return z.shape[0] - 1
+    return int(np.argmax(logits))  # only for NaN logits
 
 
 @numba.njit(**_JIT)
@@ -300,8 +300,7 @@ def _bf16_pairs(w: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def _with_step_weights_rounded(model: CharLSTM) -> CharLSTM:
     """A copy whose per-step matrices (recurrent, deeper input, head) are rounded to bfloat16."""
-    copy = CharLSTM(model.config).to(model.head.weight.device)
-    copy.load_state_dict(model.state_dict())
+    copy = deepcopy(model)  # not a new CharLSTM: its initialisation would move torch's random state
     for name, p in copy.named_parameters():
         if name == "head.weight" or "weight_hh" in name or ("weight_ih" in name and not name.endswith("_l0")):
             p.copy_(p.bfloat16().float())
@@ -428,7 +427,8 @@ class SamplingRule:
     top_p: float | None = None
 
     def args(self) -> tuple[float, int, float]:
-        return float(self.temperature), int(self.top_k or 0), 1.0 if self.top_p is None else float(self.top_p)
+        top_k = min(int(self.top_k or 0), 1 << 31)  # any k past the vocabulary keeps everything
+        return float(self.temperature), top_k, 1.0 if self.top_p is None else float(self.top_p)
 
 
 def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
@@ -506,14 +506,15 @@ def generate_ids(
             logits = stepper.step(tokens, state)
 
 
-def compile_kernels(precision: str = "fp32") -> None:
-    """Compile one stream's generation loop (or load it from Numba's on-disk cache, well under a
-    second), so that a timed loop does not pay for it: about 10 s the first time on a 2-core CPU."""
+def compile_kernels() -> None:
+    """Compile everything sampling runs, in both precisions, for one stream and for many (or load
+    it from Numba's on-disk cache, well under a second): about 12 s the first time on a 2-core CPU."""
     with torch.random.fork_rng(devices=[]):  # a run's random state must not move
         tiny = CharLSTM(ModelConfig(vocab_size=3, embedding=2, hidden=2, layers=2)).eval()
-    stepper = Stepper(tiny, precision)
-    _, state = stepper.prime(torch.zeros(1, 1, dtype=torch.long))
-    stepper.generate_one(state, 2, SamplingRule(1.0, 2, 0.9), np.random.default_rng(0), last=True)
+        rng, rule = np.random.default_rng(0), SamplingRule(1.0, 2, 0.9)
+        for precision in PRECISIONS:
+            for streams in (1, 2):
+                list(generate_ids(Stepper(tiny, precision), torch.zeros(streams, 1, dtype=torch.long), 2, rule, rng))
 
 
 def generate_texts(

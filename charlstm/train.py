@@ -683,7 +683,7 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
     st, t = run.state, run.tcfg
     _announce(run, on_event, stop)
     if t.sample_chars > 0:
-        compile_kernels()  # the previews' sampling step: compiled once per machine, not on the clock
+        compile_kernels()  # sampling (previews, then `charlstm sample`): compiled once per machine, not on the clock
     t0, elapsed0, f0, step0 = time.perf_counter(), st.elapsed, run.fraction(), st.step
     window = _Window(t0, st.step, torch.zeros((), device=run.device))
     reason, mean_loss, evaluated_at, saved_at = None, math.nan, -1, -1

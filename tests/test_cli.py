@@ -81,6 +81,7 @@ def test_train_sample_eval_info_end_to_end(trained, corpus_file):
         exact = invoke("sample", trained, "--length", 30, "--seed", 2, "--precision", precision)
         assert exact.exit_code == 0 and len(exact.stdout) == 31
     assert_user_error(invoke("sample", trained, "--precision", "fp16"), "--precision")
+    assert_user_error(invoke("sample", trained, "--num-samples", 100_001), "--num-samples")
 
     ev = invoke("eval", trained, "--corpus", corpus_file, "--json")
     assert ev.exit_code == 0, ev.output

@@ -1,5 +1,6 @@
 import copy
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -79,10 +80,26 @@ def test_compiled_generation_equals_stepping_one_character_at_a_time(model, monk
 
 
 def test_fast_tanh_is_accurate():
-    x = np.linspace(-20, 20, 400_001).astype(np.float32)
-    got = np.array([sampling._tanh(float(v)) for v in x[::97]])
-    assert np.abs(got - np.tanh(x[::97].astype(np.float64))).max() < 2e-7
-    assert sampling._tanh(0.0) == 0.0 and sampling._tanh(-1e-30) <= 0.0
+    x = np.linspace(-20, 20, 400_001).astype(np.float32)[::97]
+    got = np.array([sampling._tanh(v) for v in x])  # float32 scalars: the kernels' own version
+    assert any(sig == (numba.float32,) for sig in sampling._tanh.signatures)
+    assert np.abs(got - np.tanh(x.astype(np.float64))).max() < 2e-7
+    assert sampling._tanh(np.float32(0)) == 0.0 and sampling._tanh(np.float32(-1e-30)) <= 0.0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_threaded_matrix_vector_path_matches_nn_lstm(precision):
+    """Hidden 128: the matrices are big enough to be split between threads."""
+    torch.manual_seed(1)
+    model = CharLSTM(ModelConfig(vocab_size=len(VOCAB), embedding=8, hidden=128, layers=2)).eval()
+    stepper = Stepper(model, precision)
+    assert stepper.arrays[2][0].size * (2 if precision == "bf16" else 1) >= sampling.PARALLEL_MIN
+    reference = stepper.model  # for bf16, the copy with rounded weights
+    tokens = torch.randint(0, len(VOCAB), (1, 10))
+    expected, _ = reference(tokens)
+    logits, state = stepper.prime(tokens[:, :1])
+    got = [logits] + [stepper.step(tokens[:, t].numpy(), state) for t in range(1, 10)]
+    np.testing.assert_allclose(np.concatenate(got), expected[0].detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_auto_precision_follows_training():
@@ -127,6 +144,8 @@ def test_top_k_keeps_k_largest():
     rng = np.random.default_rng(0)
     draws = {int(next_tokens(logits, 5.0, top_k=2, rng=rng)[0]) for _ in range(200)}
     assert draws == {1, 4}
+    huge = next_tokens(logits, 1.0, top_k=10**20, rng=np.random.default_rng(3))  # past the vocabulary: off
+    assert huge.tolist() == next_tokens(logits, 1.0, rng=np.random.default_rng(3)).tolist()
 
 
 def test_top_p_keeps_smallest_nucleus():
@@ -136,6 +155,7 @@ def test_top_p_keeps_smallest_nucleus():
     assert np.isfinite(top_p_filter(logits, 0.81)).tolist() == [[True, True, False, True]]
     assert np.isfinite(top_p_filter(logits, 0.01)).tolist() == [[False, True, False, False]]
     assert np.array_equal(top_p_filter(logits, 1.0), logits)
+    assert np.isfinite(top_p_filter(logits, 0.0)).tolist() == [[False, True, False, False]]  # the top stays
     rng = np.random.default_rng(0)
     assert {int(next_tokens(logits, 1.0, top_p=0.7, rng=rng)[0]) for _ in range(300)} == {1, 3}
 
@@ -177,5 +197,5 @@ def test_prime_from_a_given_state_matches_nn_lstm(model):
 
 def test_compiling_ahead_leaves_the_random_state_alone():
     before = torch.get_rng_state()
-    sampling.compile_kernels("fp32")
+    sampling.compile_kernels()
     assert torch.equal(before, torch.get_rng_state())
