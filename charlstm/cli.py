@@ -393,8 +393,8 @@ def sample(
     precision: Annotated[
         str,
         typer.Option(
-            help="Weights the sampling step reads: fp32 (exact), bf16 (half the bytes, about twice as fast), "
-            "or auto (the precision the model trained in)."
+            help="Weights the sampling step reads: fp32 (exact), bf16 (half the bytes to read: up to twice as "
+            "fast), or auto (the precision the model trained in)."
         ),
     ] = S.precision,
 ) -> None:

@@ -117,7 +117,7 @@ def _dot_rows_bf16(w: np.ndarray, xe: np.ndarray, xo: np.ndarray, out: np.ndarra
 
 
 # One stream is limited by reading the weights, not by arithmetic: each thread reads its own
-# block of rows, which stays in its core's cache from one character to the next.
+# block of rows, so every core's cache and share of memory bandwidth is put to work.
 @numba.njit(parallel=True, **_JIT)
 def _gemv_f32(w: np.ndarray, x: np.ndarray, out: np.ndarray, threads: int) -> None:
     """out (R,) = w (R, K) @ x (K,)."""
