@@ -1,13 +1,14 @@
 """Training and sampling speed of charlstm beside plain PyTorch, measured in the same run.
 
 For each shape it prints:
-- training chars/s of charlstm's own step (``charlstm.train.train_step``: its precision,
+- training chars/s of charlstm's own step (``charlstm.training.train_step``: its precision,
   fused AdamW, clipping) and of a plain fp32 ``nn.LSTM`` loop with the same shapes, and the ratio;
 - the FLOP/s that charlstm's training reaches (6 x matmul parameters x chars/s) as a fraction of
   this machine's matrix-multiply peak in the same dtype, measured here with 2048^3 products;
 - sampling chars/s at 1 and 64 streams, with weights in fp32 (exact) and in bf16 (what
-  ``charlstm sample`` uses for a model trained in bf16): one stream through the compiled
-  generation loop, 64 through ``Stepper.step`` + ``next_tokens``; beside calling ``nn.LSTM``
+  ``charlstm sample`` uses for a model trained in bf16), through ``Stepper.draw_chunk`` as
+  ``charlstm sample`` runs it (one stream: a compiled loop per chunk; 64: a step per position
+  for all streams at once); beside calling ``nn.LSTM``
   once per character with softmax + multinomial, and the ratios.
 
     python benchmarks/speed.py                  # 2x256 and 2x512 (and 3x512 on a GPU)
@@ -27,11 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charlstm.checkpoint import RunState
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.corpus import StreamBatches
+from charlstm.device import choose_precision
 from charlstm.model import CharLSTM
-from charlstm.sample import CHUNK, SamplingRule, Stepper, next_tokens
-from charlstm.train import Run, RunState, choose_precision, make_optimizer, train_step
+from charlstm.run import Run, make_optimizer
+from charlstm.sample import CHUNK, SamplingRule
+from charlstm.stepper import Stepper
+from charlstm.training import train_step
 
 V, E, T = 65, 64, 128
 
@@ -133,16 +138,12 @@ def plain_sampling(model: CharLSTM, streams: int, device: torch.device, seconds:
 def charlstm_sampling(model: CharLSTM, streams: int, precision: str, seconds: float) -> float:
     """What ``charlstm sample`` runs (always on the CPU): one stream generates chunks in one
     compiled call each; many streams step together (matrix products, compiled gate math)."""
-    stepper, rule = Stepper(copy.deepcopy(model).cpu(), precision), SamplingRule(0.8)
-    logits, state = stepper.prime(torch.zeros(streams, 1, dtype=torch.long))
-    rng = np.random.default_rng(0)
+    stepper, rule = Stepper(copy.deepcopy(model).cpu(), precision), SamplingRule(0.8).args()
+    _, state = stepper.prime(torch.zeros(streams, 1, dtype=torch.long))
+    rng, count = np.random.default_rng(0), CHUNK if streams == 1 else 16
 
     def step() -> int:
-        nonlocal logits
-        if streams == 1:
-            return len(stepper.generate_one(state, CHUNK, rule, rng, last=False))
-        logits = stepper.step(next_tokens(logits, *rule.args(), rng=rng), state)
-        return streams
+        return stepper.draw_chunk(state, count, rule, rng, last=False).size
 
     return rate(step, torch.device("cpu"), seconds)
 

@@ -1,7 +1,7 @@
 """Small hyperparameter sweep under a fixed time budget: which defaults reach the lowest
 validation loss on tiny Shakespeare within --max-time seconds on this machine?
 
-Each trial trains from scratch with ``charlstm.train`` for the budget, then measures best.pt
+Each trial trains from scratch with ``charlstm.training.train`` for the budget, then measures best.pt
 on the validation tail in fp32 (as ``charlstm eval`` does) and prints one Markdown row.
 
     python benchmarks/sweep.py --budget 120                  # the built-in grid
@@ -16,10 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from charlstm import checkpoint as ckpt
+from charlstm.checkpoint import BEST, load_checkpoint
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.corpus import split_tokens
-from charlstm.train import evaluate, new_run, train
+from charlstm.evaluate import evaluate
+from charlstm.run import new_run
+from charlstm.training import train
 
 MODEL_KEYS = {"embedding", "hidden", "layers", "dropout"}
 
@@ -53,7 +55,7 @@ def run_trial(overrides: dict, budget: float, corpus: str, out: Path) -> dict:
     run = new_run(tcfg, ModelConfig(**model_kw), overwrite=True)
     result = train(run)
     wall = time.perf_counter() - t0
-    model, _ = ckpt.model_from_payload(ckpt.load_checkpoint(out / ckpt.BEST))
+    model = load_checkpoint(out / BEST).build_model()
     _, val = split_tokens(run.corpus.tokens, tcfg.val_fraction)
     measured = evaluate(model, val, seq_len=256)
     return {

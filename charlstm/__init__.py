@@ -1,6 +1,11 @@
-"""charlstm: train a stacked character-level LSTM on any text and sample from it."""
+"""charlstm: train a stacked character-level LSTM on any text and sample from it.
+
+The Python API (``load``, ``train``, ``Model``) lives in :mod:`charlstm.api`; it is imported on
+first use, so that ``charlstm --help`` does not wait for torch.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("charlstm")
@@ -9,4 +14,20 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from charlstm.errors import UserError
 
-__all__ = ["UserError", "__version__"]
+_API = ("Model", "load", "train")
+__all__ = ["Model", "UserError", "__version__", "load", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    """``charlstm.load`` and friends, imported from ``charlstm.api`` the first time they are used."""
+    if name in _API:
+        from charlstm import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'charlstm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

@@ -1,44 +1,236 @@
-"""Checkpoints: self-contained, atomic on write, ``weights_only`` on read.
+"""The checkpoint format, owned here alone: :class:`Checkpoint` turns what a run saves into the
+dict written to disk and back, and every reader and writer goes through it.
 
-A checkpoint is one ``torch.save`` dict of tensors and plain Python values::
+A checkpoint is one ``torch.save`` dict of tensors and plain Python values (format 2)::
 
-    format_version  int              FORMAT_VERSION
-    model_config    dict             ModelConfig.to_dict()
-    train_config    dict             TrainConfig.to_dict()
-    vocab           str              the sorted characters; id i is vocab[i]
-    model           state dict       CharLSTM weights
-    optimizer       state dict       AdamW moments and step counts (None in exports)
-    progress        dict             step, epoch, chunk, elapsed, best/last val loss, ...
-    rng             dict             CPU (and CUDA) generator states
-    hidden          [h, c]           carried LSTM state, each (layers, B, H)
-    metrics         list[dict]       every line written to metrics.jsonl
+    format_version  int                FORMAT_VERSION
+    model_config    dict               ModelConfig.to_dict()
+    train_config    dict               TrainConfig.to_dict()
+    vocab           str                the sorted characters; id i is vocab[i]
+    model           dict[str, Tensor]  CharLSTM state dict
+    optimizer       dict | None        AdamW state dict (None in exports)
+    progress        dict               RunState.to_dict(): step, cursor, time, losses, metrics
+    rng             dict | None        {"torch": ByteTensor, "cuda": ByteTensor on CUDA runs}
+    hidden          [h, c] | None      carried LSTM state, each (layers, B, H)
+    corpus          dict | None        {"path", "sha256", "chars"} of the training text
+    epoch           float | None       passes over the training split, fractional
+
+Files are read with ``torch.load(weights_only=True)``: anything but tensors and plain types is
+refused and nothing in a file runs. Older formats are read through explicit migrations
+(:data:`MIGRATIONS`); a newer one is refused with a message. Exports are ``.safetensors``
+files: the weights, and the rest (no optimizer, RNG or metrics) as JSON metadata.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import shlex
 import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.corpus import CharVocab, atomic_path
 from charlstm.errors import UserError
-from charlstm.model import CharLSTM, first_stream
+from charlstm.files import atomic_path
+from charlstm.model import CharLSTM, State, first_stream
+from charlstm.vocab import CharVocab
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BEST, LAST = "best.pt", "last.pt"
 WARM_H, WARM_C = "sampling.warm_h", "sampling.warm_c"  # safetensors names of the warm start state
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "model")
+EXPORTED_PROGRESS = ("step", "elapsed", "best_val_loss", "last_val_loss", "precision")
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    with atomic_path(Path(path)) as tmp:
-        torch.save(payload, tmp)
+@dataclass
+class RunState:
+    """Where a run stands; saved as the checkpoint's ``progress``.
+
+    ``from_dict`` tolerates fields added or dropped between versions, so that a field added
+    here never makes an older ``last.pt`` unreadable.
+    """
+
+    step: int = 0
+    epoch: int = 0  # completed passes over the training split
+    chunk: int = 0  # next chunk of the current pass
+    elapsed: float = 0.0  # seconds trained, summed over resumed sessions
+    best_val_loss: float = math.inf
+    last_val_loss: float = math.inf
+    plateau_scale: float = 1.0
+    loss_sum: float = 0.0  # training loss summed since the last log line
+    loss_count: int = 0
+    precision: str = "fp32"
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # every line of metrics.jsonl
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 kept the metrics beside ``progress`` and the corpus hash inside it (and, in a
+    checkpoint, again under ``corpus``); format 2 keeps each in one place."""
+    progress = dict(payload.get("progress") or {})
+    sha = progress.pop("corpus_sha256", None)
+    progress["metrics"] = list(payload.get("metrics") or [])
+    corpus = payload.get("corpus") or ({"sha256": sha} if sha else None)
+    rest = {k: v for k, v in payload.items() if k not in ("metrics", "device_type")}
+    return {**rest, "format_version": 2, "progress": progress, "corpus": corpus}
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}  # version -> next
+
+
+@dataclass
+class Checkpoint:
+    """Everything a run saves: enough to sample, evaluate and (with optimizer and RNG) resume."""
+
+    model_config: ModelConfig
+    vocab: CharVocab
+    model: dict[str, torch.Tensor]
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+    progress: RunState = field(default_factory=RunState)
+    optimizer: dict[str, Any] | None = None
+    rng: dict[str, torch.Tensor] | None = None
+    hidden: State | None = None
+    corpus: dict[str, Any] | None = None
+    epoch: float | None = None
+    path: Path | None = None  # not saved: the file it was read from
+    file_version: int = FORMAT_VERSION  # not saved: the format that file was written in
+
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "format_version",
+        "model_config",
+        "train_config",
+        "vocab",
+        "model",
+        "optimizer",
+        "progress",
+        "rng",
+        "hidden",
+        "corpus",
+        "epoch",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict that ``torch.save`` writes, with exactly :attr:`KEYS`."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "model_config": self.model_config.to_dict(),
+            "train_config": self.train_config.to_dict(),
+            "vocab": self.vocab.to_string(),
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "progress": self.progress.to_dict(),
+            "rng": self.rng,
+            "hidden": list(self.hidden) if self.hidden is not None else None,
+            "corpus": self.corpus,
+            "epoch": self.epoch,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: Any, path: Path) -> Checkpoint:
+        """Rebuild from a loaded dict of any format this version reads, migrating older ones."""
+        version = _check_version(payload, path)
+        while payload["format_version"] < FORMAT_VERSION:
+            payload = MIGRATIONS[payload["format_version"]](payload)
+        hidden = payload.get("hidden")
+        try:
+            return cls(
+                model_config=ModelConfig.from_dict(payload["model_config"]),
+                vocab=CharVocab(payload["vocab"]),
+                model=dict(payload["model"]),
+                train_config=TrainConfig.from_dict(payload.get("train_config") or {}),
+                progress=RunState.from_dict(payload.get("progress") or {}),
+                optimizer=payload.get("optimizer"),
+                rng=payload.get("rng"),
+                hidden=(hidden[0], hidden[1]) if hidden is not None and len(hidden) == 2 else None,
+                corpus=payload.get("corpus"),
+                epoch=payload.get("epoch"),
+                path=path,
+                file_version=version,
+            )
+        except (UserError, TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"{str(path)!r} holds a damaged charlstm checkpoint ({e})") from None
+
+    def save(self, path: Path) -> None:
+        """Write to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+        with atomic_path(Path(path)) as tmp:
+            torch.save(self.to_dict(), tmp)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether this is a run's ``last.pt`` with the optimizer and RNG state to continue from."""
+        return self.path is not None and self.path.name == LAST and None not in (self.optimizer, self.rng)
+
+    def build_model(self, device: torch.device | str = "cpu") -> CharLSTM:
+        """The model with its weights, in eval mode, on ``device``."""
+        model = CharLSTM(self.model_config)
+        try:
+            model.load_state_dict(self.model)
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise UserError(f"{str(self.path)!r} has weights that do not fit its own config ({e})") from None
+        return model.to(device).eval()
+
+    def warm_state(self) -> State | None:
+        """A realistic starting state for sampling: stream 0's carried training state, (layers, 1, H) each.
+
+        The model learned from states carried through running text; from an all-zero state it
+        predicts poorly for the first characters, so sampling starts from a state it knows.
+        """
+        return first_stream(self.hidden) if self.hidden is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary, for ``charlstm info``."""
+        p = self.progress
+        finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731
+        return {
+            "path": str(self.path),
+            "format_version": self.file_version,
+            "step": p.step,
+            "epoch": self.epoch,
+            "elapsed": p.elapsed,
+            "val_loss": finite(p.best_val_loss),
+            "last_val_loss": finite(p.last_val_loss),
+            "params": sum(t.numel() for t in self.model.values()),
+            "vocab_size": len(self.vocab),
+            "vocab": self.vocab.to_string(),
+            "precision": p.precision,
+            "corpus": self.corpus,
+            "config": {"model": self.model_config.to_dict(), "train": self.train_config.to_dict()},
+            # resume always continues from the run's last.pt, whichever file was inspected
+            "resume": resume_command(self.path.parent) if self.optimizer is not None and self.path else None,
+        }
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues the run in ``run_dir``, quoted for a POSIX shell."""
+    return f"charlstm train --resume {shlex.quote(str(run_dir))}"
+
+
+def _check_version(payload: Any, path: Path) -> int:
+    """The format version of a loaded object, refusing what is not a charlstm checkpoint we read."""
+    if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
+        raise UserError(f"{str(path)!r} is not a charlstm checkpoint (it lacks the model, configs or vocabulary)")
+    version = payload["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserError(f"{str(path)!r} is not a charlstm checkpoint (format version {version!r})")
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"{str(path)!r} has checkpoint format version {version}, expected {FORMAT_VERSION} or older; "
+            f"it was written by a newer version of charlstm, so upgrade charlstm to read it"
+        )
+    return version
 
 
 def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
@@ -57,11 +249,11 @@ def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
     return p
 
 
-def load_checkpoint(path: str | Path, prefer: str = BEST) -> dict[str, Any]:
-    """Read a checkpoint safely: tensors and plain types only, never arbitrary objects."""
+def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
+    """Read a checkpoint (``.pt``, ``.safetensors`` or a run directory) safely, in any format we read."""
     p = find_checkpoint(path, prefer)
     if p.suffix == ".safetensors":
-        return validate_payload(load_safetensors(p), p)
+        return Checkpoint.from_dict(_read_safetensors(p), p)
     if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; anything else is not ours
         raise UserError(f"{str(p)!r} is not a readable charlstm checkpoint (truncated, corrupted or another format)")
     try:
@@ -77,109 +269,31 @@ def load_checkpoint(path: str | Path, prefer: str = BEST) -> dict[str, Any]:
             f"{str(p)!r} is not a readable charlstm checkpoint (truncated or corrupted: "
             f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
         ) from None
-    return validate_payload(payload, p)
+    return Checkpoint.from_dict(payload, p)
 
 
-def validate_payload(payload: Any, p: Path) -> dict[str, Any]:
-    """Check that a loaded object is a charlstm checkpoint of a version this code reads."""
-    if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
-        raise UserError(f"{str(p)!r} is not a charlstm checkpoint (it lacks the model, configs or vocabulary)")
-    version = payload["format_version"]
-    if version != FORMAT_VERSION:
-        raise UserError(
-            f"{str(p)!r} has checkpoint format version {version}, expected {FORMAT_VERSION}; "
-            f"it was written by another version of charlstm"
-        )
-    payload["_path"] = str(p)
-    return payload
-
-
-def model_from_payload(payload: dict[str, Any], device: torch.device | str = "cpu") -> tuple[CharLSTM, CharVocab]:
-    """Rebuild the model (in eval mode) and its vocabulary from a loaded checkpoint."""
-    config = ModelConfig.from_dict(payload["model_config"])
-    model = CharLSTM(config)
-    try:
-        model.load_state_dict(payload["model"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise UserError(f"{payload.get('_path')!r} has weights that do not fit its own config ({e})") from None
-    return model.to(device).eval(), CharVocab(payload["vocab"])
-
-
-def warm_state_of(payload: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A realistic starting state for sampling: stream 0's carried training state, (layers, 1, H) each.
-
-    The model learned from states carried through running text; from an all-zero state it
-    predicts poorly for the first characters, so sampling starts from a state it knows.
-    """
-    hidden = payload.get("hidden")
-    if not hidden or len(hidden) != 2:
-        return None
-    return first_stream((hidden[0], hidden[1]))
-
-
-def train_config_of(payload: dict[str, Any]) -> TrainConfig:
-    return TrainConfig.from_dict(payload.get("train_config", {}))
-
-
-def describe(payload: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-ready summary of a loaded checkpoint, for ``charlstm info``."""
-    progress = payload.get("progress") or {}
-    params = sum(t.numel() for t in payload["model"].values())
-    best = progress.get("best_val_loss")
-    path = Path(payload["_path"])
-    return {
-        "path": str(path),
-        "format_version": payload["format_version"],
-        "step": progress.get("step"),
-        "epoch": payload.get("epoch"),
-        "elapsed": progress.get("elapsed"),
-        "val_loss": best if best is not None and best != float("inf") else None,
-        "last_val_loss": progress.get("last_val_loss") if progress.get("last_val_loss") != float("inf") else None,
-        "params": params,
-        "vocab_size": len(payload["vocab"]),
-        "vocab": payload["vocab"],
-        "precision": progress.get("precision"),
-        "corpus": payload.get("corpus"),
-        "config": {"model": payload["model_config"], "train": payload.get("train_config")},
-        # resume always continues from the run's last.pt, whichever file was inspected
-        "resume": f"charlstm train --resume {path.parent}" if payload.get("optimizer") is not None else None,
-    }
-
-
-# ----------------------------------------------------------------------------- safetensors
-def export_safetensors(payload: dict[str, Any], out: str | Path) -> Path:
-    """Write the weights alone to ``out`` with the configs and vocabulary as JSON metadata."""
+def export_safetensors(checkpoint: Checkpoint, out: str | Path) -> Path:
+    """Write the weights alone to ``out``, with configs, vocabulary and progress as JSON metadata."""
     from safetensors.torch import save_file
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"export target {str(out)!r} must end in .safetensors")
-    progress = payload.get("progress") or {}
-    metadata = {
-        "format": "charlstm",
-        "format_version": str(FORMAT_VERSION),
-        "model_config": json.dumps(payload["model_config"]),
-        "train_config": json.dumps(payload.get("train_config") or {}),
-        "vocab": json.dumps(payload["vocab"]),
-        "progress": json.dumps(
-            {
-                k: progress[k]
-                for k in ("step", "elapsed", "best_val_loss", "last_val_loss", "precision", "corpus_sha256")
-                if k in progress
-            }
-        ),
-    }
-    tensors = {k: v.contiguous() for k, v in payload["model"].items()}
-    warm = warm_state_of(payload)
+    saved = checkpoint.to_dict()
+    progress = {k: saved["progress"][k] for k in EXPORTED_PROGRESS}
+    meta = {k: json.dumps(saved[k]) for k in ("model_config", "train_config", "vocab", "corpus", "epoch")}
+    meta.update({"format": "charlstm", "format_version": str(FORMAT_VERSION), "progress": json.dumps(progress)})
+    tensors = {k: v.contiguous() for k, v in checkpoint.model.items()}
+    warm = checkpoint.warm_state()
     if warm is not None:  # kept beside the weights so exported models sample as well as checkpoints
         tensors[WARM_H], tensors[WARM_C] = warm
     with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=meta)
     return out
 
 
-def load_safetensors(p: Path) -> dict[str, Any]:
-    """A payload (weights, configs, vocabulary; no optimizer) from an exported file."""
+def _read_safetensors(p: Path) -> dict[str, Any]:
+    """The saved dict (in the version it was written) of an exported file: no optimizer or RNG."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -192,16 +306,8 @@ def load_safetensors(p: Path) -> dict[str, Any]:
     if meta.get("format") != "charlstm":
         raise UserError(f"{str(p)!r} is a safetensors file but not a charlstm export (no charlstm metadata)")
     try:
-        progress = json.loads(meta.get("progress", "{}"))
-        return {
-            "format_version": int(meta["format_version"]),
-            "model_config": json.loads(meta["model_config"]),
-            "train_config": json.loads(meta.get("train_config", "{}")),
-            "vocab": json.loads(meta["vocab"]),
-            "model": tensors,
-            "hidden": warm if len(warm) == 2 else None,
-            "optimizer": None,
-            "progress": progress,
-        }
+        payload = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "format_version")}
+        payload["format_version"] = int(meta["format_version"])
     except (KeyError, ValueError) as e:
         raise UserError(f"{str(p)!r} has damaged charlstm metadata ({e})") from None
+    return {**payload, "model": tensors, "hidden": warm if len(warm) == 2 else None}

@@ -1,8 +1,9 @@
 """Configuration dataclasses, one per concern, validated once when they are built.
 
-Field names match the command-line options (``seq_len`` is ``--seq-len``), so a validation
-message can name the option the user typed. Every config is saved inside every checkpoint as
-a plain dict (``dataclasses.asdict``) and rebuilt with ``Config(**d)``.
+Field names match the command-line options (``seq_len`` is ``--seq-len``) and the keywords of
+the Python API, so a validation message can name the option the user typed. Every config is
+saved inside every checkpoint as a plain dict (``to_dict``) and rebuilt with ``from_dict``,
+which tolerates fields added or dropped between versions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ SCHEDULES = ("cosine", "step", "plateau", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 UNKNOWN_POLICIES = ("error", "skip")
+SPLITS = ("all", "train", "val")
 MAX_SAMPLES = 100_000
 
 
@@ -67,21 +69,22 @@ def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class _Dict:
-    """Round-trip helpers shared by the config dataclasses."""
+class DictRoundTrip:
+    """``to_dict``/``from_dict`` for a dataclass saved in checkpoints as a plain dict."""
 
     def to_dict(self) -> dict:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls, data: dict):
-        """Rebuild from a checkpoint's dict, ignoring keys a newer version may have added."""
+        """Rebuild from a saved dict: keys this version does not know are ignored, and fields the
+        dict lacks (added after it was written) take their defaults."""
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Dict):
+class ModelConfig(DictRoundTrip):
     """Shape of the network: embedding -> stacked LSTM -> linear head over the vocabulary."""
 
     vocab_size: int = 65
@@ -97,7 +100,7 @@ class ModelConfig(_Dict):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Dict):
+class TrainConfig(DictRoundTrip):
     """Data, optimisation, stopping and output settings of one training run."""
 
     corpus: str = "tinyshakespeare"
@@ -162,7 +165,7 @@ DEFAULT_EPOCHS = 10.0  # used when none of --max-steps, --epochs, --max-time is 
 
 
 @dataclass(frozen=True)
-class SampleConfig(_Dict):
+class SampleConfig(DictRoundTrip):
     """How text is drawn from a trained model."""
 
     prompt: str = ""
@@ -192,3 +195,23 @@ class SampleConfig(_Dict):
         _seed(self)
         _choice(self, "unknown", UNKNOWN_POLICIES)
         _choice(self, "precision", PRECISIONS)
+
+
+@dataclass(frozen=True)
+class EvalConfig(DictRoundTrip):
+    """What ``charlstm eval`` measures: a checkpoint's own corpus or another text, and which part."""
+
+    corpus: str | None = None  # None: the checkpoint's own corpus
+    split: str | None = None  # None: "val" on the checkpoint's own corpus, "all" on another text
+    encoding: str | None = None  # None: the checkpoint's encoding on its own corpus, utf-8 on another
+    seq_len: int = 256
+
+    def __post_init__(self) -> None:
+        if self.split is not None:
+            _choice(self, "split", SPLITS)
+        _positive_int(self, "seq_len")
+
+    @property
+    def part(self) -> str:
+        """The split measured once the default is applied."""
+        return self.split or ("all" if self.corpus else "val")

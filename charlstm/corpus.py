@@ -1,5 +1,6 @@
-"""Corpus handling: known corpora and their download, the character vocabulary, the token
-cache on disk, the train/validation split and the batches of contiguous streams."""
+"""Corpus handling: known corpora and their download, the token cache on disk (the text encoded
+once with its vocabulary, then memory-mapped), the train/validation split and the batches of
+contiguous streams."""
 
 from __future__ import annotations
 
@@ -8,19 +9,18 @@ import hashlib
 import http.client
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
 
 from charlstm.errors import UserError
+from charlstm.files import atomic_path, atomic_write, file_sha256
+from charlstm.vocab import CharVocab
 
 CHUNK_CHARS = 1 << 20  # characters decoded per read: the corpus never sits whole in memory
 CACHE_VERSION = 1
@@ -47,104 +47,6 @@ DEFAULT_CORPUS_DIR = Path("corpora")
 ProgressFn = Callable[[int, int | None], None]  # (bytes done, total bytes or None)
 
 
-# ----------------------------------------------------------------------------- vocabulary
-class CharVocab:
-    """The sorted set of characters of a corpus; ids are positions in that order."""
-
-    def __init__(self, chars: Iterable[str]):
-        self.chars: tuple[str, ...] = tuple(sorted(set(chars)))
-        if not self.chars or any(len(c) != 1 for c in self.chars):
-            raise ValueError("a vocabulary needs at least one single-character entry")
-        self.index = {c: i for i, c in enumerate(self.chars)}
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharVocab) and self.chars == other.chars
-
-    def __hash__(self) -> int:
-        return hash(self.chars)
-
-    def to_string(self) -> str:
-        """The vocabulary as one string, the form saved in checkpoints."""
-        return "".join(self.chars)
-
-    def unknown(self, text: str) -> list[str]:
-        """Characters of ``text`` that the vocabulary does not hold, in order of appearance."""
-        return list(dict.fromkeys(c for c in text if c not in self.index))
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of ``text``; raises ``UserError`` naming any unknown characters."""
-        missing = self.unknown(text)
-        if missing:
-            shown = ", ".join(repr(c) for c in missing[:10])
-            raise UserError(f"the text has characters the model never saw: {shown}")
-        return [self.index[c] for c in text]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
-
-    def codepoint_table(self) -> np.ndarray:
-        """Array mapping a Unicode code point to its id (-1 where absent), for bulk encoding."""
-        table = np.full(max(map(ord, self.chars)) + 1, -1, dtype=np.int64)
-        table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
-        return table
-
-    @property
-    def dtype(self) -> np.dtype:
-        """Smallest unsigned dtype that holds every id."""
-        return np.dtype(np.uint8 if len(self) <= 256 else np.uint16 if len(self) <= 65536 else np.uint32)
-
-
-# ----------------------------------------------------------------------------- files
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in the same folder as ``path``; on success fsync it and rename
-    it over ``path``. A crash at any moment leaves the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "wb") -> None:
-    """Write ``path`` atomically: ``write`` gets an open file in ``mode``."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        write(f)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ----------------------------------------------------------------------------- resolving
 def resolve_corpus(
     spec: str,
     corpus_dir: Path = DEFAULT_CORPUS_DIR,
@@ -206,7 +108,6 @@ def download(url: str, target: Path, sha256: str, progress: ProgressFn | None = 
         ) from None
 
 
-# ----------------------------------------------------------------------------- token cache
 @dataclass
 class TokenizedCorpus:
     """A corpus encoded once to ids; ``tokens`` is memory-mapped from the cache file."""
@@ -331,13 +232,8 @@ def remap_tokens(corpus: TokenizedCorpus, vocab: CharVocab) -> np.ndarray:
     """The corpus's tokens re-encoded with another vocabulary (e.g. a checkpoint's)."""
     if corpus.vocab == vocab:
         return corpus.tokens
-    missing = [c for c in corpus.vocab.chars if c not in vocab.index]
-    if missing:
-        shown = ", ".join(repr(c) for c in missing[:10])
-        raise UserError(
-            f"corpus {str(corpus.path)!r} has characters the model never saw ({shown}), "
-            f"expected text made of the model's {len(vocab)} characters"
-        )
+    remedy = f"expected text made of the model's {len(vocab)} characters"
+    vocab.check_known(corpus.vocab.chars, f"corpus {str(corpus.path)!r}", remedy)
     table = np.array([vocab.index[c] for c in corpus.vocab.chars], dtype=vocab.dtype)
     return table[corpus.tokens]
 
@@ -348,7 +244,6 @@ def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, n
     return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
 
 
-# ----------------------------------------------------------------------------- batches
 class StreamBatches:
     """Contiguous streams over a token array, walked in chunks of ``seq_len``.
 

@@ -1,8 +1,10 @@
-"""Shared fixtures: small corpora made on the fly and tiny model/train configs (CPU, seconds)."""
+"""Shared fixtures: small corpora made on the fly, tiny model/train configs (CPU, seconds), and a
+tiny trained run that read-only tests share."""
 
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,20 +12,42 @@ import pytest
 from charlstm.config import ModelConfig, TrainConfig
 
 WORDS = ["the", "king", "queen", "sword", "night", "love", "my", "lord", "and", "of", "to", "is", "thou", "art"]
+SPEAKERS = ["KING", "QUEEN", "FOOL"]
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def play_text(chars: int, seed: int = 0) -> str:
+def play_text(chars: int, seed: int = 0, speakers: list[str] = SPEAKERS) -> str:
     """A toy play: speaker names in capitals, a colon, short lines of words."""
     rng = random.Random(seed)
     parts: list[str] = []
     size = 0
     while size < chars:
-        speaker = rng.choice(["KING", "QUEEN", "FOOL"])
+        speaker = rng.choice(speakers)
         line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
         block = f"{speaker}:\n{line.capitalize()}.\n\n"
         parts.append(block)
         size += len(block)
     return "".join(parts)[:chars]
+
+
+def tiny_train_config(corpus: Path, out: Path, **changes) -> TrainConfig:
+    """Training settings that take a second or two on two cores."""
+    settings = dict(
+        corpus=str(corpus),
+        seq_len=16,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        max_steps=12,
+        eval_every=6,
+        save_every=4,
+        log_every=2,
+        sample_chars=20,
+        precision="fp32",
+        device="cpu",
+        out=str(out),
+    )
+    return TrainConfig(**{**settings, **changes})
 
 
 @pytest.fixture
@@ -40,18 +64,33 @@ def tiny_model() -> ModelConfig:
 
 @pytest.fixture
 def tiny_train(corpus_file: Path, tmp_path: Path) -> TrainConfig:
-    return TrainConfig(
-        corpus=str(corpus_file),
-        seq_len=16,
-        batch_size=4,
-        lr=1e-2,
-        warmup_steps=2,
-        max_steps=12,
-        eval_every=6,
-        save_every=4,
-        log_every=2,
-        sample_chars=20,
-        precision="fp32",
-        device="cpu",
-        out=str(tmp_path / "run"),
-    )
+    return tiny_train_config(corpus_file, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run trained once for the whole session (40 steps, 2x16): read it, never write to it."""
+    from charlstm.run import new_run
+    from charlstm.training import train
+
+    folder = tmp_path_factory.mktemp("shared")
+    corpus = folder / "play.txt"
+    corpus.write_text(play_text(20_000), encoding="utf-8")
+    tcfg = tiny_train_config(corpus, folder / "run", max_steps=40, eval_every=10, log_every=5, lr=2e-2)
+    train(new_run(tcfg, ModelConfig(embedding=8, hidden=16, layers=2)))
+    return folder / "run"
+
+
+@pytest.fixture
+def run_copy(shared_run: Path, tmp_path: Path) -> Path:
+    """A copy of the shared run (and its corpus, at the same path) that a test may change."""
+    return Path(shutil.copytree(shared_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def v1_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The version-1 fixture run in a fresh folder that is also the working directory, since the
+    run recorded its corpus as a relative path."""
+    shutil.copytree(FIXTURES / "v1", tmp_path / "v1")
+    monkeypatch.chdir(tmp_path / "v1")
+    return tmp_path / "v1"

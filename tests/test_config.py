@@ -1,6 +1,6 @@
 import pytest
 
-from charlstm.config import ModelConfig, SampleConfig, TrainConfig, option
+from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig, option
 from charlstm.errors import UserError
 
 
@@ -33,6 +33,8 @@ def test_option_spelling():
         (SampleConfig, {"top_p": 1.5}, "--top-p 1.5"),
         (SampleConfig, {"length": -1}, "--length -1"),
         (SampleConfig, {"unknown": "keep"}, "error, skip"),
+        (EvalConfig, {"split": "test"}, "all, train, val"),
+        (EvalConfig, {"seq_len": 0}, "--seq-len 0"),
     ],
 )
 def test_invalid_values_name_the_option(cls, kwargs, needle):
@@ -54,3 +56,14 @@ def test_seed_range():
     with pytest.raises(UserError, match="--seed"):
         SampleConfig(seed=-1)
     assert SampleConfig(seed=2**63 - 1).seed == 2**63 - 1
+
+
+def test_added_and_dropped_fields_round_trip():
+    saved = ModelConfig(hidden=32).to_dict()
+    del saved["dropout"]  # a field added after this dict was written takes its default
+    assert ModelConfig.from_dict({**saved, "retired": True}) == ModelConfig(hidden=32)
+
+
+def test_evaluation_measures_the_validation_tail_unless_given_a_text():
+    assert EvalConfig().part == "val" and EvalConfig(corpus="x.txt").part == "all"
+    assert EvalConfig(corpus="x.txt", split="train").part == "train"

@@ -1,0 +1,240 @@
+"""The Python API: load a trained model and generate, stream or score text; train a model.
+
+    import charlstm
+    model = charlstm.load("checkpoints/tinyshakespeare")  # a run directory, .pt or .safetensors
+    print(model.generate("ROMEO:", length=300, temperature=0.8, seed=1))
+    result = charlstm.train(corpus="my.txt", out="runs/mine", max_time=60, hidden=256)
+
+Keyword names are the command line's option names, and the same options give the same text
+as ``charlstm sample``. A user mistake raises :class:`charlstm.UserError` (a ``ValueError``)
+with the command line's message. Loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from charlstm.checkpoint import Checkpoint, export_safetensors, load_checkpoint
+from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
+from charlstm.corpus import ProgressFn
+from charlstm.errors import UserError
+from charlstm.evaluate import EvalResult, evaluate, evaluate_checkpoint
+from charlstm.events import Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
+from charlstm.model import CharLSTM
+from charlstm.run import new_run, resume_run
+from charlstm.sample import Samples, draw_samples
+from charlstm.stepper import Stepper, resolve_precision
+from charlstm.training import StopFlag, stop_on_signals
+from charlstm.training import train as train_loop
+from charlstm.vocab import CharVocab
+
+__all__ = ["Model", "describe", "evaluate_checkpoint", "export", "load", "sample", "train"]
+
+_SAMPLE_DEFAULTS = SampleConfig()
+
+
+class Model:
+    """A trained model, ready to generate and score text (on the CPU unless loaded elsewhere)."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device | str = "cpu"):
+        self.checkpoint = checkpoint
+        self.module: CharLSTM = checkpoint.build_model(device)  # the torch module, in eval mode
+        self._steppers: dict[str, Stepper] = {}
+
+    @property
+    def vocab(self) -> CharVocab:
+        """The characters the model knows."""
+        return self.checkpoint.vocab
+
+    @property
+    def config(self) -> ModelConfig:
+        """The architecture: vocabulary size, embedding, hidden units, layers, dropout."""
+        return self.checkpoint.model_config
+
+    @property
+    def num_params(self) -> int:
+        return self.module.num_params()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"<charlstm.Model {c.layers}x{c.hidden}, {self.num_params:,} parameters, from {self.checkpoint.path}>"
+
+    def sample(self, config: SampleConfig) -> Samples:
+        """Start drawing ``config.num_samples`` samples side by side; what ``charlstm sample`` runs."""
+        precision = resolve_precision(config.precision, self.checkpoint.progress.precision)
+        if precision not in self._steppers:  # arranging the weights costs a copy of them: done once
+            self._steppers[precision] = Stepper(self.module, precision)
+        return draw_samples(self._steppers[precision], self.vocab, config, self.checkpoint.warm_state())
+
+    def stream(self, prompt: str = "", length: int = _SAMPLE_DEFAULTS.length, **options: Any) -> Iterator[str]:
+        """Yield the prompt, then the generated text a piece at a time (``length`` characters in all).
+
+        ``options``: ``temperature``, ``top_k``, ``top_p``, ``seed``, ``unknown``, ``precision``,
+        as for :meth:`generate`.
+        """
+        samples = self.sample(SampleConfig(prompt=prompt, length=length, **_sampling_options(options)))
+        yield samples.prompt
+        for pieces in samples.pieces:
+            yield pieces[0]
+
+    def generate(
+        self,
+        prompt: str = "",
+        length: int = _SAMPLE_DEFAULTS.length,
+        temperature: float = _SAMPLE_DEFAULTS.temperature,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        unknown: str = _SAMPLE_DEFAULTS.unknown,
+        precision: str = _SAMPLE_DEFAULTS.precision,
+    ) -> str:
+        """The prompt followed by ``length`` generated characters: the text ``charlstm sample`` prints
+        for the same options (without its final newline).
+
+        Args:
+            prompt: text the model continues; characters it never saw are an error, or dropped
+                with ``unknown="skip"``.
+            temperature: softmax temperature; 0 is greedy.
+            top_k: sample among the k likeliest characters (None or 0: all).
+            top_p: sample within the smallest set of probability >= p (None: all).
+            seed: the same seed gives the same text; None draws a random one.
+            precision: weights the step reads: "fp32", "bf16" or "auto" (as the model trained).
+        """
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, unknown=unknown)
+        return "".join(self.stream(prompt, length, precision=precision, **options))
+
+    def generate_many(
+        self, prompt: str = "", n: int = 8, length: int = _SAMPLE_DEFAULTS.length, **options: Any
+    ) -> list[str]:
+        """``n`` samples drawn side by side (faster than one after another), each the prompt followed
+        by ``length`` characters; ``options`` as for :meth:`generate`."""
+        config = SampleConfig(prompt=prompt, length=length, num_samples=n, **_sampling_options(options))
+        samples = self.sample(config)
+        texts = [[samples.prompt] for _ in range(n)]
+        for pieces in samples.pieces:
+            for text, piece in zip(texts, pieces, strict=True):
+                text.append(piece)
+        return ["".join(text) for text in texts]
+
+    def evaluate(self, text: str, seq_len: int = EvalConfig.seq_len) -> EvalResult:
+        """Loss of the model on ``text``: ``.loss`` (nats/char), ``.bpc``, ``.perplexity``, ``.chars``.
+
+        Every character of ``text`` after the first is predicted and scored, in fp32.
+        """
+        config = EvalConfig(seq_len=seq_len)
+        if len(text) < 2:
+            raise UserError(f"the text has {len(text)} characters, expected at least 2 to measure")
+        tokens = np.array(self.vocab.encode(text), dtype=np.int64)
+        return evaluate(self.module, tokens, config.seq_len, self.module.head.weight.device)
+
+
+def _sampling_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse keywords that are not sampling options, with the names that are."""
+    allowed = {f.name for f in fields(SampleConfig)} - {"prompt", "length", "num_samples"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise UserError(f"unknown sampling option {unknown[0]!r}, expected one of {', '.join(sorted(allowed))}")
+    return options
+
+
+def load(path: str | Path, device: torch.device | str = "cpu") -> Model:
+    """A trained model from a run directory (its best.pt), a ``.pt`` checkpoint or a ``.safetensors`` export."""
+    return Model(load_checkpoint(path), device)
+
+
+def sample(checkpoint: str | Path, config: SampleConfig) -> Samples:
+    """Start drawing samples from a checkpoint: ``charlstm sample``."""
+    return load(checkpoint).sample(config)
+
+
+def describe(checkpoint: str | Path) -> dict[str, Any]:
+    """What a checkpoint holds, JSON-ready: ``charlstm info``."""
+    return load_checkpoint(checkpoint).describe()
+
+
+def export(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's weights to ``out`` (``.safetensors``): ``charlstm export``."""
+    return export_safetensors(load_checkpoint(checkpoint), out)
+
+
+def train(
+    corpus: str | None = None,
+    *,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_event: EventFn | None = None,
+    on_download: ProgressFn | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Train a model, or continue one with ``resume=RUN_DIR``; returns how the run ended.
+
+    ``options`` are the training options by their command-line names (``out``, ``max_time``,
+    ``hidden``, ``lr``, ...; see ``charlstm train --help``). ``progress=True`` shows a
+    ``tqdm.auto`` bar (a notebook gets the widget); ``on_event`` receives every event of
+    ``charlstm.events``. Ctrl-C (or SIGTERM) stops after the current step and saves
+    ``last.pt``; the result then says ``stopped_by="signal"``. A loss that turns NaN raises
+    ``UserError`` after the run's files are saved.
+    """
+    given = {k: v for k, v in {"corpus": corpus, **options}.items() if v is not None}
+    _check_option_names(given)
+    listeners = [fn for fn in (on_event, _TqdmBar() if progress else None) if fn is not None]
+    emit = (lambda event: [fn(event) for fn in listeners]) if listeners else None
+    if resume is not None:
+        run = resume_run(resume, given, progress=on_download)
+    else:
+        train_keys = {f.name for f in fields(TrainConfig)}
+        tcfg = TrainConfig(**{k: v for k, v in given.items() if k in train_keys})
+        mcfg = ModelConfig(**{k: v for k, v in given.items() if k not in train_keys})
+        run = new_run(tcfg, mcfg, overwrite=overwrite, progress=on_download)
+    with _signals_stop(StopFlag()) as flag:
+        result = train_loop(run, emit, flag)
+    if result.failure:
+        raise UserError(result.failure)
+    return result
+
+
+def _check_option_names(given: dict[str, Any]) -> None:
+    names = {f.name for cls in (TrainConfig, ModelConfig) for f in fields(cls)} - {"vocab_size"}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise UserError(f"unknown training option {unknown[0]!r}, expected one of {', '.join(sorted(names))}")
+
+
+def _signals_stop(flag: StopFlag) -> contextlib.AbstractContextManager[StopFlag]:
+    """Ctrl-C and SIGTERM stop the loop gracefully, where Python lets us handle them (main thread)."""
+    if threading.current_thread() is threading.main_thread():
+        return stop_on_signals(flag)
+    return contextlib.nullcontext(flag)
+
+
+class _TqdmBar:
+    """Training events as a ``tqdm.auto`` bar over the budget, with loss and speed beside it."""
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, event: Event) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=1.0, desc="train", bar_format=self.FORMAT, dynamic_ncols=True)
+        if isinstance(event, Started):
+            self.bar.write(f"{event.params:,} parameters on {event.device} ({event.precision}), run {event.run_dir}")
+        elif isinstance(event, Progress):
+            self.bar.update(event.fraction - self.bar.n)
+            self.bar.set_postfix_str(f"step {event.step}, loss {event.loss:.3f}, {event.chars_per_sec:,.0f} chars/s")
+        elif isinstance(event, Evaluated):
+            self.bar.write(f"step {event.step}: val loss {event.val_loss:.4f}{' (best)' if event.is_best else ''}")
+        elif isinstance(event, Finished):
+            self.bar.close()

@@ -1,0 +1,86 @@
+"""Where and in which precision a model runs: the torch device, bf16 support, autocast, and the
+measured choice between fp32 and bf16."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from charlstm.errors import UserError
+from charlstm.model import CharLSTM
+
+PROBE_STEPS = 32  # characters per stream in the precision probe: enough to time, quick to run
+BF16_MARGIN = 0.9  # bf16 must be at least 10% faster to be chosen: it rounds, so it must pay
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``--device``; refuses a device this machine does not have."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available, expected --device cpu or auto")
+    if name == "mps" and not mps_available():
+        raise UserError("--device mps was asked for but MPS is not available, expected --device cpu or auto")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision="bf16"``; nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a clock reading means something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(model: CharLSTM, x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str) -> float:
+    """Best seconds of a forward + backward pass at ``precision`` over two timed runs (after a warm-up)."""
+    times = []
+    for _ in range(3):
+        synchronize(device)
+        t0 = time.perf_counter()
+        with autocast(device, precision):
+            logits, _ = model(x)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def choose_precision(name: str, model: CharLSTM, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> str:
+    """``auto`` measures fp32 against bf16 autocast on this model and batch and keeps the faster."""
+    if name != "auto":
+        if name == "bf16" and not bf16_supported(device):
+            raise UserError(f"--precision bf16 is not supported on {device.type} here, expected fp32 or auto")
+        return name
+    if not bf16_supported(device):
+        return "fp32"
+    probe = copy.deepcopy(model).train()
+    x, y = (t[:, : min(PROBE_STEPS, t.shape[1])].to(device) for t in batch)
+    with torch.random.fork_rng(devices=[]):  # dropout in the probe must not move the run's RNG
+        fp32 = _time_steps(probe, x, y, device, "fp32")
+        bf16 = _time_steps(probe, x, y, device, "bf16")
+    return "bf16" if bf16 < fp32 * BF16_MARGIN else "fp32"

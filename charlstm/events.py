@@ -1,0 +1,74 @@
+"""What training reports while it runs, and what it returns: plain data, so that a display
+(the CLI's rich view, the API's tqdm bar, a test) needs nothing heavier to read them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Started:
+    run_dir: Path
+    params: int
+    device: str
+    precision: str
+    chars_per_step: int
+    train_chars: int
+    val_chars: int
+    resumed_step: int
+
+
+@dataclass
+class Progress:
+    step: int
+    epoch: float
+    loss: float
+    lr: float
+    chars_per_sec: float
+    elapsed: float
+    fraction: float  # of the run's budget, 0..1
+    remaining: float | None  # seconds, estimated
+
+
+@dataclass
+class Evaluated:
+    step: int
+    val_loss: float
+    is_best: bool
+    sample: str
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    epoch: float
+    elapsed: float
+    best_val_loss: float
+    last_val_loss: float
+    train_loss: float
+    chars_per_sec: float
+    stopped_by: str  # "max_steps", "epochs", "max_time", "signal", "nan"
+    resume_command: str  # the command line that continues this run
+    signal: int | None = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run failed, as one line for the user; None when it did not."""
+        if self.stopped_by != "nan":
+            return None
+        return (
+            f"the training loss became NaN or infinite by step {self.step}; best.pt and the last good "
+            f"last.pt are kept, try a lower --lr or --grad-clip"
+        )
+
+
+@dataclass
+class Finished:
+    result: TrainResult
+
+
+Event = Started | Progress | Evaluated | Finished
+EventFn = Callable[[Event], None]

@@ -1,0 +1,67 @@
+"""Files written so that a crash never leaves a torn one, and content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+HASH_BLOCK = 1 << 20  # bytes read per update while hashing: a file never sits whole in memory
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path in the same folder as ``path``; on success fsync it and rename
+    it over ``path``. A crash at any moment leaves the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "wb") -> None:
+    """Write ``path`` atomically: ``write`` gets an open file in ``mode``."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        write(f)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files that a killed process left mid-write (``.last.pt.XXXX.tmp``)."""
+    for stale in folder.glob(".*.tmp") if folder.is_dir() else ():
+        stale.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (where the platform can open a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,250 @@
+"""Compiled (Numba) code for sampling, and nothing else: the float32 tanh, matrix-vector
+products over fp32 or bf16 weights, the LSTM gate math, one stream's step, and the sampling
+rules (temperature, top-k, top-p) on a row of logits.
+
+Calling ``nn.LSTM`` once per character pays oneDNN's set-up on every call (about a
+millisecond per layer on CPU), and even NumPy costs about a microsecond per call, so a
+Python-level step (some 40 calls per character) spends more time in calls than in
+arithmetic. These kernels run a whole chunk of characters per call; ``stepper.py`` arranges
+the weights they read.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir as llvm_ir
+from numba.core import types
+from numba.extending import intrinsic, overload
+
+PARALLEL_MIN = 1 << 16  # weights in a matrix-vector product worth splitting between threads
+
+# Only reassociation and contraction are allowed (vectorised dot products, FMA): infinities
+# and NaN keep their IEEE meaning, which top-k and top-p rely on. NumPy's error model drops
+# Python's zero-division check, whose branch would keep loops from vectorising.
+_JIT = {"cache": True, "nogil": True, "fastmath": {"reassoc", "contract"}, "error_model": "numpy"}
+# float32 constants: a Python float would promote the arithmetic to float64, half the SIMD lanes.
+_F = np.float32
+_ONE, _HALF, _TWO, _NINE, _THIRD, _NEAR_ZERO = _F(1), _F(0.5), _F(2), _F(9), _F(1 / 3), _F(1e-3)
+_TWO_LOG2E = _F(2 * 1.4426950408889634)
+_LN2_HI, _LN2_LO = _F(0.693145751953125), _F(1.428606765330187e-06)  # ln 2 = HI + LO, HI exact in few bits
+_E2, _E3, _E4, _E5, _E6, _E7 = (_F(1 / 2), _F(1 / 6), _F(1 / 24), _F(1 / 120), _F(1 / 720), _F(1 / 5040))
+_P1, _P2, _P4, _P8, _P16 = _F(2**-1), _F(2**-2), _F(2**-4), _F(2**-8), _F(2**-16)
+_SHIFT, _HIGH = np.uint32(16), np.uint32(0xFFFF0000)  # a bf16 is the top half of a float32
+
+
+@numba.njit(inline="always", **_JIT)
+def tanh32(x: float) -> float:
+    """float32 tanh in plain arithmetic (no libm call), so loops over it vectorise; |error| < 2e-7.
+
+    tanh(a) = (1 - t) / (1 + t) with t = e^(-2a) = 2^-k e^r and r = k ln2 - 2a in [-ln2/2, ln2/2].
+    """
+    a = min(abs(x), _NINE)  # tanh(9) rounds to 1 in float32
+    k = int(a * _TWO_LOG2E + _HALF)  # 0..26
+    r = (_F(k) * _LN2_HI - _TWO * a) + _F(k) * _LN2_LO
+    e = _ONE + r * (_ONE + r * (_E2 + r * (_E3 + r * (_E4 + r * (_E5 + r * (_E6 + r * _E7))))))
+    e *= _P1 if k & 1 else _ONE  # 2^-k from the bits of k, as selects rather than a table lookup
+    e *= _P2 if k & 2 else _ONE
+    e *= _P4 if k & 4 else _ONE
+    e *= _P8 if k & 8 else _ONE
+    e *= _P16 if k & 16 else _ONE
+    t = (_ONE - e) / (_ONE + e)
+    t = t if a > _NEAR_ZERO else a * (_ONE - a * a * _THIRD)  # no cancellation near 0
+    return t if x >= 0 else -t
+
+
+@intrinsic
+def f32_from_bits(typingctx, bits):  # noqa: ANN001, ARG001
+    """Reinterpret a uint32 as the float32 with those bits (a bf16 shifted into the top half)."""
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ARG001
+        return builder.bitcast(args[0], llvm_ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+def as_f32(v):  # noqa: ANN001, ANN201
+    """A value as float32: float32 as it is, a bf16 (its uint16 bits) widened exactly."""
+
+
+@overload(as_f32, jit_options={"fastmath": True})
+def _as_f32_impl(v):  # noqa: ANN001, ANN202
+    if isinstance(v, types.Integer):
+        return lambda v: f32_from_bits(np.uint32(v) << _SHIFT)
+    return lambda v: v
+
+
+@numba.njit(inline="always", **_JIT)
+def _dot_rows_f32(w: np.ndarray, x: np.ndarray, out: np.ndarray, first: int, last: int) -> None:
+    for r in range(first, last):
+        acc = _F(0)
+        for k in range(w.shape[1]):
+            acc += w[r, k] * x[k]
+        out[r] = acc
+
+
+@numba.njit(inline="always", **_JIT)
+def _dot_rows_bf16(w: np.ndarray, xe: np.ndarray, xo: np.ndarray, out: np.ndarray, first: int, last: int) -> None:
+    # Each uint32 of w holds two bf16 weights: column 2k in its low half, column 2k + 1 in its high
+    # half. Widening both takes one mask and one shift, cheaper than widening each alone.
+    for r in range(first, last):
+        acc = _F(0)
+        for k in range(w.shape[1]):
+            pair = w[r, k]
+            acc += f32_from_bits(pair << _SHIFT) * xe[k] + f32_from_bits(pair & _HIGH) * xo[k]
+        out[r] = acc
+
+
+# One stream is limited by reading the weights, not by arithmetic: each thread reads its own
+# block of rows, so every core's cache and share of memory bandwidth is put to work.
+@numba.njit(parallel=True, **_JIT)
+def _gemv_f32(w: np.ndarray, x: np.ndarray, out: np.ndarray, threads: int) -> None:
+    """out (R,) = w (R, K) @ x (K,)."""
+    blocks = threads if w.size >= PARALLEL_MIN else 1  # (numba.get_num_threads() here would stop caching)
+    for i in numba.prange(blocks):
+        _dot_rows_f32(w, x, out, i * w.shape[0] // blocks, (i + 1) * w.shape[0] // blocks)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gemv_bf16(w: np.ndarray, xe: np.ndarray, xo: np.ndarray, out: np.ndarray, threads: int) -> None:
+    """out (R,) = w @ x for w (R, ceil(K/2)) bf16 pairs and x split into even and odd columns."""
+    blocks = threads if 2 * w.size >= PARALLEL_MIN else 1
+    for i in numba.prange(blocks):
+        _dot_rows_bf16(w, xe, xo, out, i * w.shape[0] // blocks, (i + 1) * w.shape[0] // blocks)
+
+
+@numba.njit(**_JIT)
+def _even_odd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (K,) -> its even and odd columns, each (ceil(K/2),); an odd K gets a 0 for the last odd."""
+    half = (x.shape[0] + 1) // 2
+    xe, xo = np.zeros(half, np.float32), np.zeros(half, np.float32)
+    for k in range(x.shape[0]):
+        if k % 2 == 0:
+            xe[k // 2] = x[k]
+        else:
+            xo[k // 2] = x[k]
+    return xe, xo
+
+
+def gemv(w, x, out, threads):  # noqa: ANN001, ANN202
+    """out (R,) = w @ x (K,) for one stream; w is fp32 (R, K) or bf16 pairs (R, ceil(K/2)) uint32."""
+
+
+@overload(gemv)
+def _gemv_impl(w, x, out, threads):  # noqa: ANN001, ANN202
+    if w.dtype == types.uint32:
+
+        def bf16(w, x, out, threads):  # noqa: ANN001, ANN202
+            xe, xo = _even_odd(x)
+            _gemv_bf16(w, xe, xo, out, threads)
+
+        return bf16
+    return lambda w, x, out, threads: _gemv_f32(w, x, out, threads)
+
+
+@numba.njit(**_JIT)
+def lstm_cell(g: np.ndarray, bias: np.ndarray, c: np.ndarray, h: np.ndarray, act: np.ndarray) -> None:
+    """One stream's gate math: pre-activations g (4H,) (fp32, or bf16 bits) + bias (4H,) -> new c
+    and h (H,) in place; act (4H,) is scratch."""
+    n = c.shape[0]
+    for j in range(4 * n):
+        act[j] = tanh32(as_f32(g[j]) + bias[j])
+    for j in range(n):
+        i, f, o = _HALF * act[j] + _HALF, _HALF * act[n + j] + _HALF, _HALF * act[2 * n + j] + _HALF
+        c[j] = f * c[j] + i * act[3 * n + j]
+        h[j] = o * tanh32(c[j])
+
+
+@numba.njit(**_JIT)
+def lstm_cells(
+    g: np.ndarray, bias: np.ndarray, rows: np.ndarray, c: np.ndarray, xh: np.ndarray, act: np.ndarray
+) -> None:
+    """``lstm_cell`` for B streams: g (B, 4H); stream b adds bias[rows[b]]; c (B, H) and h, the right
+    half of xh (B, 2H), are updated (sliced here, row by row, so that Numba knows them contiguous)."""
+    n = c.shape[1]
+    for b in range(g.shape[0]):
+        lstm_cell(g[b], bias[rows[b]], c[b], xh[b, n:], act)
+
+
+@numba.njit(**_JIT)
+def advance(arrays: tuple, s: tuple, token: int) -> None:
+    """Stream 0 reads ``token``: its state s = (xh, c, gates, act, logits) advances in place.
+
+    ``arrays`` is (table, w0, deeper, biases, head_w, head_b, threads): see ``Stepper``."""
+    table, w0, ws, biases, head_w, head_b, threads = arrays
+    xh, c, g, act, logits = s
+    n, gates = c.shape[2], g[0]
+    gemv(w0, xh[0, 0, n:], gates, threads)
+    lstm_cell(gates, table[token], c[0, 0], xh[0, 0, n:], act)
+    for layer in range(1, xh.shape[0]):
+        xh[layer, 0, :n] = xh[layer - 1, 0, n:]
+        gemv(ws[layer - 1], xh[layer, 0], gates, threads)
+        lstm_cell(gates, biases[layer - 1], c[layer, 0], xh[layer, 0, n:], act)
+    gemv(head_w, xh[-1, 0, n:], logits[0], threads)
+    logits[0] += head_b
+
+
+@numba.njit(**_JIT)
+def keep_top_k(z: np.ndarray, k: int) -> None:
+    """Keep the ``k`` largest of one row z (V,) in place; the rest become -inf (ties are kept)."""
+    if 0 < k < z.shape[0]:
+        kth = np.sort(z)[z.shape[0] - k]
+        for v in range(z.shape[0]):
+            if z[v] < kth:
+                z[v] = -np.inf
+
+
+@numba.njit(**_JIT)
+def keep_top_p(z: np.ndarray, p: float) -> None:
+    """Keep the smallest set of most likely entries of one row z (V,) whose probability reaches p."""
+    if p >= 1.0:
+        return
+    order = np.argsort(-z, kind="mergesort")  # stable: ties keep their order
+    probs = np.exp(z[order].astype(np.float64) - z[order[0]])
+    probs /= probs.sum()
+    ahead = 0.0  # probability mass strictly ahead of each entry
+    for i in range(order.shape[0]):
+        if i and ahead >= p:  # the likeliest entry is always kept, whatever p
+            z[order[i]] = -np.inf
+        ahead += probs[i]
+
+
+@numba.njit(**_JIT)
+def draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, u: float, z: np.ndarray) -> int:
+    """One id from a row of logits (V,); u in (0, 1] picks it; z (V,) float64 scratch."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    top = logits.max()  # shifted to 0 before dividing, so a tiny temperature cannot overflow
+    for v in range(z.shape[0]):
+        z[v] = (logits[v] - top) / temperature
+    keep_top_k(z, top_k)
+    keep_top_p(z, top_p)
+    acc = 0.0
+    for v in range(z.shape[0]):  # cumulative probabilities (unnormalised), summed in order
+        acc += np.exp(z[v])
+        z[v] = acc
+    target = u * acc  # u in (0, 1]: the last entry with any probability reaches it exactly
+    for v in range(z.shape[0]):
+        if z[v] >= target:
+            return v
+    return int(np.argmax(logits))  # only for NaN logits
+
+
+@numba.njit(**_JIT)
+def draw_rows(logits: np.ndarray, temperature: float, top_k: int, top_p: float, u: np.ndarray) -> np.ndarray:
+    """``draw`` for each row of logits (B, V) with its own u (B,) -> ids (B,)."""
+    z, out = np.empty(logits.shape[1]), np.empty(logits.shape[0], np.int64)
+    for b in range(logits.shape[0]):
+        out[b] = draw(logits[b], temperature, top_k, top_p, u[b], z)
+    return out
+
+
+@numba.njit(**_JIT)
+def generate_chunk(arrays, s, temperature, top_k, top_p, u, out, advance_last) -> None:  # noqa: ANN001
+    """Stream 0 draws ``len(u)`` ids into ``out``, reading each one; the last only if ``advance_last``."""
+    logits = s[-1]
+    z = np.empty(logits.shape[1])
+    for i in range(u.shape[0]):
+        out[i] = draw(logits[0], temperature, top_k, top_p, u[i], z)
+        if i + 1 < u.shape[0] or advance_last:
+            advance(arrays, s, out[i])

@@ -1,0 +1,245 @@
+"""The training loop: truncated BPTT over contiguous streams, AdamW, clipping, the schedule, and
+the cadence of logging, evaluation and saving. It reports through a callback of events
+(``events.py``); nothing here prints.
+
+(Named ``training``, not ``train``, so that the module never shadows the public function
+``charlstm.train``.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from charlstm.checkpoint import BEST, LAST, resume_command
+from charlstm.config import SampleConfig, option
+from charlstm.device import autocast
+from charlstm.errors import UserError
+from charlstm.evaluate import evaluate
+from charlstm.events import Evaluated, EventFn, Finished, Progress, Started, TrainResult
+from charlstm.model import detach_state, first_stream
+from charlstm.run import Run, log_metric, save, target_epochs
+from charlstm.sample import compile_kernels, draw_samples
+from charlstm.schedule import get_lr, plateau_update
+from charlstm.stepper import Stepper
+
+PREVIEW_TEMPERATURE = 0.8
+
+
+@dataclass
+class StopFlag:
+    """Set by a signal handler; the loop finishes its step, saves and returns."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
+    """While inside, SIGINT and SIGTERM ask the loop to stop after the current step."""
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        if flag.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        flag.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+    """One optimizer step on chunk (x, y), each (B, T); returns the loss as a 0-d tensor."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    state = detach_state(run.hidden) if run.hidden is not None else None
+    with autocast(run.device, run.state.precision):
+        logits, new_state = run.model(x, state)  # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.tcfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.tcfg.grad_clip, foreach=True)
+    run.optimizer.step()
+    run.hidden = detach_state(new_state)
+    return loss.detach()
+
+
+def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk at the run's cursor; a new pass starts from zero state."""
+    st = run.state
+    if st.chunk >= len(run.batches):
+        st.epoch, st.chunk, run.hidden = st.epoch + 1, 0, None
+    if st.chunk == 0:
+        run.hidden = None
+    x, y = run.batches.batch(st.chunk)
+    pin = run.device.type == "cuda"
+    return (t.pin_memory().to(run.device, non_blocking=True) if pin else t for t in (x, y))  # type: ignore[return-value]
+
+
+def current_lr(run: Run) -> float:
+    t = run.tcfg
+    return get_lr(
+        t.schedule, t.lr, run.state.step, run.fraction(), t.warmup_steps, t.min_lr_ratio, run.state.plateau_scale
+    )
+
+
+def stop_reason(run: Run, flag: StopFlag | None) -> str | None:
+    t, st = run.tcfg, run.state
+    if flag is not None and flag.signum is not None:
+        return "signal"
+    if t.max_steps and st.step >= t.max_steps:
+        return "max_steps"
+    if run.epoch_float >= target_epochs(t) - 1e-12:
+        return "epochs"
+    if t.max_time and st.elapsed >= t.max_time:
+        return "max_time"
+    return None
+
+
+def preview(run: Run) -> str:
+    """A short sample from the current weights, seeded by step so a run's previews repeat."""
+    if run.tcfg.sample_chars <= 0:
+        return ""
+    cfg = SampleConfig(
+        length=run.tcfg.sample_chars, temperature=PREVIEW_TEMPERATURE, seed=run.tcfg.seed + run.state.step
+    )
+    start = None if run.hidden is None else first_stream(run.hidden)
+    samples = draw_samples(Stepper(run.model), run.corpus.vocab, cfg, start)
+    return "".join(pieces[0] for pieces in samples.pieces)
+
+
+def run_eval(run: Run, on_event: EventFn) -> None:
+    """Evaluate the validation split, update best/last, write checkpoints and a metrics line."""
+    st = run.state
+    result = evaluate(run.model, run.val_tokens, run.tcfg.seq_len, run.device, st.precision)
+    is_best = result.loss < st.best_val_loss
+    if run.tcfg.schedule == "plateau" and math.isfinite(st.best_val_loss):
+        st.plateau_scale = plateau_update(st.plateau_scale, result.loss, st.best_val_loss)
+    st.last_val_loss = result.loss
+    st.best_val_loss = min(st.best_val_loss, result.loss)
+    record = {"type": "eval", "step": st.step, "epoch": round(run.epoch_float, 4), "val_loss": result.loss}
+    log_metric(run, {**record, "val_bpc": result.bpc, "best": is_best, "elapsed": round(st.elapsed, 3)})
+    save(run, (LAST, BEST) if is_best else (LAST,))
+    on_event(Evaluated(st.step, result.loss, is_best, preview(run)))
+
+
+@dataclass
+class _Window:
+    """Throughput and loss bookkeeping between two log lines."""
+
+    time: float
+    step: int
+    loss: torch.Tensor
+
+
+def _fold_loss(run: Run, window: _Window) -> float:
+    """Fold the window's loss into the run state (one host sync) and return the mean so far."""
+    st = run.state
+    st.loss_sum += float(window.loss)
+    window.loss.zero_()
+    return st.loss_sum / max(st.loss_count, 1)
+
+
+def _log(run: Run, window: _Window, mean_loss: float, lr: float, t0: float, f0: float, on_event: EventFn) -> None:
+    st, now = run.state, time.perf_counter()
+    cps = (st.step - window.step) * run.batches.streams * run.batches.seq_len / max(now - window.time, 1e-9)
+    frac = run.fraction()
+    remaining = (1 - frac) * (now - t0) / (frac - f0) if frac > f0 else None
+    record = {"type": "train", "step": st.step, "epoch": round(run.epoch_float, 4), "loss": mean_loss, "lr": lr}
+    log_metric(run, {**record, "chars_per_sec": round(cps, 1), "elapsed": round(st.elapsed, 3)})
+    on_event(Progress(st.step, run.epoch_float, mean_loss, lr, cps, st.elapsed, frac, remaining))
+    st.loss_sum, st.loss_count = 0.0, 0
+    window.time, window.step = now, st.step
+
+
+def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
+    """Emit ``Started``; refuse to continue a run whose budget is already spent."""
+    st, t = run.state, run.tcfg
+    reason = stop_reason(run, stop)
+    if reason is not None and reason != "signal":
+        raise UserError(
+            f"the run already finished at step {st.step} ({option(reason)} reached), expected a larger "
+            f"--max-steps, --epochs or --max-time to train longer"
+        )
+    train_chars, val_chars = len(run.batches.tokens), len(run.val_tokens)
+    params, chars = run.model.num_params(), t.batch_size * t.seq_len
+    on_event(Started(run.run_dir, params, str(run.device), st.precision, chars, train_chars, val_chars, st.step))
+
+
+def _close(run: Run, window: _Window, reason: str, saved_at: int, evaluated_at: int, on_event: EventFn) -> str:
+    """End the run: fold the steps since the last sync, then save (signal) or evaluate (budget)."""
+    if reason == "nan" or not math.isfinite(_fold_loss(run, window)):
+        return "nan"
+    if reason == "signal" and saved_at != run.state.step:
+        save(run, (LAST,))
+    elif reason != "signal" and evaluated_at != run.state.step:
+        run_eval(run, on_event)
+    return reason
+
+
+def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = None) -> TrainResult:
+    """Train until the budget is spent or ``stop`` is set; evaluate and checkpoint on the way."""
+    on_event = on_event or (lambda event: None)
+    st, t = run.state, run.tcfg
+    _announce(run, on_event, stop)
+    if t.sample_chars > 0:
+        compile_kernels()  # sampling (previews, then `charlstm sample`): compiled once per machine, not on the clock
+    t0, elapsed0, f0, step0 = time.perf_counter(), st.elapsed, run.fraction(), st.step
+    window = _Window(t0, st.step, torch.zeros((), device=run.device))
+    reason, mean_loss, evaluated_at, saved_at = None, math.nan, -1, -1
+    while reason is None:
+        lr = current_lr(run)
+        x, y = next_batch(run)
+        window.loss += train_step(run, x, y, lr)
+        st.step, st.chunk, st.loss_count = st.step + 1, st.chunk + 1, st.loss_count + 1
+        st.elapsed = elapsed0 + time.perf_counter() - t0
+        due_log, due_eval, due_save = (st.step % n == 0 for n in (t.log_every, t.eval_every, t.save_every))
+        if due_log or due_eval or due_save:  # the only host syncs: fold the loss, refuse to save NaN
+            mean_loss = _fold_loss(run, window)
+            if not math.isfinite(mean_loss):
+                reason = "nan"
+                break
+            if due_log:
+                _log(run, window, mean_loss, lr, t0, f0, on_event)
+        if due_eval:
+            run_eval(run, on_event)
+            evaluated_at = saved_at = st.step
+            window.time = time.perf_counter()
+        elif due_save:
+            save(run, (LAST,))
+            saved_at = st.step
+        st.elapsed = elapsed0 + time.perf_counter() - t0
+        reason = stop_reason(run, stop)
+    reason = _close(run, window, reason, saved_at, evaluated_at, on_event)
+    result = _result(run, reason, mean_loss, (step0, elapsed0), stop)
+    on_event(Finished(result))
+    return result
+
+
+def _result(run: Run, reason: str, train_loss: float, start: tuple[int, float], stop: StopFlag | None) -> TrainResult:
+    """How the run ended; speed counts this session only (from ``start``: step and seconds trained)."""
+    st, (step0, elapsed0) = run.state, start
+    speed = (st.step - step0) * run.tcfg.batch_size * run.tcfg.seq_len / max(st.elapsed - elapsed0, 1e-9)
+    return TrainResult(
+        run.run_dir,
+        st.step,
+        run.epoch_float,
+        st.elapsed,
+        st.best_val_loss,
+        st.last_val_loss,
+        train_loss,
+        speed,
+        reason,
+        resume_command(run.run_dir),
+        stop.signum if stop else None,
+    )

@@ -1,0 +1,81 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from charlstm.checkpoint import load_checkpoint
+from charlstm.config import EvalConfig
+from charlstm.corpus import load_corpus, split_tokens
+from charlstm.errors import UserError
+from charlstm.evaluate import evaluate, evaluate_checkpoint
+from charlstm.run import new_run
+from charlstm.training import train
+
+
+@pytest.fixture
+def shared_model(shared_run):
+    checkpoint = load_checkpoint(shared_run)
+    tokens = load_corpus(checkpoint.train_config.corpus).tokens
+    return checkpoint, split_tokens(tokens, checkpoint.train_config.val_fraction)[1]
+
+
+def test_validation_loss_equals_independent_evaluation(tiny_train, tiny_model):
+    run = new_run(replace(tiny_train, max_steps=6), tiny_model)
+    result = train(run)
+    again = evaluate(run.model, run.val_tokens, run.tcfg.seq_len)
+    assert again.loss == pytest.approx(result.last_val_loss, rel=1e-6)
+    assert again.chars > 0.95 * len(run.val_tokens)
+
+
+def test_evaluation_scores_every_predictable_character(shared_model):
+    checkpoint, val = shared_model
+    model = checkpoint.build_model()
+    for n in (2, 17, 1000, 1999):
+        assert evaluate(model, val[:n], seq_len=16).chars == n - 1
+    one = evaluate(model, val, seq_len=16, streams=1)
+    many = evaluate(model, val, seq_len=16, streams=8)
+    assert one.chars == many.chars and abs(one.loss - many.loss) < 0.05
+
+
+def test_evaluation_hardly_depends_on_chunking(shared_model):
+    checkpoint, val = shared_model
+    model = checkpoint.build_model()
+    losses = [evaluate(model, val, seq_len=n).loss for n in (8, 32, 128)]
+    assert max(losses) - min(losses) < 0.02, losses
+
+
+def test_result_figures():
+    from charlstm.evaluate import EvalResult
+
+    result = EvalResult(loss=np.log(4), chars=10)
+    assert result.bpc == pytest.approx(2.0) and result.perplexity == pytest.approx(4.0)
+    assert json.loads(json.dumps(result.to_dict())) == {"loss": np.log(4), "bpc": 2.0, "perplexity": 4.0, "chars": 10}
+
+
+def test_checkpoint_on_its_own_split_or_another_text(shared_run, shared_model, tmp_path):
+    checkpoint, val = shared_model
+    default = evaluate_checkpoint(shared_run, EvalConfig())
+    assert default.split == "val" and default.result.chars == len(val) - 1
+    assert default.result.loss == pytest.approx(evaluate(checkpoint.build_model(), val).loss)
+    whole = evaluate_checkpoint(shared_run, EvalConfig(split="all"))
+    train_part = evaluate_checkpoint(shared_run, EvalConfig(split="train"))
+    assert whole.result.chars == default.result.chars + train_part.result.chars + 1
+    other = tmp_path / "other.txt"
+    other.write_text("KING:\nThe king is my lord.\n" * 20, encoding="utf-8")
+    report = evaluate_checkpoint(shared_run, EvalConfig(corpus=str(other)))
+    assert report.split == "all" and report.source == other and report.result.chars == other.stat().st_size - 1
+    unseen = tmp_path / "unseen.txt"
+    unseen.write_text("Ωmega text never seen\n" * 50, encoding="utf-8")
+    with pytest.raises(UserError, match=r"corpus '.*unseen.txt' has characters the model never saw: 'x', 'Ω'"):
+        evaluate_checkpoint(shared_run, EvalConfig(corpus=str(unseen)))
+    one = tmp_path / "one.txt"
+    one.write_text("K", encoding="utf-8")
+    with pytest.raises(UserError, match="expected at least 2"):
+        evaluate_checkpoint(shared_run, EvalConfig(corpus=str(one)))
+
+
+def test_version_1_checkpoint_scores_as_the_code_that_wrote_it(v1_folder):
+    report = evaluate_checkpoint("v1_run/last.pt", EvalConfig())
+    assert report.result.chars == 1199  # the figure recorded in tests/fixtures/v1/README.md
+    assert report.result.loss == pytest.approx(3.4587187015383916, abs=1e-5)

@@ -1,0 +1,117 @@
+import json
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlstm import training
+from charlstm.checkpoint import load_checkpoint
+from charlstm.config import ModelConfig
+from charlstm.events import Evaluated, Finished, Progress, Started
+from charlstm.run import new_run, resume_run
+from charlstm.training import StopFlag, train
+
+
+def params_of(run_dir: Path, name: str = "last.pt") -> dict:
+    return load_checkpoint(run_dir / name).model
+
+
+def test_training_learns_and_writes_the_run(tiny_train, tiny_model):
+    events = []
+    tcfg = replace(tiny_train, max_steps=40, eval_every=20, lr=3e-2)
+    result = train(new_run(tcfg, tiny_model), events.append)
+    assert isinstance(events[0], Started) and isinstance(events[-1], Finished) and events[-1].result is result
+    losses = [e.loss for e in events if isinstance(e, Progress)]
+    assert losses[-1] < losses[0] - 0.5
+    evals = [e for e in events if isinstance(e, Evaluated)]
+    assert [e.step for e in evals] == [20, 40] and evals[-1].sample
+    assert result.stopped_by == "max_steps" and result.step == 40 and result.failure is None
+    run_dir = Path(tcfg.out)
+    assert {p.name for p in run_dir.iterdir()} == {"best.pt", "last.pt", "metrics.jsonl"}
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if m["type"] == "train"] == list(range(2, 41, 2))
+    saved = load_checkpoint(run_dir)
+    assert saved.progress.best_val_loss == pytest.approx(result.best_val_loss)
+    assert saved.model_config.vocab_size == len(saved.vocab) and saved.progress.metrics == lines
+
+
+def test_same_seed_repeats_a_cpu_run(tiny_train, tmp_path):
+    model_cfg = ModelConfig(embedding=8, hidden=16, layers=2, dropout=0.3)
+    for name in ("a", "b"):
+        train(new_run(replace(tiny_train, out=str(tmp_path / name)), model_cfg))
+    for key, value in params_of(tmp_path / "a").items():
+        assert torch.equal(value, params_of(tmp_path / "b")[key]), key
+
+
+def test_resume_equals_uninterrupted_run_bitwise(tiny_train, tmp_path):
+    """N steps straight == N/2 steps, resume, N/2 steps: same parameters and loss at every step."""
+    model_cfg = ModelConfig(embedding=8, hidden=16, layers=2, dropout=0.3)
+    base = replace(tiny_train, max_steps=20, log_every=1, eval_every=7, save_every=100)
+    straight = []
+    train(new_run(replace(base, out=str(tmp_path / "straight")), model_cfg), straight.append)
+    halves, flag = [], StopFlag()
+
+    def interrupt_at_10(event):  # what a Ctrl-C during step 10 does
+        halves.append(event)
+        if isinstance(event, Progress) and event.step == 10:
+            flag.signum = signal.SIGINT
+
+    first = train(new_run(replace(base, out=str(tmp_path / "halves")), model_cfg), interrupt_at_10, flag)
+    assert first.stopped_by == "signal" and first.step == 10
+    assert first.resume_command == f"charlstm train --resume {tmp_path / 'halves'}"
+    train(resume_run(tmp_path / "halves", {}), halves.append)
+    loss = lambda events: [(e.step, e.loss) for e in events if isinstance(e, Progress)]  # noqa: E731
+    assert loss(halves) == loss(straight)
+    for key, value in params_of(tmp_path / "straight").items():
+        assert torch.equal(value, params_of(tmp_path / "halves")[key]), key
+    lines = (tmp_path / "halves" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines if '"train"' in line]
+    assert steps == list(range(1, 21))
+
+
+def test_epoch_budget_stops_after_whole_passes(tiny_train, tiny_model):
+    tcfg = replace(tiny_train, max_steps=None, epochs=2.0, eval_every=1000, save_every=1000)
+    run = new_run(tcfg, tiny_model)
+    result = train(run)
+    assert result.stopped_by == "epochs" and result.step == 2 * len(run.batches)
+
+
+def test_time_budget_stops_and_anneals(tiny_train, tiny_model):
+    tcfg = replace(tiny_train, max_steps=None, max_time=1.5, eval_every=1000, save_every=1000)
+    events = []
+    result = train(new_run(tcfg, tiny_model), events.append)
+    assert result.stopped_by == "max_time" and 1.5 <= result.elapsed < 10
+    lrs = [e.lr for e in events if isinstance(e, Progress)]
+    assert lrs[-1] < 0.2 * max(lrs)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(tiny_train, tiny_model, monkeypatch):
+    run = new_run(replace(tiny_train, max_steps=40, save_every=4, eval_every=8), tiny_model)
+    real_step = training.train_step
+
+    def poisoned(run_, x, y, lr):
+        loss = real_step(run_, x, y, lr)
+        if run_.state.step >= 13:  # counted before the increment: the 14th step goes bad
+            with torch.no_grad():
+                for p in run_.model.parameters():
+                    p.fill_(float("nan"))
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(training, "train_step", poisoned)
+    result = train(run)
+    assert result.stopped_by == "nan" and result.step == 14
+    assert "NaN or infinite by step 14" in result.failure and "--lr" in result.failure
+    last = load_checkpoint(Path(tiny_train.out) / "last.pt")
+    assert last.progress.step == 12
+    assert all(torch.isfinite(t).all() for t in last.model.values())
+    assert load_checkpoint(Path(tiny_train.out) / "best.pt").progress.step == 8
+
+
+def test_previews_repeat_and_leave_the_random_state_alone(tiny_train, tiny_model):
+    run = new_run(replace(tiny_train, sample_chars=40), tiny_model)
+    before = torch.get_rng_state()
+    first, again = training.preview(run), training.preview(run)
+    assert len(first) == 40 and first == again and torch.equal(before, torch.get_rng_state())
