@@ -186,8 +186,7 @@ def train(
     """
     given = {k: v for k, v in {"corpus": corpus, **options}.items() if v is not None}
     _check_option_names(given)
-    listeners = [fn for fn in (on_event, _TqdmBar() if progress else None) if fn is not None]
-    emit = (lambda event: [fn(event) for fn in listeners]) if listeners else None
+    emit = _broadcast([fn for fn in (on_event, _TqdmBar() if progress else None) if fn is not None])
     if resume is not None:
         run = resume_run(resume, given, progress=on_download)
     else:
@@ -200,6 +199,16 @@ def train(
     if result.failure:
         raise UserError(result.failure)
     return result
+
+
+def _broadcast(listeners: list[EventFn]) -> EventFn:
+    """One event callback that passes each event to every listener."""
+
+    def emit(event: Event) -> None:
+        for listener in listeners:
+            listener(event)
+
+    return emit
 
 
 def _check_option_names(given: dict[str, Any]) -> None:

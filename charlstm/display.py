@@ -36,7 +36,11 @@ class TrainView:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar.live.is_started:  # stopping a display never shown would print a blank line
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live display (again is fine); stopping one never shown would print a blank line."""
+        if self.bar.live.is_started:
             self.bar.stop()
 
     def _show(self) -> None:
@@ -67,7 +71,7 @@ class TrainView:
             if event.sample:
                 self.bar.console.print(event.sample, style="dim", markup=False)
         elif isinstance(event, events.Finished):
-            self.__exit__()
+            self.close()
             self._summary(event.result)
 
     def _started(self, event: events.Started) -> None:

@@ -18,7 +18,6 @@ from charlstm.errors import UserError
 from charlstm.model import CharLSTM, State
 
 EVAL_STREAMS = 64  # evaluation splits the text into this many carried-state streams
-EVAL_SEQ_LEN = 256  # characters per chunk when the caller does not say
 
 
 @dataclass
@@ -54,7 +53,7 @@ class EvalReport:
 def evaluate(
     model: CharLSTM,
     tokens: np.ndarray,
-    seq_len: int = EVAL_SEQ_LEN,
+    seq_len: int = EvalConfig.seq_len,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     streams: int = EVAL_STREAMS,
