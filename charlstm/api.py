@@ -13,6 +13,8 @@ with the command line's message. Loading never runs code from the file.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import fields
@@ -20,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from charlstm.checkpoint import Checkpoint, export_safetensors, load_checkpoint
 from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
 from charlstm.corpus import ProgressFn
+from charlstm.device import resolve_device
 from charlstm.errors import UserError
 from charlstm.evaluate import EvalResult, evaluate, evaluate_checkpoint
 from charlstm.events import Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
@@ -44,9 +46,9 @@ _SAMPLE_DEFAULTS = SampleConfig()
 class Model:
     """A trained model, ready to generate and score text (on the CPU unless loaded elsewhere)."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device | str = "cpu"):
+    def __init__(self, checkpoint: Checkpoint, device: str = "cpu"):
         self.checkpoint = checkpoint
-        self.module: CharLSTM = checkpoint.build_model(device)  # the torch module, in eval mode
+        self.module: CharLSTM = checkpoint.build_model(resolve_device(device))  # the torch module, in eval mode
         self._steppers: dict[str, Stepper] = {}
 
     @property
@@ -75,15 +77,13 @@ class Model:
         return draw_samples(self._steppers[precision], self.vocab, config, self.checkpoint.warm_state())
 
     def stream(self, prompt: str = "", length: int = _SAMPLE_DEFAULTS.length, **options: Any) -> Iterator[str]:
-        """Yield the prompt, then the generated text a piece at a time (``length`` characters in all).
+        """The prompt, then the generated text a piece at a time (``length`` characters in all).
 
         ``options``: ``temperature``, ``top_k``, ``top_p``, ``seed``, ``unknown``, ``precision``,
-        as for :meth:`generate`.
+        as for :meth:`generate`; they are checked here, before the first piece is asked for.
         """
         samples = self.sample(SampleConfig(prompt=prompt, length=length, **_sampling_options(options)))
-        yield samples.prompt
-        for pieces in samples.pieces:
-            yield pieces[0]
+        return itertools.chain([samples.prompt], (pieces[0] for pieces in samples.pieces))
 
     def generate(
         self,
@@ -130,8 +130,6 @@ class Model:
         Every character of ``text`` after the first is predicted and scored, in fp32.
         """
         config = EvalConfig(seq_len=seq_len)
-        if len(text) < 2:
-            raise UserError(f"the text has {len(text)} characters, expected at least 2 to measure")
         tokens = np.array(self.vocab.encode(text), dtype=np.int64)
         return evaluate(self.module, tokens, config.seq_len, self.module.head.weight.device)
 
@@ -145,8 +143,9 @@ def _sampling_options(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def load(path: str | Path, device: torch.device | str = "cpu") -> Model:
-    """A trained model from a run directory (its best.pt), a ``.pt`` checkpoint or a ``.safetensors`` export."""
+def load(path: str | Path, device: str = "cpu") -> Model:
+    """A trained model from a run directory (its best.pt), a ``.pt`` checkpoint or a ``.safetensors``
+    export, on ``device`` ("cpu", "cuda", "mps" or "auto"); sampling always runs on the CPU."""
     return Model(load_checkpoint(path), device)
 
 
@@ -184,9 +183,9 @@ def train(
     ``last.pt``; the result then says ``stopped_by="signal"``. A loss that turns NaN raises
     ``UserError`` after the run's files are saved.
     """
-    given = {k: v for k, v in {"corpus": corpus, **options}.items() if v is not None}
+    given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in {"corpus": corpus, **options}.items()}
+    given = {k: v for k, v in given.items() if v is not None}
     _check_option_names(given)
-    emit = _broadcast([fn for fn in (on_event, _TqdmBar() if progress else None) if fn is not None])
     if resume is not None:
         run = resume_run(resume, given, progress=on_download)
     else:
@@ -194,8 +193,13 @@ def train(
         tcfg = TrainConfig(**{k: v for k, v in given.items() if k in train_keys})
         mcfg = ModelConfig(**{k: v for k, v in given.items() if k not in train_keys})
         run = new_run(tcfg, mcfg, overwrite=overwrite, progress=on_download)
-    with _signals_stop(StopFlag()) as flag:
-        result = train_loop(run, emit, flag)
+    bar = _TqdmBar() if progress else None
+    try:
+        with _signals_stop(StopFlag()) as flag:
+            result = train_loop(run, _broadcast([fn for fn in (on_event, bar) if fn is not None]), flag)
+    finally:
+        if bar is not None:
+            bar.close()
     if result.failure:
         raise UserError(result.failure)
     return result
@@ -231,13 +235,11 @@ class _TqdmBar:
     FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 
     def __init__(self) -> None:
-        self.bar: Any = None
-
-    def __call__(self, event: Event) -> None:
         from tqdm.auto import tqdm
 
-        if self.bar is None:
-            self.bar = tqdm(total=1.0, desc="train", bar_format=self.FORMAT, dynamic_ncols=True)
+        self.bar = tqdm(total=1.0, desc="train", bar_format=self.FORMAT, dynamic_ncols=True)
+
+    def __call__(self, event: Event) -> None:
         if isinstance(event, Started):
             self.bar.write(f"{event.params:,} parameters on {event.device} ({event.precision}), run {event.run_dir}")
         elif isinstance(event, Progress):
@@ -245,5 +247,8 @@ class _TqdmBar:
             self.bar.set_postfix_str(f"step {event.step}, loss {event.loss:.3f}, {event.chars_per_sec:,.0f} chars/s")
         elif isinstance(event, Evaluated):
             self.bar.write(f"step {event.step}: val loss {event.val_loss:.4f}{' (best)' if event.is_best else ''}")
-        elif isinstance(event, Finished):
-            self.bar.close()
+        elif isinstance(event, Finished) and event.result.stopped_by not in ("signal", "nan"):
+            self.bar.update(1.0 - self.bar.n)  # the budget is spent, whatever the last log line said
+
+    def close(self) -> None:
+        self.bar.close()

@@ -29,13 +29,13 @@ import pickle
 import shlex
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from charlstm.config import ModelConfig, TrainConfig
+from charlstm.config import DictRoundTrip, ModelConfig, TrainConfig
 from charlstm.errors import UserError
 from charlstm.files import atomic_path
 from charlstm.model import CharLSTM, State, first_stream
@@ -46,10 +46,12 @@ BEST, LAST = "best.pt", "last.pt"
 WARM_H, WARM_C = "sampling.warm_h", "sampling.warm_c"  # safetensors names of the warm start state
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "model")
 EXPORTED_PROGRESS = ("step", "elapsed", "best_val_loss", "last_val_loss", "precision")
+# JSON metadata of an export, beside "format" and "format_version" (format 1 had the first five)
+EXPORTED_METADATA = ("model_config", "train_config", "vocab", "progress", "corpus", "epoch")
 
 
 @dataclass
-class RunState:
+class RunState(DictRoundTrip):
     """Where a run stands; saved as the checkpoint's ``progress``.
 
     ``from_dict`` tolerates fields added or dropped between versions, so that a field added
@@ -67,14 +69,6 @@ class RunState:
     loss_count: int = 0
     precision: str = "fp32"
     metrics: list[dict[str, Any]] = field(default_factory=list)  # every line of metrics.jsonl
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunState:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +154,7 @@ class Checkpoint:
                 path=path,
                 file_version=version,
             )
-        except (UserError, TypeError, ValueError, AttributeError) as e:
+        except (TypeError, ValueError, AttributeError) as e:  # UserError is a ValueError
             raise UserError(f"{str(path)!r} holds a damaged charlstm checkpoint ({e})") from None
 
     def save(self, path: Path) -> None:
@@ -281,8 +275,8 @@ def export_safetensors(checkpoint: Checkpoint, out: str | Path) -> Path:
         raise UserError(f"export target {str(out)!r} must end in .safetensors")
     saved = checkpoint.to_dict()
     progress = {k: saved["progress"][k] for k in EXPORTED_PROGRESS}
-    meta = {k: json.dumps(saved[k]) for k in ("model_config", "train_config", "vocab", "corpus", "epoch")}
-    meta.update({"format": "charlstm", "format_version": str(FORMAT_VERSION), "progress": json.dumps(progress)})
+    meta = {k: json.dumps(progress if k == "progress" else saved[k]) for k in EXPORTED_METADATA}
+    meta.update({"format": "charlstm", "format_version": str(FORMAT_VERSION)})
     tensors = {k: v.contiguous() for k, v in checkpoint.model.items()}
     warm = checkpoint.warm_state()
     if warm is not None:  # kept beside the weights so exported models sample as well as checkpoints
@@ -306,7 +300,7 @@ def _read_safetensors(p: Path) -> dict[str, Any]:
     if meta.get("format") != "charlstm":
         raise UserError(f"{str(p)!r} is a safetensors file but not a charlstm export (no charlstm metadata)")
     try:
-        payload = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "format_version")}
+        payload = {k: json.loads(meta[k]) for k in EXPORTED_METADATA if k in meta}  # other tools may add keys
         payload["format_version"] = int(meta["format_version"])
     except (KeyError, ValueError) as e:
         raise UserError(f"{str(p)!r} has damaged charlstm metadata ({e})") from None

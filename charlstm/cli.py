@@ -1,7 +1,8 @@
 """The ``charlstm`` command: each command declares its options, calls one library function
 (``charlstm.api``) and renders what it returns.
 
-This is the only module that imports typer or prints. User mistakes (``UserError`` and bad
+This module and the training display it uses (``display.py``) are the only ones that import
+typer or rich or print. User mistakes (``UserError`` and bad
 option values) become one ``error: ...`` line on stderr and exit code 2; Ctrl-C exits 130;
 anything else is an internal fault: exit 1, with the traceback only under ``--debug``. The
 library is imported inside each command, so that ``--help`` and ``--version`` do not wait for
@@ -102,7 +103,7 @@ def _root(
     """charlstm: char-rnn for today."""
 
 
-def _train(help: str, panel: str, default_of: str | None = None) -> Any:  # noqa: A002 - typer's keyword
+def _run_option(help: str, panel: str, default_of: str | None = None) -> Any:  # noqa: A002 - typer's keyword
     """A training option, None unless given (the library applies the default that the help shows)."""
     if default_of is not None:
         config = TrainConfig if default_of in TrainConfig.__dataclass_fields__ else ModelConfig
@@ -110,7 +111,7 @@ def _train(help: str, panel: str, default_of: str | None = None) -> Any:  # noqa
     return typer.Option(help=help, rich_help_panel=panel)
 
 
-S = SampleConfig()  # defaults shown by `sample --help`
+SAMPLE = SampleConfig()  # the defaults `sample --help` shows
 DATA, MODEL, OPTIM, BUDGET, OUTPUT, HW = "Data", "Model", "Optimization", "Budget", "Output", "Hardware"
 
 # Options shared by several commands.
@@ -122,75 +123,81 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object in
 def train(
     ctx: typer.Context,
     corpus: Annotated[
-        str | None, _train("Path to a UTF-8 text file, or a known corpus name (tinyshakespeare).", DATA, "corpus")
+        str | None, _run_option("Path to a UTF-8 text file, or a known corpus name (tinyshakespeare).", DATA, "corpus")
     ] = None,
-    encoding: Annotated[str | None, _train("Text encoding of the corpus file.", DATA, "encoding")] = None,
+    encoding: Annotated[str | None, _run_option("Text encoding of the corpus file.", DATA, "encoding")] = None,
     val_fraction: Annotated[
-        float | None, _train("Contiguous tail of the corpus held out for validation.", DATA, "val_fraction")
+        float | None, _run_option("Contiguous tail of the corpus held out for validation.", DATA, "val_fraction")
     ] = None,
-    layers: Annotated[int | None, _train("Stacked LSTM layers.", MODEL, "layers")] = None,
-    hidden: Annotated[int | None, _train("LSTM units per layer.", MODEL, "hidden")] = None,
-    embedding: Annotated[int | None, _train("Character embedding size.", MODEL, "embedding")] = None,
+    layers: Annotated[int | None, _run_option("Stacked LSTM layers.", MODEL, "layers")] = None,
+    hidden: Annotated[int | None, _run_option("LSTM units per layer.", MODEL, "hidden")] = None,
+    embedding: Annotated[int | None, _run_option("Character embedding size.", MODEL, "embedding")] = None,
     dropout: Annotated[
-        float | None, _train("Dropout between LSTM layers and before the head, in [0, 1).", MODEL, "dropout")
+        float | None, _run_option("Dropout between LSTM layers and before the head, in [0, 1).", MODEL, "dropout")
     ] = None,
     seq_len: Annotated[
-        int | None, _train("Characters per chunk of truncated backpropagation through time.", OPTIM, "seq_len")
+        int | None, _run_option("Characters per chunk of truncated backpropagation through time.", OPTIM, "seq_len")
     ] = None,
-    batch_size: Annotated[int | None, _train("Parallel contiguous streams per batch.", OPTIM, "batch_size")] = None,
-    lr: Annotated[float | None, _train("Peak learning rate of AdamW.", OPTIM, "lr")] = None,
+    batch_size: Annotated[
+        int | None, _run_option("Parallel contiguous streams per batch.", OPTIM, "batch_size")
+    ] = None,
+    lr: Annotated[float | None, _run_option("Peak learning rate of AdamW.", OPTIM, "lr")] = None,
     weight_decay: Annotated[
-        float | None, _train("AdamW weight decay on weight matrices.", OPTIM, "weight_decay")
+        float | None, _run_option("AdamW weight decay on weight matrices.", OPTIM, "weight_decay")
     ] = None,
     grad_clip: Annotated[
-        float | None, _train("Clip the global gradient norm to this (0: off).", OPTIM, "grad_clip")
+        float | None, _run_option("Clip the global gradient norm to this (0: off).", OPTIM, "grad_clip")
     ] = None,
     schedule: Annotated[
-        str | None, _train("Learning-rate schedule: cosine, step, plateau or constant.", OPTIM, "schedule")
+        str | None, _run_option("Learning-rate schedule: cosine, step, plateau or constant.", OPTIM, "schedule")
     ] = None,
-    warmup_steps: Annotated[int | None, _train("Steps of linear learning-rate warm-up.", OPTIM, "warmup_steps")] = None,
+    warmup_steps: Annotated[
+        int | None, _run_option("Steps of linear learning-rate warm-up.", OPTIM, "warmup_steps")
+    ] = None,
     min_lr_ratio: Annotated[
-        float | None, _train("Floor of the cosine/plateau schedule, as a fraction of --lr.", OPTIM, "min_lr_ratio")
+        float | None, _run_option("Floor of the cosine/plateau schedule, as a fraction of --lr.", OPTIM, "min_lr_ratio")
     ] = None,
-    max_steps: Annotated[int | None, _train("Stop after this many optimizer steps.", BUDGET)] = None,
+    max_steps: Annotated[int | None, _run_option("Stop after this many optimizer steps.", BUDGET)] = None,
     epochs: Annotated[
         float | None,
-        _train("Stop after this many passes over the training split (10 when no budget is given).", BUDGET),
+        _run_option("Stop after this many passes over the training split (10 when no budget is given).", BUDGET),
     ] = None,
     max_time: Annotated[
-        float | None, _train("Stop after this many seconds; the schedule anneals over this budget.", BUDGET)
+        float | None, _run_option("Stop after this many seconds; the schedule anneals over this budget.", BUDGET)
     ] = None,
     out: Annotated[
         str | None,
-        _train(
+        _run_option(
             "Run directory for best.pt, last.pt and metrics.jsonl. [dim]\\[default: checkpoints/<corpus name>][/dim]",
             OUTPUT,
         ),
     ] = None,
     eval_every: Annotated[
-        int | None, _train("Evaluate the whole validation split and save every N steps.", OUTPUT, "eval_every")
+        int | None, _run_option("Evaluate the whole validation split and save every N steps.", OUTPUT, "eval_every")
     ] = None,
-    save_every: Annotated[int | None, _train("Write last.pt every N steps.", OUTPUT, "save_every")] = None,
+    save_every: Annotated[int | None, _run_option("Write last.pt every N steps.", OUTPUT, "save_every")] = None,
     log_every: Annotated[
-        int | None, _train("Report training loss and speed every N steps.", OUTPUT, "log_every")
+        int | None, _run_option("Report training loss and speed every N steps.", OUTPUT, "log_every")
     ] = None,
     sample_chars: Annotated[
-        int | None, _train("Characters of sample shown at each evaluation (0: none).", OUTPUT, "sample_chars")
+        int | None, _run_option("Characters of sample shown at each evaluation (0: none).", OUTPUT, "sample_chars")
     ] = None,
     resume: Annotated[
         str | None,
-        _train("Continue the run in this directory (or from this last.pt) exactly where it stopped.", OUTPUT),
+        _run_option("Continue the run in this directory (or from this last.pt) exactly where it stopped.", OUTPUT),
     ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
-            "--overwrite", help="Start afresh in a run directory that already holds a run.", rich_help_panel=OUTPUT
+            "--overwrite/--no-overwrite",
+            help="Start afresh in a run directory that already holds a run.",
+            rich_help_panel=OUTPUT,
         ),
     ] = False,
-    seed: Annotated[int | None, _train("Random seed: the same seed repeats a CPU run.", HW, "seed")] = None,
-    device: Annotated[str | None, _train("auto, cpu, cuda or mps.", HW, "device")] = None,
+    seed: Annotated[int | None, _run_option("Random seed: the same seed repeats a CPU run.", HW, "seed")] = None,
+    device: Annotated[str | None, _run_option("auto, cpu, cuda or mps.", HW, "device")] = None,
     precision: Annotated[
-        str | None, _train("auto (measured: the faster of the two), fp32 or bf16.", HW, "precision")
+        str | None, _run_option("auto (measured: the faster of the two), fp32 or bf16.", HW, "precision")
     ] = None,
 ) -> None:
     """Train a model; progress is shown live, checkpoints go to the run directory."""
@@ -208,11 +215,11 @@ def train(
 @app.command(cls=_Command)
 def sample(
     checkpoint: CheckpointArg,
-    prompt: Annotated[str, typer.Option(help="Text the model continues (printed first).")] = S.prompt,
-    length: Annotated[int, typer.Option(help="Characters to generate per sample.")] = S.length,
+    prompt: Annotated[str, typer.Option(help="Text the model continues (printed first).")] = SAMPLE.prompt,
+    length: Annotated[int, typer.Option(help="Characters to generate per sample.")] = SAMPLE.length,
     temperature: Annotated[
         float, typer.Option(help="Softmax temperature; 0 means greedy (always the likeliest).")
-    ] = S.temperature,
+    ] = SAMPLE.temperature,
     top_k: Annotated[int | None, typer.Option(help="Sample only among the k likeliest characters.")] = None,
     top_p: Annotated[
         float | None, typer.Option(help="Sample only within the smallest set of probability >= p.")
@@ -220,17 +227,17 @@ def sample(
     seed: Annotated[
         int | None, typer.Option(help="Random seed; the same seed gives the same text. [dim]\\[default: random][/dim]")
     ] = None,
-    num_samples: Annotated[int, typer.Option(help="How many samples to draw.")] = S.num_samples,
+    num_samples: Annotated[int, typer.Option(help="How many samples to draw.")] = SAMPLE.num_samples,
     unknown: Annotated[
         str, typer.Option(help="Prompt characters the model never saw: error, or skip them with a warning.")
-    ] = S.unknown,
+    ] = SAMPLE.unknown,
     precision: Annotated[
         str,
         typer.Option(
             help="Weights the sampling step reads: fp32 (exact), bf16 (half the bytes to read: up to twice as "
             "fast), or auto (the precision the model trained in)."
         ),
-    ] = S.precision,
+    ] = SAMPLE.precision,
 ) -> None:
     """Generate text from a trained model; characters stream to stdout as they are made."""
     from charlstm import api

@@ -65,6 +65,8 @@ def evaluate(
     ``seq_len`` characters before it (unscored), so no piece starts cold in the middle of the
     text; the few characters left over after the last piece continue its state.
     """
+    if len(tokens) < 2:
+        raise UserError(f"the text to measure has {len(tokens)} characters, expected at least 2")
     device = torch.device(device)
     streams = max(1, min(streams, (len(tokens) - 1) // max(seq_len, 1)))
     batches = StreamBatches(tokens, streams, seq_len, drop_last=False)
@@ -116,8 +118,6 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig) -> EvalReport:
     tokens, source = _text_to_measure(ckpt, cfg)
     if cfg.part != "all":
         tokens = split_tokens(tokens, ckpt.train_config.val_fraction)[cfg.part == "val"]
-    if len(tokens) < 2:
-        raise UserError(f"the {cfg.part} text has {len(tokens)} characters, expected at least 2 to measure")
     return EvalReport(evaluate(ckpt.build_model(), tokens, seq_len=cfg.seq_len), source, cfg.part)
 
 

@@ -71,7 +71,8 @@ class Run:
 
 
 def target_epochs(t: TrainConfig) -> float:
-    """Passes over the training split the run may make: ``--epochs``, or 10 when no budget is given."""
+    """Passes over the training split the run may make: ``--epochs``; without it, no limit when
+    ``--max-steps`` or ``--max-time`` is given, and 10 when no budget is."""
     return t.epochs if t.epochs is not None else (math.inf if t.has_budget else DEFAULT_EPOCHS)
 
 
@@ -177,7 +178,11 @@ def _same_corpus(tcfg: TrainConfig, ckpt: Checkpoint, progress: ProgressFn | Non
     """The run's corpus, refusing a text that changed since the run started."""
     corpus = load_corpus(resolve_corpus(tcfg.corpus, progress=progress), tcfg.encoding)
     expected = (ckpt.corpus or {}).get("sha256")
-    if expected and corpus.sha256 != expected:
+    if not expected:
+        raise UserError(
+            f"{str(ckpt.path)!r} records no corpus hash, so resuming cannot check the text; start a new run"
+        )
+    if corpus.sha256 != expected:
         raise UserError(
             f"the corpus {tcfg.corpus!r} has changed since the run started (sha256 {corpus.sha256[:12]}... "
             f"instead of {expected[:12]}...); resume needs the same text"

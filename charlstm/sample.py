@@ -13,7 +13,7 @@ import torch
 
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.model import CharLSTM, State
-from charlstm.stepper import PRECISIONS, Rule, Stepper
+from charlstm.stepper import PRECISIONS, KernelRule, Stepper
 from charlstm.vocab import CharVocab
 
 CHUNK = 256  # characters per sample drawn per call: text still streams out, calls stay few
@@ -31,7 +31,7 @@ class SamplingRule:
     def of(cls, cfg: SampleConfig) -> SamplingRule:
         return cls(cfg.temperature, cfg.top_k, cfg.top_p)
 
-    def args(self) -> Rule:
+    def args(self) -> KernelRule:
         """The rule as the compiled kernels take it."""
         top_k = min(int(self.top_k or 0), 1 << 31)  # any k past the vocabulary keeps everything
         return float(self.temperature), top_k, 1.0 if self.top_p is None else float(self.top_p)
@@ -44,7 +44,6 @@ class Samples:
     seed: int  # the seed used: the given one, or a random one to print so the text can be repeated
     prompt: str  # the prompt as the model reads it (characters it never saw dropped under "skip")
     dropped: list[str]  # prompt characters dropped
-    precision: str  # of the weights the step read
     pieces: Iterator[list[str]]  # the next piece of every sample, up to CHUNK characters each
 
 
@@ -69,7 +68,7 @@ def priming_ids(vocab: CharVocab, prompt: str) -> list[int]:
     return ids or [0]
 
 
-def generate_ids(
+def _ids_after(
     stepper: Stepper,
     prime: torch.Tensor,
     length: int,
@@ -97,9 +96,9 @@ def draw_samples(stepper: Stepper, vocab: CharVocab, cfg: SampleConfig, start: S
     prompt, dropped = prepare_prompt(vocab, cfg.prompt, cfg.unknown)
     seed = choose_seed(cfg.seed)
     prime = torch.tensor([priming_ids(vocab, prompt)] * cfg.num_samples, dtype=torch.long)
-    ids = generate_ids(stepper, prime, cfg.length, SamplingRule.of(cfg), np.random.default_rng(seed), start)
+    ids = _ids_after(stepper, prime, cfg.length, SamplingRule.of(cfg), np.random.default_rng(seed), start)
     pieces = ([vocab.decode(row) for row in chunk] for chunk in ids)
-    return Samples(seed, prompt, dropped, stepper.precision, pieces)
+    return Samples(seed, prompt, dropped, pieces)
 
 
 def compile_kernels() -> None:
@@ -111,4 +110,4 @@ def compile_kernels() -> None:
         for precision in PRECISIONS:
             for streams in (1, 2):
                 prime = torch.zeros(streams, 1, dtype=torch.long)
-                list(generate_ids(Stepper(tiny, precision), prime, 2, rule, rng, None))
+                list(_ids_after(Stepper(tiny, precision), prime, 2, rule, rng, None))

@@ -26,7 +26,7 @@ from charlstm import kernels
 from charlstm.model import CharLSTM, State
 
 PRECISIONS = ("fp32", "bf16")  # of the weights the step reads; arithmetic is fp32 either way
-Rule = tuple[float, int, float]  # (temperature, top_k, top_p) as the kernels take them: 0 and 1.0 mean off
+KernelRule = tuple[float, int, float]  # (temperature, top_k, top_p) as the kernels take them; 0 and 1.0 mean off
 
 
 @dataclass
@@ -165,7 +165,9 @@ class Stepper:
         product = torch.from_numpy(x).bfloat16() @ self.mats[i].T  # (B, R) bf16
         return product.view(torch.int16).numpy().view(np.uint16)
 
-    def draw_chunk(self, s: StepState, count: int, rule: Rule, rng: np.random.Generator, last: bool) -> np.ndarray:
+    def draw_chunk(
+        self, s: StepState, count: int, rule: KernelRule, rng: np.random.Generator, last: bool
+    ) -> np.ndarray:
         """Draw ``count`` ids per stream from ``s.logits`` -> (B, count), reading each one into the
         state (the final one only if not ``last``). One stream: one compiled call; many: a step per
         position, all streams at once."""

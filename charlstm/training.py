@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from charlstm.checkpoint import BEST, LAST, resume_command
-from charlstm.config import SampleConfig, option
+from charlstm.config import MAX_SEED, SampleConfig, option
 from charlstm.device import autocast
 from charlstm.errors import UserError
 from charlstm.evaluate import evaluate
@@ -110,9 +110,8 @@ def preview(run: Run) -> str:
     """A short sample from the current weights, seeded by step so a run's previews repeat."""
     if run.tcfg.sample_chars <= 0:
         return ""
-    cfg = SampleConfig(
-        length=run.tcfg.sample_chars, temperature=PREVIEW_TEMPERATURE, seed=run.tcfg.seed + run.state.step
-    )
+    seed = (run.tcfg.seed + run.state.step) % (MAX_SEED + 1)  # any --seed, even the largest, stays valid
+    cfg = SampleConfig(length=run.tcfg.sample_chars, temperature=PREVIEW_TEMPERATURE, seed=seed)
     start = None if run.hidden is None else first_stream(run.hidden)
     samples = draw_samples(Stepper(run.model), run.corpus.vocab, cfg, start)
     return "".join(pieces[0] for pieces in samples.pieces)

@@ -5,6 +5,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import play_text, tiny_train_config
 from typer.testing import CliRunner
 
@@ -113,3 +114,28 @@ def test_nan_loss_raises_after_saving(run_copy, monkeypatch):
         charlstm.train(resume=run_copy, max_steps=60)
     assert (run_copy / "best.pt").read_bytes() == best
     assert charlstm.load(run_copy / "last.pt").checkpoint.progress.step == 40
+
+
+def test_paths_are_accepted_wherever_a_file_is_named(tmp_path, corpus_file):
+    tiny = dict(hidden=16, embedding=8, seq_len=16, batch_size=4, precision="fp32", sample_chars=0)
+    result = charlstm.train(corpus_file, out=tmp_path / "run", max_steps=2, **tiny)
+    checkpoint = charlstm.load(tmp_path / "run").checkpoint
+    assert result.step == 2 and checkpoint.train_config.corpus == str(corpus_file)
+    assert charlstm.train(resume=tmp_path / "run", corpus=corpus_file, max_steps=3).step == 3
+
+
+def test_the_progress_bar_reports_evaluations_and_ends_full(tmp_path, corpus_file, capsys):
+    tiny = dict(hidden=16, embedding=8, seq_len=16, batch_size=4, precision="fp32", sample_chars=0, eval_every=4)
+    charlstm.train(corpus_file, out=tmp_path / "run", max_steps=8, log_every=3, progress=True, **tiny)
+    shown = capsys.readouterr()  # tqdm.write puts lines on stdout, the bar goes to stderr
+    assert "step 4: val loss" in shown.out and "step 8: val loss" in shown.out and "on cpu (fp32)" in shown.out
+    assert shown.err.replace("\r", "\n").strip().splitlines()[-1].startswith("train: 100%")
+
+
+def test_options_are_checked_when_called(shared_run):
+    model = charlstm.load(shared_run)
+    with pytest.raises(charlstm.UserError, match="--top-p 2"):
+        model.stream("K", top_p=2)  # before the first piece is asked for
+    if not torch.cuda.is_available():
+        with pytest.raises(charlstm.UserError, match="--device cuda"):
+            charlstm.load(shared_run, device="cuda")

@@ -177,3 +177,26 @@ def test_describe(shared_run):
     assert report["resume"] == f"charlstm train --resume {shared_run}"
     assert report["params"] == sum(t.numel() for t in load_checkpoint(shared_run).model.values())
     json.dumps(report)  # JSON-ready
+
+
+def test_version_1_migration_moves_metrics_and_the_corpus_hash():
+    v1 = {"format_version": 1, "progress": {"step": 3, "corpus_sha256": "ab" * 32}, "metrics": [{"step": 3}]}
+    v2 = ckpt.MIGRATIONS[1]({**v1, "device_type": "cpu", "model": {}})
+    assert v2["format_version"] == 2 and v2["corpus"] == {"sha256": "ab" * 32} and "device_type" not in v2
+    assert v2["progress"] == {"step": 3, "metrics": [{"step": 3}]} and "metrics" not in v2
+    with_corpus = ckpt.MIGRATIONS[1]({**v1, "corpus": {"path": "t.txt", "sha256": "cd" * 32, "chars": 9}})
+    assert with_corpus["corpus"]["path"] == "t.txt"  # a checkpoint's own record wins
+
+
+def test_exports_keep_unknown_metadata_apart_and_refuse_damaged_metadata(shared_run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = ckpt.export_safetensors(load_checkpoint(shared_run), tmp_path / "m.safetensors")
+    with safe_open(str(out), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "tagged.safetensors"), metadata={**meta, "exported_by": "another tool"})
+    assert load_checkpoint(tmp_path / "tagged.safetensors").progress.step == 40
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "model_config": "{not json"})
+    with pytest.raises(UserError, match="damaged charlstm metadata"):
+        load_checkpoint(tmp_path / "bad.safetensors")

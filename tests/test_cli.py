@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -104,7 +105,7 @@ def test_help_lists_every_option_with_its_default_and_flags_take_no_value():
     train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
     for option, default in [("--hidden", "512"), ("--lr", "0.03"), ("--schedule", "cosine"), ("--seed", "1337")]:
         assert re.search(rf"{option} .*\[default: {re.escape(default)}\]", train), option
-    assert "--overwrite " in train and "--no-overwrite" not in train
+    assert re.search(r"--overwrite +--no-overwrite +Start afresh", train)  # a flag pair, no value placeholder
 
 
 def test_train_sample_eval_info_export_end_to_end(corpus_file, tmp_path):
@@ -188,6 +189,22 @@ def test_corpus_errors(tmp_path):
     latin = tmp_path / "latin.txt"
     latin.write_bytes(("Café, garçon! Où est le thé?\n" * 400).encode("latin-1"))
     assert_user_error(invoke("train", "--corpus", latin, "--out", tmp_path / "r"), "not valid utf-8", "--encoding")
+    long = tmp_path / "long.txt"
+    long.write_text("to be or not to be\n" * 2000)
+    tiny_val = invoke("train", "--corpus", long, "--val-fraction", "0.00001", "--out", tmp_path / "v")
+    assert_user_error(tiny_val, "validation split", "--val-fraction")
+    if not torch.cuda.is_available():
+        no_gpu = invoke("train", "--corpus", long, "--device", "cuda", "--out", tmp_path / "c")
+        assert_user_error(no_gpu, "--device cuda", "no CUDA GPU")
+
+
+def test_other_encodings_train_and_sample(tmp_path):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(("Café, garçon! Où est le thé?\n" * 400).encode("latin-1"))
+    ok = invoke("train", "--corpus", latin, "--encoding", "latin-1", "--out", tmp_path / "r", "--max-steps", 4, *TINY)
+    assert ok.exit_code == 0, ok.output
+    text = invoke("sample", tmp_path / "r", "--prompt", "Café", "--length", 30, "--seed", 1)
+    assert text.exit_code == 0 and text.stdout.startswith("Café")
 
 
 def test_sampling_errors_and_unknown_prompt_characters(shared_run):
@@ -204,8 +221,6 @@ def test_existing_run_and_checkpoint_errors(shared_run, tmp_path):
     broken.write_bytes((shared_run / "best.pt").read_bytes()[:1000])
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(2048))
-    import torch
-
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     future = tmp_path / "future.pt"
@@ -228,8 +243,6 @@ class _Evil:
 
 
 def test_malicious_checkpoint_never_runs(tmp_path, monkeypatch):
-    import torch
-
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "evil_run"
     run_dir.mkdir()
@@ -251,8 +264,6 @@ def test_unwritable_output_and_unreadable_corpus(corpus_file, tmp_path, monkeypa
 
 
 def test_disk_full_during_checkpoint_keeps_the_previous_one(run_copy, monkeypatch):
-    import torch
-
     before = (run_copy / "last.pt").read_bytes()
 
     def full_disk(obj, f, *a, **k):

@@ -126,7 +126,6 @@ def test_remap_to_checkpoint_vocabulary(tmp_path):
         remap_tokens(corpus, CharVocab("ab"))
 
 
-# ----------------------------------------------------------------------------- download
 class _Handler(http.server.BaseHTTPRequestHandler):
     body = b""
 

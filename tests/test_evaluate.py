@@ -79,3 +79,21 @@ def test_version_1_checkpoint_scores_as_the_code_that_wrote_it(v1_folder):
     report = evaluate_checkpoint("v1_run/last.pt", EvalConfig())
     assert report.result.chars == 1199  # the figure recorded in tests/fixtures/v1/README.md
     assert report.result.loss == pytest.approx(3.4587187015383916, abs=1e-5)
+
+
+def test_encoding_applies_to_the_text_measured(tmp_path, corpus_file):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(("Café au lait, garçon.\n" * 600).encode("latin-1"))
+    tiny = dict(hidden=16, embedding=8, seq_len=16, batch_size=4, precision="fp32", sample_chars=0)
+    from charlstm import api
+
+    api.train(str(latin), encoding="latin-1", out=str(tmp_path / "run"), max_steps=2, **tiny)
+    own = evaluate_checkpoint(tmp_path / "run", EvalConfig())  # the run's own encoding, by default
+    assert own.split == "val" and own.result.chars > 1000
+    utf8 = tmp_path / "utf8.txt"
+    utf8.write_text("Café au lait.\n" * 20, encoding="utf-8")
+    assert evaluate_checkpoint(tmp_path / "run", EvalConfig(corpus=str(utf8))).result.chars == 20 * 14 - 1
+    with pytest.raises(UserError, match="not valid utf-8"):
+        evaluate_checkpoint(tmp_path / "run", EvalConfig(corpus=str(latin)))
+    again = evaluate_checkpoint(tmp_path / "run", EvalConfig(corpus=str(latin), encoding="latin-1", split="val"))
+    assert again.result.loss == pytest.approx(own.result.loss)

@@ -2,14 +2,13 @@ import numba
 import numpy as np
 
 from charlstm import kernels
-from charlstm.sample import SamplingRule
 
 
-def draw(logits, rule: SamplingRule, seed: int) -> np.ndarray:
-    """One id per row of logits (B, V), as the many-stream step draws them."""
+def draw(logits, seed: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """One id per row of logits (B, V), as the many-stream step draws them (top_k 0, top_p 1: off)."""
     rng = np.random.default_rng(seed)
     rows = np.ascontiguousarray(logits, dtype=np.float32)
-    return kernels.draw_rows(rows, *rule.args(), 1.0 - rng.random(len(rows)))
+    return kernels.draw_rows(rows, temperature, top_k, top_p, 1.0 - rng.random(len(rows)))
 
 
 def kept(logits, keep) -> list[bool]:
@@ -31,9 +30,8 @@ def test_top_k_keeps_k_largest():
     assert kept(logits, lambda z: kernels.keep_top_k(z, 2)) == [False, True, False, False, True]
     assert all(kept(logits, lambda z: kernels.keep_top_k(z, 0)))  # 0: off
     rows = np.tile(np.array([logits], dtype=np.float32), (200, 1))
-    assert set(draw(rows, SamplingRule(5.0, top_k=2), 0).tolist()) == {1, 4}
-    huge, off = SamplingRule(1.0, top_k=10**20), SamplingRule(1.0)  # past the vocabulary: off
-    assert draw(rows, huge, 3).tolist() == draw(rows, off, 3).tolist()
+    assert set(draw(rows, 0, temperature=5.0, top_k=2).tolist()) == {1, 4}
+    assert draw(rows, 3, top_k=7).tolist() == draw(rows, 3).tolist()  # past the vocabulary: all kept
 
 
 def test_top_p_keeps_smallest_nucleus():
@@ -44,16 +42,16 @@ def test_top_p_keeps_smallest_nucleus():
     assert nucleus(0.01) == nucleus(0.0) == [False, True, False, False]  # the likeliest always stays
     assert all(nucleus(1.0))
     rows = np.tile(np.array([logits], dtype=np.float32), (300, 1))
-    assert set(draw(rows, SamplingRule(1.0, top_p=0.7), 0).tolist()) == {1, 3}
+    assert set(draw(rows, 0, top_p=0.7).tolist()) == {1, 3}
 
 
 def test_draws_follow_the_distribution():
     rows = np.log(np.tile(np.array([[0.8, 0.2]], dtype=np.float32), (4000, 1)))
-    assert abs(draw(rows, SamplingRule(1.0), 0).mean() - 0.2) < 0.03
-    assert abs(draw(rows, SamplingRule(1e6), 1).mean() - 0.5) < 0.03  # very hot: nearly uniform
+    assert abs(draw(rows, 0).mean() - 0.2) < 0.03
+    assert abs(draw(rows, 1, temperature=1e6).mean() - 0.5) < 0.03  # very hot: nearly uniform
 
 
 def test_temperature_zero_is_argmax_and_tiny_temperatures_do_not_overflow():
     rows = np.array([[49.0, 50.0, -3.0]], dtype=np.float32)
-    assert draw(rows, SamplingRule(0.0), 0).tolist() == [1]
-    assert draw(rows, SamplingRule(1e-40), 0).tolist() == [1]
+    assert draw(rows, 0, temperature=0.0).tolist() == [1]
+    assert draw(rows, 0, temperature=1e-40).tolist() == [1]

@@ -67,3 +67,11 @@ def test_too_short_corpus_is_explained(tmp_path, tiny_model):
     path.write_text("hello world\n" * 20, encoding="utf-8")
     with pytest.raises(UserError, match="too short for one batch"):
         new_run(TrainConfig(corpus=str(path), out=str(tmp_path / "r")), tiny_model)
+
+
+def test_a_checkpoint_without_a_corpus_hash_is_not_resumed(run_copy):
+    checkpoint = load_checkpoint(run_copy / "last.pt")
+    checkpoint.corpus = None
+    checkpoint.save(run_copy / "last.pt")
+    with pytest.raises(UserError, match="records no corpus hash"):
+        resume_run(run_copy, {})

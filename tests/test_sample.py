@@ -7,13 +7,14 @@ from charlstm import sample as sampling
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.errors import UserError
 from charlstm.model import CharLSTM
-from charlstm.sample import draw_samples, prepare_prompt, priming_ids
+from charlstm.sample import SamplingRule, draw_samples, prepare_prompt, priming_ids
 from charlstm.stepper import Stepper
 from charlstm.vocab import CharVocab
 
 VOCAB = CharVocab("\nabcdefgh:ABC ")
-torch.manual_seed(0)
-MODEL = CharLSTM(ModelConfig(vocab_size=len(VOCAB), embedding=8, hidden=24, layers=3, dropout=0.2)).eval()
+with torch.random.fork_rng(devices=[]):  # importing the tests must not move the random state
+    torch.manual_seed(0)
+    MODEL = CharLSTM(ModelConfig(vocab_size=len(VOCAB), embedding=8, hidden=24, layers=3, dropout=0.2)).eval()
 
 
 def texts(cfg: SampleConfig, precision: str = "fp32", start=None) -> list[str]:
@@ -50,11 +51,19 @@ def test_many_samples_side_by_side_in_chunks(monkeypatch):
     assert many == texts(cfg) and texts(SampleConfig(prompt="A", length=30, seed=1))[0] != many[1]
 
 
-def test_the_seed_is_chosen_and_reported_before_the_text():
+def test_a_random_seed_is_chosen_and_known_before_any_text_is_drawn(monkeypatch):
+    drawn = []
+    real = Stepper.draw_chunk
+    monkeypatch.setattr(Stepper, "draw_chunk", lambda self, *a, **k: drawn.append(1) or real(self, *a, **k))
     samples = draw_samples(Stepper(MODEL), VOCAB, SampleConfig(prompt="a", length=10))
-    assert 0 <= samples.seed < 2**32 and samples.prompt == "a" and samples.precision == "fp32"
+    assert 0 <= samples.seed < 2**32 and samples.prompt == "a" and not drawn
     again = draw_samples(Stepper(MODEL), VOCAB, SampleConfig(prompt="a", length=10, seed=samples.seed))
-    assert [p for p in samples.pieces] == [p for p in again.pieces]
+    assert list(samples.pieces) == list(again.pieces) and drawn
+
+
+def test_a_top_k_past_the_vocabulary_keeps_every_character():
+    assert SamplingRule(1.0, top_k=10**20).args() == (1.0, 1 << 31, 1.0)
+    assert SamplingRule(0.5, top_p=0.9).args() == (0.5, 0, 0.9)
 
 
 def test_prompt_with_unknown_characters():

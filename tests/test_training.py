@@ -115,3 +115,10 @@ def test_previews_repeat_and_leave_the_random_state_alone(tiny_train, tiny_model
     before = torch.get_rng_state()
     first, again = training.preview(run), training.preview(run)
     assert len(first) == 40 and first == again and torch.equal(before, torch.get_rng_state())
+
+
+def test_the_largest_seed_still_previews(tiny_train, tiny_model):
+    run = new_run(replace(tiny_train, seed=2**63 - 1, max_steps=6, eval_every=3), tiny_model)
+    events = []
+    train(run, events.append)
+    assert all(len(e.sample) == 20 for e in events if isinstance(e, Evaluated))
