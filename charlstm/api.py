@@ -13,6 +13,7 @@ with the command line's message. Loading never runs code from the file.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import itertools
 import os
 import threading
@@ -137,10 +138,18 @@ class Model:
 def _sampling_options(options: dict[str, Any]) -> dict[str, Any]:
     """Refuse keywords that are not sampling options, with the names that are."""
     allowed = {f.name for f in fields(SampleConfig)} - {"prompt", "length", "num_samples"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UserError(f"unknown sampling option {unknown[0]!r}, expected one of {', '.join(sorted(allowed))}")
+    _refuse_unknown(options, allowed, "sampling")
     return options
+
+
+def _refuse_unknown(given: dict[str, Any], allowed: set[str], kind: str) -> None:
+    """One error for the first keyword not in ``allowed``, with the closest name when there is one."""
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        prefixed = sorted(name for name in allowed if name.startswith(unknown[0]))
+        close = prefixed[:1] or difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"unknown {kind} option {unknown[0]!r}; {hint}expected one of {', '.join(sorted(allowed))}")
 
 
 def load(path: str | Path, device: str = "cpu") -> Model:
@@ -217,9 +226,7 @@ def _broadcast(listeners: list[EventFn]) -> EventFn:
 
 def _check_option_names(given: dict[str, Any]) -> None:
     names = {f.name for cls in (TrainConfig, ModelConfig) for f in fields(cls)} - {"vocab_size"}
-    unknown = sorted(set(given) - names)
-    if unknown:
-        raise UserError(f"unknown training option {unknown[0]!r}, expected one of {', '.join(sorted(names))}")
+    _refuse_unknown(given, names, "training")
 
 
 def _signals_stop(flag: StopFlag) -> contextlib.AbstractContextManager[StopFlag]:

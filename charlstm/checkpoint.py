@@ -239,7 +239,7 @@ def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
             f"run directory {str(p)!r} holds no {BEST} or {LAST}, expected a folder written by charlstm train"
         )
     if not p.exists():
-        raise UserError(f"checkpoint {str(p)!r} does not exist, expected a .pt file or a run directory")
+        raise UserError(f"checkpoint {str(p)!r} does not exist, expected a .pt or .safetensors file or a run directory")
     return p
 
 

@@ -74,13 +74,13 @@ def test_user_mistakes_raise_user_error_with_the_cli_message(shared_run, tmp_pat
         model.generate("☃")
     with pytest.raises(charlstm.UserError, match="--temperature -1"):
         model.generate("K", temperature=-1)
-    with pytest.raises(charlstm.UserError, match="unknown sampling option 'temp'"):
+    with pytest.raises(charlstm.UserError, match="unknown sampling option 'temp'; did you mean 'temperature'"):
         model.generate_many("K", n=2, temp=0.5)
     with pytest.raises(charlstm.UserError, match="the text has characters the model never saw: 'Ω'"):
         model.evaluate("KING Ω")
     with pytest.raises(charlstm.UserError, match="at least 2"):
         model.evaluate("K")
-    with pytest.raises(charlstm.UserError, match="unknown training option 'hiden'"):
+    with pytest.raises(charlstm.UserError, match="unknown training option 'hiden'; did you mean 'hidden'"):
         charlstm.train(corpus="x.txt", hiden=64)
     with pytest.raises(charlstm.UserError, match="does not exist"):
         charlstm.load(tmp_path / "nothing.pt")
