@@ -3,6 +3,7 @@ tiny trained run that read-only tests share."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -94,3 +95,17 @@ def v1_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(FIXTURES / "v1", tmp_path / "v1")
     monkeypatch.chdir(tmp_path / "v1")
     return tmp_path / "v1"
+
+
+class RunsCodeWhenUnpickled:
+    """Pickled, this object would run a shell command when loaded: what a malicious checkpoint holds."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def full_disk(obj, f, *args, **kwargs):
+    """A stand-in for ``torch.save`` that writes a little and then fails as a full disk does."""
+    with open(f, "wb") as fh:
+        fh.write(b"partial")
+    raise OSError(28, "No space left on device")

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from conftest import RunsCodeWhenUnpickled, full_disk
 
 import charlstm
 from charlstm import checkpoint as ckpt
@@ -81,15 +82,10 @@ def test_not_a_checkpoint_and_newer_versions(tmp_path, saved):
         load_checkpoint(damaged)
 
 
-class Payload:
-    def __reduce__(self):
-        return (os.system, ("touch PWNED",))
-
-
 def test_pickled_objects_are_refused_and_never_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "evil.pt"
-    torch.save({"format_version": 1, "model": Payload()}, evil)
+    torch.save({"format_version": 1, "model": RunsCodeWhenUnpickled()}, evil)
     with pytest.raises(UserError, match="refused"):
         load_checkpoint(evil)
     assert not (tmp_path / "PWNED").exists()
@@ -98,12 +94,6 @@ def test_pickled_objects_are_refused_and_never_run(tmp_path, monkeypatch):
 def test_save_is_atomic_when_the_write_fails(saved, monkeypatch):
     path, checkpoint = saved
     before = path.read_bytes()
-
-    def full_disk(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
-        raise OSError(28, "No space left on device")
-
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(OSError):
         checkpoint.save(path)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RunsCodeWhenUnpickled, full_disk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -237,17 +238,13 @@ def test_existing_run_and_checkpoint_errors(shared_run, tmp_path):
     assert_user_error(invoke("eval", shared_run, "--corpus", other), "never saw")
 
 
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch PWNED",))
-
-
 def test_malicious_checkpoint_never_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "evil_run"
     run_dir.mkdir()
+    evil = {"format_version": 1, "model_config": {}, "vocab": "ab", "model": RunsCodeWhenUnpickled()}
     for name in ("last.pt", "best.pt"):
-        torch.save({"format_version": 1, "model_config": {}, "vocab": "ab", "model": _Evil()}, run_dir / name)
+        torch.save(evil, run_dir / name)
     for args in (["sample", run_dir], ["eval", run_dir], ["info", run_dir], ["train", "--resume", run_dir]):
         assert_user_error(invoke(*args), "refused")
         assert not (tmp_path / "PWNED").exists()
@@ -265,12 +262,6 @@ def test_unwritable_output_and_unreadable_corpus(corpus_file, tmp_path, monkeypa
 
 def test_disk_full_during_checkpoint_keeps_the_previous_one(run_copy, monkeypatch):
     before = (run_copy / "last.pt").read_bytes()
-
-    def full_disk(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
-        raise OSError(28, "No space left on device")
-
     monkeypatch.setattr(torch, "save", full_disk)
     result = invoke("train", "--resume", run_copy, "--max-steps", 60)
     assert result.exit_code == 2 and "Traceback" not in result.stderr  # progress lines come first
