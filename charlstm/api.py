@@ -26,7 +26,6 @@ import numpy as np
 
 from charlstm.checkpoint import Checkpoint, export_safetensors, load_checkpoint
 from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
-from charlstm.corpus import ProgressFn
 from charlstm.device import resolve_device
 from charlstm.errors import UserError
 from charlstm.evaluate import EvalResult, evaluate, evaluate_checkpoint
@@ -34,6 +33,7 @@ from charlstm.events import Evaluated, Event, EventFn, Finished, Progress, Start
 from charlstm.model import CharLSTM
 from charlstm.run import new_run, resume_run
 from charlstm.sample import Samples, draw_samples
+from charlstm.sources import ProgressFn
 from charlstm.stepper import Stepper, resolve_precision
 from charlstm.training import StopFlag, stop_on_signals
 from charlstm.training import train as train_loop
@@ -132,7 +132,8 @@ class Model:
         """
         config = EvalConfig(seq_len=seq_len)
         tokens = np.array(self.vocab.encode(text), dtype=np.int64)
-        return evaluate(self.module, tokens, config.seq_len, self.module.head.weight.device)
+        device, starts = self.module.head.weight.device, self.vocab.char_starts()
+        return evaluate(self.module, tokens, config.seq_len, device, char_starts=starts)
 
 
 def _sampling_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +181,7 @@ def train(
     overwrite: bool = False,
     progress: bool = False,
     on_event: EventFn | None = None,
-    on_download: ProgressFn | None = None,
+    on_reading: ProgressFn | None = None,
     **options: Any,
 ) -> TrainResult:
     """Train a model, or continue one with ``resume=RUN_DIR``; returns how the run ended.
@@ -196,12 +197,12 @@ def train(
     given = {k: v for k, v in given.items() if v is not None}
     _check_option_names(given)
     if resume is not None:
-        run = resume_run(resume, given, progress=on_download)
+        run = resume_run(resume, given, progress=on_reading)
     else:
         train_keys = {f.name for f in fields(TrainConfig)}
         tcfg = TrainConfig(**{k: v for k, v in given.items() if k in train_keys})
         mcfg = ModelConfig(**{k: v for k, v in given.items() if k not in train_keys})
-        run = new_run(tcfg, mcfg, overwrite=overwrite, progress=on_download)
+        run = new_run(tcfg, mcfg, overwrite=overwrite, progress=on_reading)
     bar = _TqdmBar() if progress else None
     try:
         with _signals_stop(StopFlag()) as flag:

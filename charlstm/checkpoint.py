@@ -6,13 +6,16 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values (form
     format_version  int                FORMAT_VERSION
     model_config    dict               ModelConfig.to_dict()
     train_config    dict               TrainConfig.to_dict()
-    vocab           str                the sorted characters; id i is vocab[i]
+    vocab           str                the characters with their own token, sorted; id i is vocab[i]
+    byte_fallback   bool               whether ids len(vocab).. are the 256 byte values (UTF-8)
     model           dict[str, Tensor]  CharLSTM state dict
     optimizer       dict | None        AdamW state dict (None in exports)
     progress        dict               RunState.to_dict(): step, cursor, time, losses, metrics
     rng             dict | None        {"torch": ByteTensor, "cuda": ByteTensor on CUDA runs}
     hidden          [h, c] | None      carried LSTM state, each (layers, B, H)
-    corpus          dict | None        {"path", "sha256", "chars"} of the training text
+    corpus          dict | None        the training text: "path" (as given), "sha256", and what
+                                       reading found: "chars", "tokens", "distinct", "own_coverage",
+                                       "files", "skipped_files", "dropped_chars"
     epoch           float | None       passes over the training split, fractional
 
 Files are read with ``torch.load(weights_only=True)``: anything but tensors and plain types is
@@ -46,8 +49,9 @@ BEST, LAST = "best.pt", "last.pt"
 WARM_H, WARM_C = "sampling.warm_h", "sampling.warm_c"  # safetensors names of the warm start state
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "model")
 EXPORTED_PROGRESS = ("step", "elapsed", "best_val_loss", "last_val_loss", "precision")
-# JSON metadata of an export, beside "format" and "format_version" (format 1 had the first five)
-EXPORTED_METADATA = ("model_config", "train_config", "vocab", "progress", "corpus", "epoch")
+# JSON metadata of an export, beside "format" and "format_version" (format 1 had model_config,
+# train_config, vocab and progress)
+EXPORTED_METADATA = ("model_config", "train_config", "vocab", "byte_fallback", "progress", "corpus", "epoch")
 
 
 @dataclass
@@ -107,6 +111,7 @@ class Checkpoint:
         "model_config",
         "train_config",
         "vocab",
+        "byte_fallback",
         "model",
         "optimizer",
         "progress",
@@ -123,6 +128,7 @@ class Checkpoint:
             "model_config": self.model_config.to_dict(),
             "train_config": self.train_config.to_dict(),
             "vocab": self.vocab.to_string(),
+            "byte_fallback": self.vocab.byte_fallback,
             "model": self.model,
             "optimizer": self.optimizer,
             "progress": self.progress.to_dict(),
@@ -142,7 +148,7 @@ class Checkpoint:
         try:
             return cls(
                 model_config=ModelConfig.from_dict(payload["model_config"]),
-                vocab=CharVocab(payload["vocab"]),
+                vocab=CharVocab(payload["vocab"], bool(payload.get("byte_fallback", False))),
                 model=dict(payload["model"]),
                 train_config=TrainConfig.from_dict(payload.get("train_config") or {}),
                 progress=RunState.from_dict(payload.get("progress") or {}),
@@ -199,6 +205,9 @@ class Checkpoint:
             "params": sum(t.numel() for t in self.model.values()),
             "vocab_size": len(self.vocab),
             "vocab": self.vocab.to_string(),
+            "own_tokens": len(self.vocab.chars),
+            "byte_fallback": self.vocab.byte_fallback,
+            "own_coverage": (self.corpus or {}).get("own_coverage"),
             "precision": p.precision,
             "corpus": self.corpus,
             "config": {"model": self.model_config.to_dict(), "train": self.train_config.to_dict()},

@@ -25,7 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 
 import charlstm
 from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
-from charlstm.display import TrainView
+from charlstm.display import ProgressBar, TrainView
 from charlstm.errors import UserError
 
 err = Console(stderr=True, highlight=False)
@@ -126,6 +126,21 @@ def train(
         str | None, _run_option("Path to a UTF-8 text file, or a known corpus name (tinyshakespeare).", DATA, "corpus")
     ] = None,
     encoding: Annotated[str | None, _run_option("Text encoding of the corpus file.", DATA, "encoding")] = None,
+    skip_bad_files: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-bad-files",
+            help="Leave out the files of a folder or glob that are not text (listed in a warning).",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    max_vocab: Annotated[
+        int | None, _run_option("Characters with their own token, the commonest first.", DATA, "max_vocab")
+    ] = None,
+    byte_fallback: Annotated[
+        str | None,
+        _run_option("Byte tokens for other characters: auto (when some are left out) or on.", DATA, "byte_fallback"),
+    ] = None,
     val_fraction: Annotated[
         float | None, _run_option("Contiguous tail of the corpus held out for validation.", DATA, "val_fraction")
     ] = None,
@@ -172,8 +187,9 @@ def train(
             OUTPUT,
         ),
     ] = None,
-    eval_every: Annotated[
-        int | None, _run_option("Evaluate the whole validation split and save every N steps.", OUTPUT, "eval_every")
+    eval_every: Annotated[int | None, _run_option("Evaluate and save every N steps.", OUTPUT, "eval_every")] = None,
+    eval_chars: Annotated[
+        int | None, _run_option("Characters of the validation split each evaluation reads.", OUTPUT, "eval_chars")
     ] = None,
     save_every: Annotated[int | None, _run_option("Write last.pt every N steps.", OUTPUT, "save_every")] = None,
     log_every: Annotated[
@@ -205,7 +221,7 @@ def train(
 
     options = {name: value for name, value in ctx.params.items() if value is not None}
     with TrainView(err) as view:
-        result = api.train(**options, on_event=view.on_event, on_download=view.download)
+        result = api.train(**options, on_event=view.on_event, on_reading=view.reading)
     if result.stopped_by == "signal":
         # Plain write, not rich: the command must survive any terminal width and any path.
         sys.stderr.write(f"stopped by signal; resume with:\n  {result.resume_command}\n")
@@ -295,17 +311,32 @@ def evaluate(
     seq_len: Annotated[
         int, typer.Option(help="Characters per evaluation chunk (state is carried across chunks).")
     ] = EvalConfig.seq_len,
+    unknown: Annotated[
+        str,
+        typer.Option(help="Characters a model without byte tokens cannot read: error, or skip them (counted)."),
+    ] = EvalConfig.unknown,
+    max_chars: Annotated[
+        int | None,
+        typer.Option(help="Measure this many characters, spread over the text. [dim]\\[default: all][/dim]"),
+    ] = None,
+    skip_bad_files: Annotated[
+        bool, typer.Option("--skip-bad-files", help="Leave out the files of a folder that are not text.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure loss (nats/char), bits per character and perplexity of a checkpoint on a text."""
     from charlstm import api
 
-    report = api.evaluate_checkpoint(checkpoint, EvalConfig(corpus, split, encoding, seq_len))
+    config = EvalConfig(corpus, split, encoding, seq_len, unknown, skip_bad_files, max_chars)
+    with ProgressBar(err, "eval") as bar:
+        report = api.evaluate_checkpoint(checkpoint, config, on_progress=bar.update)
+    if report.dropped_chars:
+        err.print(f"warning: left out {report.dropped_chars:,} characters the model cannot read (--unknown skip)")
     result = report.result
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
-    table = Table(title=f"charlstm eval: {report.source} ({report.split})", show_header=False)
+    table = Table(title=f"charlstm eval: {report.corpus} ({report.split})", show_header=False)
     table.add_row("loss", f"{result.loss:.4f} nats/char")
     table.add_row("bits per char", f"{result.bpc:.4f}")
     table.add_row("perplexity", f"{result.perplexity:.3f}")
@@ -321,6 +352,9 @@ INFO_ROWS = (
     "last_val_loss",
     "params",
     "vocab_size",
+    "own_tokens",
+    "own_coverage",
+    "byte_fallback",
     "precision",
     "format_version",
     "resume",

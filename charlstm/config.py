@@ -18,6 +18,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 UNKNOWN_POLICIES = ("error", "skip")
 SPLITS = ("all", "train", "val")
+BYTE_FALLBACK = ("auto", "on")
+DEFAULT_MAX_VOCAB = 256  # characters with their own token; chosen by measurement, see README "Large corpora"
 MAX_SAMPLES = 100_000
 
 
@@ -105,6 +107,9 @@ class TrainConfig(DictRoundTrip):
 
     corpus: str = "tinyshakespeare"
     encoding: str = "utf-8"
+    skip_bad_files: bool = False
+    max_vocab: int = DEFAULT_MAX_VOCAB
+    byte_fallback: str = "auto"
     val_fraction: float = 0.1
     seq_len: int = 128
     batch_size: int = 64
@@ -118,6 +123,7 @@ class TrainConfig(DictRoundTrip):
     epochs: float | None = None
     max_time: float | None = None
     eval_every: int = 250
+    eval_chars: int = 1_000_000  # characters of the validation split each evaluation reads
     save_every: int = 250
     log_every: int = 10
     sample_chars: int = 200
@@ -129,7 +135,8 @@ class TrainConfig(DictRoundTrip):
     def __post_init__(self) -> None:
         if not _finite(self.val_fraction) or not 0 < self.val_fraction < 1:
             raise _fail("val_fraction", self.val_fraction, "a number between 0 and 1")
-        _positive_int(self, "seq_len", "batch_size", "eval_every", "save_every", "log_every")
+        _positive_int(self, "seq_len", "batch_size", "eval_every", "save_every", "log_every", "max_vocab", "eval_chars")
+        _choice(self, "byte_fallback", BYTE_FALLBACK)
         if not _finite(self.lr) or self.lr <= 0:
             raise _fail("lr", self.lr, "a learning rate greater than 0")
         for name in ("weight_decay", "grad_clip"):
@@ -205,11 +212,17 @@ class EvalConfig(DictRoundTrip):
     split: str | None = None  # None: "val" on the checkpoint's own corpus, "all" on another text
     encoding: str | None = None  # None: the checkpoint's encoding on its own corpus, utf-8 on another
     seq_len: int = 256
+    unknown: str = "error"  # characters a model without byte fallback cannot encode: "error" or "skip"
+    skip_bad_files: bool = False
+    max_chars: int | None = None  # None: every character of the text
 
     def __post_init__(self) -> None:
         if self.split is not None:
             _choice(self, "split", SPLITS)
         _positive_int(self, "seq_len")
+        _choice(self, "unknown", UNKNOWN_POLICIES)
+        if self.max_chars is not None:
+            _positive_int(self, "max_chars")
 
     @property
     def part(self) -> str:

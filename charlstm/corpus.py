@@ -1,125 +1,90 @@
-"""Corpus handling: known corpora and their download, the token cache on disk (the text encoded
-once with its vocabulary, then memory-mapped), the train/validation split and the batches of
-contiguous streams."""
+"""A corpus read into tokens: one streamed pass counts its characters (and finds files that are
+not text), a second writes the tokens into a memory-mapped file that later runs reuse; then
+the train/validation split and the batches of contiguous streams.
+
+Memory stays bounded whatever the corpus size: text is decoded a block at a time and the
+tokens go straight to the file.
+"""
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import hashlib
-import http.client
 import json
 import os
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from charlstm import kernels
+from charlstm.config import DEFAULT_MAX_VOCAB
 from charlstm.errors import UserError
-from charlstm.files import atomic_path, atomic_write, file_sha256
+from charlstm.files import atomic_path, atomic_write
+from charlstm.sources import CorpusSource, ProgressFn
 from charlstm.vocab import CharVocab
 
-CHUNK_CHARS = 1 << 20  # characters decoded per read: the corpus never sits whole in memory
-CACHE_VERSION = 1
+BLOCK_BYTES = 1 << 20  # bytes decoded at a time: the text never sits whole in memory
+PROGRESS_MIN_BYTES = 32 << 20  # smaller corpora encode in about a second: no progress to show
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
-class KnownCorpus:
-    """A corpus that can be named instead of given as a path."""
+class Reading:
+    """How a corpus's text becomes tokens."""
 
-    url: str
-    sha256: str
-    filename: str
+    encoding: str = "utf-8"
+    skip_bad_files: bool = False  # leave out files of a folder that are not text in ``encoding``
+    max_vocab: int = DEFAULT_MAX_VOCAB  # characters with their own token
+    byte_fallback: str = "auto"  # "auto": byte tokens when some character has no own token; "on": always
+    vocab: CharVocab | None = None  # encode with this vocabulary (a model's) instead of building one
+    unknown: str = "error"  # with ``vocab``: characters it cannot encode are an "error" or "skip"ped
 
-
-KNOWN_CORPORA: dict[str, KnownCorpus] = {
-    "tinyshakespeare": KnownCorpus(
-        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-        filename="tinyshakespeare.txt",
-    ),
-}
-DEFAULT_CORPUS_DIR = Path("corpora")
-
-ProgressFn = Callable[[int, int | None], None]  # (bytes done, total bytes or None)
-
-
-def resolve_corpus(
-    spec: str,
-    corpus_dir: Path = DEFAULT_CORPUS_DIR,
-    known: Mapping[str, KnownCorpus] = KNOWN_CORPORA,
-    progress: ProgressFn | None = None,
-) -> Path:
-    """Turn ``--corpus`` (a path or a known name) into a readable file, downloading if needed."""
-    path = Path(spec).expanduser()
-    if path.exists() or spec not in known:
-        check_readable(path, spec, known)
-        return path
-    entry = known[spec]
-    target = Path(corpus_dir) / entry.filename
-    if not target.exists():
-        download(entry.url, target, entry.sha256, progress)
-    return target
-
-
-def check_readable(path: Path, spec: str, known: Mapping[str, KnownCorpus] = KNOWN_CORPORA) -> None:
-    names = ", ".join(known) or "none"
-    if not path.exists():
-        raise UserError(
-            f"corpus {spec!r} does not exist, expected a path to a UTF-8 text file or a known corpus name ({names})"
+    def key(self) -> str:
+        """A short fingerprint of everything that shapes the tokens, for the cache file's name."""
+        vocab = (
+            (self.vocab.to_string(), self.vocab.byte_fallback) if self.vocab else (self.max_vocab, self.byte_fallback)
         )
-    if path.is_dir():
-        raise UserError(f"corpus {spec!r} is a directory, expected a text file")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"corpus {spec!r} cannot be read (permission denied), expected a readable file")
+        parts = (codec_name(self.encoding), self.skip_bad_files, vocab, self.unknown)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
-def download(url: str, target: Path, sha256: str, progress: ProgressFn | None = None) -> None:
-    """Fetch ``url`` into ``target`` atomically and check its sha256."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
+@dataclass
+class CorpusStats:
+    """What reading a corpus found."""
 
-    def fetch(f) -> None:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            done = 0
-            for block in iter(lambda: response.read(1 << 16), b""):
-                f.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress:
-                    progress(done, total)
-        if digest.hexdigest() != sha256:
-            raise UserError(
-                f"the file downloaded from {url} has sha256 {digest.hexdigest()}, expected {sha256}; "
-                f"place a correct copy at {target} or pass --corpus PATH"
-            )
-
-    try:
-        atomic_write(target, fetch)
-    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise UserError(
-            f"could not download the corpus from {url} ({reason}); put the file at {target} "
-            f"yourself or pass --corpus PATH to a local text file"
-        ) from None
+    chars: int = 0  # characters of the text, newlines added between files included
+    tokens: int = 0
+    distinct: int = 0  # distinct characters
+    own_coverage: float = 1.0  # share of the characters written with their own token
+    files: int = 1
+    skipped_files: list[str] = field(default_factory=list)  # not text, left out (--skip-bad-files)
+    dropped_chars: int = 0  # characters the vocabulary could not encode, left out (unknown="skip")
 
 
 @dataclass
 class TokenizedCorpus:
     """A corpus encoded once to ids; ``tokens`` is memory-mapped from the cache file."""
 
-    path: Path
+    source: CorpusSource
     vocab: CharVocab
     tokens: np.ndarray  # (N,) uint8/uint16/uint32, memory-mapped
-    sha256: str
+    stats: CorpusStats
 
     @property
-    def name(self) -> str:
-        return self.path.stem
+    def sha256(self) -> str:
+        return self.source.sha256
+
+    def record(self) -> dict:
+        """What a checkpoint keeps of its corpus: where, which contents, and what reading it found."""
+        return {"path": self.source.spec, "sha256": self.sha256, **asdict(self.stats)}
+
+
+class _BadFile(Exception):
+    """A file that is not text in the encoding: its message names the file and the reason."""
 
 
 def codec_name(encoding: str) -> str:
@@ -130,112 +95,196 @@ def codec_name(encoding: str) -> str:
         raise UserError(f"--encoding {encoding!r} is not a known text encoding, expected e.g. utf-8, latin-1") from None
 
 
-def _read_chunks(path: Path, encoding: str) -> Iterable[str]:
-    """Decode ``path`` incrementally; newlines are kept exactly as they are (CRLF stays CRLF)."""
-    decoder = codecs.getincrementaldecoder(codec_name(encoding))(errors="strict")
+def _blocks(path: Path, encoding: str) -> Iterator[np.ndarray]:
+    """The code points of ``path``, a block at a time (uint32); newlines are kept as they are."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     offset = 0
     with open(path, "rb") as f:
         while True:
-            block = f.read(CHUNK_CHARS)
+            block = f.read(BLOCK_BYTES)
             try:
                 text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:
-                raise UserError(
+                raise _BadFile(
                     f"corpus {str(path)!r} is not valid {encoding} text (bad byte near offset "
                     f"{offset + e.start}), expected {encoding}; pass --encoding, e.g. --encoding latin-1"
                 ) from None
             if "\x00" in text:
-                raise UserError(
+                raise _BadFile(
                     f"corpus {str(path)!r} looks like a binary file (it holds NUL bytes), expected a text file"
                 )
             offset += len(block)
             if text:
-                yield text
+                yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
             if not block:
                 return
 
 
-def _scan_vocab(path: Path, encoding: str) -> tuple[CharVocab, int]:
-    chars: set[str] = set()
-    count = 0
-    for text in _read_chunks(path, encoding):
-        chars.update(text)
-        count += len(text)
-    if not chars or all(c.isspace() for c in chars):
-        raise UserError(f"corpus {str(path)!r} is empty or only whitespace, expected some text to learn from")
-    return CharVocab(chars), count
+@dataclass
+class _Scan:
+    """The first pass: counts per code point and which files are read, with or without an added newline."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    files: list[tuple[Path, bool]] = field(default_factory=list)  # (file, add a newline after it)
+    skipped: list[str] = field(default_factory=list)
+    done: int = 0  # bytes read
 
 
-def _cache_paths(path: Path, sha: str, encoding: str, folder: Path) -> tuple[Path, Path]:
-    stem = f".{path.name}.{sha[:16]}.{encoding}.charlstm"
+def _add(total: np.ndarray, more: np.ndarray) -> np.ndarray:
+    """Counts ``total + more`` over the longer of the two lengths."""
+    if len(more) > len(total):
+        total = np.concatenate([total, np.zeros(len(more) - len(total), dtype=np.int64)])
+    total[: len(more)] += more
+    return total
+
+
+def _scan(source: CorpusSource, reading: Reading, progress: ProgressFn | None, total: int) -> _Scan:
+    scan = _Scan()
+    for path in source.files:
+        counts, last = np.zeros(0, dtype=np.int64), -1
+        try:
+            for codes in _blocks(path, reading.encoding):
+                counts, last = _add(counts, np.bincount(codes)), int(codes[-1])
+        except _BadFile as bad:
+            if not (source.joined and reading.skip_bad_files):
+                hint = ", or --skip-bad-files to leave such files out" if source.joined else ""
+                raise UserError(f"{bad}{hint}") from None
+            scan.skipped.append(str(path))
+            continue
+        newline = source.joined and last not in (-1, ord("\n"))
+        scan.counts = _add(scan.counts, _add(counts, np.bincount([ord("\n")])) if newline else counts)
+        scan.files.append((path, newline))
+        scan.done += path.stat().st_size
+        if progress:
+            progress("encode", scan.done, total)
+    return scan
+
+
+def _char_counts(scan: _Scan, source: CorpusSource) -> dict[str, int]:
+    present = np.flatnonzero(scan.counts)
+    if not present.size or all(chr(c).isspace() for c in present):
+        raise UserError(f"corpus {source.spec!r} is empty or only whitespace, expected some text to learn from")
+    return {chr(c): int(scan.counts[c]) for c in present}
+
+
+def _utf8_lengths(codes: np.ndarray) -> np.ndarray:
+    return 1 + (codes >= 0x80) + (codes >= 0x800) + (codes >= 0x10000)
+
+
+def _check_encodable(counts: dict[str, int], vocab: CharVocab, reading: Reading, source: CorpusSource) -> None:
+    if reading.unknown != "skip":
+        remedy = f"expected text made of the model's {len(vocab)} characters, or --unknown skip to leave them out"
+        vocab.check_known(counts, f"corpus {source.spec!r}", remedy)
+
+
+def _ids(codes: np.ndarray, table: np.ndarray, vocab: CharVocab) -> np.ndarray:
+    """Token ids of a block of code points: own tokens, UTF-8 byte tokens for the rest (or,
+    without byte fallback, the rest left out)."""
+    ids = table[codes]
+    missing = ids < 0
+    if not missing.any():
+        return ids
+    if not vocab.byte_fallback:
+        return ids[~missing]
+    out = np.empty(len(ids) + int((_utf8_lengths(codes[missing]) - 1).sum()), dtype=np.int64)
+    kernels.utf8_fallback(codes, ids, len(vocab.chars), out)
+    return out
+
+
+def _encode(
+    scan: _Scan, vocab: CharVocab, reading: Reading, tmp: Path, progress: ProgressFn | None, total: int
+) -> CorpusStats:
+    """The second pass: write the tokens of every file the first pass kept into ``tmp`` (a .npy file)."""
+    table = np.full(len(scan.counts), -1, dtype=np.int64)
+    own = np.array([ord(c) for c in vocab.chars if ord(c) < len(scan.counts)], dtype=np.int64)
+    table[own] = [vocab.index[chr(c)] for c in own]
+    per_char = np.where(table >= 0, 1, _utf8_lengths(np.arange(len(table))) if vocab.byte_fallback else 0)
+    size, chars = int((scan.counts * per_char).sum()), int(scan.counts.sum())
+    newline = np.array(vocab.encode("\n") if any(add for _, add in scan.files) else [], dtype=np.int64)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(size,))
+    pos, done = 0, scan.done
+    for path, add_newline in scan.files:
+        for codes in _blocks(path, reading.encoding):
+            ids = _ids(codes, table, vocab)
+            out[pos : pos + len(ids)] = ids
+            pos += len(ids)
+        if add_newline:
+            out[pos : pos + len(newline)] = newline
+            pos += len(newline)
+        done += path.stat().st_size
+        if progress:
+            progress("encode", done, total)
+    out.flush()
+    del out
+    own_chars = int(scan.counts[table >= 0].sum())
+    return CorpusStats(
+        chars=chars if vocab.byte_fallback else own_chars,
+        tokens=size,
+        distinct=int(np.count_nonzero(scan.counts)),
+        own_coverage=own_chars / max(chars, 1),
+        files=len(scan.files),
+        skipped_files=scan.skipped,
+        dropped_chars=0 if vocab.byte_fallback else chars - own_chars,
+    )
+
+
+def _cache_paths(source: CorpusSource, reading: Reading, folder: Path) -> tuple[Path, Path]:
+    stem = f".{source.root.name}.{source.sha256[:16]}.{reading.key()}.charlstm"
     return folder / f"{stem}.npy", folder / f"{stem}.json"
 
 
-def _cache_folders(path: Path) -> list[Path]:
+def _cache_folders(source: CorpusSource) -> list[Path]:
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charlstm"
-    return [path.resolve().parent, home]
+    return [source.cache_folder(), home]
 
 
-def _load_cached(tokens_path: Path, meta_path: Path) -> tuple[CharVocab, np.ndarray] | None:
+def _load_cached(tokens_path: Path, meta_path: Path) -> tuple[CharVocab, np.ndarray, CorpusStats] | None:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("version") != CACHE_VERSION:
             return None
         tokens = np.load(tokens_path, mmap_mode="r")
-        vocab = CharVocab(meta["vocab"])
-        if len(tokens) != meta["count"]:
+        stats = CorpusStats(**meta["stats"])
+        if len(tokens) != stats.tokens:
             return None
-        return vocab, tokens
-    except (OSError, ValueError, KeyError):
+        return CharVocab(meta["vocab"], meta["byte_fallback"]), tokens, stats
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _write_cache(path: Path, encoding: str, tokens_path: Path, meta_path: Path) -> None:
-    vocab, count = _scan_vocab(path, encoding)
-    table = vocab.codepoint_table()
-
-    with atomic_path(tokens_path) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(count,))
-        pos = 0
-        for text in _read_chunks(path, encoding):
-            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            arr[pos : pos + len(codes)] = table[codes]
-            pos += len(codes)
-        arr.flush()
-        del arr
-    meta = {"version": CACHE_VERSION, "vocab": vocab.to_string(), "count": count, "encoding": encoding}
-    atomic_write(meta_path, lambda f: f.write(json.dumps(meta)), mode="w")
+def _write_cache(source: CorpusSource, reading: Reading, paths: tuple[Path, Path], progress: ProgressFn | None) -> None:
+    total = 2 * sum(p.stat().st_size for p in source.files)
+    progress = progress if total >= 2 * PROGRESS_MIN_BYTES else None
+    scan = _scan(source, reading, progress, total)
+    counts = _char_counts(scan, source)
+    vocab = reading.vocab or CharVocab.from_counts(counts, reading.max_vocab, reading.byte_fallback)
+    if reading.vocab is not None:
+        _check_encodable(counts, vocab, reading, source)
+    with atomic_path(paths[0]) as tmp:
+        stats = _encode(scan, vocab, reading, tmp, progress, total)
+    meta = {"version": CACHE_VERSION, "vocab": vocab.to_string(), "byte_fallback": vocab.byte_fallback}
+    meta.update(stats=asdict(stats), encoding=reading.encoding, spec=source.spec)
+    atomic_write(paths[1], lambda f: f.write(json.dumps(meta)), mode="w")
 
 
-def load_corpus(path: Path, encoding: str = "utf-8") -> TokenizedCorpus:
-    """Encode ``path`` once into a token file beside it (or in the user cache) and map it."""
-    path = Path(path)
-    check_readable(path, str(path))
-    encoding = codec_name(encoding)
-    sha = file_sha256(path)
-    for folder in _cache_folders(path):
-        tokens_path, meta_path = _cache_paths(path, sha, encoding, folder)
-        cached = _load_cached(tokens_path, meta_path)
+def load_corpus(
+    source: CorpusSource, reading: Reading = Reading(), progress: ProgressFn | None = None
+) -> TokenizedCorpus:
+    """Encode ``source`` once into a token file beside it (or in the user cache) and map it."""
+    reading = dataclasses.replace(reading, encoding=codec_name(reading.encoding))
+    for folder in _cache_folders(source):
+        paths = _cache_paths(source, reading, folder)
+        cached = _load_cached(*paths)
         if cached is None:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                _write_cache(path, encoding, tokens_path, meta_path)
+                _write_cache(source, reading, paths, progress)
             except OSError:
                 continue  # folder not writable (permissions, read-only, full): try the next one
-            cached = _load_cached(tokens_path, meta_path)
+            cached = _load_cached(*paths)
         if cached is not None:
-            return TokenizedCorpus(path, cached[0], cached[1], sha)
-    raise UserError(f"could not write a token cache for {str(path)!r}: no writable folder")
-
-
-def remap_tokens(corpus: TokenizedCorpus, vocab: CharVocab) -> np.ndarray:
-    """The corpus's tokens re-encoded with another vocabulary (e.g. a checkpoint's)."""
-    if corpus.vocab == vocab:
-        return corpus.tokens
-    remedy = f"expected text made of the model's {len(vocab)} characters"
-    vocab.check_known(corpus.vocab.chars, f"corpus {str(corpus.path)!r}", remedy)
-    table = np.array([vocab.index[c] for c in corpus.vocab.chars], dtype=vocab.dtype)
-    return table[corpus.tokens]
+            return TokenizedCorpus(source, *cached)
+    raise UserError(f"could not write a token cache for {source.spec!r}: no writable folder")
 
 
 def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -247,20 +296,34 @@ def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, n
 class StreamBatches:
     """Contiguous streams over a token array, walked in chunks of ``seq_len``.
 
-    The array is cut into ``streams`` equal pieces of L = (N - 1) // streams tokens; row b of
-    every batch continues row b of the batch before, so the LSTM state can be carried::
+    By default the array is cut into ``streams`` equal pieces of L = (N - 1) // streams tokens
+    that tile it; row b of every batch continues row b of the batch before, so the LSTM state
+    can be carried::
 
         tokens:  |---- stream 0 ----|---- stream 1 ----| ... |-- stream B-1 --|(rest)
         chunk i: x[b] = tokens[b*L + i*T : b*L + (i+1)*T]    (B, T)
                  y[b] = tokens[b*L + i*T + 1 : b*L + (i+1)*T + 1]
+
+    ``starts`` (B,) and ``stream_len`` place the streams elsewhere (evaluation reads a spread
+    of pieces of a long text).
     """
 
-    def __init__(self, tokens: np.ndarray, streams: int, seq_len: int, drop_last: bool = True):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        streams: int,
+        seq_len: int,
+        drop_last: bool = True,
+        starts: np.ndarray | None = None,
+        stream_len: int | None = None,
+    ):
         self.tokens, self.streams, self.seq_len = tokens, streams, seq_len
-        self.stream_len = (len(tokens) - 1) // streams
+        self.tiled = starts is None
+        self.stream_len = (len(tokens) - 1) // streams if stream_len is None else stream_len
         full, rest = divmod(self.stream_len, seq_len)
         self.num_chunks = full if drop_last or not rest else full + 1
-        self.starts = np.arange(streams, dtype=np.int64)[:, None] * self.stream_len  # (B, 1)
+        first = np.arange(streams, dtype=np.int64) * self.stream_len if starts is None else np.asarray(starts)
+        self.starts = first.astype(np.int64)[:, None]  # (B, 1)
 
     def __len__(self) -> int:
         return self.num_chunks

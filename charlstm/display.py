@@ -29,7 +29,7 @@ class TrainView:
             transient=False,
         )
         self.task: Any = None
-        self.download_task: Any = None
+        self.reading_tasks: dict[str, Any] = {}
         self.val = math.nan
 
     def __enter__(self) -> TrainView:
@@ -48,11 +48,12 @@ class TrainView:
         if not self.bar.live.is_started:
             self.bar.start()
 
-    def download(self, done: int, total: int | None) -> None:
+    def reading(self, what: str, done: int, total: int | None) -> None:
+        """Progress of reading the corpus: ``what`` is "download" or "encode" (bytes done of total)."""
         self._show()
-        if self.download_task is None:
-            self.download_task = self.bar.add_task("download", total=total, status="corpus")
-        self.bar.update(self.download_task, completed=done)
+        if what not in self.reading_tasks:
+            self.reading_tasks[what] = self.bar.add_task(what, total=total, status="corpus")
+        self.bar.update(self.reading_tasks[what], completed=done)
 
     def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Started):
@@ -78,11 +79,16 @@ class TrainView:
         self._show()
         self.task = self.bar.add_task("train", total=1.0, status="starting")
         resumed = f", resumed at step {event.resumed_step}" if event.resumed_step else ""
+        vocab = f", vocabulary: {event.vocab}" if event.vocab else ""
         self.bar.console.print(
             f"[bold]charlstm[/bold] {event.params:,} parameters on {event.device} ({event.precision}), "
-            f"{event.train_chars:,} training / {event.val_chars:,} validation characters, "
+            f"{event.train_chars:,} training / {event.val_chars:,} validation tokens{vocab}, "
             f"run directory {event.run_dir}{resumed}"
         )
+        if event.skipped_files:
+            shown = ", ".join(event.skipped_files[:10]) + (" and more" if len(event.skipped_files) > 10 else "")
+            count = len(event.skipped_files)
+            self.bar.console.print(f"warning: left out {count} files that are not text: {shown}", markup=False)
 
     def _summary(self, result: events.TrainResult) -> None:
         best = result.best_val_loss
@@ -111,3 +117,26 @@ def _seconds(s: float | None) -> str:
         return "?"
     m, sec = divmod(int(round(s)), 60)
     return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+class ProgressBar:
+    """A bar on stderr for a long task that reports (done, total); shown only once it starts."""
+
+    def __init__(self, console: Console, description: str) -> None:
+        self.bar = Progress(
+            TextColumn(description), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=console
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar.live.is_started:
+            self.bar.stop()
+
+    def update(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task("", total=total)
+        self.bar.update(self.task, completed=done)

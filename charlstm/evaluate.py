@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import torch.nn.functional as F
 
 from charlstm.checkpoint import Checkpoint, load_checkpoint
 from charlstm.config import EvalConfig
-from charlstm.corpus import StreamBatches, load_corpus, remap_tokens, resolve_corpus, split_tokens
+from charlstm.corpus import Reading, StreamBatches, TokenizedCorpus, load_corpus, split_tokens
 from charlstm.device import autocast
 from charlstm.errors import UserError
 from charlstm.model import CharLSTM, State
+from charlstm.sources import resolve_corpus
 
 EVAL_STREAMS = 64  # evaluation splits the text into this many carried-state streams
 
@@ -45,8 +47,16 @@ class EvalReport:
     """What ``charlstm eval`` measured: the result, on which text and which part of it."""
 
     result: EvalResult
-    source: Path
+    corpus: str  # as given, or the checkpoint's own
     split: str
+    dropped_chars: int = 0  # characters the model cannot encode, left out (--unknown skip)
+
+
+class EvalInterrupted(Exception):
+    """A stop was requested while evaluating: the result would be partial, so there is none."""
+
+
+ProgressFn = Callable[[int, int], None]  # (chunks done, chunks in all)
 
 
 @torch.no_grad()
@@ -57,73 +67,109 @@ def evaluate(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     streams: int = EVAL_STREAMS,
+    *,
+    char_starts: np.ndarray | None = None,
+    max_chars: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> EvalResult:
-    """Mean loss over every predictable character of ``tokens`` (all N - 1 of them).
+    """Mean loss per character over every predictable token of ``tokens`` (all N - 1 of them),
+    or over ``max_chars`` of them spread through the text.
 
     The text is read as ``streams`` contiguous pieces in parallel, state carried from chunk to
-    chunk within each piece. Each piece but the first starts from the state left by reading the
-    ``seq_len`` characters before it (unscored), so no piece starts cold in the middle of the
-    text; the few characters left over after the last piece continue its state.
+    chunk within each piece. Each piece starts from the state left by reading the ``seq_len``
+    tokens before it (unscored), so no piece starts cold in the middle of the text. Read whole,
+    the pieces tile the text and the few tokens left over continue the last one; with
+    ``max_chars``, the pieces are spread evenly over it. ``char_starts`` (V,) marks the ids that
+    begin a character (see ``CharVocab.char_starts``): the loss is divided by those, not by
+    tokens. ``should_stop`` is asked between chunks; when it says yes, ``EvalInterrupted``.
     """
     if len(tokens) < 2:
         raise UserError(f"the text to measure has {len(tokens)} characters, expected at least 2")
     device = torch.device(device)
-    streams = max(1, min(streams, (len(tokens) - 1) // max(seq_len, 1)))
-    batches = StreamBatches(tokens, streams, seq_len, drop_last=False)
+    batches = _pieces(tokens, streams, seq_len, max_chars)
+    every_id = char_starts is None or char_starts.all()  # no byte tokens: every token is a character
+    starts = None if every_id else torch.as_tensor(char_starts, device=device)
     was_training = model.training
     model.eval()
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
 
     def score(x: torch.Tensor, y: torch.Tensor, state: State | None) -> State:
         nonlocal total, count
+        y = y.to(device)
         with autocast(device, precision):
             logits, state = model(x.to(device), state)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum").double()
-        count += y.numel()
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double()
+        count += y.numel() if starts is None else starts[y].sum()
         return state
 
     state = _warm_streams(model, tokens, batches, device, precision)
     for i in range(len(batches)):
+        if should_stop is not None and should_stop():
+            model.train(was_training)
+            raise EvalInterrupted
         state = score(*batches.batch(i), state)
-    end = streams * batches.stream_len  # last target read so far
-    if end < len(tokens) - 1:
+        if on_progress is not None:
+            on_progress(i + 1, len(batches))
+    end = batches.streams * batches.stream_len  # last target read so far, when the pieces tile the text
+    if batches.tiled and end < len(tokens) - 1:
         rest = torch.from_numpy(np.asarray(tokens[end:], dtype=np.int64))[None]  # (1, leftover + 1)
         last = None if state is None else (state[0][:, -1:].contiguous(), state[1][:, -1:].contiguous())
         score(rest[:, :-1], rest[:, 1:], last)
     model.train(was_training)
-    return EvalResult(loss=float(total) / max(count, 1), chars=count)
+    chars = int(count)
+    return EvalResult(loss=float(total) / max(chars, 1), chars=chars)
+
+
+def _pieces(tokens: np.ndarray, streams: int, seq_len: int, max_chars: int | None) -> StreamBatches:
+    """The whole text cut into ``streams`` pieces, or ``max_chars`` of it in pieces spread evenly."""
+    predictable = len(tokens) - 1
+    if max_chars is None or max_chars >= predictable:
+        streams = max(1, min(streams, predictable // max(seq_len, 1)))
+        return StreamBatches(tokens, streams, seq_len, drop_last=False)
+    streams = max(1, min(streams, max_chars // max(seq_len, 1)))
+    length = max_chars // streams
+    starts = np.linspace(0, predictable - length, streams).round().astype(np.int64)
+    return StreamBatches(tokens, streams, seq_len, drop_last=False, starts=starts, stream_len=length)
 
 
 def _warm_streams(
     model: CharLSTM, tokens: np.ndarray, batches: StreamBatches, device: torch.device, precision: str
 ) -> State | None:
-    """State of every stream after reading the text just before it; stream 0 starts at zero."""
-    if batches.streams < 2:
+    """State of every stream after reading the ``seq_len`` tokens just before it; a stream with
+    fewer before it (the first) starts at zero."""
+    if batches.streams < 2 and batches.starts[0, 0] == 0:
         return None
     width = min(batches.seq_len, batches.stream_len)
-    starts = np.maximum(batches.starts[:, 0], batches.stream_len) - width  # stream 0 borrows stream 1's
-    idx = starts[:, None] + np.arange(width, dtype=np.int64)  # (B, W)
+    begin = batches.starts[:, 0] - width
+    cold = begin < 0
+    idx = np.maximum(begin, 0)[:, None] + np.arange(width, dtype=np.int64)  # (B, W)
     x = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64)).to(device)
     with autocast(device, precision):
         _, (h, c) = model(x)
     h, c = h.float(), c.float()
-    h[:, 0].zero_()
-    c[:, 0].zero_()
+    h[:, torch.from_numpy(cold)] = 0
+    c[:, torch.from_numpy(cold)] = 0
     return h, c
 
 
-def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig) -> EvalReport:
+def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, on_progress: ProgressFn | None = None) -> EvalReport:
     """The loss of a checkpoint (in fp32) on its own validation tail, or on ``cfg``'s text and split."""
     ckpt = load_checkpoint(checkpoint)
-    tokens, source = _text_to_measure(ckpt, cfg)
+    corpus = _text_to_measure(ckpt, cfg)
+    tokens = corpus.tokens
     if cfg.part != "all":
         tokens = split_tokens(tokens, ckpt.train_config.val_fraction)[cfg.part == "val"]
-    return EvalReport(evaluate(ckpt.build_model(), tokens, seq_len=cfg.seq_len), source, cfg.part)
+    model, starts = ckpt.build_model(), ckpt.vocab.char_starts()
+    result = evaluate(model, tokens, cfg.seq_len, char_starts=starts, max_chars=cfg.max_chars, on_progress=on_progress)
+    return EvalReport(result, corpus.source.spec, cfg.part, corpus.stats.dropped_chars)
 
 
-def _text_to_measure(ckpt: Checkpoint, cfg: EvalConfig) -> tuple[np.ndarray, Path]:
-    """The tokens (in the checkpoint's vocabulary) of ``cfg.corpus``, or of the checkpoint's own corpus."""
+def _text_to_measure(ckpt: Checkpoint, cfg: EvalConfig) -> TokenizedCorpus:
+    """``cfg.corpus``, or the checkpoint's own corpus, in the checkpoint's vocabulary."""
     own = ckpt.train_config
-    path = resolve_corpus(cfg.corpus or own.corpus)
     encoding = cfg.encoding or ("utf-8" if cfg.corpus else own.encoding)
-    return remap_tokens(load_corpus(path, encoding), ckpt.vocab), path
+    skip = cfg.skip_bad_files or (cfg.corpus is None and own.skip_bad_files)
+    reading = Reading(encoding, skip, vocab=ckpt.vocab, unknown=cfg.unknown)
+    return load_corpus(resolve_corpus(cfg.corpus or own.corpus), reading)

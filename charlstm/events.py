@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -18,6 +18,8 @@ class Started:
     train_chars: int
     val_chars: int
     resumed_step: int
+    vocab: str = ""  # e.g. "65 characters", or own tokens, their share of the text and byte tokens
+    skipped_files: list[str] = field(default_factory=list)  # left out of the corpus (--skip-bad-files)
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Compiled (Numba) code for sampling, and nothing else: the float32 tanh, matrix-vector
+"""Compiled (Numba) code, and nothing else. For sampling: the float32 tanh, matrix-vector
 products over fp32 or bf16 weights, the LSTM gate math, one stream's step, and the sampling
-rules (temperature, top-k, top-p) on a row of logits.
+rules (temperature, top-k, top-p) on a row of logits. For reading corpora: characters without
+an own token written as UTF-8 byte tokens.
 
 Calling ``nn.LSTM`` once per character pays oneDNN's set-up on every call (about a
 millisecond per layer on CPU), and even NumPy costs about a microsecond per call, so a
@@ -248,3 +249,30 @@ def generate_chunk(arrays, s, temperature, top_k, top_p, u, out, advance_last) -
         out[i] = draw(logits[0], temperature, top_k, top_p, u[i], z)
         if i + 1 < u.shape[0] or advance_last:
             advance(arrays, s, out[i])
+
+
+@numba.njit(cache=True, nogil=True)
+def utf8_fallback(codes: np.ndarray, ids: np.ndarray, first_byte: int, out: np.ndarray) -> int:
+    """Token ids of code points (N,) into ``out``: ``ids[i]`` where it is an own token (>= 0),
+    else the character's UTF-8 bytes as ids ``first_byte + byte``; returns how many were written."""
+    n = 0
+    for i in range(codes.shape[0]):
+        c = codes[i]
+        if ids[i] >= 0:
+            out[n] = ids[i]
+            n += 1
+        elif c < 0x80:
+            out[n] = first_byte + c
+            n += 1
+        elif c < 0x800:
+            out[n], out[n + 1] = first_byte + (0xC0 | (c >> 6)), first_byte + (0x80 | (c & 0x3F))
+            n += 2
+        elif c < 0x10000:
+            out[n] = first_byte + (0xE0 | (c >> 12))
+            out[n + 1], out[n + 2] = first_byte + (0x80 | ((c >> 6) & 0x3F)), first_byte + (0x80 | (c & 0x3F))
+            n += 3
+        else:
+            out[n], out[n + 1] = first_byte + (0xF0 | (c >> 18)), first_byte + (0x80 | ((c >> 12) & 0x3F))
+            out[n + 2], out[n + 3] = first_byte + (0x80 | ((c >> 6) & 0x3F)), first_byte + (0x80 | (c & 0x3F))
+            n += 4
+    return n

@@ -4,8 +4,10 @@ and the files of its run directory (checkpoints and ``metrics.jsonl``)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,26 +18,18 @@ import torch
 
 from charlstm.checkpoint import BEST, LAST, Checkpoint, RunState, load_checkpoint
 from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, option
-from charlstm.corpus import (
-    KNOWN_CORPORA,
-    ProgressFn,
-    StreamBatches,
-    TokenizedCorpus,
-    check_trainable,
-    load_corpus,
-    resolve_corpus,
-    split_tokens,
-)
+from charlstm.corpus import Reading, StreamBatches, TokenizedCorpus, check_trainable, load_corpus, split_tokens
 from charlstm.device import choose_precision, resolve_device
 from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
 from charlstm.model import CharLSTM, State
+from charlstm.sources import CorpusSource, ProgressFn, resolve_corpus
 
 METRICS = "metrics.jsonl"
 BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: 1.488 vs 1.491 in the 120 s sweep
 # Options that may change when a run is resumed; any other differing value is refused.
 RESUMABLE_CHANGES = frozenset(
-    {"max_steps", "epochs", "max_time", "eval_every", "save_every", "log_every", "sample_chars", "device"}
+    {"max_steps", "epochs", "max_time", "eval_every", "eval_chars", "save_every", "log_every", "sample_chars", "device"}
 )
 
 
@@ -54,6 +48,7 @@ class Run:
     device: torch.device
     state: RunState
     hidden: State | None = None  # carried from chunk to chunk, each (layers, B, H)
+    char_starts: torch.Tensor | None = None  # (V,) bool: ids that begin a character; None without byte tokens
 
     @property
     def epoch_float(self) -> float:
@@ -76,9 +71,20 @@ def target_epochs(t: TrainConfig) -> float:
     return t.epochs if t.epochs is not None else (math.inf if t.has_budget else DEFAULT_EPOCHS)
 
 
-def default_run_dir(corpus_spec: str) -> Path:
-    name = corpus_spec if corpus_spec in KNOWN_CORPORA else Path(corpus_spec).stem or "run"
-    return Path("checkpoints") / name
+def default_run_dir(source: CorpusSource) -> Path:
+    """``checkpoints/NAME``: a known corpus's file stem (``tinyshakespeare``), a file's stem or a folder's name."""
+    return Path("checkpoints") / source.name
+
+
+def _char_starts(corpus: TokenizedCorpus, device: torch.device) -> torch.Tensor | None:
+    """Which ids begin a character (V,) on ``device``; None without byte tokens, where every id does."""
+    vocab = corpus.vocab
+    return torch.from_numpy(vocab.char_starts()).to(device) if vocab.byte_fallback else None
+
+
+def reading_of(tcfg: TrainConfig) -> Reading:
+    """How a run reads its corpus."""
+    return Reading(tcfg.encoding, tcfg.skip_bad_files, tcfg.max_vocab, tcfg.byte_fallback)
 
 
 def make_optimizer(model: CharLSTM, tcfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -92,16 +98,25 @@ def make_optimizer(model: CharLSTM, tcfg: TrainConfig, device: torch.device) -> 
         return torch.optim.AdamW(groups, lr=tcfg.lr, betas=BETAS, foreach=True)
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run directory, refusing to replace an existing run unless asked to."""
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any long work, a run directory that holds a run (unless ``overwrite``) or
+    that cannot be made: its nearest existing ancestor must be a writable folder."""
     existing = [n for n in (BEST, LAST, METRICS) if (run_dir / n).exists()]
     if existing and not overwrite:
         raise UserError(
             f"run directory {str(run_dir)!r} already holds a run ({', '.join(existing)}); pass "
             f"--resume {run_dir} to continue it, --overwrite to start afresh, or --out DIR"
         )
-    for name in existing:
-        (run_dir / name).unlink()
+    ancestor = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        reason = "Not a directory" if not ancestor.is_dir() else "Permission denied"
+        raise UserError(f"cannot write to run directory {str(run_dir)!r} ({reason}), expected a writable folder")
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory afresh: earlier run files and stale temporaries removed."""
+    for name in (BEST, LAST, METRICS):
+        (run_dir / name).unlink(missing_ok=True)
     remove_stale_temporaries(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,21 +130,25 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 def new_run(tcfg: TrainConfig, mcfg: ModelConfig, overwrite: bool = False, progress: ProgressFn | None = None) -> Run:
-    """Build a fresh run: corpus, splits, model, optimizer, run directory."""
-    corpus = load_corpus(resolve_corpus(tcfg.corpus, progress=progress), tcfg.encoding)
+    """Build a fresh run: corpus, splits, model, optimizer, run directory. The directory is
+    checked before the corpus is read (which can take a while) and cleared only after."""
+    source = resolve_corpus(tcfg.corpus, progress=progress)
+    run_dir = Path(tcfg.out) if tcfg.out else default_run_dir(source)
+    check_run_dir(run_dir, overwrite)
+    corpus = load_corpus(source, reading_of(tcfg), progress)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     check_trainable(train_tokens, val_tokens, tcfg.batch_size, tcfg.seq_len)
     mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "vocab_size": len(corpus.vocab)})
     device = resolve_device(tcfg.device)
-    run_dir = Path(tcfg.out) if tcfg.out else default_run_dir(tcfg.corpus)
-    prepare_run_dir(run_dir, overwrite)
+    make_run_dir(run_dir)
     tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "out": str(run_dir)})
     torch.manual_seed(tcfg.seed)
     model = CharLSTM(mcfg).to(device).train()
     batches = StreamBatches(train_tokens, tcfg.batch_size, tcfg.seq_len)
     state = RunState(precision=choose_precision(tcfg.precision, model, batches.batch(0), device))
     optimizer = make_optimizer(model, tcfg, device)
-    return Run(tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, state)
+    starts = _char_starts(corpus, device)
+    return Run(tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, state, char_starts=starts)
 
 
 def resume_run(path: str | Path, options: dict[str, Any], progress: ProgressFn | None = None) -> Run:
@@ -152,6 +171,7 @@ def resume_run(path: str | Path, options: dict[str, Any], progress: ProgressFn |
     optimizer.load_state_dict(ckpt.optimizer)
     batches = StreamBatches(train_tokens, tcfg.batch_size, tcfg.seq_len)
     run = Run(tcfg, ckpt.model_config, run_dir, corpus, batches, val_tokens, model, optimizer, device, ckpt.progress)
+    run.char_starts = _char_starts(corpus, device)
     if ckpt.hidden is not None:
         run.hidden = (ckpt.hidden[0].to(device), ckpt.hidden[1].to(device))
     restore_rng(ckpt.rng, device)
@@ -175,20 +195,21 @@ def _resumed_config(ckpt: Checkpoint, options: dict[str, Any], run_dir: Path) ->
 
 
 def _same_corpus(tcfg: TrainConfig, ckpt: Checkpoint, progress: ProgressFn | None) -> TokenizedCorpus:
-    """The run's corpus, refusing a text that changed since the run started."""
-    corpus = load_corpus(resolve_corpus(tcfg.corpus, progress=progress), tcfg.encoding)
+    """The run's corpus in the run's own vocabulary, refusing a text that changed since the run started."""
+    source = resolve_corpus(tcfg.corpus, progress=progress)
     expected = (ckpt.corpus or {}).get("sha256")
     if not expected:
         raise UserError(
             f"{str(ckpt.path)!r} records no corpus hash, so resuming cannot check the text; start a new run"
         )
-    if corpus.sha256 != expected:
+    if source.sha256 != expected:
         raise UserError(
-            f"the corpus {tcfg.corpus!r} has changed since the run started (sha256 {corpus.sha256[:12]}... "
+            f"the corpus {tcfg.corpus!r} has changed since the run started (sha256 {source.sha256[:12]}... "
             f"instead of {expected[:12]}...); resume needs the same text"
         )
-    if corpus.vocab != ckpt.vocab:
-        raise UserError("the corpus vocabulary differs from the checkpoint's; resume needs the same text")
+    corpus = load_corpus(source, reading_of(tcfg), progress)
+    if corpus.vocab != ckpt.vocab:  # a run from before byte fallback, or of another --max-vocab default
+        corpus = load_corpus(source, dataclasses.replace(reading_of(tcfg), vocab=ckpt.vocab), progress)
     return corpus
 
 
@@ -213,7 +234,7 @@ def to_checkpoint(run: Run) -> Checkpoint:
         optimizer=_on_cpu(run.optimizer.state_dict()),
         rng=rng,
         hidden=(run.hidden[0].detach().cpu(), run.hidden[1].detach().cpu()) if run.hidden is not None else None,
-        corpus={"path": str(corpus.path), "sha256": corpus.sha256, "chars": int(len(corpus.tokens))},
+        corpus=corpus.record(),
         epoch=run.epoch_float,
     )
 

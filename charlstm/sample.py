@@ -53,19 +53,20 @@ def choose_seed(seed: int | None) -> int:
 
 
 def prepare_prompt(vocab: CharVocab, prompt: str, unknown: str = "error") -> tuple[str, list[str]]:
-    """The prompt to use and the characters dropped from it (``unknown="skip"``)."""
+    """The prompt to use and the characters dropped from it (``unknown="skip"``); with byte
+    fallback every character can be read, so nothing is dropped."""
     if unknown != "skip":
         vocab.check_known(
             prompt, "--prompt", "use only characters of the training text, or --unknown skip to drop them"
         )
-    return "".join(c for c in prompt if c in vocab.index), vocab.unknown(prompt)
+    dropped = vocab.unknown(prompt)
+    return "".join(c for c in prompt if c not in dropped), dropped
 
 
 def priming_ids(vocab: CharVocab, prompt: str) -> list[int]:
     """Ids the model reads before generating: a newline (text starts on a fresh line), then the prompt."""
-    newline = [vocab.index["\n"]] if "\n" in vocab.index and not prompt.startswith("\n") else []
-    ids = newline + vocab.encode(prompt)
-    return ids or [0]
+    newline = "\n" if not prompt.startswith("\n") and not vocab.unknown("\n") else ""
+    return vocab.encode(newline + prompt) or [0]
 
 
 def _ids_after(
@@ -97,7 +98,8 @@ def draw_samples(stepper: Stepper, vocab: CharVocab, cfg: SampleConfig, start: S
     seed = choose_seed(cfg.seed)
     prime = torch.tensor([priming_ids(vocab, prompt)] * cfg.num_samples, dtype=torch.long)
     ids = _ids_after(stepper, prime, cfg.length, SamplingRule.of(cfg), np.random.default_rng(seed), start)
-    pieces = ([vocab.decode(row) for row in chunk] for chunk in ids)
+    decoders = [vocab.decoder() for _ in range(cfg.num_samples)]  # a character may span two chunks
+    pieces = ([decode(row) for decode, row in zip(decoders, chunk, strict=True)] for chunk in ids)
     return Samples(seed, prompt, dropped, pieces)
 
 

@@ -20,15 +20,17 @@ import torch.nn.functional as F
 
 from charlstm.checkpoint import BEST, LAST, resume_command
 from charlstm.config import MAX_SEED, SampleConfig, option
+from charlstm.corpus import TokenizedCorpus
 from charlstm.device import autocast
 from charlstm.errors import UserError
-from charlstm.evaluate import evaluate
+from charlstm.evaluate import EvalInterrupted, evaluate
 from charlstm.events import Evaluated, EventFn, Finished, Progress, Started, TrainResult
 from charlstm.model import detach_state, first_stream
 from charlstm.run import Run, log_metric, save, target_epochs
 from charlstm.sample import compile_kernels, draw_samples
 from charlstm.schedule import get_lr, plateau_update
 from charlstm.stepper import Stepper
+from charlstm.vocab import BYTES
 
 PREVIEW_TEMPERATURE = 0.8
 
@@ -58,7 +60,8 @@ def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
-    """One optimizer step on chunk (x, y), each (B, T); returns the loss as a 0-d tensor."""
+    """One optimizer step on chunk (x, y), each (B, T), minimising the mean loss per token;
+    returns the loss per character as a 0-d tensor (the same unless there are byte tokens)."""
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     state = detach_state(run.hidden) if run.hidden is not None else None
@@ -71,7 +74,9 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.T
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.tcfg.grad_clip, foreach=True)
     run.optimizer.step()
     run.hidden = detach_state(new_state)
-    return loss.detach()
+    if run.char_starts is None:
+        return loss.detach()
+    return loss.detach() * y.numel() / run.char_starts[y].sum()  # reported per character, as evaluation is
 
 
 def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,19 +122,60 @@ def preview(run: Run) -> str:
     return "".join(pieces[0] for pieces in samples.pieces)
 
 
-def run_eval(run: Run, on_event: EventFn) -> None:
-    """Evaluate the validation split, update best/last, write checkpoints and a metrics line."""
-    st = run.state
-    result = evaluate(run.model, run.val_tokens, run.tcfg.seq_len, run.device, st.precision)
+def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None) -> bool:
+    """Evaluate (a spread of ``--eval-chars`` of) the validation split, update best/last, write
+    checkpoints and a metrics line. A stop requested meanwhile ends it early: returns False."""
+    st, started = run.state, time.perf_counter()
+    try:
+        result = evaluate(
+            run.model,
+            run.val_tokens,
+            run.tcfg.seq_len,
+            run.device,
+            st.precision,
+            char_starts=run.corpus.vocab.char_starts(),
+            max_chars=run.tcfg.eval_chars,
+            should_stop=lambda: stop is not None and stop.signum is not None,
+        )
+    except EvalInterrupted:
+        return False
+    seconds = time.perf_counter() - started
     is_best = result.loss < st.best_val_loss
     if run.tcfg.schedule == "plateau" and math.isfinite(st.best_val_loss):
         st.plateau_scale = plateau_update(st.plateau_scale, result.loss, st.best_val_loss)
     st.last_val_loss = result.loss
     st.best_val_loss = min(st.best_val_loss, result.loss)
     record = {"type": "eval", "step": st.step, "epoch": round(run.epoch_float, 4), "val_loss": result.loss}
-    log_metric(run, {**record, "val_bpc": result.bpc, "best": is_best, "elapsed": round(st.elapsed, 3)})
+    record.update(val_bpc=result.bpc, best=is_best, elapsed=round(st.elapsed, 3))
+    log_metric(run, {**record, "eval_chars": result.chars, "eval_seconds": round(seconds, 3)})
     save(run, (LAST, BEST) if is_best else (LAST,))
     on_event(Evaluated(st.step, result.loss, is_best, preview(run)))
+    return True
+
+
+@dataclass
+class _Session:
+    """This session of a run: when and where it started, and what it has done since."""
+
+    on_event: EventFn
+    stop: StopFlag | None
+    t0: float  # perf_counter at the start
+    elapsed0: float  # seconds trained before it
+    fraction0: float  # share of the budget spent before it
+    step0: int
+    window: _Window
+    evaluated_at: int = -1
+    saved_at: int = -1
+    last_loss: float = math.nan  # mean training loss at the last sync: the result's train loss
+
+    @classmethod
+    def start(cls, run: Run, on_event: EventFn, stop: StopFlag | None) -> _Session:
+        now, st = time.perf_counter(), run.state
+        window = _Window(now, st.step, torch.zeros((), device=run.device))
+        return cls(on_event, stop, now, st.elapsed, run.fraction(), st.step, window)
+
+    def tick(self, run: Run) -> None:
+        run.state.elapsed = self.elapsed0 + time.perf_counter() - self.t0
 
 
 @dataclass
@@ -149,14 +195,14 @@ def _fold_loss(run: Run, window: _Window) -> float:
     return st.loss_sum / max(st.loss_count, 1)
 
 
-def _log(run: Run, window: _Window, mean_loss: float, lr: float, t0: float, f0: float, on_event: EventFn) -> None:
-    st, now = run.state, time.perf_counter()
+def _log(run: Run, session: _Session, mean_loss: float, lr: float) -> None:
+    st, window, now = run.state, session.window, time.perf_counter()
     cps = (st.step - window.step) * run.batches.streams * run.batches.seq_len / max(now - window.time, 1e-9)
-    frac = run.fraction()
-    remaining = (1 - frac) * (now - t0) / (frac - f0) if frac > f0 else None
+    frac, f0 = run.fraction(), session.fraction0
+    remaining = (1 - frac) * (now - session.t0) / (frac - f0) if frac > f0 else None
     record = {"type": "train", "step": st.step, "epoch": round(run.epoch_float, 4), "loss": mean_loss, "lr": lr}
     log_metric(run, {**record, "chars_per_sec": round(cps, 1), "elapsed": round(st.elapsed, 3)})
-    on_event(Progress(st.step, run.epoch_float, mean_loss, lr, cps, st.elapsed, frac, remaining))
+    session.on_event(Progress(st.step, run.epoch_float, mean_loss, lr, cps, st.elapsed, frac, remaining))
     st.loss_sum, st.loss_count = 0.0, 0
     window.time, window.step = now, st.step
 
@@ -171,64 +217,82 @@ def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
             f"--max-steps, --epochs or --max-time to train longer"
         )
     train_chars, val_chars = len(run.batches.tokens), len(run.val_tokens)
-    params, chars = run.model.num_params(), t.batch_size * t.seq_len
-    on_event(Started(run.run_dir, params, str(run.device), st.precision, chars, train_chars, val_chars, st.step))
+    params, chars, corpus = run.model.num_params(), t.batch_size * t.seq_len, run.corpus
+    started = Started(run.run_dir, params, str(run.device), st.precision, chars, train_chars, val_chars, st.step)
+    started.vocab, started.skipped_files = _vocab_summary(corpus), list(corpus.stats.skipped_files)
+    on_event(started)
 
 
-def _close(run: Run, window: _Window, reason: str, saved_at: int, evaluated_at: int, on_event: EventFn) -> str:
-    """End the run: fold the steps since the last sync, then save (signal) or evaluate (budget)."""
-    if reason == "nan" or not math.isfinite(_fold_loss(run, window)):
-        return "nan"
-    if reason == "signal" and saved_at != run.state.step:
+def _vocab_summary(corpus: TokenizedCorpus) -> str:
+    vocab, own = corpus.vocab, len(corpus.vocab.chars)
+    if not vocab.byte_fallback:
+        return f"{own} characters"
+    share = f"{corpus.stats.own_coverage:.2%} of the text"
+    return f"{own} characters with their own token ({share}) and {BYTES} byte tokens for the rest"
+
+
+def _after_step(run: Run, session: _Session, lr: float) -> str | None:
+    """Log, evaluate and save when due; "nan" for a loss that went bad, "signal" for a stop
+    requested during an evaluation, else None."""
+    st, t = run.state, run.tcfg
+    due_log, due_eval, due_save = (st.step % n == 0 for n in (t.log_every, t.eval_every, t.save_every))
+    if due_log or due_eval or due_save:  # the only host syncs: fold the loss, refuse to save NaN
+        mean_loss = session.last_loss = _fold_loss(run, session.window)
+        if not math.isfinite(mean_loss):
+            return "nan"
+        if due_log:
+            _log(run, session, mean_loss, lr)
+    if due_eval:
+        if not run_eval(run, session.on_event, session.stop):
+            return "signal"
+        session.evaluated_at = session.saved_at = st.step
+        session.window.time = time.perf_counter()
+    elif due_save:
         save(run, (LAST,))
-    elif reason != "signal" and evaluated_at != run.state.step:
-        run_eval(run, on_event)
+        session.saved_at = st.step
+    return None
+
+
+def _close(run: Run, session: _Session, reason: str) -> str:
+    """End the run: fold the steps since the last sync, then evaluate (budget spent) and save."""
+    if reason == "nan" or not math.isfinite(_fold_loss(run, session.window)):
+        return "nan"
+    if reason != "signal" and session.evaluated_at != run.state.step:
+        if run_eval(run, session.on_event, session.stop):
+            return reason
+        reason = "signal"  # stopped during the final evaluation
+    if session.saved_at != run.state.step:
+        save(run, (LAST,))
     return reason
 
 
 def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = None) -> TrainResult:
     """Train until the budget is spent or ``stop`` is set; evaluate and checkpoint on the way."""
     on_event = on_event or (lambda event: None)
-    st, t = run.state, run.tcfg
+    st = run.state
     _announce(run, on_event, stop)
-    if t.sample_chars > 0:
+    if run.tcfg.sample_chars > 0:
         compile_kernels()  # sampling (previews, then `charlstm sample`): compiled once per machine, not on the clock
-    t0, elapsed0, f0, step0 = time.perf_counter(), st.elapsed, run.fraction(), st.step
-    window = _Window(t0, st.step, torch.zeros((), device=run.device))
-    reason, mean_loss, evaluated_at, saved_at = None, math.nan, -1, -1
+    session, reason = _Session.start(run, on_event, stop), None
     while reason is None:
         lr = current_lr(run)
         x, y = next_batch(run)
-        window.loss += train_step(run, x, y, lr)
+        session.window.loss += train_step(run, x, y, lr)
         st.step, st.chunk, st.loss_count = st.step + 1, st.chunk + 1, st.loss_count + 1
-        st.elapsed = elapsed0 + time.perf_counter() - t0
-        due_log, due_eval, due_save = (st.step % n == 0 for n in (t.log_every, t.eval_every, t.save_every))
-        if due_log or due_eval or due_save:  # the only host syncs: fold the loss, refuse to save NaN
-            mean_loss = _fold_loss(run, window)
-            if not math.isfinite(mean_loss):
-                reason = "nan"
-                break
-            if due_log:
-                _log(run, window, mean_loss, lr, t0, f0, on_event)
-        if due_eval:
-            run_eval(run, on_event)
-            evaluated_at = saved_at = st.step
-            window.time = time.perf_counter()
-        elif due_save:
-            save(run, (LAST,))
-            saved_at = st.step
-        st.elapsed = elapsed0 + time.perf_counter() - t0
-        reason = stop_reason(run, stop)
-    reason = _close(run, window, reason, saved_at, evaluated_at, on_event)
-    result = _result(run, reason, mean_loss, (step0, elapsed0), stop)
+        session.tick(run)
+        reason = _after_step(run, session, lr)
+        session.tick(run)
+        reason = reason or stop_reason(run, stop)
+    reason = _close(run, session, reason)
+    result = _result(run, reason, session)
     on_event(Finished(result))
     return result
 
 
-def _result(run: Run, reason: str, train_loss: float, start: tuple[int, float], stop: StopFlag | None) -> TrainResult:
-    """How the run ended; speed counts this session only (from ``start``: step and seconds trained)."""
-    st, (step0, elapsed0) = run.state, start
-    speed = (st.step - step0) * run.tcfg.batch_size * run.tcfg.seq_len / max(st.elapsed - elapsed0, 1e-9)
+def _result(run: Run, reason: str, session: _Session) -> TrainResult:
+    """How the run ended; speed counts this session only."""
+    st = run.state
+    chars = (st.step - session.step0) * run.tcfg.batch_size * run.tcfg.seq_len
     return TrainResult(
         run.run_dir,
         st.step,
@@ -236,9 +300,9 @@ def _result(run: Run, reason: str, train_loss: float, start: tuple[int, float], 
         st.elapsed,
         st.best_val_loss,
         st.last_val_loss,
-        train_loss,
-        speed,
+        session.last_loss,
+        chars / max(st.elapsed - session.elapsed0, 1e-9),
         reason,
         resume_command(run.run_dir),
-        stop.signum if stop else None,
+        session.stop.signum if session.stop else None,
     )

@@ -1,45 +1,59 @@
-"""The vocabulary: the characters a model knows, and text to ids and back."""
+"""The vocabulary: the characters a model knows, and text to ids and back.
+
+Characters frequent enough get their own token: ids 0..C-1, in code point order. With byte
+fallback, ids C..C+255 are the 256 byte values, and any other character is written as its
+UTF-8 bytes, so every text can be encoded and nothing is lost or replaced. A vocabulary
+without byte fallback (every character of the corpus fits, or a checkpoint from before byte
+fallback) knows only its own characters.
+"""
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterable
 
 import numpy as np
 
 from charlstm.errors import UserError
 
+BYTES = 256  # byte tokens, one per byte value
+
 
 class CharVocab:
-    """The sorted set of characters of a corpus; ids are positions in that order."""
+    """The characters with their own token, in code point order, and whether byte tokens follow."""
 
-    def __init__(self, chars: Iterable[str]):
+    def __init__(self, chars: Iterable[str], byte_fallback: bool = False):
         self.chars: tuple[str, ...] = tuple(sorted(set(chars)))
         if not self.chars or any(len(c) != 1 for c in self.chars):
             raise ValueError("a vocabulary needs at least one single-character entry")
+        self.byte_fallback = bool(byte_fallback)
         self.index = {c: i for i, c in enumerate(self.chars)}
 
     def __len__(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + (BYTES if self.byte_fallback else 0)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharVocab) and self.chars == other.chars
+        return isinstance(other, CharVocab) and (self.chars, self.byte_fallback) == (other.chars, other.byte_fallback)
 
     def __hash__(self) -> int:
-        return hash(self.chars)
+        return hash((self.chars, self.byte_fallback))
 
     def __repr__(self) -> str:
-        return f"CharVocab({self.to_string()!r})"
+        fallback = ", byte_fallback=True" if self.byte_fallback else ""
+        return f"CharVocab({self.to_string()!r}{fallback})"
 
     def to_string(self) -> str:
-        """The vocabulary as one string, the form saved in checkpoints."""
+        """The characters with their own token as one string, the form saved in checkpoints."""
         return "".join(self.chars)
 
     def unknown(self, text: Iterable[str]) -> list[str]:
-        """Characters of ``text`` that the vocabulary does not hold, in order of appearance."""
+        """Characters of ``text`` that cannot be encoded, in order of appearance (none with byte fallback)."""
+        if self.byte_fallback:
+            return []
         return list(dict.fromkeys(c for c in text if c not in self.index))
 
     def check_known(self, text: Iterable[str], subject: str, remedy: str) -> None:
-        """Raise ``UserError`` naming the characters of ``text`` the vocabulary lacks (the first ten)."""
+        """Raise ``UserError`` naming the characters of ``text`` the vocabulary cannot encode (the first ten)."""
         missing = self.unknown(text)
         if missing:
             shown = ", ".join(repr(c) for c in missing[:10])
@@ -47,15 +61,34 @@ class CharVocab:
             raise UserError(f"{subject} has characters the model never saw: {shown}{more}; {remedy}")
 
     def encode(self, text: str) -> list[int]:
-        """Ids of ``text``; raises ``UserError`` naming any unknown characters."""
+        """Ids of ``text``; raises ``UserError`` naming characters it cannot encode."""
         self.check_known(text, "the text", f"expected text made of the model's {len(self)} characters")
-        return [self.index[c] for c in text]
+        first_byte = len(self.chars)
+        ids: list[int] = []
+        for c in text:
+            own = self.index.get(c)
+            ids.extend([own] if own is not None else (first_byte + b for b in c.encode("utf-8")))
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+        """The text of ``ids``; byte tokens are read as UTF-8 (an incomplete sequence at the end is dropped)."""
+        return self.decoder()(ids)
+
+    def decoder(self) -> TextDecoder:
+        """A decoder that turns successive chunks of ids from one stream into text."""
+        return TextDecoder(self)
+
+    def char_starts(self) -> np.ndarray:
+        """For each id, whether it begins a character: every own token, and the byte tokens that
+        begin a UTF-8 sequence. Losses divide by these, so they stay per character (V,) bool."""
+        starts = np.ones(len(self), dtype=bool)
+        if self.byte_fallback:
+            values = np.arange(BYTES)
+            starts[len(self.chars) :] = (values & 0xC0) != 0x80  # not a continuation byte
+        return starts
 
     def codepoint_table(self) -> np.ndarray:
-        """Array mapping a Unicode code point to its id (-1 where absent), for bulk encoding."""
+        """Array mapping a Unicode code point to its id (-1 where it has no own token), for bulk encoding."""
         table = np.full(max(map(ord, self.chars)) + 1, -1, dtype=np.int64)
         table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
         return table
@@ -64,3 +97,29 @@ class CharVocab:
     def dtype(self) -> np.dtype:
         """Smallest unsigned dtype that holds every id."""
         return np.dtype(np.uint8 if len(self) <= 256 else np.uint16 if len(self) <= 65536 else np.uint32)
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int], max_vocab: int, byte_fallback: str = "auto") -> CharVocab:
+        """The ``max_vocab`` commonest characters (ties: lower code point first) get their own token.
+
+        ``byte_fallback``: "auto" adds byte tokens when some character is left out, "on" always.
+        """
+        ranked = sorted(counts, key=lambda c: (-counts[c], ord(c)))
+        return cls(ranked[:max_vocab], byte_fallback=byte_fallback == "on" or len(ranked) > max_vocab)
+
+
+class TextDecoder:
+    """Ids of one stream, chunk by chunk, to text: byte tokens go through an incremental UTF-8
+    decoder, so a character split between chunks comes out whole. Invalid byte sequences (a
+    model can sample any byte) become U+FFFD; an incomplete one at the very end is dropped."""
+
+    def __init__(self, vocab: CharVocab):
+        self.chars = vocab.chars
+        self.byte_fallback = vocab.byte_fallback
+        self.utf8 = [c.encode("utf-8") for c in vocab.chars] + [bytes([b]) for b in range(BYTES)]
+        self.pending = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def __call__(self, ids: Iterable[int]) -> str:
+        if not self.byte_fallback:
+            return "".join(self.chars[i] for i in ids)
+        return self.pending.decode(b"".join(self.utf8[i] for i in ids))

@@ -80,9 +80,9 @@ def test_train_passes_exactly_the_given_options(monkeypatch, tmp_path):
     monkeypatch.setattr(api, "train", fake_train)
     result = invoke("train", "--corpus", "my.txt", "--hidden", "32", "--max-time", "5", "--dropout", "0.1")
     assert result.exit_code == 0, result.output
-    options = {k: v for k, v in seen.items() if k not in ("on_event", "on_download")}
+    options = {k: v for k, v in seen.items() if k not in ("on_event", "on_reading")}
     assert options == {"corpus": "my.txt", "hidden": 32, "max_time": 5.0, "dropout": 0.1, "overwrite": False}
-    assert callable(seen["on_event"]) and callable(seen["on_download"])
+    assert callable(seen["on_event"]) and callable(seen["on_reading"])
     seen.clear()
     invoke("train", "--resume", "runs/a", "--overwrite")
     assert seen["resume"] == "runs/a" and seen["overwrite"] is True and "corpus" not in seen
@@ -180,7 +180,8 @@ def test_any_invalid_sampling_value_is_refused(option_value):
 
 
 def test_corpus_errors(tmp_path):
-    assert_user_error(invoke("train", "--corpus", tmp_path), "is a directory")
+    (tmp_path / "nothing").mkdir()
+    assert_user_error(invoke("train", "--corpus", tmp_path / "nothing"), "holds no files")
     binary = tmp_path / "image.png"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00")
     assert_user_error(invoke("train", "--corpus", binary))
@@ -292,14 +293,14 @@ def test_internal_errors_exit_1_and_debug_shows_traceback(shared_run, monkeypatc
 
 
 def test_offline_download_is_one_line(tmp_path, monkeypatch):
-    from charlstm import corpus
+    from charlstm import sources
 
     monkeypatch.chdir(tmp_path)
-    entry = corpus.KNOWN_CORPORA["tinyshakespeare"]
+    entry = sources.KNOWN_CORPORA["tinyshakespeare"]
     monkeypatch.setitem(
-        corpus.KNOWN_CORPORA,
+        sources.KNOWN_CORPORA,
         "tinyshakespeare",
-        corpus.KnownCorpus("http://127.0.0.1:9/input.txt", entry.sha256, entry.filename),
+        sources.KnownCorpus("http://127.0.0.1:9/input.txt", entry.sha256, entry.filename),
     )
     assert_user_error(invoke("train"), "could not download", "corpora/tinyshakespeare.txt", "--corpus PATH")
     assert not (tmp_path / "corpora" / "tinyshakespeare.txt").exists()

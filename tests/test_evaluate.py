@@ -10,13 +10,14 @@ from charlstm.corpus import load_corpus, split_tokens
 from charlstm.errors import UserError
 from charlstm.evaluate import evaluate, evaluate_checkpoint
 from charlstm.run import new_run
+from charlstm.sources import resolve_corpus
 from charlstm.training import train
 
 
 @pytest.fixture
 def shared_model(shared_run):
     checkpoint = load_checkpoint(shared_run)
-    tokens = load_corpus(checkpoint.train_config.corpus).tokens
+    tokens = load_corpus(resolve_corpus(checkpoint.train_config.corpus)).tokens
     return checkpoint, split_tokens(tokens, checkpoint.train_config.val_fraction)[1]
 
 
@@ -64,7 +65,7 @@ def test_checkpoint_on_its_own_split_or_another_text(shared_run, shared_model, t
     other = tmp_path / "other.txt"
     other.write_text("KING:\nThe king is my lord.\n" * 20, encoding="utf-8")
     report = evaluate_checkpoint(shared_run, EvalConfig(corpus=str(other)))
-    assert report.split == "all" and report.source == other and report.result.chars == other.stat().st_size - 1
+    assert report.split == "all" and report.corpus == str(other) and report.result.chars == other.stat().st_size - 1
     unseen = tmp_path / "unseen.txt"
     unseen.write_text("Ωmega text never seen\n" * 50, encoding="utf-8")
     with pytest.raises(UserError, match=r"corpus '.*unseen.txt' has characters the model never saw: 'x', 'Ω'"):

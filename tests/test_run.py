@@ -7,6 +7,7 @@ from charlstm.checkpoint import load_checkpoint
 from charlstm.config import TrainConfig
 from charlstm.errors import UserError
 from charlstm.run import default_run_dir, new_run, resume_run
+from charlstm.sources import resolve_corpus
 from charlstm.training import train
 
 
@@ -14,8 +15,8 @@ def test_new_run_fills_in_the_vocabulary_and_run_directory(tiny_train, tiny_mode
     run = new_run(tiny_train, tiny_model)
     assert run.mcfg.vocab_size == len(run.corpus.vocab) and run.tcfg.out == tiny_train.out
     assert run.run_dir.is_dir() and run.state.step == 0 and run.state.precision == "fp32"
-    assert default_run_dir("tinyshakespeare") == Path("checkpoints/tinyshakespeare")
-    assert default_run_dir("data/my.book.txt") == Path("checkpoints/my.book")
+    assert default_run_dir(resolve_corpus(tiny_train.corpus)) == Path("checkpoints/play")
+    assert default_run_dir(resolve_corpus(str(Path(tiny_train.corpus).parent))).parent == Path("checkpoints")
 
 
 def test_existing_run_is_not_overwritten(tiny_train, tiny_model):
