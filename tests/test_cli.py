@@ -394,3 +394,35 @@ def test_sample_into_a_closed_pipe_is_quiet(shared_run):
     err = proc.stderr.read().decode()
     # typer's convention for a reader that went away (`... | head`): exit 1 without a word
     assert proc.wait(timeout=60) == 1 and err == ""
+
+
+def test_a_folder_with_a_bad_file_and_rare_characters(tmp_path):
+    from conftest import play_text
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text(play_text(12_000, seed=1), encoding="utf-8")
+    (folder / "b.txt").write_text(play_text(12_000, seed=2) + "été ☃ 日本\n", encoding="utf-8")
+    (folder / "c.bin").write_bytes(b"\x00\x01\x02binary")
+    assert_user_error(invoke("train", "--corpus", folder, "--out", tmp_path / "r"), "c.bin", "--skip-bad-files")
+    options = ["--corpus", folder, "--skip-bad-files", "--max-vocab", "25", "--max-steps", 4, *TINY]
+    trained = invoke("train", *options, "--out", tmp_path / "r")
+    assert trained.exit_code == 0, trained.output
+    err = " ".join(trained.stderr.split())
+    assert "left out 1 files that are not text" in err and "c.bin" in err and "256 byte tokens" in err
+    info = json.loads(invoke("info", tmp_path / "r", "--json").stdout)
+    assert info["own_tokens"] == 25 and info["byte_fallback"] and 0.5 < info["own_coverage"] < 1
+    assert info["corpus"]["files"] == 2 and info["vocab_size"] == 25 + 256
+    sample = invoke("sample", tmp_path / "r", "--prompt", "Ωmega ☃", "--length", 40, "--seed", 1)
+    assert sample.exit_code == 0 and sample.stdout.startswith("Ωmega ☃")
+    part = json.loads(invoke("eval", tmp_path / "r", "--corpus", folder / "a.txt", "--max-chars", 500, "--json").stdout)
+    assert 400 <= part["chars"] <= 500
+
+
+def test_eval_of_unseen_characters_can_skip_them(shared_run, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("KING: the lord ☃\n" * 40, encoding="utf-8")
+    assert_user_error(invoke("eval", shared_run, "--corpus", other), "'☃'", "--unknown skip")
+    skipped = invoke("eval", shared_run, "--corpus", other, "--unknown", "skip", "--json")
+    assert skipped.exit_code == 0 and "left out 40 characters" in skipped.stderr
+    assert json.loads(skipped.stdout)["chars"] == 40 * 16 - 1

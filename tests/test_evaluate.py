@@ -98,3 +98,47 @@ def test_encoding_applies_to_the_text_measured(tmp_path, corpus_file):
         evaluate_checkpoint(tmp_path / "run", EvalConfig(corpus=str(latin)))
     again = evaluate_checkpoint(tmp_path / "run", EvalConfig(corpus=str(latin), encoding="latin-1", split="val"))
     assert again.result.loss == pytest.approx(own.result.loss)
+
+
+def test_a_spread_of_max_chars_measures_close_to_the_whole(shared_model):
+    checkpoint, val = shared_model
+    model = checkpoint.build_model()
+    whole = evaluate(model, val, seq_len=16)
+    seen = []
+    part = evaluate(model, val, seq_len=16, max_chars=640, on_progress=lambda done, total: seen.append((done, total)))
+    assert 600 <= part.chars <= 640 and abs(part.loss - whole.loss) < 0.1
+    assert seen[-1][0] == seen[-1][1] == len(seen)
+    assert evaluate(model, val, seq_len=16, max_chars=10**9).chars == whole.chars  # more than there is: all of it
+
+
+def test_a_stop_request_ends_an_evaluation(shared_model):
+    from charlstm.evaluate import EvalInterrupted
+
+    checkpoint, val = shared_model
+    asked = []
+
+    def stop_after_two_chunks() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    with pytest.raises(EvalInterrupted):
+        evaluate(checkpoint.build_model(), val, seq_len=4, should_stop=stop_after_two_chunks)  # 8 chunks
+    assert len(asked) == 3
+
+
+def test_byte_tokens_count_once_per_character():
+    import torch
+
+    from charlstm.config import ModelConfig
+    from charlstm.model import CharLSTM
+    from charlstm.vocab import CharVocab
+
+    vocab = CharVocab("ab", byte_fallback=True)
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(vocab_size=len(vocab), embedding=4, hidden=8, layers=1)).eval()
+    text = "ab日ab€ab"  # two characters of three bytes each
+    tokens = np.array(vocab.encode(text))
+    per_token = evaluate(model, tokens, seq_len=4)
+    per_char = evaluate(model, tokens, seq_len=4, char_starts=vocab.char_starts())
+    assert per_token.chars == len(tokens) - 1 == 11 and per_char.chars == len(text) - 1 == 7
+    assert per_char.loss == pytest.approx(per_token.loss * 11 / 7)

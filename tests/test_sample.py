@@ -107,3 +107,14 @@ def test_any_valid_sampling_options_work(prompt, length, temperature, top_k, top
     cfg = SampleConfig(prompt, length, temperature, top_k, top_p, seed, num_samples)
     for text in texts(cfg, precision):
         assert len(text) == length and set(text) <= set(VOCAB.chars)
+
+
+def test_with_byte_fallback_any_prompt_is_read_and_the_text_is_whole_characters():
+    vocab = CharVocab("\nab ", byte_fallback=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = CharLSTM(ModelConfig(vocab_size=len(vocab), embedding=8, hidden=16, layers=1)).eval()
+    samples = draw_samples(Stepper(model), vocab, SampleConfig(prompt="a☃b", length=300, temperature=2.0, seed=1))
+    assert samples.prompt == "a☃b" and samples.dropped == []
+    text = "".join(pieces[0] for pieces in samples.pieces)
+    assert 0 < len(text) <= 300 and text.encode("utf-8").decode("utf-8") == text

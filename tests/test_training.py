@@ -122,3 +122,43 @@ def test_the_largest_seed_still_previews(tiny_train, tiny_model):
     events = []
     train(run, events.append)
     assert all(len(e.sample) == 20 for e in events if isinstance(e, Evaluated))
+
+
+def test_evaluations_record_what_they_read_and_how_long(tiny_train, tiny_model):
+    train(new_run(replace(tiny_train, max_steps=6, eval_every=6, eval_chars=500), tiny_model))
+    lines = [json.loads(line) for line in (Path(tiny_train.out) / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in lines if m["type"] == "eval"]
+    assert len(evals) == 1 and 450 <= evals[0]["eval_chars"] <= 500 and 0 < evals[0]["eval_seconds"] < 30
+
+
+def test_a_stop_during_an_evaluation_saves_the_last_step_and_stops(tiny_train, tiny_model):
+    flag, events = StopFlag(), []
+
+    def stop_at_step_12(event):  # the signal arrives as step 12 is logged, just before its evaluation
+        events.append(event)
+        if isinstance(event, Progress) and event.step == 12:
+            flag.signum = signal.SIGTERM
+
+    run = new_run(replace(tiny_train, max_steps=100, eval_every=6, log_every=6), tiny_model)
+    result = train(run, stop_at_step_12, flag)
+    assert result.stopped_by == "signal" and result.step == 12
+    assert [e.step for e in events if isinstance(e, Evaluated)] == [6]
+    assert load_checkpoint(Path(tiny_train.out) / "last.pt").progress.step == 12
+    assert load_checkpoint(Path(tiny_train.out) / "best.pt").progress.step == 6
+
+
+def test_a_corpus_past_max_vocab_trains_on_byte_tokens(tmp_path, tiny_model):
+    from conftest import play_text, tiny_train_config
+
+    corpus = tmp_path / "mixed.txt"
+    rare = "éüñ日本語☃Ω"
+    corpus.write_text(play_text(20_000) + "".join(c * 3 for c in rare) + "\n", encoding="utf-8")
+    tcfg = tiny_train_config(corpus, tmp_path / "run", max_vocab=20, max_steps=8, eval_every=8)
+    events = []
+    result = train(new_run(tcfg, tiny_model), events.append)
+    started = events[0]
+    assert "20 characters with their own token" in started.vocab and "256 byte tokens" in started.vocab
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved.vocab.byte_fallback and len(saved.vocab) == 20 + 256 and saved.model_config.vocab_size == 276
+    assert 0 < saved.corpus["own_coverage"] < 1 and saved.corpus["distinct"] > 20
+    assert result.step == 8 and 0 < result.last_val_loss < 10

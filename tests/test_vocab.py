@@ -39,3 +39,29 @@ def test_equality_dtype_and_codepoints():
     table = CharVocab("ac").codepoint_table()
     assert table[ord("a")] == 0 and table[ord("b")] == -1 and table[ord("c")] == 1
     assert repr(CharVocab("ba")) == "CharVocab('ab')"
+
+
+def test_byte_fallback_encodes_any_text_and_decodes_it_back():
+    vocab = CharVocab("ab\n", byte_fallback=True)
+    text = "ab☃\nÿ🎭a"
+    ids = vocab.encode(text)
+    assert len(vocab) == 3 + 256 and vocab.unknown(text) == [] and vocab.decode(ids) == text
+    assert ids[:2] == [1, 2] and ids[2:5] == [3 + b for b in "☃".encode()]
+    starts = vocab.char_starts()
+    assert starts[:3].all() and starts[3 + 0xE2] and not starts[3 + 0x98] and starts[3 + ord("a")]
+
+
+def test_decoding_chunks_keeps_characters_whole_and_drops_a_torn_end():
+    vocab = CharVocab("a", byte_fallback=True)
+    ids = vocab.encode("a日a")  # a, three bytes, a
+    decode = vocab.decoder()
+    assert [decode(ids[:2]), decode(ids[2:3]), decode(ids[3:])] == ["a", "", "日a"]
+    assert vocab.decode(ids[:3]) == "a"  # an incomplete character at the very end is dropped
+    assert vocab.decode([1 + 0x80, 0]) == "\ufffda"  # a stray continuation byte: one replacement character
+
+
+def test_the_commonest_characters_make_the_vocabulary():
+    counts = {"a": 5, "b": 5, "c": 1, "é": 9}
+    assert CharVocab.from_counts(counts, 4) == CharVocab("abcé")
+    assert CharVocab.from_counts(counts, 2) == CharVocab("aé", byte_fallback=True)  # ties: lower code point
+    assert CharVocab.from_counts(counts, 4, "on").byte_fallback
