@@ -1,8 +1,8 @@
 """The ``charlstm`` command: each command declares its options, calls one library function
 (``charlstm.api``) and renders what it returns.
 
-This module and the training display it uses (``display.py``) are the only ones that import
-typer or rich or print. User mistakes (``UserError`` and bad
+This module and ``render.py`` (how it draws: the training view, bars, tables) are the only
+ones that import typer or rich or print. User mistakes (``UserError`` and bad
 option values) become one ``error: ...`` line on stderr and exit code 2; Ctrl-C exits 130;
 anything else is an internal fault: exit 1, with the traceback only under ``--debug``. The
 library is imported inside each command, so that ``--help`` and ``--version`` do not wait for
@@ -15,17 +15,15 @@ import json
 import signal
 import sys
 import traceback
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 import charlstm
+from charlstm import render
 from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
-from charlstm.display import ProgressBar, TrainView
 from charlstm.errors import UserError
 
 err = Console(stderr=True, highlight=False)
@@ -220,7 +218,7 @@ def train(
     from charlstm import api
 
     options = {name: value for name, value in ctx.params.items() if value is not None}
-    with TrainView(err) as view:
+    with render.TrainView(err) as view:
         result = api.train(**options, on_event=view.on_event, on_reading=view.reading)
     if result.stopped_by == "signal":
         # Plain write, not rich: the command must survive any terminal width and any path.
@@ -266,24 +264,7 @@ def sample(
         err.print(f"[dim]seed {samples.seed} (pass --seed {samples.seed} to repeat this text)[/dim]")
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")  # generated text is UTF-8 whatever the locale says
-    _write_samples(samples.prompt, samples.pieces, cfg.num_samples)
-
-
-def _write_samples(prompt: str, pieces: Iterator[list[str]], count: int) -> None:
-    """Samples are drawn side by side: the first streams to stdout as it grows, the others follow it."""
-    out, tty = sys.stdout, sys.stdout.isatty()
-    rest: list[list[str]] = [[] for _ in range(count - 1)]
-    out.write(prompt)
-    for piece, *others in pieces:
-        out.write(piece)
-        if tty or "\n" in piece:
-            out.flush()
-        for kept, more in zip(rest, others, strict=True):
-            kept.append(more)
-    out.write("\n")
-    for kept in rest:
-        out.write("\n" + "-" * 40 + "\n" + prompt + "".join(kept) + "\n")
-    out.flush()
+    render.write_samples(sys.stdout, samples.prompt, samples.pieces, cfg.num_samples)
 
 
 @app.command(name="eval", cls=_Command)
@@ -328,37 +309,14 @@ def evaluate(
     from charlstm import api
 
     config = EvalConfig(corpus, split, encoding, seq_len, unknown, skip_bad_files, max_chars)
-    with ProgressBar(err, "eval") as bar:
+    with render.ProgressBar(err, "eval") as bar:
         report = api.evaluate_checkpoint(checkpoint, config, on_progress=bar.update)
     if report.dropped_chars:
         err.print(f"warning: left out {report.dropped_chars:,} characters the model cannot read (--unknown skip)")
-    result = report.result
     if as_json:
-        typer.echo(json.dumps(result.to_dict()))
+        typer.echo(json.dumps(report.result.to_dict()))
         return
-    table = Table(title=f"charlstm eval: {report.corpus} ({report.split})", show_header=False)
-    table.add_row("loss", f"{result.loss:.4f} nats/char")
-    table.add_row("bits per char", f"{result.bpc:.4f}")
-    table.add_row("perplexity", f"{result.perplexity:.3f}")
-    table.add_row("characters", f"{result.chars:,}")
-    Console().print(table)
-
-
-INFO_ROWS = (
-    "step",
-    "epoch",
-    "elapsed",
-    "val_loss",
-    "last_val_loss",
-    "params",
-    "vocab_size",
-    "own_tokens",
-    "own_coverage",
-    "byte_fallback",
-    "precision",
-    "format_version",
-    "resume",
-)
+    Console().print(render.eval_table(report))
 
 
 @app.command(cls=_Command)
@@ -370,13 +328,7 @@ def info(checkpoint: CheckpointArg, as_json: JsonFlag = False) -> None:
     if as_json:
         typer.echo(json.dumps(report))
         return
-    table = Table(title=f"charlstm info: {report['path']}", show_header=False)
-    for key in INFO_ROWS:
-        table.add_row(key, _fmt(report.get(key)))
-    table.add_row("vocabulary", repr(report["vocab"]))
-    for section, values in report["config"].items():
-        table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))
-    Console().print(table)
+    Console().print(render.info_table(report))
 
 
 @app.command(cls=_Command)
@@ -389,12 +341,6 @@ def export(
 
     path = api.export(checkpoint, out)
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes); sample, eval and info accept it")
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "-" if value is None else str(value)
 
 
 def main() -> None:

@@ -1,11 +1,13 @@
-"""The command line's live training display: a rich progress bar, evaluation lines and a
-summary table, drawn from training events on stderr. Part of the CLI: only ``cli.py`` imports it.
+"""How the command line draws: the live training view (a rich progress bar, evaluation lines
+and a summary table, from training events on stderr), progress bars, the eval and info tables,
+and samples on stdout. Part of the CLI: only ``cli.py`` imports it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -140,3 +142,65 @@ class ProgressBar:
             self.bar.start()
             self.task = self.bar.add_task("", total=total)
         self.bar.update(self.task, completed=done)
+
+
+def write_samples(out: IO[str], prompt: str, pieces: Iterator[list[str]], count: int) -> None:
+    """Samples are drawn side by side: the first streams to ``out`` as it grows, the others follow it."""
+    tty = out.isatty()
+    rest: list[list[str]] = [[] for _ in range(count - 1)]
+    out.write(prompt)
+    for piece, *others in pieces:
+        out.write(piece)
+        if tty or "\n" in piece:
+            out.flush()
+        for kept, more in zip(rest, others, strict=True):
+            kept.append(more)
+    out.write("\n")
+    for kept in rest:
+        out.write("\n" + "-" * 40 + "\n" + prompt + "".join(kept) + "\n")
+    out.flush()
+
+
+def eval_table(report: Any) -> Table:
+    """``charlstm eval``'s result: loss, bits per character, perplexity, characters measured."""
+    result = report.result
+    table = Table(title=f"charlstm eval: {report.corpus} ({report.split})", show_header=False)
+    table.add_row("loss", f"{result.loss:.4f} nats/char")
+    table.add_row("bits per char", f"{result.bpc:.4f}")
+    table.add_row("perplexity", f"{result.perplexity:.3f}")
+    table.add_row("characters", f"{result.chars:,}")
+    return table
+
+
+INFO_ROWS = (
+    "step",
+    "epoch",
+    "elapsed",
+    "val_loss",
+    "last_val_loss",
+    "params",
+    "vocab_size",
+    "own_tokens",
+    "own_coverage",
+    "byte_fallback",
+    "precision",
+    "format_version",
+    "resume",
+)
+
+
+def info_table(report: dict[str, Any]) -> Table:
+    """``charlstm info``: what a checkpoint holds, one row per item."""
+    table = Table(title=f"charlstm info: {report['path']}", show_header=False)
+    for key in INFO_ROWS:
+        table.add_row(key, _plain(report.get(key)))
+    table.add_row("vocabulary", repr(report["vocab"]))
+    for section, values in report["config"].items():
+        table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))
+    return table
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)

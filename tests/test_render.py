@@ -5,8 +5,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from charlstm.display import TrainView
 from charlstm.events import Evaluated, Finished, Progress, Started, TrainResult
+from charlstm.render import TrainView
 
 
 def console() -> Console:
