@@ -7,7 +7,7 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values (form
     model_config    dict               ModelConfig.to_dict()
     train_config    dict               TrainConfig.to_dict()
     vocab           str                the characters with their own token, sorted; id i is vocab[i]
-    byte_fallback   bool               whether ids len(vocab).. are the 256 byte values (UTF-8)
+    byte_fallback   bool               whether byte tokens follow (see vocab.py), for other characters
     model           dict[str, Tensor]  CharLSTM state dict
     optimizer       dict | None        AdamW state dict (None in exports)
     progress        dict               RunState.to_dict(): step, cursor, time, losses, metrics

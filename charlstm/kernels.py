@@ -252,27 +252,31 @@ def generate_chunk(arrays, s, temperature, top_k, top_p, u, out, advance_last) -
 
 
 @numba.njit(cache=True, nogil=True)
-def utf8_fallback(codes: np.ndarray, ids: np.ndarray, first_byte: int, out: np.ndarray) -> int:
-    """Token ids of code points (N,) into ``out``: ``ids[i]`` where it is an own token (>= 0),
-    else the character's UTF-8 bytes as ids ``first_byte + byte``; returns how many were written."""
+def encode_block(codes: np.ndarray, table: np.ndarray, byte_ids: np.ndarray, out: np.ndarray) -> int:
+    """Token ids of code points (N,) into ``out`` (room for 4N): ``table[c]`` where ``c`` has its
+    own token (>= 0); otherwise, where ``byte_ids`` (256,) holds byte tokens, the ids of its UTF-8
+    bytes, or nothing where it holds none (-1). Returns how many ids were written."""
     n = 0
     for i in range(codes.shape[0]):
         c = codes[i]
-        if ids[i] >= 0:
-            out[n] = ids[i]
+        own = table[c] if c < table.shape[0] else -1
+        if own >= 0:
+            out[n] = own
             n += 1
+        elif byte_ids[0x80] < 0:  # no byte fallback: the character is left out
+            continue
         elif c < 0x80:
-            out[n] = first_byte + c
+            out[n] = byte_ids[c]
             n += 1
         elif c < 0x800:
-            out[n], out[n + 1] = first_byte + (0xC0 | (c >> 6)), first_byte + (0x80 | (c & 0x3F))
+            out[n], out[n + 1] = byte_ids[0xC0 | (c >> 6)], byte_ids[0x80 | (c & 0x3F)]
             n += 2
         elif c < 0x10000:
-            out[n] = first_byte + (0xE0 | (c >> 12))
-            out[n + 1], out[n + 2] = first_byte + (0x80 | ((c >> 6) & 0x3F)), first_byte + (0x80 | (c & 0x3F))
+            out[n] = byte_ids[0xE0 | (c >> 12)]
+            out[n + 1], out[n + 2] = byte_ids[0x80 | ((c >> 6) & 0x3F)], byte_ids[0x80 | (c & 0x3F)]
             n += 3
         else:
-            out[n], out[n + 1] = first_byte + (0xF0 | (c >> 18)), first_byte + (0x80 | ((c >> 12) & 0x3F))
-            out[n + 2], out[n + 3] = first_byte + (0x80 | ((c >> 6) & 0x3F)), first_byte + (0x80 | (c & 0x3F))
+            out[n], out[n + 1] = byte_ids[0xF0 | (c >> 18)], byte_ids[0x80 | ((c >> 12) & 0x3F)]
+            out[n + 2], out[n + 3] = byte_ids[0x80 | ((c >> 6) & 0x3F)], byte_ids[0x80 | (c & 0x3F)]
             n += 4
     return n

@@ -30,7 +30,6 @@ from charlstm.run import Run, log_metric, save, target_epochs
 from charlstm.sample import compile_kernels, draw_samples
 from charlstm.schedule import get_lr, plateau_update
 from charlstm.stepper import Stepper
-from charlstm.vocab import BYTES
 
 PREVIEW_TEMPERATURE = 0.8
 
@@ -228,7 +227,7 @@ def _vocab_summary(corpus: TokenizedCorpus) -> str:
     if not vocab.byte_fallback:
         return f"{own} characters"
     share = f"{corpus.stats.own_coverage:.2%} of the text"
-    return f"{own} characters with their own token ({share}) and {BYTES} byte tokens for the rest"
+    return f"{own} characters with their own token ({share}) and {len(vocab.byte_values)} byte tokens for the rest"
 
 
 def _after_step(run: Run, session: _Session, lr: float) -> str | None:

@@ -1,10 +1,12 @@
 """The vocabulary: the characters a model knows, and text to ids and back.
 
 Characters frequent enough get their own token: ids 0..C-1, in code point order. With byte
-fallback, ids C..C+255 are the 256 byte values, and any other character is written as its
-UTF-8 bytes, so every text can be encoded and nothing is lost or replaced. A vocabulary
-without byte fallback (every character of the corpus fits, or a checkpoint from before byte
-fallback) knows only its own characters.
+fallback, byte tokens follow, and any other character is written as its UTF-8 bytes, so every
+text can be encoded and nothing is lost or replaced. The byte tokens are the 128 bytes of
+multi-byte sequences (0x80-0xFF) and the ASCII bytes whose character has no own token: an
+ASCII character with its own token is never written as a byte, so a row for it would be dead
+weight in the model's output. A vocabulary without byte fallback (every character of the
+corpus fits, or a checkpoint from before byte fallback) knows only its own characters.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from charlstm.errors import UserError
 
-BYTES = 256  # byte tokens, one per byte value
+HIGH_BYTES = tuple(range(0x80, 0x100))  # every byte of a multi-byte UTF-8 sequence
 
 
 class CharVocab:
@@ -28,9 +30,13 @@ class CharVocab:
             raise ValueError("a vocabulary needs at least one single-character entry")
         self.byte_fallback = bool(byte_fallback)
         self.index = {c: i for i, c in enumerate(self.chars)}
+        ascii_left = tuple(b for b in range(0x80) if chr(b) not in self.index)
+        self.byte_values: tuple[int, ...] = ascii_left + HIGH_BYTES if self.byte_fallback else ()
+        self.byte_ids = np.full(256, -1, dtype=np.int64)  # byte value -> its token id, -1 for none
+        self.byte_ids[list(self.byte_values)] = len(self.chars) + np.arange(len(self.byte_values))
 
     def __len__(self) -> int:
-        return len(self.chars) + (BYTES if self.byte_fallback else 0)
+        return len(self.chars) + len(self.byte_values)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CharVocab) and (self.chars, self.byte_fallback) == (other.chars, other.byte_fallback)
@@ -63,11 +69,10 @@ class CharVocab:
     def encode(self, text: str) -> list[int]:
         """Ids of ``text``; raises ``UserError`` naming characters it cannot encode."""
         self.check_known(text, "the text", f"expected text made of the model's {len(self)} characters")
-        first_byte = len(self.chars)
         ids: list[int] = []
         for c in text:
             own = self.index.get(c)
-            ids.extend([own] if own is not None else (first_byte + b for b in c.encode("utf-8")))
+            ids.extend([own] if own is not None else (int(self.byte_ids[b]) for b in c.encode("utf-8")))
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -82,9 +87,7 @@ class CharVocab:
         """For each id, whether it begins a character: every own token, and the byte tokens that
         begin a UTF-8 sequence. Losses divide by these, so they stay per character (V,) bool."""
         starts = np.ones(len(self), dtype=bool)
-        if self.byte_fallback:
-            values = np.arange(BYTES)
-            starts[len(self.chars) :] = (values & 0xC0) != 0x80  # not a continuation byte
+        starts[len(self.chars) :] = (np.array(self.byte_values, dtype=np.int64) & 0xC0) != 0x80  # not a continuation
         return starts
 
     def codepoint_table(self) -> np.ndarray:
@@ -116,7 +119,7 @@ class TextDecoder:
     def __init__(self, vocab: CharVocab):
         self.chars = vocab.chars
         self.byte_fallback = vocab.byte_fallback
-        self.utf8 = [c.encode("utf-8") for c in vocab.chars] + [bytes([b]) for b in range(BYTES)]
+        self.utf8 = [c.encode("utf-8") for c in vocab.chars] + [bytes([b]) for b in vocab.byte_values]
         self.pending = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, ids: Iterable[int]) -> str:

@@ -43,12 +43,15 @@ def test_equality_dtype_and_codepoints():
 
 def test_byte_fallback_encodes_any_text_and_decodes_it_back():
     vocab = CharVocab("ab\n", byte_fallback=True)
-    text = "ab☃\nÿ🎭a"
+    text = "ab☃\nÿ🎭a~"
     ids = vocab.encode(text)
-    assert len(vocab) == 3 + 256 and vocab.unknown(text) == [] and vocab.decode(ids) == text
-    assert ids[:2] == [1, 2] and ids[2:5] == [3 + b for b in "☃".encode()]
+    assert vocab.unknown(text) == [] and vocab.decode(ids) == text
+    assert len(vocab.byte_values) == 125 + 128 and len(vocab) == 3 + 253  # ASCII without a token, high bytes
+    assert ids[:2] == [1, 2] and ids[2:5] == [vocab.byte_ids[b] for b in "☃".encode()]
+    assert ids[-1] == vocab.byte_ids[ord("~")] and vocab.byte_ids[ord("a")] == -1  # 'a' has its own token
     starts = vocab.char_starts()
-    assert starts[:3].all() and starts[3 + 0xE2] and not starts[3 + 0x98] and starts[3 + ord("a")]
+    assert starts[:3].all() and starts[vocab.byte_ids[0xE2]] and not starts[vocab.byte_ids[0x98]]
+    assert len(CharVocab("ab\n")) == 3 and CharVocab("ab\n").byte_values == ()
 
 
 def test_decoding_chunks_keeps_characters_whole_and_drops_a_torn_end():
@@ -57,7 +60,7 @@ def test_decoding_chunks_keeps_characters_whole_and_drops_a_torn_end():
     decode = vocab.decoder()
     assert [decode(ids[:2]), decode(ids[2:3]), decode(ids[3:])] == ["a", "", "日a"]
     assert vocab.decode(ids[:3]) == "a"  # an incomplete character at the very end is dropped
-    assert vocab.decode([1 + 0x80, 0]) == "\ufffda"  # a stray continuation byte: one replacement character
+    assert vocab.decode([vocab.byte_ids[0x80], 0]) == "\ufffda"  # a stray continuation byte: one replacement
 
 
 def test_the_commonest_characters_make_the_vocabulary():
