@@ -24,14 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from charlstm import distributed
 from charlstm.checkpoint import Checkpoint, export_safetensors, load_checkpoint
 from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
 from charlstm.device import resolve_device
+from charlstm.distributed import Processes
 from charlstm.errors import UserError
 from charlstm.evaluate import EvalResult, evaluate, evaluate_checkpoint
 from charlstm.events import Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
 from charlstm.model import CharLSTM
-from charlstm.run import new_run, resume_run
+from charlstm.run import Run, new_run, resume_run
 from charlstm.sample import Samples, draw_samples
 from charlstm.sources import ProgressFn
 from charlstm.stepper import Stepper, resolve_precision
@@ -191,28 +193,39 @@ def train(
     ``tqdm.auto`` bar (a notebook gets the widget); ``on_event`` receives every event of
     ``charlstm.events``. Ctrl-C (or SIGTERM) stops after the current step and saves
     ``last.pt``; the result then says ``stopped_by="signal"``. A loss that turns NaN raises
-    ``UserError`` after the run's files are saved.
+    ``UserError`` after the run's files are saved. Started by ``torchrun``, every process calls
+    this and together they train one model; only the main process reports.
     """
     given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in {"corpus": corpus, **options}.items()}
     given = {k: v for k, v in given.items() if v is not None}
     _check_option_names(given)
-    if resume is not None:
-        run = resume_run(resume, given, progress=on_reading)
-    else:
-        train_keys = {f.name for f in fields(TrainConfig)}
-        tcfg = TrainConfig(**{k: v for k, v in given.items() if k in train_keys})
-        mcfg = ModelConfig(**{k: v for k, v in given.items() if k not in train_keys})
-        run = new_run(tcfg, mcfg, overwrite=overwrite, progress=on_reading)
-    bar = _TqdmBar() if progress else None
+    procs = distributed.launched()  # one process, or those torchrun started: only the main one reports
+    on_event, on_reading = (on_event, on_reading) if procs.main else (None, None)
+    bar = _TqdmBar() if progress and procs.main else None
+    distributed.start(procs, want_cuda=given.get("device", "auto") in ("auto", "cuda"))
     try:
+        run = _run_to_train(given, resume, overwrite, on_reading, procs)
         with _signals_stop(StopFlag()) as flag:
             result = train_loop(run, _broadcast([fn for fn in (on_event, bar) if fn is not None]), flag)
     finally:
         if bar is not None:
             bar.close()
+        distributed.stop(procs)
     if result.failure:
         raise UserError(result.failure)
     return result
+
+
+def _run_to_train(
+    given: dict[str, Any], resume: str | Path | None, overwrite: bool, on_reading: ProgressFn | None, procs: Processes
+) -> Run:
+    """A run resumed from ``resume``, or a new one from the ``given`` options."""
+    if resume is not None:
+        return resume_run(resume, given, progress=on_reading, procs=procs)
+    train_keys = {f.name for f in fields(TrainConfig)}
+    tcfg = TrainConfig(**{k: v for k, v in given.items() if k in train_keys})
+    mcfg = ModelConfig(**{k: v for k, v in given.items() if k not in train_keys})
+    return new_run(tcfg, mcfg, overwrite=overwrite, progress=on_reading, procs=procs)
 
 
 def _broadcast(listeners: list[EventFn]) -> EventFn:

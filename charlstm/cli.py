@@ -12,6 +12,7 @@ torch.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -52,8 +53,8 @@ class _Group(_FlagsTakeNoValue, TyperGroup):
         try:
             rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
-        except UserError as e:
-            code = _fail(str(e), 2)
+        except UserError as e:  # under torchrun every process meets the same mistake: the main one says it
+            code = _fail(str(e), 2) if os.environ.get("RANK", "0") == "0" else 2
         except typer.TyperException as e:
             if type(e).__name__ == "NoArgsIsHelpError":  # the help was printed; nothing is wrong
                 code = getattr(e, "exit_code", 2)
@@ -221,8 +222,8 @@ def train(
     with render.TrainView(err) as view:
         result = api.train(**options, on_event=view.on_event, on_reading=view.reading)
     if result.stopped_by == "signal":
-        # Plain write, not rich: the command must survive any terminal width and any path.
-        sys.stderr.write(f"stopped by signal; resume with:\n  {result.resume_command}\n")
+        if result.main:  # plain write, not rich: the command must survive any terminal width and any path
+            sys.stderr.write(f"stopped by signal; resume with:\n  {result.resume_command}\n")
         raise typer.Exit(130 if result.signal == signal.SIGINT else 143)
 
 

@@ -21,17 +21,18 @@ def mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device for ``--device``; refuses a device this machine does not have."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The torch device for ``--device``; refuses a device this machine does not have. Each process
+    on a machine with several GPUs takes the one of its local rank."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank)
         return torch.device("mps" if mps_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available, expected --device cpu or auto")
     if name == "mps" and not mps_available():
         raise UserError("--device mps was asked for but MPS is not available, expected --device cpu or auto")
-    return torch.device(name)
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
 def bf16_supported(device: torch.device) -> bool:

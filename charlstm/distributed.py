@@ -68,13 +68,15 @@ def launched() -> Processes:
     )
 
 
-def start(procs: Processes, device: torch.device) -> None:
-    """Join the process group, and give each process on this machine its share of the cores."""
+def start(procs: Processes, want_cuda: bool) -> None:
+    """Join the process group (NCCL when training on GPUs, else gloo), and give each process on
+    this machine its share of the cores."""
     if not procs.many or dist.is_initialized():
         return
-    if device.type == "cuda":
+    cuda = want_cuda and torch.cuda.is_available()
+    if cuda:
         torch.cuda.set_device(procs.local_rank)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(max(1, cores // procs.local_world))
 
@@ -155,3 +157,24 @@ def main_first(procs: Processes, work: Callable[[], T], local: bool = False) -> 
     if messages:
         raise UserError(messages[0])
     return result if first else work()
+
+
+def on_main(procs: Processes, work: Callable[[], T]) -> T:
+    """Run ``work`` on the main process only and give its result to every process; a user error
+    there is raised on every process."""
+    if not procs.many:
+        return work()
+    result: Any = None
+    failure: Exception | None = None
+    if procs.main:
+        try:
+            result = work()
+        except Exception as e:  # told to the others below, then raised here as it is
+            failure = e
+    said = "" if failure is None else str(failure) if isinstance(failure, UserError) else "process 0 failed"
+    result, said = from_main(procs, (result, said))
+    if failure is not None:
+        raise failure
+    if said:
+        raise UserError(said)
+    return result

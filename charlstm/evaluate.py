@@ -15,6 +15,7 @@ from charlstm.checkpoint import Checkpoint, load_checkpoint
 from charlstm.config import EvalConfig
 from charlstm.corpus import Reading, StreamBatches, TokenizedCorpus, load_corpus, split_tokens
 from charlstm.device import autocast
+from charlstm.distributed import SINGLE, Processes, max_all, sum_all
 from charlstm.errors import UserError
 from charlstm.model import CharLSTM, State
 from charlstm.sources import resolve_corpus
@@ -72,6 +73,7 @@ def evaluate(
     max_chars: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_progress: ProgressFn | None = None,
+    procs: Processes = SINGLE,
 ) -> EvalResult:
     """Mean loss per character over every predictable token of ``tokens`` (all N - 1 of them),
     or over ``max_chars`` of them spread through the text.
@@ -83,43 +85,64 @@ def evaluate(
     ``max_chars``, the pieces are spread evenly over it. ``char_starts`` (V,) marks the ids that
     begin a character (see ``CharVocab.char_starts``): the loss is divided by those, not by
     tokens. ``should_stop`` is asked between chunks; when it says yes, ``EvalInterrupted``.
+    Several processes share the pieces out and add up their sums.
     """
     if len(tokens) < 2:
         raise UserError(f"the text to measure has {len(tokens)} characters, expected at least 2")
     device = torch.device(device)
-    batches = _pieces(tokens, streams, seq_len, max_chars)
-    every_id = char_starts is None or char_starts.all()  # no byte tokens: every token is a character
-    starts = None if every_id else torch.as_tensor(char_starts, device=device)
+    whole = _pieces(tokens, streams, seq_len, max_chars)
+    mine, holds_last = _share(whole, procs)
+    scorer = _Scorer(model, device, precision, char_starts)
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.int64, device=device)
+    try:
+        state = _warm_streams(model, tokens, mine, device, precision) if mine.streams else None
+        for i in range(len(whole)):
+            if should_stop is not None and max_all(procs, [float(should_stop())])[0]:
+                raise EvalInterrupted
+            state = scorer.score(*mine.batch(i), state) if mine.streams else None
+            if on_progress is not None:
+                on_progress(i + 1, len(whole))
+        end = whole.streams * whole.stream_len  # last target read so far, when the pieces tile the text
+        if whole.tiled and holds_last and end < len(tokens) - 1:
+            rest = torch.from_numpy(np.asarray(tokens[end:], dtype=np.int64))[None]  # (1, leftover + 1)
+            last = None if state is None else (state[0][:, -1:].contiguous(), state[1][:, -1:].contiguous())
+            scorer.score(rest[:, :-1], rest[:, 1:], last)
+    finally:
+        model.train(was_training)
+    total, chars = sum_all(procs, [float(scorer.total), float(scorer.count)])
+    return EvalResult(loss=total / max(chars, 1), chars=int(chars))
 
-    def score(x: torch.Tensor, y: torch.Tensor, state: State | None) -> State:
-        nonlocal total, count
-        y = y.to(device)
-        with autocast(device, precision):
-            logits, state = model(x.to(device), state)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double()
-        count += y.numel() if starts is None else starts[y].sum()
+
+class _Scorer:
+    """Sums of the loss and of the characters predicted, chunk by chunk (kept on the device)."""
+
+    def __init__(self, model: CharLSTM, device: torch.device, precision: str, char_starts: np.ndarray | None):
+        self.model, self.device, self.precision = model, device, precision
+        every_id = char_starts is None or char_starts.all()  # no byte tokens: every token is a character
+        self.starts = None if every_id else torch.as_tensor(char_starts, device=device)
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
+
+    def score(self, x: torch.Tensor, y: torch.Tensor, state: State | None) -> State:
+        y = y.to(self.device)
+        with autocast(self.device, self.precision):
+            logits, state = self.model(x.to(self.device), state)
+        self.total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double()
+        self.count += y.numel() if self.starts is None else self.starts[y].sum()
         return state
 
-    state = _warm_streams(model, tokens, batches, device, precision)
-    for i in range(len(batches)):
-        if should_stop is not None and should_stop():
-            model.train(was_training)
-            raise EvalInterrupted
-        state = score(*batches.batch(i), state)
-        if on_progress is not None:
-            on_progress(i + 1, len(batches))
-    end = batches.streams * batches.stream_len  # last target read so far, when the pieces tile the text
-    if batches.tiled and end < len(tokens) - 1:
-        rest = torch.from_numpy(np.asarray(tokens[end:], dtype=np.int64))[None]  # (1, leftover + 1)
-        last = None if state is None else (state[0][:, -1:].contiguous(), state[1][:, -1:].contiguous())
-        score(rest[:, :-1], rest[:, 1:], last)
-    model.train(was_training)
-    chars = int(count)
-    return EvalResult(loss=float(total) / max(chars, 1), chars=chars)
+
+def _share(whole: StreamBatches, procs: Processes) -> tuple[StreamBatches, bool]:
+    """This process's contiguous share of the pieces, and whether it holds the last one."""
+    if not procs.many:
+        return whole, True
+    shares = np.array_split(np.arange(whole.streams), procs.world)
+    rows = shares[procs.rank]
+    holder = max(r for r, share in enumerate(shares) if len(share))
+    starts = whole.starts[rows, 0]
+    mine = StreamBatches(whole.tokens, len(rows), whole.seq_len, False, starts=starts, stream_len=whole.stream_len)
+    return mine, procs.rank == holder
 
 
 def _pieces(tokens: np.ndarray, streams: int, seq_len: int, max_chars: int | None) -> StreamBatches:

@@ -20,6 +20,8 @@ class Started:
     resumed_step: int
     vocab: str = ""  # e.g. "65 characters", or own tokens, their share of the text and byte tokens
     skipped_files: list[str] = field(default_factory=list)  # left out of the corpus (--skip-bad-files)
+    processes: int = 1  # training this model together (torchrun)
+    note: str = ""  # anything else to say as training starts
 
 
 @dataclass
@@ -55,6 +57,7 @@ class TrainResult:
     stopped_by: str  # "max_steps", "epochs", "max_time", "signal", "nan"
     resume_command: str  # the command line that continues this run
     signal: int | None = None
+    main: bool = True  # whether this process is the one that prints (the only one, without torchrun)
 
     @property
     def failure(self) -> str | None:

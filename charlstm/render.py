@@ -87,6 +87,10 @@ class TrainView:
             f"{event.train_chars:,} training / {event.val_chars:,} validation tokens{vocab}, "
             f"run directory {event.run_dir}{resumed}"
         )
+        if event.processes > 1:
+            self.bar.console.print(f"{event.processes} processes train together (torchrun)", markup=False)
+        if event.note:
+            self.bar.console.print(f"note: {event.note}", markup=False)
         if event.skipped_files:
             shown = ", ".join(event.skipped_files[:10]) + (" and more" if len(event.skipped_files) > 10 else "")
             count = len(event.skipped_files)

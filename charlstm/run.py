@@ -20,6 +20,7 @@ from charlstm.checkpoint import BEST, LAST, Checkpoint, RunState, load_checkpoin
 from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, option
 from charlstm.corpus import Reading, StreamBatches, TokenizedCorpus, check_trainable, load_corpus, split_tokens
 from charlstm.device import choose_precision, resolve_device
+from charlstm.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
 from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
 from charlstm.model import CharLSTM, State
@@ -47,8 +48,15 @@ class Run:
     optimizer: torch.optim.Optimizer
     device: torch.device
     state: RunState
-    hidden: State | None = None  # carried from chunk to chunk, each (layers, B, H)
+    hidden: State | None = None  # carried from chunk to chunk, each (layers, B, H) for this process's streams
     char_starts: torch.Tensor | None = None  # (V,) bool: ids that begin a character; None without byte tokens
+    procs: Processes = SINGLE
+    net: torch.nn.Module | None = None  # what a training step calls: the model, or DDP around it
+    note: str = ""  # said when training starts (a resume with another number of processes)
+
+    def __post_init__(self) -> None:
+        """A training step calls the model itself, or with several processes DDP around it."""
+        self.net = self.net or _wrapped(self.model, self.procs, self.device)
 
     @property
     def epoch_float(self) -> float:
@@ -129,55 +137,93 @@ def make_run_dir(run_dir: Path) -> None:
         ) from None
 
 
-def new_run(tcfg: TrainConfig, mcfg: ModelConfig, overwrite: bool = False, progress: ProgressFn | None = None) -> Run:
+def new_run(
+    tcfg: TrainConfig,
+    mcfg: ModelConfig,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    procs: Processes = SINGLE,
+) -> Run:
     """Build a fresh run: corpus, splits, model, optimizer, run directory. The directory is
-    checked before the corpus is read (which can take a while) and cleared only after."""
-    source = resolve_corpus(tcfg.corpus, progress=progress)
+    checked before the corpus is read (which can take a while) and cleared only after. With
+    several processes, the main one checks and clears it and each machine's first fills the
+    token cache before the others read it."""
+    source = main_first(procs, lambda: resolve_corpus(tcfg.corpus, progress=progress), local=True)
     run_dir = Path(tcfg.out) if tcfg.out else default_run_dir(source)
-    check_run_dir(run_dir, overwrite)
-    corpus = load_corpus(source, reading_of(tcfg), progress)
+    on_main(procs, lambda: check_run_dir(run_dir, overwrite))
+    corpus = main_first(procs, lambda: load_corpus(source, reading_of(tcfg), progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     check_trainable(train_tokens, val_tokens, tcfg.batch_size, tcfg.seq_len)
+    batches = rank_batches(train_tokens, tcfg, procs)
     mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "vocab_size": len(corpus.vocab)})
-    device = resolve_device(tcfg.device)
-    make_run_dir(run_dir)
+    device = resolve_device(tcfg.device, procs.local_rank)
+    on_main(procs, lambda: make_run_dir(run_dir))
     tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "out": str(run_dir)})
     torch.manual_seed(tcfg.seed)
     model = CharLSTM(mcfg).to(device).train()
-    batches = StreamBatches(train_tokens, tcfg.batch_size, tcfg.seq_len)
-    state = RunState(precision=choose_precision(tcfg.precision, model, batches.batch(0), device))
+    precision = on_main(procs, lambda: choose_precision(tcfg.precision, model, batches.batch(0), device))
+    if procs.many:
+        torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
     optimizer = make_optimizer(model, tcfg, device)
-    starts = _char_starts(corpus, device)
-    return Run(tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, state, char_starts=starts)
+    state, starts = RunState(precision=precision), _char_starts(corpus, device)
+    return Run(tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, state, None, starts, procs)
 
 
-def resume_run(path: str | Path, options: dict[str, Any], progress: ProgressFn | None = None) -> Run:
+def rank_batches(tokens: np.ndarray, tcfg: TrainConfig, procs: Processes) -> StreamBatches:
+    """This process's contiguous share of the ``--batch-size`` streams (all of them for one process)."""
+    whole = StreamBatches(tokens, tcfg.batch_size, tcfg.seq_len)
+    rows = procs.shard(tcfg.batch_size)
+    if not procs.many:
+        return whole
+    starts = whole.starts[rows, 0]
+    return StreamBatches(tokens, len(starts), tcfg.seq_len, starts=starts, stream_len=whole.stream_len)
+
+
+def _wrapped(model: CharLSTM, procs: Processes, device: torch.device) -> torch.nn.Module:
+    """The model as a training step calls it: itself, or in DistributedDataParallel, which
+    averages the gradients of every process's streams."""
+    if not procs.many:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def resume_run(
+    path: str | Path, options: dict[str, Any], progress: ProgressFn | None = None, procs: Processes = SINGLE
+) -> Run:
     """Rebuild a run from its ``last.pt`` exactly as it was saved; ``options`` are those the user
-    gave again, of which only the budget and logging ones may differ from the run's."""
-    ckpt = load_checkpoint(path, prefer=LAST)
+    gave again, of which only the budget and logging ones may differ from the run's. With several
+    processes, the main one reads the checkpoint and gives it to the others."""
+    ckpt = on_main(procs, lambda: _resumable(load_checkpoint(path, prefer=LAST)))
+    run_dir = ckpt.path.parent
+    tcfg = _resumed_config(ckpt, options, run_dir)
+    corpus = main_first(procs, lambda: _same_corpus(tcfg, ckpt, progress), local=True)
+    train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
+    batches = rank_batches(train_tokens, tcfg, procs)
+    device = resolve_device(tcfg.device, procs.local_rank)
+    model = CharLSTM(ckpt.model_config).to(device).train()
+    model.load_state_dict(ckpt.model)
+    optimizer = make_optimizer(model, tcfg, device)
+    optimizer.load_state_dict(ckpt.optimizer)
+    rows, hidden = procs.shard(tcfg.batch_size), ckpt.hidden  # saved for every stream: this process takes its share
+    hidden = None if hidden is None else (hidden[0][:, rows].to(device), hidden[1][:, rows].to(device))
+    mcfg, starts = ckpt.model_config, _char_starts(corpus, device)
+    run = Run(
+        tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, ckpt.progress, hidden, starts, procs
+    )
+    run.note = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
+    on_main(procs, lambda: (remove_stale_temporaries(run_dir), rewrite_metrics(run)))
+    return run
+
+
+def _resumable(ckpt: Checkpoint) -> Checkpoint:
     if not ckpt.resumable:
         raise UserError(
             f"{str(ckpt.path)!r} cannot be resumed (only a run's {LAST} holds the optimizer, RNG and data "
             f"position), expected the run directory or its {LAST}"
         )
-    run_dir = ckpt.path.parent
-    tcfg = _resumed_config(ckpt, options, run_dir)
-    corpus = _same_corpus(tcfg, ckpt, progress)
-    train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
-    device = resolve_device(tcfg.device)
-    model = CharLSTM(ckpt.model_config).to(device).train()
-    model.load_state_dict(ckpt.model)
-    optimizer = make_optimizer(model, tcfg, device)
-    optimizer.load_state_dict(ckpt.optimizer)
-    batches = StreamBatches(train_tokens, tcfg.batch_size, tcfg.seq_len)
-    run = Run(tcfg, ckpt.model_config, run_dir, corpus, batches, val_tokens, model, optimizer, device, ckpt.progress)
-    run.char_starts = _char_starts(corpus, device)
-    if ckpt.hidden is not None:
-        run.hidden = (ckpt.hidden[0].to(device), ckpt.hidden[1].to(device))
-    restore_rng(ckpt.rng, device)
-    remove_stale_temporaries(run_dir)
-    rewrite_metrics(run)
-    return run
+    return ckpt
 
 
 def _resumed_config(ckpt: Checkpoint, options: dict[str, Any], run_dir: Path) -> TrainConfig:
@@ -213,18 +259,37 @@ def _same_corpus(tcfg: TrainConfig, ckpt: Checkpoint, progress: ProgressFn | Non
     return corpus
 
 
-def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(rng["torch"])
-    if device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], device)
+def restore_rng(rng: dict[str, Any], device: torch.device, procs: Processes, fresh_seed: int) -> str:
+    """Each process's random state as saved. A run saved by another number of processes keeps
+    its data position, but its random streams cannot be shared out again: each process starts a
+    new one (from ``fresh_seed`` and its rank), and the returned note says so."""
+    states = rng.get("ranks", [rng["torch"]])
+    if len(states) != procs.world:
+        torch.manual_seed(fresh_seed * 1000 + procs.rank)
+        return (
+            f"resumed with {procs.world} processes from a run saved by {len(states)}: the same global data "
+            f"position, with new random streams for dropout"
+        )
+    torch.set_rng_state(states[procs.rank])
+    cuda = rng.get("cuda_ranks", [rng["cuda"]] if "cuda" in rng else [])
+    if device.type == "cuda" and len(cuda) == procs.world:
+        torch.cuda.set_rng_state(cuda[procs.rank], device)
+    return ""
 
 
 def to_checkpoint(run: Run) -> Checkpoint:
-    """The run as a checkpoint: tensors on the CPU, everything needed to sample, evaluate and resume."""
+    """The run as a checkpoint: tensors on the CPU, everything needed to sample, evaluate and resume.
+    With several processes every one must call it: the carried states and random states of all
+    are gathered (the checkpoint then looks like a single process's, with a random state per rank)."""
+    procs, corpus = run.procs, run.corpus
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(run.device)
-    corpus = run.corpus
+    if procs.many:  # every process's state, in rank order; "torch" stays the main one's
+        rng["ranks"] = gather_objects(procs, rng["torch"])
+        if "cuda" in rng:
+            rng["cuda_ranks"] = gather_objects(procs, rng["cuda"])
+    hidden = None if run.hidden is None else tuple(gather_rows(procs, t.detach(), 1).cpu() for t in run.hidden)
     return Checkpoint(
         model_config=run.mcfg,
         vocab=corpus.vocab,
@@ -233,7 +298,7 @@ def to_checkpoint(run: Run) -> Checkpoint:
         progress=run.state,
         optimizer=_on_cpu(run.optimizer.state_dict()),
         rng=rng,
-        hidden=(run.hidden[0].detach().cpu(), run.hidden[1].detach().cpu()) if run.hidden is not None else None,
+        hidden=hidden,
         corpus=corpus.record(),
         epoch=run.epoch_float,
     )
@@ -262,18 +327,23 @@ def _writing(run: Run, name: str) -> Iterator[None]:
 
 
 def save(run: Run, names: tuple[str, ...]) -> None:
-    """Write the run's checkpoint under each of ``names`` in its run directory."""
+    """Write the run's checkpoint under each of ``names`` in its run directory (the main process)."""
     checkpoint = to_checkpoint(run)
-    for name in names:
-        with _writing(run, name):
-            checkpoint.save(run.run_dir / name)
+
+    def write() -> None:
+        for name in names:
+            with _writing(run, name):
+                checkpoint.save(run.run_dir / name)
+
+    on_main(run.procs, write)
 
 
 def log_metric(run: Run, record: dict[str, Any]) -> None:
-    """Record one metrics line in the run state and append it to metrics.jsonl."""
+    """Record one metrics line in the run state and append it to metrics.jsonl (the main process)."""
     run.state.metrics.append(record)
-    with _writing(run, METRICS), open(run.run_dir / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    if run.procs.main:
+        with _writing(run, METRICS), open(run.run_dir / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def rewrite_metrics(run: Run) -> None:

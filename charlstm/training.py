@@ -22,6 +22,7 @@ from charlstm.checkpoint import BEST, LAST, resume_command
 from charlstm.config import MAX_SEED, SampleConfig, option
 from charlstm.corpus import TokenizedCorpus
 from charlstm.device import autocast
+from charlstm.distributed import max_all, sum_all
 from charlstm.errors import UserError
 from charlstm.evaluate import EvalInterrupted, evaluate
 from charlstm.events import Evaluated, EventFn, Finished, Progress, Started, TrainResult
@@ -65,7 +66,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.T
         group["lr"] = lr
     state = detach_state(run.hidden) if run.hidden is not None else None
     with autocast(run.device, run.state.precision):
-        logits, new_state = run.model(x, state)  # (B, T, V)
+        logits, new_state = run.net(x, state)  # (B, T, V); DDP averages the gradients of every process
     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -98,7 +99,13 @@ def current_lr(run: Run) -> float:
 
 
 def stop_reason(run: Run, flag: StopFlag | None) -> str | None:
+    """Why the run stops now, if it does. Several processes agree first: a stop requested of any
+    of them stops all, and the time trained is the longest of theirs, so all stop at one step."""
     t, st = run.tcfg, run.state
+    if run.procs.many:
+        asked, st.elapsed = max_all(run.procs, [float((flag and flag.signum) or 0), st.elapsed])
+        if asked and flag is not None:
+            flag.signum = int(asked)
     if flag is not None and flag.signum is not None:
         return "signal"
     if t.max_steps and st.step >= t.max_steps:
@@ -111,8 +118,9 @@ def stop_reason(run: Run, flag: StopFlag | None) -> str | None:
 
 
 def preview(run: Run) -> str:
-    """A short sample from the current weights, seeded by step so a run's previews repeat."""
-    if run.tcfg.sample_chars <= 0:
+    """A short sample from the current weights, seeded by step so a run's previews repeat (shown by
+    the main process only)."""
+    if run.tcfg.sample_chars <= 0 or not run.procs.main:
         return ""
     seed = (run.tcfg.seed + run.state.step) % (MAX_SEED + 1)  # any --seed, even the largest, stays valid
     cfg = SampleConfig(length=run.tcfg.sample_chars, temperature=PREVIEW_TEMPERATURE, seed=seed)
@@ -135,6 +143,7 @@ def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None) -> bool:
             char_starts=run.corpus.vocab.char_starts(),
             max_chars=run.tcfg.eval_chars,
             should_stop=lambda: stop is not None and stop.signum is not None,
+            procs=run.procs,
         )
     except EvalInterrupted:
         return False
@@ -187,16 +196,17 @@ class _Window:
 
 
 def _fold_loss(run: Run, window: _Window) -> float:
-    """Fold the window's loss into the run state (one host sync) and return the mean so far."""
-    st = run.state
-    st.loss_sum += float(window.loss)
+    """Fold the window's loss into the run state (one host sync) and return the mean so far: the
+    mean over every process's streams."""
+    st, procs = run.state, run.procs
+    st.loss_sum += sum_all(procs, [float(window.loss)])[0] / procs.world
     window.loss.zero_()
     return st.loss_sum / max(st.loss_count, 1)
 
 
 def _log(run: Run, session: _Session, mean_loss: float, lr: float) -> None:
     st, window, now = run.state, session.window, time.perf_counter()
-    cps = (st.step - window.step) * run.batches.streams * run.batches.seq_len / max(now - window.time, 1e-9)
+    cps = (st.step - window.step) * run.tcfg.batch_size * run.tcfg.seq_len / max(now - window.time, 1e-9)
     frac, f0 = run.fraction(), session.fraction0
     remaining = (1 - frac) * (now - session.t0) / (frac - f0) if frac > f0 else None
     record = {"type": "train", "step": st.step, "epoch": round(run.epoch_float, 4), "loss": mean_loss, "lr": lr}
@@ -219,6 +229,7 @@ def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
     params, chars, corpus = run.model.num_params(), t.batch_size * t.seq_len, run.corpus
     started = Started(run.run_dir, params, str(run.device), st.precision, chars, train_chars, val_chars, st.step)
     started.vocab, started.skipped_files = _vocab_summary(corpus), list(corpus.stats.skipped_files)
+    started.processes, started.note = run.procs.world, run.note
     on_event(started)
 
 
@@ -270,7 +281,7 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
     on_event = on_event or (lambda event: None)
     st = run.state
     _announce(run, on_event, stop)
-    if run.tcfg.sample_chars > 0:
+    if run.tcfg.sample_chars > 0 and run.procs.main:
         compile_kernels()  # sampling (previews, then `charlstm sample`): compiled once per machine, not on the clock
     session, reason = _Session.start(run, on_event, stop), None
     while reason is None:
@@ -304,4 +315,5 @@ def _result(run: Run, reason: str, session: _Session) -> TrainResult:
         reason,
         resume_command(run.run_dir),
         session.stop.signum if session.stop else None,
+        run.procs.main,
     )
