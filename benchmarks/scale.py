@@ -8,7 +8,7 @@ characters, most of them rare, as in the corpus that issue 10 describes.
 
     python benchmarks/scale.py --workdir /tmp/charlstm-scale                  # 100 MB, 1 GB, 2 GB
     python benchmarks/scale.py --workdir /tmp/s --sizes 100 --skip-train      # reading only
-    python benchmarks/scale.py --workdir /tmp/s --sizes 1000 --processes      # and 1x2 vs 2x1
+    python benchmarks/scale.py --workdir /tmp/s --sizes 1000 --processes      # and 1 process x 2 threads vs 2 x 1
 
 Each measurement runs in its own process (``charlstm`` through its command line or Python), so
 that peak RSS (``ru_maxrss`` of that child) is the measured command's alone.
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -124,6 +125,37 @@ def measure_training(corpus: str, workdir: Path, seconds: int, extra: list[str])
     }
 
 
+def measure_stop_during_eval(corpus: str, workdir: Path) -> dict:
+    """SIGTERM while an evaluation runs: how long until the process has saved and exited."""
+    out = workdir / "stop"
+    command = train_command(corpus, out, 3600, ["--eval-every", "20", "--log-every", "20", "--eval-chars", "5000000"])
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    while job.poll() is None and '"step": 20' not in (metrics.read_text() if metrics.exists() else ""):
+        time.sleep(0.05)  # step 20 is logged just before its evaluation starts
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    job.send_signal(signal.SIGTERM)
+    code = job.wait()
+    seconds = time.perf_counter() - t0
+    evals = [line for line in metrics.read_text().splitlines() if '"eval"' in line]
+    saved = subprocess.run(
+        [sys.executable, "-m", "charlstm", "info", str(out / "last.pt"), "--json"], capture_output=True
+    )
+    return {"seconds": seconds, "exit": code, "evals": len(evals), "last_step": json.loads(saved.stdout)["step"]}
+
+
+def measure_processes(corpus: str, workdir: Path, seconds: int) -> dict:
+    """Training chars/s of one process (all cores) and of 2 processes of torchrun (a core each)."""
+    one = measure_training(corpus, workdir, seconds, [])
+    out = workdir / "two"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "charlstm"]
+    subprocess.run([*torchrun, *train_command(corpus, out, seconds, [])[3:]], check=True, capture_output=True)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    speeds = sorted(m["chars_per_sec"] for m in lines if m["type"] == "train")[2:]
+    return {"one": one["chars_per_s"], "two": speeds[len(speeds) // 2] if speeds else float("nan")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "charlstm-scale")
@@ -131,6 +163,7 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=int, default=60)
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--tiny", default="tinyshakespeare", help="the small corpus to compare with")
+    parser.add_argument("--processes", action="store_true", help="also 1 process against 2 (torchrun)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"# {os.cpu_count()} CPUs, workdir {args.workdir}", flush=True)
@@ -152,6 +185,20 @@ def main() -> None:
         t = measure_training(spec, args.workdir, args.train_seconds, [])
         evals = ", ".join(f"{s:.1f} ({c:,})" for s, c in zip(t["eval_seconds"], t["eval_chars"], strict=True))
         print(f"| {name} | {t['chars_per_s']:,.0f} | {evals} | {t['rss_mb']:,.0f} MB |", flush=True)
+    largest = str(corpora[max(corpora)])
+    stop = measure_stop_during_eval(largest, args.workdir)
+    print(
+        f"\nSIGTERM 1 s into an evaluation (of 5M characters) of the {max(corpora)} MB corpus: exited {stop['exit']} "
+        f"after {stop['seconds']:.1f} s, last.pt at step {stop['last_step']}, {stop['evals']} evaluations logged",
+        flush=True,
+    )
+    if args.processes:
+        procs = measure_processes(args.tiny, args.workdir, args.train_seconds)
+        print(
+            f"\n{args.tiny}, training chars/s: 1 process x all cores {procs['one']:,.0f}, "
+            f"2 processes (torchrun) x 1 core {procs['two']:,.0f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
