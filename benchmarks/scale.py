@@ -11,7 +11,7 @@ characters, most of them rare, as in the corpus that issue 10 describes.
     python benchmarks/scale.py --workdir /tmp/s --sizes 1000 --processes      # and 1 process x 2 threads vs 2 x 1
 
 Each measurement runs in its own process (``charlstm`` through its command line or Python), so
-that peak RSS (``ru_maxrss`` of that child) is the measured command's alone.
+that peak RSS (``ru_maxrss`` of that child, from ``wait4``) is the measured command's alone.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,12 +57,22 @@ def build_corpus(path: Path, size_mb: int) -> Path:
     return path
 
 
+def run_alone(command: list[str]) -> tuple[str, float]:
+    """Run ``command`` and wait for it: its stdout and its own peak RSS in MB (``wait4``'s rusage
+    is that one child's, where RUSAGE_CHILDREN would give the largest child so far)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, command)
+    return out, usage.ru_maxrss / 1024
+
+
 def child(code: str) -> tuple[dict, float]:
     """Run Python ``code`` (which prints one JSON line) in a fresh process: its result and peak RSS in MB."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return json.loads(result.stdout.strip().splitlines()[-1]), max(peak, before) / 1024
+    out, rss = run_alone([sys.executable, "-c", code])
+    return json.loads(out.strip().splitlines()[-1]), rss
 
 
 READ = """
@@ -107,11 +117,9 @@ def train_command(corpus: str, out: Path, seconds: int, extra: list[str]) -> lis
 def measure_training(corpus: str, workdir: Path, seconds: int, extra: list[str]) -> dict:
     """``charlstm train`` for ``seconds``: training chars/s (from metrics.jsonl) and evaluation times."""
     out = workdir / "run"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    subprocess.run(train_command(corpus, out, seconds, extra), check=True, capture_output=True)
+    _, rss = run_alone(train_command(corpus, out, seconds, extra))
     wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     speeds = [m["chars_per_sec"] for m in lines if m["type"] == "train"][2:]  # after warm-up
     evals = [m for m in lines if m["type"] == "eval"]
@@ -121,13 +129,14 @@ def measure_training(corpus: str, workdir: Path, seconds: int, extra: list[str])
         "eval_chars": [m["eval_chars"] for m in evals],
         "val_loss": evals[-1]["val_loss"] if evals else float("nan"),
         "wall_s": wall,
-        "rss_mb": max(rss, before) / 1024,
+        "rss_mb": rss,
     }
 
 
 def measure_stop_during_eval(corpus: str, workdir: Path) -> dict:
     """SIGTERM while an evaluation runs: how long until the process has saved and exited."""
     out = workdir / "stop"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's metrics.jsonl would be read as this one's
     command = train_command(corpus, out, 3600, ["--eval-every", "20", "--log-every", "20", "--eval-chars", "5000000"])
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = out / "metrics.jsonl"
