@@ -36,6 +36,19 @@ def torchrun(*args, nproc: int = 2, check: bool = True, **kw) -> subprocess.Comp
     return result
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc: torchrun's workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
 def train_losses(run_dir: Path) -> list[float]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)["loss"] for line in lines if '"train"' in line]
@@ -141,3 +154,18 @@ def test_sigterm_to_torchrun_saves_last_pt(corpus_file, tmp_path):
     assert f"charlstm train --resume {out}" in err
     last = load_checkpoint(out / "last.pt")
     assert last.progress.step > 20 and os.path.getsize(out / "last.pt") > 0  # saved after the last evaluation
+
+
+@pytest.mark.slow
+def test_a_worker_killed_ends_the_job_and_last_pt_still_loads(corpus_file, tmp_path):
+    out = tmp_path / "run"
+    args = [*TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "charlstm", "train", "--corpus", str(corpus_file)]
+    args += [*TINY, "--out", str(out), "--max-steps", "1000000", "--eval-every", "10", "--save-every", "1"]
+    job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "best.pt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # in the middle of steps and writes
+    os.kill(children(job.pid)[-1], signal.SIGKILL)
+    assert job.wait(timeout=120) != 0  # torchrun ends the job
+    assert load_checkpoint(out / "last.pt").progress.step >= 10 and load_checkpoint(out / "best.pt").progress.step
