@@ -93,19 +93,17 @@ def _flag_device() -> torch.device:
 
 def sum_all(procs: Processes, values: list[float]) -> list[float]:
     """``values`` summed over every process (float64)."""
-    if not procs.many:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=_flag_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return _reduce(procs, values, dist.ReduceOp.SUM) if procs.many else values
 
 
 def max_all(procs: Processes, values: list[float]) -> list[float]:
     """The largest of each of ``values`` over every process."""
-    if not procs.many:
-        return values
+    return _reduce(procs, values, dist.ReduceOp.MAX) if procs.many else values
+
+
+def _reduce(procs: Processes, values: list[float], op: dist.ReduceOp) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_flag_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=op)
     return t.tolist()
 
 

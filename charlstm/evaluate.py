@@ -103,11 +103,8 @@ def evaluate(
             state = scorer.score(*mine.batch(i), state) if mine.streams else None
             if on_progress is not None:
                 on_progress(i + 1, len(whole))
-        end = whole.streams * whole.stream_len  # last target read so far, when the pieces tile the text
-        if whole.tiled and holds_last and end < len(tokens) - 1:
-            rest = torch.from_numpy(np.asarray(tokens[end:], dtype=np.int64))[None]  # (1, leftover + 1)
-            last = None if state is None else (state[0][:, -1:].contiguous(), state[1][:, -1:].contiguous())
-            scorer.score(rest[:, :-1], rest[:, 1:], last)
+        if whole.tiled and holds_last:
+            scorer.score_rest(tokens, whole.streams * whole.stream_len, state)
     finally:
         model.train(was_training)
     total, chars = sum_all(procs, [float(scorer.total), float(scorer.count)])
@@ -131,6 +128,13 @@ class _Scorer:
         self.total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double()
         self.count += y.numel() if self.starts is None else self.starts[y].sum()
         return state
+
+    def score_rest(self, tokens: np.ndarray, end: int, state: State | None) -> None:
+        """The tokens after ``end`` (the last target the tiling pieces read), continuing the last piece."""
+        if end < len(tokens) - 1:
+            rest = torch.from_numpy(np.asarray(tokens[end:], dtype=np.int64))[None]  # (1, leftover + 1)
+            last = None if state is None else (state[0][:, -1:].contiguous(), state[1][:, -1:].contiguous())
+            self.score(rest[:, :-1], rest[:, 1:], last)
 
 
 def _share(whole: StreamBatches, procs: Processes) -> tuple[StreamBatches, bool]:

@@ -139,16 +139,22 @@ def test_an_uneven_split_is_one_error(corpus_file, tmp_path):
     assert said == ["error: --batch-size 3 cannot be split evenly between 2 processes, expected a multiple of 2"]
 
 
-@pytest.mark.slow
-def test_sigterm_to_torchrun_saves_last_pt(corpus_file, tmp_path):
-    out = tmp_path / "run"
+def long_job(corpus_file: Path, out: Path, *options: str, **popen) -> subprocess.Popen:
+    """A 2-process run with no end in sight, once it has written best.pt and half a second more."""
     args = [*TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "charlstm", "train", "--corpus", str(corpus_file)]
-    args += [*TINY, "--out", str(out), "--max-steps", "1000000", "--eval-every", "20", "--save-every", "1000"]
-    job = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen([*args, *TINY, "--out", str(out), "--max-steps", "1000000", *options], **popen)
     deadline = time.time() + 120
     while not (out / "best.pt").exists() and time.time() < deadline:
         time.sleep(0.1)
-    time.sleep(0.5)
+    time.sleep(0.5)  # in the middle of steps and writes
+    return job
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_last_pt(corpus_file, tmp_path):
+    out = tmp_path / "run"
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = long_job(corpus_file, out, "--eval-every", "20", "--save-every", "1000", **pipes)
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=120)
     assert f"charlstm train --resume {out}" in err
@@ -159,13 +165,8 @@ def test_sigterm_to_torchrun_saves_last_pt(corpus_file, tmp_path):
 @pytest.mark.slow
 def test_a_worker_killed_ends_the_job_and_last_pt_still_loads(corpus_file, tmp_path):
     out = tmp_path / "run"
-    args = [*TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "charlstm", "train", "--corpus", str(corpus_file)]
-    args += [*TINY, "--out", str(out), "--max-steps", "1000000", "--eval-every", "10", "--save-every", "1"]
-    job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not (out / "best.pt").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)  # in the middle of steps and writes
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = long_job(corpus_file, out, "--eval-every", "10", "--save-every", "1", **quiet)
     os.kill(children(job.pid)[-1], signal.SIGKILL)
     assert job.wait(timeout=120) != 0  # torchrun ends the job
     assert load_checkpoint(out / "last.pt").progress.step >= 10 and load_checkpoint(out / "best.pt").progress.step
