@@ -161,7 +161,7 @@ def measure_processes(corpus: str, workdir: Path, seconds: int) -> dict:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "charlstm"]
     subprocess.run([*torchrun, *train_command(corpus, out, seconds, [])[3:]], check=True, capture_output=True)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    speeds = sorted(m["chars_per_sec"] for m in lines if m["type"] == "train")[2:]
+    speeds = sorted([m["chars_per_sec"] for m in lines if m["type"] == "train"][2:])  # after warm-up
     return {"one": one["chars_per_s"], "two": speeds[len(speeds) // 2] if speeds else float("nan")}
 
 

@@ -80,7 +80,8 @@ class Model:
         return draw_samples(self._steppers[precision], self.vocab, config, self.checkpoint.warm_state())
 
     def stream(self, prompt: str = "", length: int = _SAMPLE_DEFAULTS.length, **options: Any) -> Iterator[str]:
-        """The prompt, then the generated text a piece at a time (``length`` characters in all).
+        """The prompt, then the generated text a piece at a time (``length`` tokens in all: characters,
+        unless the model writes some as byte tokens).
 
         ``options``: ``temperature``, ``top_k``, ``top_p``, ``seed``, ``unknown``, ``precision``,
         as for :meth:`generate`; they are checked here, before the first piece is asked for.
@@ -99,8 +100,8 @@ class Model:
         unknown: str = _SAMPLE_DEFAULTS.unknown,
         precision: str = _SAMPLE_DEFAULTS.precision,
     ) -> str:
-        """The prompt followed by ``length`` generated characters: the text ``charlstm sample`` prints
-        for the same options (without its final newline).
+        """The prompt followed by ``length`` generated tokens (characters, unless the model writes some
+        as byte tokens): the text ``charlstm sample`` prints for the same options (without its final newline).
 
         Args:
             prompt: text the model continues; characters it never saw are an error, or dropped
@@ -118,7 +119,7 @@ class Model:
         self, prompt: str = "", n: int = 8, length: int = _SAMPLE_DEFAULTS.length, **options: Any
     ) -> list[str]:
         """``n`` samples drawn side by side (faster than one after another), each the prompt followed
-        by ``length`` characters; ``options`` as for :meth:`generate`."""
+        by ``length`` tokens; ``options`` as for :meth:`generate`."""
         config = SampleConfig(prompt=prompt, length=length, num_samples=n, **_sampling_options(options))
         samples = self.sample(config)
         texts = [[samples.prompt] for _ in range(n)]
@@ -202,7 +203,7 @@ def train(
     procs = distributed.launched()  # one process, or those torchrun started: only the main one reports
     on_event, on_reading = (on_event, on_reading) if procs.main else (None, None)
     bar = _TqdmBar() if progress and procs.main else None
-    distributed.start(procs, want_cuda=given.get("device", "auto") in ("auto", "cuda"))
+    distributed.start(procs)
     try:
         run = _run_to_train(given, resume, overwrite, on_reading, procs)
         with _signals_stop(StopFlag()) as flag:

@@ -69,21 +69,28 @@ class RunState(DictRoundTrip):
     best_val_loss: float = math.inf
     last_val_loss: float = math.inf
     plateau_scale: float = 1.0
-    loss_sum: float = 0.0  # training loss summed since the last log line
-    loss_count: int = 0
+    loss_sum: float = 0.0  # training loss in nats, summed since the last log line
+    loss_count: int = 0  # characters predicted since the last log line
     precision: str = "fp32"
     metrics: list[dict[str, Any]] = field(default_factory=list)  # every line of metrics.jsonl
 
 
 def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     """Format 1 kept the metrics beside ``progress`` and the corpus hash inside it (and, in a
-    checkpoint, again under ``corpus``); format 2 keeps each in one place."""
+    checkpoint, again under ``corpus``); format 2 keeps each in one place. Format 1 summed the
+    training loss as a mean per step, format 2 in nats over characters; and every character of a
+    format 1 corpus had its own token, which ``max_vocab`` now says."""
     progress = dict(payload.get("progress") or {})
     sha = progress.pop("corpus_sha256", None)
     progress["metrics"] = list(payload.get("metrics") or [])
+    train = dict(payload.get("train_config") or {})
+    chunk = train.get("batch_size", 64) * train.get("seq_len", 128)  # format 1 summed per-step means, one a step
+    progress["loss_sum"] = progress.get("loss_sum", 0.0) * chunk
+    progress["loss_count"] = progress.get("loss_count", 0) * chunk
+    train.setdefault("max_vocab", len(payload.get("vocab") or ""))  # every character had its own token
     corpus = payload.get("corpus") or ({"sha256": sha} if sha else None)
     rest = {k: v for k, v in payload.items() if k not in ("metrics", "device_type")}
-    return {**rest, "format_version": 2, "progress": progress, "corpus": corpus}
+    return {**rest, "format_version": 2, "progress": progress, "corpus": corpus, "train_config": train}
 
 
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}  # version -> next
@@ -175,6 +182,11 @@ class Checkpoint:
 
     def build_model(self, device: torch.device | str = "cpu") -> CharLSTM:
         """The model with its weights, in eval mode, on ``device``."""
+        if self.model_config.vocab_size != len(self.vocab):
+            raise UserError(
+                f"{str(self.path)!r} has a model of {self.model_config.vocab_size} tokens but a vocabulary of "
+                f"{len(self.vocab)}; it is damaged, or was written by a version of charlstm this one cannot read"
+            )
         model = CharLSTM(self.model_config)
         try:
             model.load_state_dict(self.model)

@@ -188,7 +188,7 @@ def train(
     ] = None,
     eval_every: Annotated[int | None, _run_option("Evaluate and save every N steps.", OUTPUT, "eval_every")] = None,
     eval_chars: Annotated[
-        int | None, _run_option("Characters of the validation split each evaluation reads.", OUTPUT, "eval_chars")
+        int | None, _run_option("Tokens of the validation split each evaluation reads.", OUTPUT, "eval_chars")
     ] = None,
     save_every: Annotated[int | None, _run_option("Write last.pt every N steps.", OUTPUT, "save_every")] = None,
     log_every: Annotated[
@@ -222,7 +222,7 @@ def train(
     with render.TrainView(err) as view:
         result = api.train(**options, on_event=view.on_event, on_reading=view.reading)
     if result.stopped_by == "signal":
-        if result.main:  # plain write, not rich: the command must survive any terminal width and any path
+        if result.main_process:  # plain write, not rich: the command must survive any terminal width and any path
             sys.stderr.write(f"stopped by signal; resume with:\n  {result.resume_command}\n")
         raise typer.Exit(130 if result.signal == signal.SIGINT else 143)
 
@@ -231,7 +231,9 @@ def train(
 def sample(
     checkpoint: CheckpointArg,
     prompt: Annotated[str, typer.Option(help="Text the model continues (printed first).")] = SAMPLE.prompt,
-    length: Annotated[int, typer.Option(help="Characters to generate per sample.")] = SAMPLE.length,
+    length: Annotated[
+        int, typer.Option(help="Tokens to generate per sample (characters, unless some are byte tokens).")
+    ] = SAMPLE.length,
     temperature: Annotated[
         float, typer.Option(help="Softmax temperature; 0 means greedy (always the likeliest).")
     ] = SAMPLE.temperature,
@@ -299,7 +301,7 @@ def evaluate(
     ] = EvalConfig.unknown,
     max_chars: Annotated[
         int | None,
-        typer.Option(help="Measure this many characters, spread over the text. [dim]\\[default: all][/dim]"),
+        typer.Option(help="Measure this many tokens, spread over the text. [dim]\\[default: all][/dim]"),
     ] = None,
     skip_bad_files: Annotated[
         bool, typer.Option("--skip-bad-files", help="Leave out the files of a folder that are not text.")

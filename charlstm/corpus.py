@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -21,13 +22,14 @@ import numpy as np
 import torch
 
 from charlstm import kernels
-from charlstm.config import DEFAULT_MAX_VOCAB
+from charlstm.config import DEFAULT_MAX_VOCAB, TrainConfig
 from charlstm.errors import UserError
 from charlstm.files import atomic_path, atomic_write
 from charlstm.sources import CorpusSource, ProgressFn
 from charlstm.vocab import CharVocab
 
 BLOCK_BYTES = 1 << 16  # bytes decoded at a time; 1 MB blocks left glibc's heap 370 MB larger after 1 GB, 64 KB 95 MB
+CACHE_WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}  # try the next folder
 PROGRESS_MIN_BYTES = 32 << 20  # smaller corpora encode in about a second: no progress to show
 CACHE_VERSION = 2
 
@@ -42,6 +44,11 @@ class Reading:
     byte_fallback: str = "auto"  # "auto": byte tokens when some character has no own token; "on": always
     vocab: CharVocab | None = None  # encode with this vocabulary (a model's) instead of building one
     unknown: str = "error"  # with ``vocab``: characters it cannot encode are an "error" or "skip"ped
+
+    @classmethod
+    def of(cls, tcfg: TrainConfig) -> Reading:
+        """How a training run reads its corpus."""
+        return cls(tcfg.encoding, tcfg.skip_bad_files, tcfg.max_vocab, tcfg.byte_fallback)
 
     def key(self) -> str:
         """A short fingerprint of everything that shapes the tokens, for the cache file's name."""
@@ -188,7 +195,8 @@ def _encode(
     table[own] = [vocab.index[chr(c)] for c in own]
     per_char = np.where(table >= 0, 1, _utf8_lengths(np.arange(len(table))) if vocab.byte_fallback else 0)
     size, chars = int((scan.counts * per_char).sum()), int(scan.counts.sum())
-    newline = np.array(vocab.encode("\n") if any(add for _, add in scan.files) else [], dtype=vocab.dtype)
+    added = np.empty(4, dtype=vocab.dtype)  # a newline after a file that lacks one: like any other character
+    newline = added[: kernels.encode_block(np.array([ord("\n")], dtype=np.uint32), table, vocab.byte_ids, added)]
     buffer = np.empty(4 * (BLOCK_BYTES + 4), dtype=vocab.dtype)  # a block decodes to at most this many tokens
     done = scan.done
     with open(tmp, "wb") as f:
@@ -262,16 +270,36 @@ def load_corpus(
     for folder in _cache_folders(source):
         paths = _cache_paths(source, reading, folder)
         cached = _load_cached(*paths)
-        if cached is None:
+        if cached is None and _writable(folder):
             try:
-                folder.mkdir(parents=True, exist_ok=True)
                 _write_cache(source, reading, paths, progress)
-            except OSError:
-                continue  # folder not writable (permissions, read-only, full): try the next one
+            except OSError as e:
+                if e.errno not in CACHE_WRITE_ERRORS:  # reading the corpus failed, not writing the cache
+                    raise UserError(f"could not read corpus {source.spec!r} ({e.strerror or e})") from None
+                continue  # this folder is full or read-only after all: try the next one
             cached = _load_cached(*paths)
         if cached is not None:
             return TokenizedCorpus(source, *cached)
     raise UserError(f"could not write a token cache for {source.spec!r}: no writable folder")
+
+
+def load_in_vocab(
+    source: CorpusSource, reading: Reading, vocab: CharVocab, progress: ProgressFn | None = None
+) -> TokenizedCorpus:
+    """``source`` in a model's ``vocab``: as ``reading`` builds it when that gives the same
+    vocabulary (sharing the run's token file), else encoded with ``vocab`` itself."""
+    corpus = load_corpus(source, reading, progress)
+    if corpus.vocab == vocab:
+        return corpus
+    return load_corpus(source, dataclasses.replace(reading, vocab=vocab), progress)
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
 
 
 def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:

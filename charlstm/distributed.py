@@ -3,7 +3,8 @@ and the few collective steps the loop needs. With one process every function her
 that returns its input, so the rest of the code reads the same either way.
 
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``; the backend is
-NCCL on CUDA and gloo on the CPU.
+NCCL for tensors on GPUs and gloo for those on the CPU: the loop's small agreements (stop
+requests, sums) always travel through gloo, so they never wait for a GPU.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch.distributed as dist
 from charlstm.errors import UserError
 
 T = TypeVar("T")
-TIMEOUT = datetime.timedelta(minutes=10)  # a rank that waits longer for the others gives up
+# How long a process waits for the others: the first of a machine may read a corpus of hundreds
+# of GB (at about 100 MB/s here) while the others wait to read its token cache.
+TIMEOUT = datetime.timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,13 @@ def launched() -> Processes:
     )
 
 
-def start(procs: Processes, want_cuda: bool) -> None:
-    """Join the process group (NCCL when training on GPUs, else gloo), and give each process on
-    this machine its share of the cores."""
+def start(procs: Processes) -> None:
+    """Join the process group, and give each process on this machine its share of the cores."""
     if not procs.many or dist.is_initialized():
         return
-    cuda = want_cuda and torch.cuda.is_available()
-    if cuda:
+    if torch.cuda.is_available():
         torch.cuda.set_device(procs.local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(max(1, cores // procs.local_world))
 
@@ -84,11 +85,6 @@ def start(procs: Processes, want_cuda: bool) -> None:
 def stop(procs: Processes) -> None:
     if procs.many and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _flag_device() -> torch.device:
-    """Where small tensors for collectives live: the GPU under NCCL, the CPU under gloo."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def sum_all(procs: Processes, values: list[float]) -> list[float]:
@@ -102,7 +98,7 @@ def max_all(procs: Processes, values: list[float]) -> list[float]:
 
 
 def _reduce(procs: Processes, values: list[float], op: dist.ReduceOp) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=_flag_device())
+    t = torch.tensor(values, dtype=torch.float64)  # on the CPU: gloo carries it
     dist.all_reduce(t, op=op)
     return t.tolist()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from charlstm.checkpoint import Checkpoint, load_checkpoint
 from charlstm.config import EvalConfig
-from charlstm.corpus import Reading, StreamBatches, TokenizedCorpus, load_corpus, split_tokens
+from charlstm.corpus import Reading, StreamBatches, TokenizedCorpus, load_corpus, load_in_vocab, split_tokens
 from charlstm.device import autocast
 from charlstm.distributed import SINGLE, Processes, max_all, sum_all
 from charlstm.errors import UserError
@@ -194,9 +195,12 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, on_progress: Pr
 
 
 def _text_to_measure(ckpt: Checkpoint, cfg: EvalConfig) -> TokenizedCorpus:
-    """``cfg.corpus``, or the checkpoint's own corpus, in the checkpoint's vocabulary."""
+    """``cfg.corpus``, or the checkpoint's own corpus (sharing its run's token file), in the
+    checkpoint's vocabulary."""
     own = ckpt.train_config
     encoding = cfg.encoding or ("utf-8" if cfg.corpus else own.encoding)
-    skip = cfg.skip_bad_files or (cfg.corpus is None and own.skip_bad_files)
-    reading = Reading(encoding, skip, vocab=ckpt.vocab, unknown=cfg.unknown)
-    return load_corpus(resolve_corpus(cfg.corpus or own.corpus), reading)
+    source = resolve_corpus(cfg.corpus or own.corpus)
+    if cfg.corpus is None:
+        reading = dataclasses.replace(Reading.of(own), encoding=encoding, unknown=cfg.unknown)
+        return load_in_vocab(source, reading, ckpt.vocab)
+    return load_corpus(source, Reading(encoding, cfg.skip_bad_files, vocab=ckpt.vocab, unknown=cfg.unknown))

@@ -57,7 +57,7 @@ class TrainResult:
     stopped_by: str  # "max_steps", "epochs", "max_time", "signal", "nan"
     resume_command: str  # the command line that continues this run
     signal: int | None = None
-    main: bool = True  # whether this process is the one that prints (the only one, without torchrun)
+    main_process: bool = True  # whether this process is the one that prints (the only one, without torchrun)
 
     @property
     def failure(self) -> str | None:

@@ -4,7 +4,6 @@ and the files of its run directory (checkpoints and ``metrics.jsonl``)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -18,7 +17,15 @@ import torch
 
 from charlstm.checkpoint import BEST, LAST, Checkpoint, RunState, load_checkpoint
 from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, option
-from charlstm.corpus import Reading, StreamBatches, TokenizedCorpus, check_trainable, load_corpus, split_tokens
+from charlstm.corpus import (
+    Reading,
+    StreamBatches,
+    TokenizedCorpus,
+    check_trainable,
+    load_corpus,
+    load_in_vocab,
+    split_tokens,
+)
 from charlstm.device import choose_precision, resolve_device
 from charlstm.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
 from charlstm.errors import UserError
@@ -56,7 +63,8 @@ class Run:
 
     def __post_init__(self) -> None:
         """A training step calls the model itself, or with several processes DDP around it."""
-        self.net = self.net or _wrapped(self.model, self.procs, self.device)
+        if self.net is None:
+            self.net = _wrapped(self.model, self.procs, self.device)
 
     @property
     def epoch_float(self) -> float:
@@ -88,11 +96,6 @@ def _char_starts(corpus: TokenizedCorpus, device: torch.device) -> torch.Tensor 
     """Which ids begin a character (V,) on ``device``; None without byte tokens, where every id does."""
     vocab = corpus.vocab
     return torch.from_numpy(vocab.char_starts()).to(device) if vocab.byte_fallback else None
-
-
-def reading_of(tcfg: TrainConfig) -> Reading:
-    """How a run reads its corpus."""
-    return Reading(tcfg.encoding, tcfg.skip_bad_files, tcfg.max_vocab, tcfg.byte_fallback)
 
 
 def make_optimizer(model: CharLSTM, tcfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -151,7 +154,7 @@ def new_run(
     source = main_first(procs, lambda: resolve_corpus(tcfg.corpus, progress=progress), local=True)
     run_dir = Path(tcfg.out) if tcfg.out else default_run_dir(source)
     on_main(procs, lambda: check_run_dir(run_dir, overwrite))
-    corpus = main_first(procs, lambda: load_corpus(source, reading_of(tcfg), progress), local=True)
+    corpus = main_first(procs, lambda: load_corpus(source, Reading.of(tcfg), progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     check_trainable(train_tokens, val_tokens, tcfg.batch_size, tcfg.seq_len)
     batches = rank_batches(train_tokens, tcfg, procs)
@@ -165,8 +168,20 @@ def new_run(
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
     optimizer = make_optimizer(model, tcfg, device)
-    state, starts = RunState(precision=precision), _char_starts(corpus, device)
-    return Run(tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, state, None, starts, procs)
+    return Run(
+        tcfg,
+        mcfg,
+        run_dir,
+        corpus,
+        batches,
+        val_tokens,
+        model,
+        optimizer,
+        device,
+        RunState(precision=precision),
+        char_starts=_char_starts(corpus, device),
+        procs=procs,
+    )
 
 
 def rank_batches(tokens: np.ndarray, tcfg: TrainConfig, procs: Processes) -> StreamBatches:
@@ -253,10 +268,7 @@ def _same_corpus(tcfg: TrainConfig, ckpt: Checkpoint, progress: ProgressFn | Non
             f"the corpus {tcfg.corpus!r} has changed since the run started (sha256 {source.sha256[:12]}... "
             f"instead of {expected[:12]}...); resume needs the same text"
         )
-    corpus = load_corpus(source, reading_of(tcfg), progress)
-    if corpus.vocab != ckpt.vocab:  # a run from before byte fallback, or of another --max-vocab default
-        corpus = load_corpus(source, dataclasses.replace(reading_of(tcfg), vocab=ckpt.vocab), progress)
-    return corpus
+    return load_in_vocab(source, Reading.of(tcfg), ckpt.vocab, progress)
 
 
 def restore_rng(rng: dict[str, Any], device: torch.device, procs: Processes, fresh_seed: int) -> str:

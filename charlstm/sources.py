@@ -126,7 +126,8 @@ def _folder(spec: str, folder: Path) -> CorpusSource:
 
 
 def _glob(spec: str) -> CorpusSource:
-    files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+    matches = (Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
+    files = sorted((p for p in matches if p.is_file()), key=lambda p: p.resolve().as_posix())  # as a folder is
     if not files:
         raise UserError(f"corpus glob {spec!r} matches no files, expected a pattern such as 'books/**/*.txt'")
     for path in files:

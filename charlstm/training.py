@@ -60,8 +60,9 @@ def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
-    """One optimizer step on chunk (x, y), each (B, T), minimising the mean loss per token;
-    returns the loss per character as a 0-d tensor (the same unless there are byte tokens)."""
+    """One optimizer step on chunk (x, y), each (B, T), minimising the mean loss per token.
+    Returns (2,): the loss summed over the chunk in nats, and the characters predicted (the
+    tokens, less the byte tokens that continue a character), so that logs are per character."""
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     state = detach_state(run.hidden) if run.hidden is not None else None
@@ -74,9 +75,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.T
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.tcfg.grad_clip, foreach=True)
     run.optimizer.step()
     run.hidden = detach_state(new_state)
-    if run.char_starts is None:
-        return loss.detach()
-    return loss.detach() * y.numel() / run.char_starts[y].sum()  # reported per character, as evaluation is
+    chars = y.numel() if run.char_starts is None else run.char_starts[y].sum()
+    return torch.stack([loss.detach() * y.numel(), torch.as_tensor(chars, dtype=loss.dtype, device=loss.device)])
 
 
 def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +145,9 @@ def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None) -> bool:
             should_stop=lambda: stop is not None and stop.signum is not None,
             procs=run.procs,
         )
-    except EvalInterrupted:
+    except EvalInterrupted:  # every process stops at the same chunk; each keeps the signal that stopped them
+        if stop is not None and run.procs.many:
+            stop.signum = int(max_all(run.procs, [float(stop.signum or 0)])[0]) or stop.signum
         return False
     seconds = time.perf_counter() - started
     is_best = result.loss < st.best_val_loss
@@ -179,7 +181,7 @@ class _Session:
     @classmethod
     def start(cls, run: Run, on_event: EventFn, stop: StopFlag | None) -> _Session:
         now, st = time.perf_counter(), run.state
-        window = _Window(now, st.step, torch.zeros((), device=run.device))
+        window = _Window(now, st.step, torch.zeros(2, device=run.device))
         return cls(on_event, stop, now, st.elapsed, run.fraction(), st.step, window)
 
     def tick(self, run: Run) -> None:
@@ -192,15 +194,18 @@ class _Window:
 
     time: float
     step: int
-    loss: torch.Tensor
+    loss: torch.Tensor  # (2,): nats and characters summed since the last fold
 
 
 def _fold_loss(run: Run, window: _Window) -> float:
-    """Fold the window's loss into the run state (one host sync) and return the mean so far: the
-    mean over every process's streams."""
-    st, procs = run.state, run.procs
-    st.loss_sum += sum_all(procs, [float(window.loss)])[0] / procs.world
+    """Fold the window's loss into the run state (one host sync) and return the mean per
+    character so far, over every process's streams."""
+    st = run.state
+    nats, chars = sum_all(run.procs, window.loss.tolist())
     window.loss.zero_()
+    if not (math.isfinite(nats) and math.isfinite(chars)):
+        return math.nan
+    st.loss_sum, st.loss_count = st.loss_sum + nats, st.loss_count + int(chars)
     return st.loss_sum / max(st.loss_count, 1)
 
 
@@ -227,10 +232,22 @@ def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
         )
     train_chars, val_chars = len(run.batches.tokens), len(run.val_tokens)
     params, chars, corpus = run.model.num_params(), t.batch_size * t.seq_len, run.corpus
-    started = Started(run.run_dir, params, str(run.device), st.precision, chars, train_chars, val_chars, st.step)
-    started.vocab, started.skipped_files = _vocab_summary(corpus), list(corpus.stats.skipped_files)
-    started.processes, started.note = run.procs.world, run.note
-    on_event(started)
+    on_event(
+        Started(
+            run.run_dir,
+            params,
+            str(run.device),
+            st.precision,
+            chars,
+            train_chars,
+            val_chars,
+            st.step,
+            vocab=_vocab_summary(corpus),
+            skipped_files=list(corpus.stats.skipped_files),
+            processes=run.procs.world,
+            note=run.note,
+        )
+    )
 
 
 def _vocab_summary(corpus: TokenizedCorpus) -> str:
@@ -288,7 +305,7 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
         lr = current_lr(run)
         x, y = next_batch(run)
         session.window.loss += train_step(run, x, y, lr)
-        st.step, st.chunk, st.loss_count = st.step + 1, st.chunk + 1, st.loss_count + 1
+        st.step, st.chunk = st.step + 1, st.chunk + 1
         session.tick(run)
         reason = _after_step(run, session, lr)
         session.tick(run)
@@ -315,5 +332,5 @@ def _result(run: Run, reason: str, session: _Session) -> TrainResult:
         reason,
         resume_command(run.run_dir),
         session.stop.signum if session.stop else None,
-        run.procs.main,
+        main_process=run.procs.main,
     )

@@ -90,12 +90,6 @@ class CharVocab:
         starts[len(self.chars) :] = (np.array(self.byte_values, dtype=np.int64) & 0xC0) != 0x80  # not a continuation
         return starts
 
-    def codepoint_table(self) -> np.ndarray:
-        """Array mapping a Unicode code point to its id (-1 where it has no own token), for bulk encoding."""
-        table = np.full(max(map(ord, self.chars)) + 1, -1, dtype=np.int64)
-        table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
-        return table
-
     @property
     def dtype(self) -> np.dtype:
         """Smallest unsigned dtype that holds every id."""

@@ -170,10 +170,12 @@ def test_describe(shared_run):
 
 
 def test_version_1_migration_moves_metrics_and_the_corpus_hash():
-    v1 = {"format_version": 1, "progress": {"step": 3, "corpus_sha256": "ab" * 32}, "metrics": [{"step": 3}]}
-    v2 = ckpt.MIGRATIONS[1]({**v1, "device_type": "cpu", "model": {}})
+    progress = {"step": 3, "corpus_sha256": "ab" * 32, "loss_sum": 3.0, "loss_count": 2}
+    v1 = {"format_version": 1, "progress": progress, "metrics": [{"step": 3}], "vocab": "abc"}
+    v2 = ckpt.MIGRATIONS[1]({**v1, "device_type": "cpu", "model": {}, "train_config": {"batch_size": 2, "seq_len": 5}})
     assert v2["format_version"] == 2 and v2["corpus"] == {"sha256": "ab" * 32} and "device_type" not in v2
-    assert v2["progress"] == {"step": 3, "metrics": [{"step": 3}]} and "metrics" not in v2
+    assert v2["progress"] == {"step": 3, "metrics": [{"step": 3}], "loss_sum": 30.0, "loss_count": 20}
+    assert "metrics" not in v2 and v2["train_config"]["max_vocab"] == 3  # every character had its own token
     with_corpus = ckpt.MIGRATIONS[1]({**v1, "corpus": {"path": "t.txt", "sha256": "cd" * 32, "chars": 9}})
     assert with_corpus["corpus"]["path"] == "t.txt"  # a checkpoint's own record wins
 

@@ -175,3 +175,14 @@ def test_too_short_corpus_says_how_short():
         check_trainable(np.zeros(500), np.zeros(100), batch_size=8, seq_len=128)
     with pytest.raises(UserError, match="--val-fraction"):
         check_trainable(np.zeros(5000), np.zeros(1), batch_size=8, seq_len=128)
+
+
+def test_a_models_vocabulary_without_a_newline_skips_the_added_ones(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("abc", encoding="utf-8")  # no final newline: one is added after it
+    (folder / "b.txt").write_text("cab", encoding="utf-8")
+    corpus = read(folder, vocab=CharVocab("abc"), unknown="skip")
+    assert corpus.vocab.decode(corpus.tokens.tolist()) == "abccab" and corpus.stats.dropped_chars == 2
+    with_bytes = read(folder, vocab=CharVocab("abc", byte_fallback=True))
+    assert with_bytes.vocab.decode(with_bytes.tokens.tolist()) == "abc\ncab\n"

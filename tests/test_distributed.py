@@ -86,8 +86,15 @@ def test_two_processes_train_as_one_step_by_step(corpus_file, tmp_path):
     one_losses, two_losses = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert len(one_losses) == len(two_losses) == 20
     assert max(abs(a - b) / b for a, b in zip(two_losses, one_losses, strict=True)) < 1e-4
-    evals = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in evals if m["type"] == "eval"] == [10, 20]
+
+    def evals(run: str) -> list[dict]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [m for m in map(json.loads, lines) if m["type"] == "eval"]
+
+    assert [m["step"] for m in evals("two")] == [10, 20]  # each process scored a share of the pieces
+    assert [m["eval_chars"] for m in evals("two")] == [m["eval_chars"] for m in evals("one")]
+    for two_eval, one_eval in zip(evals("two"), evals("one"), strict=True):
+        assert abs(two_eval["val_loss"] - one_eval["val_loss"]) < 1e-5
     saved = load_checkpoint(tmp_path / "two" / "last.pt")
     assert len(saved.rng["ranks"]) == 2 and saved.hidden[0].shape[1] == 4  # every stream's state
 

@@ -117,4 +117,6 @@ def test_with_byte_fallback_any_prompt_is_read_and_the_text_is_whole_characters(
     samples = draw_samples(Stepper(model), vocab, SampleConfig(prompt="a☃b", length=300, temperature=2.0, seed=1))
     assert samples.prompt == "a☃b" and samples.dropped == []
     text = "".join(pieces[0] for pieces in samples.pieces)
-    assert 0 < len(text) <= 300 and text.encode("utf-8").decode("utf-8") == text
+    written = text.replace("\ufffd", "")  # what the model wrote as whole characters
+    assert 0 < len(text) <= 300 and len(vocab.encode(written)) <= 300  # 300 tokens, decoded into characters
+    assert any(ord(c) > 127 for c in written)  # hot sampling from random weights writes bytes of other characters

@@ -117,3 +117,11 @@ def test_offline_download_says_where_to_put_the_file(tmp_path, http_server):
     message = str(info.value)
     assert "could not download" in message and "toy.txt" in message and "--corpus PATH" in message
     assert "\n" not in message
+
+
+def test_folders_and_globs_read_files_in_the_same_order(tmp_path, monkeypatch):
+    write(tmp_path / "set", {"a-b/x.txt": b"1", "a/z.txt": b"2", "a.txt": b"3"})
+    monkeypatch.chdir(tmp_path)
+    folder, matched = resolve_corpus("set"), resolve_corpus("set/**/*.txt")
+    assert [p.as_posix() for p in folder.files] == [p.as_posix() for p in matched.files]
+    assert [p.relative_to(folder.root).as_posix() for p in folder.files] == ["a-b/x.txt", "a.txt", "a/z.txt"]
