@@ -12,7 +12,7 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values (form
     optimizer       dict | None        AdamW state dict (None in exports)
     progress        dict               RunState.to_dict(): step, cursor, time, losses, metrics
     rng             dict | None        {"torch": ByteTensor, "cuda": ByteTensor on CUDA runs}
-    hidden          [h, c] | None      carried LSTM state, each (layers, B, H)
+    hidden          list | None        carried state: [h, c] ([h] for a GRU), each (layers, B, H)
     corpus          dict | None        the training text: "path" (as given), "sha256", and what
                                        reading found: "chars", "tokens", "distinct", "own_coverage",
                                        "files", "skipped_files", "dropped_chars"
@@ -161,7 +161,7 @@ class Checkpoint:
                 progress=RunState.from_dict(payload.get("progress") or {}),
                 optimizer=payload.get("optimizer"),
                 rng=payload.get("rng"),
-                hidden=(hidden[0], hidden[1]) if hidden is not None and len(hidden) == 2 else None,
+                hidden=tuple(hidden) if hidden else None,
                 corpus=payload.get("corpus"),
                 epoch=payload.get("epoch"),
                 path=path,
@@ -301,7 +301,7 @@ def export_safetensors(checkpoint: Checkpoint, out: str | Path) -> Path:
     tensors = {k: v.contiguous() for k, v in checkpoint.model.items()}
     warm = checkpoint.warm_state()
     if warm is not None:  # kept beside the weights so exported models sample as well as checkpoints
-        tensors[WARM_H], tensors[WARM_C] = warm
+        tensors.update(zip((WARM_H, WARM_C), warm, strict=False))
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return out
@@ -325,4 +325,4 @@ def _read_safetensors(p: Path) -> dict[str, Any]:
         payload["format_version"] = int(meta["format_version"])
     except (KeyError, ValueError) as e:
         raise UserError(f"{str(p)!r} has damaged charlstm metadata ({e})") from None
-    return {**payload, "model": tensors, "hidden": warm if len(warm) == 2 else None}
+    return {**payload, "model": tensors, "hidden": warm or None}

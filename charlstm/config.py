@@ -19,6 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 UNKNOWN_POLICIES = ("error", "skip")
 SPLITS = ("all", "train", "val")
 BYTE_FALLBACK = ("auto", "on")
+CELLS = ("lstm", "gru", "peephole")
 DEFAULT_MAX_VOCAB = 128  # characters with their own token; chosen by measurement, see benchmarks/SWEEP.md
 MAX_SAMPLES = 100_000
 
@@ -87,16 +88,18 @@ class DictRoundTrip:
 
 @dataclass(frozen=True)
 class ModelConfig(DictRoundTrip):
-    """Shape of the network: embedding -> stacked LSTM -> linear head over the vocabulary."""
+    """Shape of the network: embedding -> stacked recurrent cells -> linear head over the vocabulary."""
 
     vocab_size: int = 65
     embedding: int = 64
     hidden: int = 512
     layers: int = 1
     dropout: float = 0.0
+    cell: str = "lstm"  # "lstm", "gru" or "peephole"
 
     def __post_init__(self) -> None:
         _positive_int(self, "vocab_size", "embedding", "hidden", "layers")
+        _choice(self, "cell", CELLS)
         if not _finite(self.dropout) or not 0 <= self.dropout < 1:
             raise _fail("dropout", self.dropout, "a number in [0, 1)")
 

@@ -134,7 +134,7 @@ class _Scorer:
         """The tokens after ``end`` (the last target the tiling pieces read), continuing the last piece."""
         if end < len(tokens) - 1:
             rest = torch.from_numpy(np.asarray(tokens[end:], dtype=np.int64))[None]  # (1, leftover + 1)
-            last = None if state is None else (state[0][:, -1:].contiguous(), state[1][:, -1:].contiguous())
+            last = None if state is None else tuple(t[:, -1:].contiguous() for t in state)
             self.score(rest[:, :-1], rest[:, 1:], last)
 
 
@@ -175,11 +175,11 @@ def _warm_streams(
     idx = np.maximum(begin, 0)[:, None] + np.arange(width, dtype=np.int64)  # (B, W)
     x = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64)).to(device)
     with autocast(device, precision):
-        _, (h, c) = model(x)
-    h, c = h.float(), c.float()
-    h[:, torch.from_numpy(cold)] = 0
-    c[:, torch.from_numpy(cold)] = 0
-    return h, c
+        _, state = model(x)
+    state = tuple(t.float() for t in state)
+    for t in state:
+        t[:, torch.from_numpy(cold)] = 0
+    return state
 
 
 def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, on_progress: ProgressFn | None = None) -> EvalReport:

@@ -222,7 +222,7 @@ def resume_run(
     optimizer = make_optimizer(model, tcfg, device)
     optimizer.load_state_dict(ckpt.optimizer)
     rows, hidden = procs.shard(tcfg.batch_size), ckpt.hidden  # saved for every stream: this process takes its share
-    hidden = None if hidden is None else (hidden[0][:, rows].to(device), hidden[1][:, rows].to(device))
+    hidden = None if hidden is None else tuple(t[:, rows].to(device) for t in hidden)
     mcfg, starts = ckpt.model_config, _char_starts(corpus, device)
     run = Run(
         tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, ckpt.progress, hidden, starts, procs
