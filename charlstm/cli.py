@@ -143,11 +143,14 @@ def train(
     val_fraction: Annotated[
         float | None, _run_option("Contiguous tail of the corpus held out for validation.", DATA, "val_fraction")
     ] = None,
-    layers: Annotated[int | None, _run_option("Stacked LSTM layers.", MODEL, "layers")] = None,
-    hidden: Annotated[int | None, _run_option("LSTM units per layer.", MODEL, "hidden")] = None,
+    cell: Annotated[
+        str | None, _run_option("Recurrent cell: lstm, gru or peephole (an LSTM whose gates read c).", MODEL, "cell")
+    ] = None,
+    layers: Annotated[int | None, _run_option("Stacked recurrent layers.", MODEL, "layers")] = None,
+    hidden: Annotated[int | None, _run_option("Units per layer.", MODEL, "hidden")] = None,
     embedding: Annotated[int | None, _run_option("Character embedding size.", MODEL, "embedding")] = None,
     dropout: Annotated[
-        float | None, _run_option("Dropout between LSTM layers and before the head, in [0, 1).", MODEL, "dropout")
+        float | None, _run_option("Dropout between layers and before the head, in [0, 1).", MODEL, "dropout")
     ] = None,
     seq_len: Annotated[
         int | None, _run_option("Characters per chunk of truncated backpropagation through time.", OPTIM, "seq_len")

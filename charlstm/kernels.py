@@ -1,5 +1,5 @@
 """Compiled (Numba) code, and nothing else. For sampling: the float32 tanh, matrix-vector
-products over fp32 or bf16 weights, the LSTM gate math, one stream's step, and the sampling
+products over fp32 or bf16 weights, the gate math of each cell, one stream's step, and the sampling
 rules (temperature, top-k, top-p) on a row of logits. For reading corpora: characters without
 an own token written as UTF-8 byte tokens.
 
@@ -143,44 +143,96 @@ def _gemv_impl(w, x, out, threads):  # noqa: ANN001, ANN202
     return lambda w, x, out, threads: _gemv_f32(w, x, out, threads)
 
 
-@numba.njit(**_JIT)
+LSTM, GRU, PEEPHOLE = 0, 1, 2  # the cells as the kernels name them (``Stepper`` arranges each)
+
+
+@numba.njit(inline="always", **_JIT)
+def _sigmoid_of_half(tanh_of_half: float) -> float:
+    return _HALF * tanh_of_half + _HALF  # sigmoid(z) = (1 + tanh(z / 2)) / 2
+
+
+@numba.njit(inline="always", **_JIT)
 def lstm_cell(g: np.ndarray, bias: np.ndarray, c: np.ndarray, h: np.ndarray, act: np.ndarray) -> None:
-    """One stream's gate math: pre-activations g (4H,) (fp32, or bf16 bits) + bias (4H,) -> new c
-    and h (H,) in place; act (4H,) is scratch."""
+    """One stream's LSTM gate math: pre-activations g (4H,) (fp32, or bf16 bits) + bias (4H,),
+    gates (i, f, o, g) with the sigmoid rows halved -> new c and h (H,) in place; act (4H,) scratch."""
     n = c.shape[0]
     for j in range(4 * n):
         act[j] = tanh32(as_f32(g[j]) + bias[j])
     for j in range(n):
-        i, f, o = _HALF * act[j] + _HALF, _HALF * act[n + j] + _HALF, _HALF * act[2 * n + j] + _HALF
+        i, f, o = _sigmoid_of_half(act[j]), _sigmoid_of_half(act[n + j]), _sigmoid_of_half(act[2 * n + j])
         c[j] = f * c[j] + i * act[3 * n + j]
         h[j] = o * tanh32(c[j])
 
 
+@numba.njit(inline="always", **_JIT)
+def peephole_cell(g: np.ndarray, bias: np.ndarray, peep: np.ndarray, c: np.ndarray, h: np.ndarray) -> None:
+    """``lstm_cell`` whose input and forget gates also read c(t-1) and whose output gate reads c(t):
+    peep (3, H) holds p_i, p_f, p_o, halved like the sigmoid rows."""
+    n = c.shape[0]
+    for j in range(n):
+        i = _sigmoid_of_half(tanh32(as_f32(g[j]) + bias[j] + peep[0, j] * c[j]))
+        f = _sigmoid_of_half(tanh32(as_f32(g[n + j]) + bias[n + j] + peep[1, j] * c[j]))
+        c[j] = f * c[j] + i * tanh32(as_f32(g[3 * n + j]) + bias[3 * n + j])
+        h[j] = _sigmoid_of_half(tanh32(as_f32(g[2 * n + j]) + bias[2 * n + j] + peep[2, j] * c[j])) * tanh32(c[j])
+
+
+@numba.njit(inline="always", **_JIT)
+def gru_cell(g: np.ndarray, bias: np.ndarray, h: np.ndarray) -> None:
+    """One stream's GRU gate math, ``nn.GRU``'s equations: g + bias (4H,) hold the reset and update
+    pre-activations (halved), then the candidate's input part W_in x + b_in and recurrent part
+    W_hn h + b_hn, kept apart because the reset gate scales only the latter."""
+    n = h.shape[0]
+    for j in range(n):
+        r = _sigmoid_of_half(tanh32(as_f32(g[j]) + bias[j]))
+        z = _sigmoid_of_half(tanh32(as_f32(g[n + j]) + bias[n + j]))
+        candidate = tanh32(as_f32(g[2 * n + j]) + bias[2 * n + j] + r * (as_f32(g[3 * n + j]) + bias[3 * n + j]))
+        h[j] = candidate + z * (h[j] - candidate)  # (1 - z) * candidate + z * h
+
+
 @numba.njit(**_JIT)
-def lstm_cells(
-    g: np.ndarray, bias: np.ndarray, rows: np.ndarray, c: np.ndarray, xh: np.ndarray, act: np.ndarray
+def cell(kind: int, g: np.ndarray, bias: np.ndarray, peep: np.ndarray, c: np.ndarray, h: np.ndarray, act: np.ndarray):
+    """One stream's gate math for the cell ``kind``: g (4H,) and bias (4H,) -> c and h (H,) in place."""
+    if kind == GRU:
+        gru_cell(g, bias, h)
+    elif kind == PEEPHOLE:
+        peephole_cell(g, bias, peep, c, h)
+    else:
+        lstm_cell(g, bias, c, h, act)
+
+
+@numba.njit(**_JIT)
+def cells(
+    kind: int,
+    g: np.ndarray,
+    bias: np.ndarray,
+    rows: np.ndarray,
+    peep: np.ndarray,
+    c: np.ndarray,
+    xh: np.ndarray,
+    act: np.ndarray,
 ) -> None:
-    """``lstm_cell`` for B streams: g (B, 4H); stream b adds bias[rows[b]]; c (B, H) and h, the right
-    half of xh (B, 2H), are updated (sliced here, row by row, so that Numba knows them contiguous)."""
-    n = c.shape[1]
+    """``cell`` for B streams: g (B, 4H); stream b adds bias[rows[b]]; c (B, H) (unused by the GRU,
+    which may pass (B, 0)) and h, the right half of xh (B, 2H), are updated (sliced here, row by
+    row, so that Numba knows them contiguous)."""
+    n = xh.shape[1] // 2
     for b in range(g.shape[0]):
-        lstm_cell(g[b], bias[rows[b]], c[b], xh[b, n:], act)
+        cell(kind, g[b], bias[rows[b]], peep, c[b], xh[b, n:], act)
 
 
 @numba.njit(**_JIT)
 def advance(arrays: tuple, s: tuple, token: int) -> None:
     """Stream 0 reads ``token``: its state s = (xh, c, gates, act, logits) advances in place.
 
-    ``arrays`` is (table, w0, deeper, biases, head_w, head_b, threads): see ``Stepper``."""
-    table, w0, ws, biases, head_w, head_b, threads = arrays
+    ``arrays`` is (kind, table, w0, deeper, biases, peep, head_w, head_b, threads): see ``Stepper``."""
+    kind, table, w0, ws, biases, peep, head_w, head_b, threads = arrays
     xh, c, g, act, logits = s
-    n, gates = c.shape[2], g[0]
+    n, gates = xh.shape[2] // 2, g[0]
     gemv(w0, xh[0, 0, n:], gates, threads)
-    lstm_cell(gates, table[token], c[0, 0], xh[0, 0, n:], act)
+    cell(kind, gates, table[token], peep[0], c[0, 0], xh[0, 0, n:], act)
     for layer in range(1, xh.shape[0]):
         xh[layer, 0, :n] = xh[layer - 1, 0, n:]
         gemv(ws[layer - 1], xh[layer, 0], gates, threads)
-        lstm_cell(gates, biases[layer - 1], c[layer, 0], xh[layer, 0, n:], act)
+        cell(kind, gates, biases[layer - 1], peep[layer], c[layer, 0], xh[layer, 0, n:], act)
     gemv(head_w, xh[-1, 0, n:], logits[0], threads)
     logits[0] += head_b
 

@@ -2,84 +2,19 @@
 
 Three cells (``--cell``): ``lstm`` (``nn.LSTM``), ``gru`` (``nn.GRU``) and ``peephole``, the LSTM
 of the gate equations in which the input and forget gates also read c(t-1) and the output gate
-reads c(t). The recurrent module is the attribute named after its cell (``model.lstm``, ...), so
+reads c(t) (``peephole.py``). The recurrent module is the attribute named after its cell (``model.lstm``, ...), so
 an LSTM's weights keep the names they always had.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from charlstm.config import ModelConfig
+from charlstm.peephole import PeepholeLSTM
 
 State = tuple[torch.Tensor, ...]  # (h, c) for the LSTMs, (h,) for the GRU; each (layers, B, H)
-
-
-class PeepholeLSTM(nn.Module):
-    """A stacked, time-major LSTM with peephole connections (Gers & Schmidhuber):
-
-        i = sigmoid(W_i [x, h] + b_i + p_i * c(t-1))     f = sigmoid(W_f [x, h] + b_f + p_f * c(t-1))
-        g = tanh(W_g [x, h] + b_g)                        c(t) = f * c(t-1) + i * g
-        o = sigmoid(W_o [x, h] + b_o + p_o * c(t))        h(t) = o * tanh(c(t))
-
-    Weights are named and laid out as ``nn.LSTM``'s (gates i, f, g, o), with ``peep_l{k}`` (3, H)
-    holding p_i, p_f, p_o. Each layer's input projection is one matrix product over the whole
-    chunk; the recurrence runs as a compiled (TorchScript) loop, whose fused gate arithmetic
-    keeps the per-step overhead low.
-    """
-
-    def __init__(self, input_size: int, hidden: int, layers: int, dropout: float):
-        super().__init__()
-        self.hidden, self.layers, self.dropout = hidden, layers, dropout
-        bound = 1 / math.sqrt(hidden)  # nn.LSTM's initialisation
-        for k in range(layers):
-            inputs = input_size if k == 0 else hidden
-            for name, shape in [
-                (f"weight_ih_l{k}", (4 * hidden, inputs)),
-                (f"weight_hh_l{k}", (4 * hidden, hidden)),
-                (f"bias_ih_l{k}", (4 * hidden,)),
-                (f"bias_hh_l{k}", (4 * hidden,)),
-                (f"peep_l{k}", (3, hidden)),
-            ]:
-                self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
-
-    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """x (T, B, in) -> outputs (T, B, H) and the state (h, c), each (layers, B, H)."""
-        steps, batch = x.shape[:2]
-        if state is None:
-            zeros = x.new_zeros(self.layers, batch, self.hidden)
-            state = (zeros, zeros)
-        hs, cs = [], []
-        for k in range(self.layers):
-            if k and self.dropout and self.training:
-                x = F.dropout(x, self.dropout)
-            w_ih, w_hh = getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")
-            bias = getattr(self, f"bias_ih_l{k}") + getattr(self, f"bias_hh_l{k}")
-            projected = F.linear(x, w_ih, bias)  # (T, B, 4H): every step's input part at once
-            x, h, c = _peephole_layer(projected, w_hh, getattr(self, f"peep_l{k}"), state[0][k], state[1][k])
-            hs.append(h)
-            cs.append(c)
-        return x, (torch.stack(hs), torch.stack(cs))
-
-
-@torch.jit.script
-def _peephole_layer(
-    projected: torch.Tensor, w_hh: torch.Tensor, peep: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One layer over a chunk: projected (T, B, 4H), w_hh (4H, H), peep (3, H), h and c (B, H)."""
-    outputs = []
-    for t in range(projected.shape[0]):
-        i, f, g, o = (projected[t] + torch.mm(h, w_hh.t())).chunk(4, 1)
-        i = torch.sigmoid(i + peep[0] * c)
-        f = torch.sigmoid(f + peep[1] * c)
-        c = f * c + i * torch.tanh(g)
-        h = torch.sigmoid(o + peep[2] * c) * torch.tanh(c)
-        outputs.append(h)
-    return torch.stack(outputs), h, c
 
 
 def recurrent(config: ModelConfig) -> nn.Module:

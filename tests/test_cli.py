@@ -136,9 +136,28 @@ def test_train_sample_eval_info_export_end_to_end(corpus_file, tmp_path):
     assert more.exit_code == 0 and "resumed at step 20" in " ".join(more.stderr.split())
 
 
+@pytest.mark.parametrize("cell", ["gru", "peephole"])
+def test_each_cell_trains_resumes_samples_evaluates_and_exports(corpus_file, tmp_path, cell):
+    out = tmp_path / cell
+    trained = invoke("train", "--corpus", corpus_file, "--out", out, "--max-steps", 6, "--cell", cell, *TINY)
+    assert trained.exit_code == 0, trained.output
+    assert json.loads(invoke("info", out, "--json").stdout)["config"]["model"]["cell"] == cell
+    sample = invoke("sample", out, "--prompt", "KING:", "--length", 30, "--seed", 3)
+    assert sample.exit_code == 0 and len(sample.stdout) == 5 + 30 + 1
+    assert invoke("export", out, tmp_path / "m.safetensors").exit_code == 0
+    assert invoke("sample", tmp_path / "m.safetensors", "--prompt", "KING:", "--length", 30, "--seed", 3).stdout == (
+        sample.stdout
+    )
+    assert json.loads(invoke("eval", out, "--corpus", corpus_file, "--json").stdout)["loss"] < 5
+    more = invoke("train", "--resume", out, "--max-steps", 8)
+    assert more.exit_code == 0 and "resumed at step 6" in " ".join(more.stderr.split())
+    assert "--cell 'lstm'" in invoke("train", "--resume", out, "--max-steps", 9, "--cell", "lstm").stderr
+
+
 @pytest.mark.parametrize(
     "args, needles",
     [
+        (["train", "--cell", "rnn"], ["--cell 'rnn'", "lstm, gru, peephole"]),
         (["train", "--corpus", "no/such/file.txt"], ["does not exist", "tinyshakespeare"]),
         (["train", "--layers", "abc"], ["--layers"]),
         (["train", "--dropout", "1.5"], ["--dropout 1.5", "[0, 1)"]),

@@ -1,10 +1,12 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from charlstm.config import ModelConfig
+from charlstm.config import CELLS, ModelConfig
 from charlstm.model import CharLSTM, detach_state
+from charlstm.peephole import PeepholeLayer, PeepholeLSTM
 
 
 def test_output_shapes_and_state(tiny_model):
@@ -17,9 +19,10 @@ def test_output_shapes_and_state(tiny_model):
     assert h0.shape == (tiny_model.layers, 3, tiny_model.hidden) and not h0.any()
 
 
-def test_state_carries_across_chunks():
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_carries_across_chunks(cell):
     torch.manual_seed(0)
-    model = CharLSTM(ModelConfig(vocab_size=11, embedding=4, hidden=8, layers=2, dropout=0.0)).eval()
+    model = CharLSTM(ModelConfig(vocab_size=11, embedding=4, hidden=8, layers=2, dropout=0.0, cell=cell)).eval()
     tokens = torch.randint(0, 11, (2, 10))
     whole, _ = model(tokens)
     first, state = model(tokens[:, :6])
@@ -58,3 +61,36 @@ def test_overfits_one_tiny_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
+
+
+def test_gru_state_is_h_alone_and_lstm_weights_keep_their_names():
+    gru = CharLSTM(ModelConfig(vocab_size=11, embedding=4, hidden=8, layers=2, cell="gru"))
+    _, state = gru(torch.zeros(2, 3, dtype=torch.long))
+    assert len(state) == 1 and state[0].shape == (2, 2, 8) and isinstance(gru.rnn, torch.nn.GRU)
+    lstm = CharLSTM(ModelConfig(vocab_size=11, embedding=4, hidden=8, layers=2))
+    assert "lstm.weight_hh_l1" in lstm.state_dict()
+
+
+def test_peephole_cell_follows_the_gate_equations():
+    """One step of one layer against the equations written out: i and f read c(t-1), o reads c(t)."""
+    torch.manual_seed(0)
+    cell = PeepholeLSTM(input_size=3, hidden=4, layers=1, dropout=0.0)
+    x, h0, c0 = torch.randn(1, 2, 3), torch.randn(1, 2, 4), torch.randn(1, 2, 4)
+    out, (h1, c1) = cell(x, (h0, c0))
+    z = x[0] @ cell.weight_ih_l0.T + h0[0] @ cell.weight_hh_l0.T + cell.bias_ih_l0 + cell.bias_hh_l0
+    zi, zf, zg, zo = z.chunk(4, 1)
+    p_i, p_f, p_o = cell.peep_l0
+    c = torch.sigmoid(zf + p_f * c0[0]) * c0[0] + torch.sigmoid(zi + p_i * c0[0]) * torch.tanh(zg)
+    h = torch.sigmoid(zo + p_o * c) * torch.tanh(c)
+    torch.testing.assert_close(c1[0], c)
+    torch.testing.assert_close(h1[0], h)
+    torch.testing.assert_close(out[0], h)
+
+
+def test_peephole_backward_through_time_matches_numerical_gradients():
+    torch.manual_seed(0)
+    steps, batch, hidden = 5, 2, 3
+    inputs = [torch.randn(steps, batch, 4 * hidden), torch.randn(4 * hidden, hidden), torch.randn(3, hidden)]
+    inputs += [torch.randn(batch, hidden), torch.randn(batch, hidden)]
+    inputs = [t.double().requires_grad_() for t in inputs]
+    assert torch.autograd.gradcheck(PeepholeLayer.apply, inputs)

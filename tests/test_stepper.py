@@ -5,18 +5,18 @@ import pytest
 import torch
 
 from charlstm import kernels
-from charlstm.config import ModelConfig
-from charlstm.model import CharLSTM
+from charlstm.config import CELLS, ModelConfig
+from charlstm.model import CharLSTM, state_size
 from charlstm.sample import SamplingRule
 from charlstm.stepper import Stepper, resolve_precision
 
 V = 14
 
 
-@pytest.fixture
-def model():
+@pytest.fixture(params=CELLS)
+def model(request):
     torch.manual_seed(0)
-    return CharLSTM(ModelConfig(vocab_size=V, embedding=8, hidden=24, layers=3, dropout=0.2)).eval()
+    return CharLSTM(ModelConfig(vocab_size=V, embedding=8, hidden=24, layers=3, dropout=0.2, cell=request.param)).eval()
 
 
 def stepped_logits(stepper: Stepper, tokens: torch.Tensor, primed: int) -> np.ndarray:
@@ -27,15 +27,15 @@ def stepped_logits(stepper: Stepper, tokens: torch.Tensor, primed: int) -> np.nd
 
 
 @pytest.mark.parametrize("streams", [1, 5])
-def test_fast_step_matches_nn_lstm(model, streams):
+def test_fast_step_matches_the_cells_forward_pass(model, streams):
     tokens = torch.randint(0, V, (streams, 12))
-    expected, _ = model(tokens)  # (B, T, V) through nn.LSTM
+    expected, _ = model(tokens)  # (B, T, V) through nn.LSTM, nn.GRU or the peephole module
     got = stepped_logits(Stepper(model), tokens, 4)
     np.testing.assert_allclose(got, expected[:, 3:].detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("streams", [1, 5])
-def test_bf16_step_equals_nn_lstm_on_bf16_rounded_weights(model, streams):
+def test_bf16_step_equals_the_forward_pass_on_bf16_rounded_weights(model, streams):
     """bf16 rounds the matrices read per step. One stream keeps fp32 arithmetic (tight match);
     many streams also round the products' inputs and outputs, as autocast does (close match)."""
     rounded = copy.deepcopy(model)
@@ -52,13 +52,14 @@ def test_bf16_step_equals_nn_lstm_on_bf16_rounded_weights(model, streams):
     assert not np.allclose(got, exact[:, 3:].detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_threaded_matrix_vector_path_matches_nn_lstm(precision):
+def test_threaded_matrix_vector_path_matches_the_forward_pass(precision, cell):
     """Hidden 128: the matrices are big enough to be split between threads."""
     torch.manual_seed(1)
-    model = CharLSTM(ModelConfig(vocab_size=V, embedding=8, hidden=128, layers=2)).eval()
+    model = CharLSTM(ModelConfig(vocab_size=V, embedding=8, hidden=128, layers=2, cell=cell)).eval()
     stepper = Stepper(model, precision)
-    assert stepper.arrays[2][0].size * (2 if precision == "bf16" else 1) >= kernels.PARALLEL_MIN
+    assert stepper.arrays[3][0].size * (2 if precision == "bf16" else 1) >= kernels.PARALLEL_MIN
     tokens = torch.randint(0, V, (1, 10))
     expected, _ = stepper.model(tokens)  # for bf16, the copy with rounded weights
     got = stepped_logits(stepper, tokens, 1)[0]
@@ -83,11 +84,11 @@ def test_drawing_chunks_equals_stepping_one_character_at_a_time(model, streams, 
     assert np.concatenate(fast, 1).tolist() == np.stack(slow, 1).tolist()
 
 
-def test_prime_from_a_given_state_matches_nn_lstm(model):
+def test_prime_from_a_given_state_matches_the_forward_pass(model):
     tokens = torch.randint(0, V, (3, 6))
-    h0, c0 = torch.randn(3, 1, 24), torch.randn(3, 1, 24)  # (layers, 1, H), shared by the streams
-    expected, _ = model(tokens, (h0.expand(-1, 3, -1).contiguous(), c0.expand(-1, 3, -1).contiguous()))
-    logits, _ = Stepper(model).prime(tokens, (h0, c0))
+    start = tuple(torch.randn(3, 1, 24) for _ in range(state_size(model.config)))  # (layers, 1, H) each
+    expected, _ = model(tokens, tuple(t.expand(-1, 3, -1).contiguous() for t in start))
+    logits, _ = Stepper(model).prime(tokens, start)
     np.testing.assert_allclose(logits, expected[:, -1].detach().numpy(), rtol=1e-5, atol=1e-5)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from charlstm import training
 from charlstm.checkpoint import load_checkpoint
-from charlstm.config import ModelConfig
+from charlstm.config import CELLS, ModelConfig
 from charlstm.events import Evaluated, Finished, Progress, Started
 from charlstm.run import new_run, resume_run
 from charlstm.training import StopFlag, train
@@ -45,9 +45,10 @@ def test_same_seed_repeats_a_cpu_run(tiny_train, tmp_path):
         assert torch.equal(value, params_of(tmp_path / "b")[key]), key
 
 
-def test_resume_equals_uninterrupted_run_bitwise(tiny_train, tmp_path):
+@pytest.mark.parametrize("cell", CELLS)
+def test_resume_equals_uninterrupted_run_bitwise(tiny_train, tmp_path, cell):
     """N steps straight == N/2 steps, resume, N/2 steps: same parameters and loss at every step."""
-    model_cfg = ModelConfig(embedding=8, hidden=16, layers=2, dropout=0.3)
+    model_cfg = ModelConfig(embedding=8, hidden=16, layers=2, dropout=0.3, cell=cell)
     base = replace(tiny_train, max_steps=20, log_every=1, eval_every=7, save_every=100)
     straight = []
     train(new_run(replace(base, out=str(tmp_path / "straight")), model_cfg), straight.append)
