@@ -257,6 +257,7 @@ def resolve_value(value: str | None, cell: str) -> str:
 def explain_checkpoint(checkpoint: str | Path, config: ExplainConfig) -> ExplainReport:
     """Read ``config.text`` through a checkpoint's model, find the feature cells, write the page."""
     start = time.perf_counter()
+    out = _page_path(config.out)
     ckpt = load_checkpoint(checkpoint)
     mcfg = ckpt.model_config
     value = resolve_value(config.value, mcfg.cell)
@@ -269,7 +270,6 @@ def explain_checkpoint(checkpoint: str | Path, config: ExplainConfig) -> Explain
     cells = list(config.cell_ids or cells_to_show(found, reading.values, config.blocks))
     title = f"{ckpt.path} on {config.text}, {value} values"
     data = _page_data(title, reading, features, found, absent, cells, ckpt)
-    out = Path(config.out).expanduser()
     _write(out, page.build(data))
     size, seconds = out.stat().st_size, time.perf_counter() - start
     return ExplainReport(out, len(text), value, mcfg.layers, mcfg.hidden, found, absent, cells, size, seconds)
@@ -298,9 +298,17 @@ def _check_cell_ids(cell_ids: tuple[int, ...] | None, cells: int) -> None:
         raise UserError(f"--cell-ids {bad[0]} is not valid, expected cell numbers from 0 to {cells - 1}")
 
 
-def _write(out: Path, html: str) -> None:
+def _page_path(given: str) -> Path:
+    """Where the page goes, checked before the work: its folder must exist."""
+    out = Path(given).expanduser()
     if not out.parent.is_dir():
-        raise UserError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
+        raise UserError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist, expected an existing folder")
+    if out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a folder, expected the path of an .html file")
+    return out
+
+
+def _write(out: Path, html: str) -> None:
     try:
         atomic_write(out, lambda f: f.write(html.encode("utf-8")))
     except OSError as e:

@@ -101,8 +101,8 @@ def _level_rules() -> str:
 
 def _script_data(data: PageData) -> str:
     """Per-character data once, as flat integer arrays: top ids (N*TOP), their probabilities in
-    thousandths (N*TOP), the next character's loss in hundredths of a nat (N, -1 for none)."""
-    loss = np.where(np.isnan(data.next_loss), -1, np.rint(np.nan_to_num(data.next_loss) * 100)).astype(np.int64)
+    thousandths (N*TOP), the next character's loss in thousandths of a nat (N, -1 for none)."""
+    loss = np.where(np.isnan(data.next_loss), -1, np.rint(np.nan_to_num(data.next_loss) * 1000)).astype(np.int64)
     payload = {
         "labels": data.labels,
         "top": data.top_ids.astype(np.int64).ravel().tolist(),
@@ -147,7 +147,10 @@ _SCRIPT = """
 (function () {
   var tip = document.getElementById("tip");
   function esc(s) { return s.replace(/[&<>]/g, function (c) { return {"&": "&amp;", "<": "&lt;", ">": "&gt;"}[c]; }); }
-  function label(span) { return span ? span.textContent.replace("\\n", "") : ""; }
+  function label(span) {
+    var c = span ? span.textContent.replace("\\n", "") : "";
+    return c === " " ? "\u2423" : c;
+  }
   function describe(span, i) {
     var level = parseInt(span.className.slice(1), 10), value = 2 * level / (D.levels - 1) - 1;
     var lines = ["'" + label(span) + "'  character " + i, span.parentNode.dataset.cell + ": " +
@@ -158,8 +161,8 @@ _SCRIPT = """
     }
     var loss = D.loss[i];
     if (loss >= 0) {
-      lines.push("actual next '" + label(span.nextElementSibling) + "': loss " + (loss / 100).toFixed(2) +
-                 " nats (p = " + (100 * Math.exp(-loss / 100)).toFixed(1) + "%)");
+      lines.push("actual next '" + label(span.nextElementSibling) + "': loss " + (loss / 1000).toFixed(2) +
+                 " nats (p = " + (100 * Math.exp(-loss / 1000)).toFixed(1) + "%)");
     }
     return esc(lines.join("\\n"));
   }
