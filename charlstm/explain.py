@@ -325,10 +325,9 @@ def _blocks(
     blocks = []
     for j, cell in enumerate(cells):
         best = [(f.feature, f.r) for f in found if f.cell == cell]
-        if not best:
-            k = int(np.argmax(np.abs(r[:, j])))
-            best = [(list(features)[k], float(r[k, j]))]
-        blocks.append(page.Block(_cell_name(cell, mcfg), best, values[:, cell]))
+        k = int(np.argmax(np.abs(r[:, j])))
+        closest = [(list(features)[k], float(r[k, j]))]
+        blocks.append(page.Block(_cell_name(cell, mcfg), best or closest, values[:, cell], found=bool(best)))
     return blocks
 
 

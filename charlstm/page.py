@@ -26,8 +26,9 @@ class Block:
     """One cell over the text."""
 
     name: str  # "cell 37"
-    follows: list[tuple[str, float]]  # (feature, Pearson r) it follows best
+    follows: list[tuple[str, float]]  # (feature, Pearson r): those it was found for, else the closest one
     values: np.ndarray  # (N,) in [-1, 1]
+    found: bool = True  # whether the search found it for those features (else chosen by hand or for its spread)
 
 
 @dataclass
@@ -76,7 +77,8 @@ def _block(block: Block, shown: list[str]) -> str:
     follows = ", ".join(f"{html.escape(f)} (r = {r:+.2f})" for f, r in block.follows)
     spans = "".join(f"<span class=q{k}>{c}</span>" for k, c in zip(levels(block.values), shown, strict=True))
     name = html.escape(block.name)
-    return f'<section><h2>{name}: {follows}</h2><div class=text data-cell="{name}">{spans}</div></section>'
+    heading = f"{name}: {follows}" if block.found else f"{name} (the feature it follows best: {follows})"
+    return f'<section><h2>{heading}</h2><div class=text data-cell="{name}">{spans}</div></section>'
 
 
 def _feature_table(features: list[tuple[str, str | None, float | None]]) -> str:
@@ -121,8 +123,9 @@ h1{font-size:1.2em}h2{font-size:1em;margin:1.4em 0 .3em}
 table{border-collapse:collapse;margin:.5em 0}td,th{padding:.1em .8em;text-align:left}
 th{border-bottom:1px solid #aaa}
 .text{font:13px/1.55 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:pre-wrap;
-word-break:break-all;border:1px solid #ddd;padding:.5em;max-height:32em;overflow-y:auto}
-.scale span{display:inline-block;width:10px;height:14px;vertical-align:middle}
+word-break:break-all;border:1px solid #ddd;padding:.5em;max-height:32em;overflow-y:auto;
+content-visibility:auto;contain-intrinsic-size:auto 32em}  /* off-screen blocks skip layout */
+.scale span{display:inline-block;width:10px;height:14px;vertical-align:middle;border:solid #bbb;border-width:1px 0}
 #tip{position:fixed;display:none;background:#fff;color:#222;border:1px solid #888;padding:.4em .6em;
 font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;pointer-events:none;box-shadow:2px 2px 6px #0003;white-space:pre}
 """
@@ -153,7 +156,7 @@ _SCRIPT = """
   }
   function describe(span, i) {
     var level = parseInt(span.className.slice(1), 10), value = 2 * level / (D.levels - 1) - 1;
-    var lines = ["'" + label(span) + "'  character " + i, span.parentNode.dataset.cell + ": " +
+    var lines = ["'" + label(span) + "'  character " + i, span.parentNode.dataset.cell + ": \u2248 " +
                  (value >= 0 ? "+" : "") + value.toFixed(2), "likeliest next:"];
     for (var j = 0; j < D.k; j++) {
       var at = i * D.k + j;

@@ -91,3 +91,11 @@ def test_levels_cover_the_range_symmetrically():
 def test_page_is_self_contained():
     _, built = sample_page()
     assert not re.search(r"<(link|img|iframe)\b|src=|https?://|@import|url\(", built)
+
+
+def test_a_cell_not_found_for_a_feature_says_so():
+    data, _ = sample_page()
+    data.blocks[1].found = False
+    built = page.build(data)
+    assert "<h2>cell 0: after a newline (r = +0.50)</h2>" in built
+    assert "<h2>cell 1 (the feature it follows best: after a newline (r = -0.50))</h2>" in built
