@@ -2,9 +2,10 @@
 value and the next-character distribution at each character, find for each of a few text
 features the cell that follows it best, and write the page that shows them (``charlstm explain``).
 
-A cell is one unit of one layer, numbered over the layers: layer k's unit j is cell k * H + j.
-Its value at a character is the one it holds right after reading that character: tanh of the
-cell state, or the hidden output (a GRU has only the latter).
+A cell is one unit of one layer, numbered over the layers: with H units a layer, the second
+layer's first unit is cell H (the page names layers from 1). Its value at a character is the one
+it holds right after reading that character: tanh of the cell state, or the hidden output (a GRU
+has only the latter).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ TOP = 5  # likeliest next characters shown on hover
 
 
 @dataclass
-class Reading:
+class Activations:
     """What the model did at each of the N characters of a text."""
 
     text: str  # the N characters
@@ -56,8 +57,6 @@ class ExplainReport:
     out: Path
     chars: int
     value: str  # "cell" or "hidden"
-    layers: int
-    hidden: int
     found: list[Found]  # one per feature present in the text
     absent: list[str]  # features the text never shows (a constant: no correlation exists)
     cells: list[int]  # the cells the page shows, one block each
@@ -211,7 +210,7 @@ def _small_steps() -> Iterator[None]:
 
 
 @torch.no_grad()
-def read_through(model: CharLSTM, pieces: list[list[int]], text: str, value: str, state: State | None) -> Reading:
+def read_through(model: CharLSTM, pieces: list[list[int]], text: str, value: str, state: State | None) -> Activations:
     """Step the model one token at a time through the characters' tokens ``pieces``, carrying the
     state from ``state`` (None: zeros); keep what it holds after each character's last token."""
     tokens = torch.tensor([t for piece in pieces for t in piece], dtype=torch.int64)[None]  # (1, M)
@@ -227,7 +226,7 @@ def read_through(model: CharLSTM, pieces: list[list[int]], text: str, value: str
     logp = torch.log_softmax(torch.cat(logits, dim=1)[0].float(), dim=1).numpy()  # (M, V)
     ends = np.cumsum([len(p) for p in pieces]) - 1  # (N,) index of each character's last token
     top = np.argsort(-logp[ends], axis=1, kind="stable")[:, :TOP]  # (N, TOP)
-    return Reading(
+    return Activations(
         text=text,
         values=held.numpy()[ends].astype(np.float32),
         top_ids=top,
@@ -264,20 +263,20 @@ def explain_checkpoint(checkpoint: str | Path, config: ExplainConfig) -> Explain
     _check_cell_ids(config.cell_ids, mcfg.layers * mcfg.hidden)
     text = read_text(config.text, config.encoding, config.chars)
     pieces = char_tokens(ckpt.vocab, text, f"text {config.text!r}")
-    reading = read_through(ckpt.build_model(), pieces, text, value, ckpt.warm_state())
+    acts = read_through(ckpt.build_model(), pieces, text, value, ckpt.warm_state())
     features = text_features(text)
-    found, absent = best_cells(reading.values, features)
-    cells = list(config.cell_ids or cells_to_show(found, reading.values, config.blocks))
+    found, absent = best_cells(acts.values, features)
+    cells = list(config.cell_ids or cells_to_show(found, acts.values, config.blocks))
     title = f"{ckpt.path} on {config.text}, {value} values"
-    data = _page_data(title, reading, features, found, absent, cells, ckpt)
+    data = _page_data(title, acts, features, found, absent, cells, ckpt)
     _write(out, page.build(data))
     size, seconds = out.stat().st_size, time.perf_counter() - start
-    return ExplainReport(out, len(text), value, mcfg.layers, mcfg.hidden, found, absent, cells, size, seconds)
+    return ExplainReport(out, len(text), value, found, absent, cells, size, seconds)
 
 
 def _page_data(
     title: str,
-    reading: Reading,
+    acts: Activations,
     features: dict[str, np.ndarray],
     found: list[Found],
     absent: list[str],
@@ -285,11 +284,11 @@ def _page_data(
     ckpt: Checkpoint,
 ) -> page.PageData:
     mcfg = ckpt.model_config
-    blocks = _blocks(reading.values, features, found, cells, mcfg)
+    blocks = _blocks(acts.values, features, found, cells, mcfg)
     labels = [token_label(ckpt.vocab, i) for i in range(len(ckpt.vocab))]
     table = [(f.feature, _cell_name(f.cell, mcfg), f.r) for f in found] + [(name, None, None) for name in absent]
-    top_ids, top_probs, next_loss = reading.top_ids, reading.top_probs, reading.next_loss
-    return page.PageData(title, reading.text, blocks, labels, top_ids, top_probs, next_loss, table)
+    top_ids, top_probs, next_loss = acts.top_ids, acts.top_probs, acts.next_loss
+    return page.PageData(title, acts.text, blocks, labels, top_ids, top_probs, next_loss, table)
 
 
 def _check_cell_ids(cell_ids: tuple[int, ...] | None, cells: int) -> None:

@@ -439,7 +439,7 @@ def test_explain_passes_its_options_and_renders_what_it_found(monkeypatch, tmp_p
     def fake_explain(checkpoint, config):
         seen.update(checkpoint=checkpoint, config=config)
         found = [Found("line of capitals", 309, 0.9), Found("after a newline", 98, -0.69)]
-        return ExplainReport(tmp_path / "p.html", 500, "hidden", 1, 512, found, ["inside quotes"], [309, 98], 1234, 0.5)
+        return ExplainReport(tmp_path / "p.html", 500, "hidden", found, ["inside quotes"], [309, 98], 1234, 0.5)
 
     monkeypatch.setattr(api, "explain", fake_explain)
     args = ("explain", "ck.pt", "--text", "t.txt", "--out", "p.html", "--chars", 500, "--cell-ids", "309,98")
