@@ -23,7 +23,7 @@ from charlstm import page
 from charlstm.checkpoint import Checkpoint, load_checkpoint
 from charlstm.config import ExplainConfig, ModelConfig
 from charlstm.errors import UserError
-from charlstm.files import atomic_write
+from charlstm.files import atomic_path
 from charlstm.model import CharLSTM, State
 from charlstm.vocab import CharVocab
 
@@ -309,7 +309,9 @@ def _page_path(given: str) -> Path:
 
 def _write(out: Path, html: str) -> None:
     try:
-        atomic_write(out, lambda f: f.write(html.encode("utf-8")))
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(html.encode("utf-8"))
+            tmp.chmod(0o644)  # a page to open and share: readable by all, not private as a temporary file is
     except OSError as e:
         raise UserError(f"--out {str(out)!r} cannot be written ({e.strerror or e})") from None
 

@@ -170,6 +170,7 @@ def test_explain_a_checkpoint_writes_a_page(shared_run, tmp_path):
         "after a newline",
     }
     assert report.cells[0] == report.found[0].cell and report.page_bytes == out.stat().st_size
+    assert out.stat().st_mode & 0o777 == 0o644
     parser = Counter()
     parser.feed(out.read_text(encoding="utf-8"))
     assert parser.blocks == 4 and parser.spans == 4 * 1000 + explain.page.LEVELS  # the scale's swatches too
