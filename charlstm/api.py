@@ -26,12 +26,13 @@ import numpy as np
 
 from charlstm import distributed
 from charlstm.checkpoint import Checkpoint, export_safetensors, load_checkpoint
-from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
+from charlstm.config import EvalConfig, ExplainConfig, ModelConfig, SampleConfig, TrainConfig
 from charlstm.device import resolve_device
 from charlstm.distributed import Processes
 from charlstm.errors import UserError
 from charlstm.evaluate import EvalResult, evaluate, evaluate_checkpoint
 from charlstm.events import Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
+from charlstm.explain import ExplainReport, explain_checkpoint
 from charlstm.model import CharLSTM
 from charlstm.run import Run, new_run, resume_run
 from charlstm.sample import Samples, draw_samples
@@ -41,7 +42,7 @@ from charlstm.training import StopFlag, stop_on_signals
 from charlstm.training import train as train_loop
 from charlstm.vocab import CharVocab
 
-__all__ = ["Model", "describe", "evaluate_checkpoint", "export", "load", "sample", "train"]
+__all__ = ["Model", "describe", "evaluate_checkpoint", "explain", "export", "load", "sample", "train"]
 
 _SAMPLE_DEFAULTS = SampleConfig()
 
@@ -175,6 +176,12 @@ def describe(checkpoint: str | Path) -> dict[str, Any]:
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write a checkpoint's weights to ``out`` (``.safetensors``): ``charlstm export``."""
     return export_safetensors(load_checkpoint(checkpoint), out)
+
+
+def explain(checkpoint: str | Path, config: ExplainConfig) -> ExplainReport:
+    """Colour a text by what the model's cells hold, find the cells that follow a few text
+    features, and write the page to ``config.out``: ``charlstm explain``."""
+    return explain_checkpoint(checkpoint, config)
 
 
 def train(

@@ -24,7 +24,7 @@ from typer.core import TyperCommand, TyperGroup
 
 import charlstm
 from charlstm import render
-from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
+from charlstm.config import EXPLAIN_CELLS, EvalConfig, ExplainConfig, ModelConfig, SampleConfig, TrainConfig
 from charlstm.errors import UserError
 
 err = Console(stderr=True, highlight=False)
@@ -347,6 +347,49 @@ def export(
 
     path = api.export(checkpoint, out)
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes); sample, eval and info accept it")
+
+
+@app.command(cls=_Command)
+def explain(
+    checkpoint: CheckpointArg,
+    text: Annotated[str, typer.Option(help="Text file to read through the model.")],
+    out: Annotated[str, typer.Option(help="The HTML page to write (one self-contained file).")],
+    chars: Annotated[int, typer.Option(help="Read and show the first N characters of the text.")] = ExplainConfig.chars,
+    cells: Annotated[
+        int | None,
+        typer.Option(
+            help="Cells to show: the one that follows each text feature best, then those whose values vary most."
+            f" [dim]\\[default: {EXPLAIN_CELLS}][/dim]"
+        ),
+    ] = None,
+    cell_ids: Annotated[
+        str | None,
+        typer.Option(
+            help="Show these cells instead, comma-separated, numbered over the layers (with --hidden H, the second"
+            " layer's first unit is cell H)."
+            " [dim]\\[default: found automatically][/dim]"
+        ),
+    ] = None,
+    value: Annotated[
+        str | None,
+        typer.Option(
+            help="What colours a character: cell (tanh of the cell state after it) or hidden (the hidden output)."
+            " [dim]\\[default: cell; hidden for a GRU][/dim]"
+        ),
+    ] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the text file.")] = ExplainConfig.encoding,
+) -> None:
+    """Colour a text by what the model's cells hold, find the cells that follow features of the text
+    (position in the line, quotes, brackets, capitals, word and line starts), write one HTML page."""
+    from charlstm import api
+
+    config = ExplainConfig(text, out, chars, cells, cell_ids, value, encoding)
+    report = api.explain(checkpoint, config)
+    Console().print(render.explain_table(report))
+    err.print(
+        f"wrote {report.out} ({report.page_bytes:,} bytes, {report.chars:,} characters, {len(report.cells)} cells)"
+        f" in {report.seconds:.1f} s; open it in a browser"
+    )
 
 
 def main() -> None:

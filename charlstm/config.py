@@ -231,3 +231,48 @@ class EvalConfig(DictRoundTrip):
     def part(self) -> str:
         """The split measured once the default is applied."""
         return self.split or ("all" if self.corpus else "val")
+
+
+EXPLAIN_VALUES = ("cell", "hidden")
+EXPLAIN_CELLS = 6  # blocks on the page unless told: as many as there are text features
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """What ``charlstm explain`` reads, which cells it shows and where the page goes."""
+
+    text: str  # path of the text to read
+    out: str  # path of the HTML page
+    chars: int = 10_000  # the first N characters of the text
+    cells: int | None = None  # blocks (None: EXPLAIN_CELLS): each feature's best cell, then the most varied
+    cell_ids: tuple[int, ...] | None = None  # these cells instead (a comma-separated string is accepted)
+    value: str | None = None  # "cell" (tanh of the cell state) or "hidden"; None: cell, hidden for a GRU
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "chars")
+        if self.cells is not None:
+            _positive_int(self, "cells")
+            if self.cell_ids is not None:
+                raise UserError("--cells and --cell-ids cannot be used together, expected one of them")
+        if self.value is not None:
+            _choice(self, "value", EXPLAIN_VALUES)
+        if self.cell_ids is not None:
+            object.__setattr__(self, "cell_ids", _cell_ids(self.cell_ids))
+
+    @property
+    def blocks(self) -> int:
+        """How many cells to show when the cells are found automatically."""
+        return self.cells or EXPLAIN_CELLS
+
+
+def _cell_ids(given: object) -> tuple[int, ...]:
+    """Cell numbers as a tuple without repeats, from a sequence or the command line's "3,17,200"."""
+    parts = given.split(",") if isinstance(given, str) else given
+    try:
+        ids = tuple(int(p) if isinstance(given, str) else p for p in parts)  # type: ignore[attr-defined]
+    except (ValueError, TypeError):  # not a number, or not a sequence
+        ids = ()
+    if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+        raise _fail("cell_ids", given, "cell numbers >= 0, separated by commas (e.g. 3,17,200)")
+    return tuple(dict.fromkeys(ids))

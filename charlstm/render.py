@@ -165,6 +165,19 @@ def write_samples(out: IO[str], prompt: str, pieces: Iterator[list[str]], count:
     out.flush()
 
 
+def explain_table(report: Any) -> Table:
+    """``charlstm explain``'s findings: for each text feature, the cell that follows it best."""
+    table = Table(title=f"charlstm explain: {report.value} values, {report.chars:,} characters")
+    for column in ("feature", "cell", "r"):
+        table.add_column(column, justify="right" if column == "r" else "left")
+    for found in report.found:
+        table.add_row(found.feature, str(found.cell), f"{found.r:+.2f}")
+    for feature in report.absent:
+        table.add_row(feature, "[dim]not in this text[/dim]", "")
+    table.caption = f"cells on the page: {', '.join(map(str, report.cells))}"
+    return table
+
+
 def eval_table(report: Any) -> Table:
     """``charlstm eval``'s result: loss, bits per character, perplexity, characters measured."""
     result = report.result

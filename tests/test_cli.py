@@ -447,3 +447,70 @@ def test_eval_of_unseen_characters_can_skip_them(shared_run, tmp_path):
     skipped = invoke("eval", shared_run, "--corpus", other, "--unknown", "skip", "--json")
     assert skipped.exit_code == 0 and "left out 40 characters" in skipped.stderr
     assert json.loads(skipped.stdout)["chars"] == 40 * 16 - 1
+
+
+def test_explain_passes_its_options_and_renders_what_it_found(monkeypatch, tmp_path):
+    from charlstm.config import ExplainConfig
+    from charlstm.explain import ExplainReport, Found
+
+    seen = {}
+
+    def fake_explain(checkpoint, config):
+        seen.update(checkpoint=checkpoint, config=config)
+        found = [Found("line of capitals", 309, 0.9), Found("after a newline", 98, -0.69)]
+        return ExplainReport(tmp_path / "p.html", 500, "hidden", found, ["inside quotes"], [309, 98], 1234, 0.5)
+
+    monkeypatch.setattr(api, "explain", fake_explain)
+    args = ("explain", "ck.pt", "--text", "t.txt", "--out", "p.html", "--chars", 500, "--cell-ids", "309,98")
+    result = invoke(*args, "--value", "hidden")
+    assert result.exit_code == 0, result.output
+    assert seen == {"checkpoint": "ck.pt", "config": ExplainConfig("t.txt", "p.html", 500, None, (309, 98), "hidden")}
+    assert re.search(r"line of capitals\s+.\s+309\s+.\s+\+0\.90", result.stdout)
+    assert re.search(r"inside quotes\s+.\s+not in this text", result.stdout)
+    assert "wrote" in result.stderr and "1,234 bytes" in result.stderr
+    defaults = invoke("explain", "ck.pt", "--text", "t.txt", "--out", "p.html")
+    assert defaults.exit_code == 0 and seen["config"] == ExplainConfig("t.txt", "p.html")
+
+
+def test_explain_help_lists_every_option_with_its_default():
+    page = runner.invoke(app, ["explain", "--help"], env={"COLUMNS": "200"}).stdout
+    for option, default in [
+        ("--text", "required"),
+        ("--out", "required"),
+        ("--chars", "default: 10000"),
+        ("--cells", "default: 6"),
+        ("--cell-ids", "default: found automatically"),
+        ("--value", "default: cell; hidden for a GRU"),
+        ("--encoding", "default: utf-8"),
+    ]:
+        assert re.search(rf"{option} .*\[{re.escape(default)}\]", page), option
+
+
+def test_explain_end_to_end(shared_run, tmp_path):
+    from conftest import play_text
+
+    text = tmp_path / "text.txt"
+    text.write_text(play_text(2000, seed=2), encoding="utf-8")
+    result = invoke("explain", shared_run, "--text", text, "--out", tmp_path / "page.html", "--cells", 3)
+    assert result.exit_code == 0, result.output
+    assert "after a newline" in result.stdout and "not in this text" in result.stdout
+    assert (tmp_path / "page.html").stat().st_size > 2000 * 3 * 20
+
+
+def test_explain_mistakes_are_one_line(shared_run, tmp_path):
+    text, out = tmp_path / "text.txt", tmp_path / "page.html"
+    text.write_text("KING: my lord ☃\n", encoding="utf-8")
+    assert_user_error(invoke("explain", shared_run, "--text", text, "--out", out), "never saw: '☃'", str(text))
+    common = ("explain", shared_run, "--out", out, "--text")
+    assert_user_error(invoke(*common, tmp_path / "none.txt"), "does not exist", "none.txt")
+    assert_user_error(invoke(*common, tmp_path), "is a folder")
+    text.write_text("KING: my lord\n", encoding="utf-8")
+    assert_user_error(invoke(*common, text, "--cells", 2, "--cell-ids", "1,2"), "--cells and --cell-ids")
+    assert_user_error(invoke(*common, text, "--cell-ids", "1,x"), "--cell-ids '1,x'", "3,17,200")
+    assert_user_error(invoke(*common, text, "--cell-ids", "1,9999"), "--cell-ids 9999", "from 0 to 31")
+    assert_user_error(invoke(*common, text, "--value", "gate"), "--value 'gate'", "cell, hidden")
+    assert_user_error(invoke(*common, text, "--chars", 0), "--chars 0")
+    assert_user_error(invoke("explain", shared_run, "--text", text, "--out", tmp_path / "no" / "p.html"), "no")
+    assert_user_error(invoke("explain", tmp_path / "nothing", "--text", text, "--out", out), "does not exist")
+    assert_user_error(invoke("explain", shared_run, "--text", text), "--out")
+    assert not out.exists()

@@ -67,3 +67,24 @@ def test_added_and_dropped_fields_round_trip():
 def test_evaluation_measures_the_validation_tail_unless_given_a_text():
     assert EvalConfig().part == "val" and EvalConfig(corpus="x.txt").part == "all"
     assert EvalConfig(corpus="x.txt", split="train").part == "train"
+
+
+def test_explain_options():
+    from charlstm.config import EXPLAIN_CELLS, ExplainConfig
+
+    assert ExplainConfig("t", "p", cell_ids="3, 17,3").cell_ids == (3, 17)  # the command line's form, repeats once
+    assert ExplainConfig("t", "p", cell_ids=[5, 1]).cell_ids == (5, 1)
+    assert ExplainConfig("t", "p").blocks == EXPLAIN_CELLS and ExplainConfig("t", "p", cells=2).blocks == 2
+    for kwargs, needle in [
+        ({"chars": 0}, "--chars 0"),
+        ({"cells": -1}, "--cells -1"),
+        ({"cell_ids": "3,x"}, "--cell-ids '3,x'"),
+        ({"cell_ids": "-1"}, "--cell-ids '-1'"),
+        ({"cell_ids": ""}, "--cell-ids ''"),
+        ({"cell_ids": [True]}, "--cell-ids [True]"),
+        ({"value": "gate"}, "cell, hidden"),
+        ({"cells": 2, "cell_ids": "1"}, "--cells and --cell-ids"),
+    ]:
+        with pytest.raises(UserError, match="expected") as info:
+            ExplainConfig("t", "p", **kwargs)
+        assert needle in str(info.value), kwargs
