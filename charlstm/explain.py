@@ -11,8 +11,7 @@ has only the latter).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from charlstm.config import ExplainConfig, ModelConfig
 from charlstm.errors import UserError
 from charlstm.files import atomic_path
 from charlstm.model import CharLSTM, State
+from charlstm.stepper import Stepper
 from charlstm.vocab import CharVocab
 
 TOP = 5  # likeliest next characters shown on hover
@@ -194,44 +194,33 @@ def char_tokens(vocab: CharVocab, text: str, subject: str) -> list[list[int]]:
     return [vocab.encode(c) for c in text]
 
 
-@contextmanager
-def _small_steps() -> Iterator[None]:
-    """Torch set for many calls of one character each: one thread (too little work to share out:
-    on the 2-core machine beside another busy process two threads took 18 ms a step against 1.2
-    ms for one), and no oneDNN, whose LSTM sets itself up at every call (1.4 ms against 0.45-0.75)."""
-    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.backends.mkldnn.enabled = onednn
-
-
 @torch.no_grad()
 def read_through(model: CharLSTM, pieces: list[list[int]], text: str, value: str, state: State | None) -> Activations:
     """Step the model one token at a time through the characters' tokens ``pieces``, carrying the
-    state from ``state`` (None: zeros); keep what it holds after each character's last token."""
-    tokens = torch.tensor([t for piece in pieces for t in piece], dtype=torch.int64)[None]  # (1, M)
-    cells, logits = [], []
-    with _small_steps():
-        for t in range(tokens.shape[1]):
-            step_logits, state = model(tokens[:, t : t + 1], state)  # (1, 1, V)
-            cells.append(state[0] if value == "hidden" else state[1])  # (layers, 1, H)
-            logits.append(step_logits)
-    held = torch.cat(cells, dim=1).transpose(0, 1).flatten(1)  # (M, layers * H), layer by layer
-    if value == "cell":
-        held = torch.tanh(held)
-    logp = torch.log_softmax(torch.cat(logits, dim=1)[0].float(), dim=1).numpy()  # (M, V)
+    state from ``state`` (None: zeros); keep what it holds after each character's last token.
+
+    The fp32 compiled step (``stepper.py``, equal to the forward pass within 1e-5) takes
+    microseconds a token, where a forward call per token pays torch's set-up every time."""
+    tokens = np.array([t for piece in pieces for t in piece], dtype=np.int64)  # (M,)
+    stepper = Stepper(model)
+    step_logits, s = stepper.prime(torch.from_numpy(tokens[None, :1]), state)
+    layers, hidden = model.config.layers, model.config.hidden
+    held = np.empty((len(tokens), layers * hidden), np.float32)  # (M, layers * H), layer by layer
+    logits = np.empty((len(tokens), step_logits.shape[1]), np.float32)  # (M, V)
+    for t in range(len(tokens)):
+        if t:
+            step_logits = stepper.step(tokens[t : t + 1], s)
+        held[t] = (s.xh[:, 0, hidden:] if value == "hidden" else np.tanh(s.c[:, 0])).reshape(-1)
+        logits[t] = step_logits[0]
+    logp = torch.log_softmax(torch.from_numpy(logits), dim=1).numpy()  # (M, V)
     ends = np.cumsum([len(p) for p in pieces]) - 1  # (N,) index of each character's last token
     top = np.argsort(-logp[ends], axis=1, kind="stable")[:, :TOP]  # (N, TOP)
     return Activations(
         text=text,
-        values=held.numpy()[ends].astype(np.float32),
+        values=held[ends],
         top_ids=top,
         top_probs=np.exp(np.take_along_axis(logp[ends], top, axis=1)).astype(np.float32),
-        next_loss=_next_losses(logp, tokens[0].numpy(), ends),
+        next_loss=_next_losses(logp, tokens, ends),
     )
 
 
