@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Annotated, Any
 
@@ -344,6 +345,29 @@ def export(
 
     path = api.export(checkpoint, out)
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes); sample, eval and info accept it")
+
+
+@app.command(name="runs", cls=_Command)
+def list_runs(
+    folder: Annotated[
+        str, typer.Argument(help="A folder of run directories (searched at any depth), or one run directory.")
+    ] = "checkpoints",
+    sort: Annotated[
+        str, typer.Option(help="best (lowest best validation loss first) or time (latest change first).")
+    ] = "best",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects instead of a table.")] = False,
+) -> None:
+    """One row per run: corpus, model, steps, time trained, best and last validation loss, state."""
+    from charlstm import runs
+
+    now = time.time()
+    found = runs.list_runs(folder, sort, now)
+    if as_json:
+        typer.echo(json.dumps([run.to_dict() for run in found]))
+    elif not found:
+        err.print(f"no run directories in {folder}")
+    else:
+        Console().print(render.runs_table(found, folder, now))
 
 
 def main() -> None:

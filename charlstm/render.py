@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
@@ -208,3 +209,62 @@ def _plain(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return "-" if value is None else str(value)
+
+
+RUNS_CAPTION = (
+    "best, last: validation loss in nats/char. state: finished (budget spent), a signal's name (stopped by it), "
+    "error, running (changed in the last 5 minutes), unknown (no end record: killed?)"
+)
+RUN_COLUMNS = ("run", "corpus", "model", "params", "steps", "time", "best", "last", "state", "changed")
+
+
+def runs_table(runs: list[Any], folder: str, now: float) -> Table:
+    """``charlstm runs``: one row per run directory; only the names wrap in a narrow terminal."""
+    table = Table(title=f"charlstm runs: {folder}", caption=RUNS_CAPTION, caption_justify="left", box=None)
+    table.padding = (0, 1, 0, 0)  # one space between columns, none at the edges: the table fits 80 columns
+    for column in RUN_COLUMNS:
+        left, wraps = column in ("run", "corpus", "model", "state"), column in ("run", "corpus")
+        overflow = "fold" if column == "run" else "ellipsis"  # a run's name is shown whole, on several lines if need be
+        table.add_column(
+            column,
+            justify="left" if left else "right",
+            no_wrap=not wraps,
+            min_width=6 if wraps else None,
+            overflow=overflow,
+        )
+    for run in runs:
+        table.add_row(
+            run.name,
+            Path(run.corpus).name if run.corpus else "-",
+            f"{run.cell} {run.layers}x{run.hidden}" if run.layers else "-",
+            _count(run.params),
+            f"{run.steps:,}",
+            _seconds(run.elapsed),
+            _loss(_or_nan(run.best_val_loss)),
+            _loss(_or_nan(run.last_val_loss)),
+            (run.detail or "signal") if run.state == "signal" else run.state,
+            _ago(now - run.last_change),
+        )
+    return table
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _count(n: int | None) -> str:
+    """A parameter count in three figures: 41.7K, 1.20M."""
+    if n is None:
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def _ago(seconds: float) -> str:
+    """How long ago, in the largest whole unit: 40s, 12m, 3h, 5d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{max(int(seconds), 0)}s ago"
