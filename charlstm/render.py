@@ -6,6 +6,7 @@ and samples on stdout. Part of the CLI: only ``cli.py`` imports it.
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -15,6 +16,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from charlstm import events
+from charlstm.config import option
+from charlstm.metrics import FINISHED
 
 
 class TrainView:
@@ -33,7 +36,7 @@ class TrainView:
         )
         self.task: Any = None
         self.reading_tasks: dict[str, Any] = {}
-        self.val = math.nan
+        self.figures: dict[str, str | int | None] = {}  # what the bar's status line shows, newest of each
 
     def __enter__(self) -> TrainView:
         return self
@@ -63,20 +66,34 @@ class TrainView:
             self._started(event)
         elif isinstance(event, events.Progress):
             left = f"{_seconds(event.remaining)} left" if event.remaining is not None else ""
-            status = (
-                f"step {event.step}  loss {event.loss:.3f}  val {_loss(self.val)}  lr {event.lr:.2e}  "
-                f"{event.chars_per_sec / 1000:.1f}k chars/s  {left}"
-            )
-            self.bar.update(self.task, completed=event.fraction, status=status)
+            speed = f"{event.chars_per_sec / 1000:.1f}k chars/s"
+            self._update(event.fraction, step=event.step, loss=f"{event.loss:.3f}", lr=f"{event.lr:.2e}", speed=speed)
+            self.figures["left"] = left
         elif isinstance(event, events.Evaluated):
-            self.val = event.val_loss
+            self._update(None, step=event.step, val=_loss(event.val_loss))
             mark = " [green](best)[/green]" if event.is_best else ""
-            self.bar.console.print(f"step {event.step}: val loss {event.val_loss:.4f}{mark}")
+            when = f", {_seconds(event.elapsed)} trained" if event.elapsed is not None else ""
+            self.bar.console.print(f"step {event.step}: val loss {event.val_loss:.4f}{mark}{when}")
             if event.sample:
                 self.bar.console.print(event.sample, style="dim", markup=False)
         elif isinstance(event, events.Finished):
+            result = event.result
+            done = 1.0 if result.stopped_by in FINISHED else None  # a stopped run keeps the share it reached
+            loss = f"{result.train_loss:.3f}" if math.isfinite(result.train_loss) else self.figures.get("loss")
+            self._update(done, step=result.step, loss=loss, val=_loss(result.last_val_loss), left="")
             self.close()
-            self._summary(event.result)
+            self._summary(result)
+
+    def _update(self, fraction: float | None, **figures: str | int | None) -> None:
+        """The bar's status line: the newest of each figure, so that its last state shows the final
+        evaluation (an evaluation, or the end, arrives after the log line it follows)."""
+        self.figures.update(figures)
+        f = self.figures
+        parts = [f"step {f['step']}", f"loss {f.get('loss') or '-'}", f"val {f.get('val') or '-'}"]
+        parts += [f"lr {f['lr']}" if f.get("lr") else "", f.get("speed") or "", f.get("left") or ""]
+        status = "  ".join(part for part in parts if part)
+        if self.task is not None:
+            self.bar.update(self.task, status=status, **({"completed": fraction} if fraction is not None else {}))
 
     def _started(self, event: events.Started) -> None:
         self._show()
@@ -98,6 +115,15 @@ class TrainView:
             self.bar.console.print(f"warning: left out {count} files that are not text: {shown}", markup=False)
 
     def _summary(self, result: events.TrainResult) -> None:
+        """The same table however the run ended; a stopped run's resume command comes just before it,
+        as plain text that no width cuts or folds, so that it can be copied whole."""
+        if result.stopped_by == "signal":
+            self.console.print(
+                f"stopped by signal; resume with:\n  {result.resume_command}",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
         best = result.best_val_loss
         table = Table(title="charlstm train", show_header=False)
         for key, value in (
@@ -105,7 +131,7 @@ class TrainView:
             ("steps", f"{result.step:,}"),
             ("epochs", f"{result.epoch:.2f}"),
             ("time", _seconds(result.elapsed)),
-            ("stopped by", result.stopped_by),
+            ("stopped by", _stopped_by(result)),
             ("best val loss", f"{_loss(best)} nats/char ({_loss(best / math.log(2))} bpc)"),
             ("last val loss", _loss(result.last_val_loss)),
             ("train loss", f"{result.train_loss:.4f}"),
@@ -113,6 +139,15 @@ class TrainView:
         ):
             table.add_row(key, value)
         self.console.print(table)
+
+
+def _stopped_by(result: events.TrainResult) -> str:
+    """Why a run ended, in words: "--max-time (budget spent)", "signal (SIGINT)", ..."""
+    if result.stopped_by in FINISHED:
+        return f"{option(result.stopped_by)} (budget spent)"
+    if result.stopped_by == "signal":
+        return f"signal ({signal.Signals(result.signal).name})" if result.signal else "signal"
+    return "a NaN or infinite training loss" if result.stopped_by == "nan" else result.stopped_by
 
 
 def _loss(value: float) -> str:

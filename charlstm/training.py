@@ -160,7 +160,7 @@ def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None) -> bool:
     record.update(val_bpc=result.bpc, best=is_best, elapsed=round(st.elapsed, 3))
     log_metric(run, {**record, "eval_chars": result.chars, "eval_seconds": round(seconds, 3)})
     save(run, (LAST, BEST) if is_best else (LAST,))
-    on_event(Evaluated(st.step, result.loss, is_best, preview(run)))
+    on_event(Evaluated(st.step, result.loss, is_best, preview(run), st.elapsed))
     return True
 
 
