@@ -134,7 +134,7 @@ class TrainView:
             ("stopped by", _stopped_by(result)),
             ("best val loss", f"{_loss(best)} nats/char ({_loss(best / math.log(2))} bpc)"),
             ("last val loss", _loss(result.last_val_loss)),
-            ("train loss", f"{result.train_loss:.4f}"),
+            ("train loss", _loss(result.train_loss)),
             ("speed", f"{result.chars_per_sec:,.0f} chars/s (this session, evaluations included)"),
         ):
             table.add_row(key, value)

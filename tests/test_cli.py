@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from charlstm import api, training
 from charlstm.cli import app
-from charlstm.events import TrainResult
+from charlstm.events import Finished, TrainResult
 from charlstm.vocab import CharVocab
 
 runner = CliRunner()
@@ -91,10 +91,18 @@ def test_train_passes_exactly_the_given_options(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_run_stopped_by_a_signal_prints_the_resume_command(monkeypatch, tmp_path, signum, code):
-    monkeypatch.setattr(api, "train", lambda **kwargs: fake_result(tmp_path / "my run", "signal", signum))
-    result = invoke("train")
+    def stopped(on_event, **kwargs):
+        result = fake_result(tmp_path / "my run", "signal", signum)
+        on_event(Finished(result))
+        return result
+
+    monkeypatch.setattr(api, "train", stopped)
+    result = runner.invoke(app, ["train"], env={"COLUMNS": "40"})  # narrower than the command: never cut
     assert result.exit_code == code
-    assert result.stderr.endswith(f"stopped by signal; resume with:\n  charlstm train --resume {tmp_path / 'my run'}\n")
+    resume = f"stopped by signal; resume with:\n  charlstm train --resume {tmp_path / 'my run'}\n"
+    before, table = result.stderr.split(resume)  # the command whole, then the summary table ends the output
+    assert before == "" and "stopped by" in table and f"signal ({signum.name})" in " ".join(table.split())
+    assert table.rstrip().endswith("┘")
 
 
 def test_help_lists_every_option_with_its_default_and_flags_take_no_value():
