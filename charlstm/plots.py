@@ -139,22 +139,26 @@ def text_chart(
     fig.clear()
     fig.plot_size(width, height)
     fig.theme("simple" if color else "colorless")  # "simple": the terminal's own background
-    for i, run in enumerate(runs):
+    for i, run in enumerate(runs):  # one legend line a run; the title tells the lines apart
         pen = TERMINAL_COLORS[i % len(TERMINAL_COLORS)]
-        _line(plotext, run.train, f"{run.name} train", plotext.marker("hd", pen))
-        _line(plotext, run.val, f"{run.name} val", plotext.marker("o", pen))
-        _line(plotext, run.lr, f"{run.name} lr (right)", plotext.marker(".", pen), yside="right")
+        best = f": best val {run.best[1]:.4f}" if run.best else ""
+        _line(plotext, run.train, None, plotext.marker("hd", pen))
+        _line(plotext, run.val, f"{run.name}{best}", plotext.marker("o", pen))
+        _line(plotext, run.lr, None, plotext.marker(".", pen), yside="right")
         if run.best:
-            best = Curve([run.best[0]], [run.best[1]])
-            _line(plotext, best, f"{run.name} best val {run.best[1]:.4f}", plotext.marker("*", pen), lines=False)
+            _line(plotext, Curve([run.best[0]], [run.best[1]]), None, plotext.marker("*", pen), lines=False)
+    fig.title("o val loss  ▚ train loss  . lr (right)  * best")
     fig.label(X_AXES[x][1], "x")
     fig.label("loss (nats/char)", "y")
     fig.label("learning rate", "y", "right")
     return fig.build().string(colorless=not color)
 
 
-def _line(plotext: ModuleType, curve: Curve, label: str, marker: Any, yside: str = "left", lines: bool = True) -> None:
+def _line(
+    plotext: ModuleType, curve: Curve, label: str | None, marker: Any, yside: str = "left", lines: bool = True
+) -> None:
     if not curve.xs:
         return
     signal = plotext.figure.signal(curve.xs, curve.ys, marker=marker, yside=yside)
-    plotext.figure.draw((signal.lines() if lines else signal).label(label))
+    signal = signal.lines() if lines else signal
+    plotext.figure.draw(signal.label(label) if label else signal)
