@@ -139,12 +139,13 @@ def text_chart(
     fig.clear()
     fig.plot_size(width, height)
     fig.theme("simple" if color else "colorless")  # "simple": the terminal's own background
-    for i, run in enumerate(runs):  # one legend line a run; the title tells the lines apart
-        pen = TERMINAL_COLORS[i % len(TERMINAL_COLORS)]
+    pens = [TERMINAL_COLORS[i % len(TERMINAL_COLORS)] for i in range(len(runs))]
+    for run, pen in zip(runs, pens, strict=True):  # one legend line a run; the title tells the lines apart
         best = f": best val {run.best[1]:.4f}" if run.best else ""
         _line(plotext, run.train, None, plotext.marker("hd", pen))
         _line(plotext, run.val, f"{run.name}{best}", plotext.marker("o", pen))
         _line(plotext, run.lr, None, plotext.marker(".", pen), yside="right")
+    for run, pen in zip(runs, pens, strict=True):  # drawn last, so that no other line covers them
         if run.best:
             _line(plotext, Curve([run.best[0]], [run.best[1]]), None, plotext.marker("*", pen), lines=False)
     fig.title("o val loss  ▚ train loss  . lr (right)  * best")
