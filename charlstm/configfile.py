@@ -99,7 +99,9 @@ def _checked(path: Path, name: str, value: Any) -> Any:
 def settings(tcfg: TrainConfig, mcfg: ModelConfig, precision: str | None = None) -> dict[str, Any]:
     """A run's settings as a file holds them: every option that has a value, by its file spelling;
     ``precision`` replaces ``auto`` with the choice it measured, so that a repeat runs as this did."""
-    values = {**tcfg.to_dict(), **mcfg.to_dict()}
+    data = list(tcfg.to_dict().items())
+    cut = [k for k, _ in data].index("val_fraction") + 1  # the model after the data, as in --help
+    values = dict([*data[:cut], *mcfg.to_dict().items(), *data[cut:]])
     if precision is not None:
         values["precision"] = precision
     return {key(k): v for k, v in values.items() if k in KINDS and v is not None}

@@ -264,7 +264,7 @@ def runs_table(runs: list[Any], folder: str, now: float) -> Table:
             column,
             justify="left" if left else "right",
             no_wrap=not wraps,
-            min_width=6 if wraps else None,
+            min_width=_run_width(runs) if column == "run" else 6 if wraps else None,
             overflow=overflow,
         )
     for run in runs:
@@ -303,3 +303,8 @@ def _ago(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
     return f"{max(int(seconds), 0)}s ago"
+
+
+def _run_width(runs: list[Any]) -> int:
+    """The run column's least width: its longest name, up to what 80 columns leave beside the rest."""
+    return min(max((len(run.name) for run in runs), default=6), 10)
