@@ -28,7 +28,8 @@ else:  # pragma: no cover - the same parser, before it joined the standard libra
 
 CONFIG = "config.toml"
 NOT_SETTINGS = ("vocab_size",)  # follows from the corpus, never given
-# The kind of value each key takes: every setting of both configs, and the two run-level options.
+# The kind of value each key takes: every setting of both configs (their annotations, strings under
+# config.py's `from __future__ import annotations`: "int | None" takes an int), and two run-level options.
 KINDS = {
     **{f.name: f.type.split(" | ")[0] for cls in (TrainConfig, ModelConfig) for f in fields(cls)},
     "resume": "str",
