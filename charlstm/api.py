@@ -275,7 +275,10 @@ class _TqdmBar:
             self.bar.update(event.fraction - self.bar.n)
             self.bar.set_postfix_str(f"step {event.step}, loss {event.loss:.3f}, {event.chars_per_sec:,.0f} chars/s")
         elif isinstance(event, Evaluated):
-            self.bar.write(f"step {event.step}: val loss {event.val_loss:.4f}{' (best)' if event.is_best else ''}")
+            trained = f", {event.elapsed:.0f}s trained" if event.elapsed is not None else ""
+            self.bar.write(
+                f"step {event.step}: val loss {event.val_loss:.4f}{' (best)' if event.is_best else ''}{trained}"
+            )
         elif isinstance(event, Finished) and event.result.stopped_by not in ("signal", "nan"):
             self.bar.update(1.0 - self.bar.n)  # the budget is spent, whatever the last log line said
 

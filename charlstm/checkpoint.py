@@ -264,15 +264,17 @@ def find_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
     return p
 
 
-def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
-    """Read a checkpoint (``.pt``, ``.safetensors`` or a run directory) safely, in any format we read."""
+def load_checkpoint(path: str | Path, prefer: str = BEST, mmap: bool = False) -> Checkpoint:
+    """Read a checkpoint (``.pt``, ``.safetensors`` or a run directory) safely, in any format we read.
+    ``mmap``: map a ``.pt`` file's tensors instead of reading them, for a look at its configs,
+    progress and tensor shapes that costs milliseconds whatever the model's size."""
     p = find_checkpoint(path, prefer)
     if p.suffix == ".safetensors":
         return Checkpoint.from_dict(_read_safetensors(p), p)
     if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; anything else is not ours
         raise UserError(f"{str(p)!r} is not a readable charlstm checkpoint (truncated, corrupted or another format)")
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
+        payload = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         blocked = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), "non-tensor objects")
         raise UserError(

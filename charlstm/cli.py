@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import time
 import traceback
 from typing import Annotated, Any
 
@@ -118,9 +120,29 @@ CheckpointArg = Annotated[str, typer.Argument(help="A checkpoint file, or a run 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
 
+def _read_config(ctx: typer.Context, path: str | None) -> str | None:
+    """``--config FILE``, read before every other option: its values become their defaults, so that
+    an option given on the command line wins over the file."""
+    if path is not None:
+        from charlstm import configfile
+
+        ctx.default_map = {**(ctx.default_map or {}), **configfile.read_options(path)}
+    return path
+
+
 @app.command(cls=_Command)
 def train(
     ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help="A TOML file of training options (max-time = 120, hidden = 256, ...), such as a run "
+            "directory's config.toml; options given here win over it.",
+            rich_help_panel=DATA,
+            is_eager=True,
+            callback=_read_config,
+        ),
+    ] = None,
     corpus: Annotated[
         str | None, _run_option("Path to a UTF-8 text file, or a known corpus name (tinyshakespeare).", DATA, "corpus")
     ] = None,
@@ -221,12 +243,11 @@ def train(
     """Train a model; progress is shown live, checkpoints go to the run directory."""
     from charlstm import api
 
-    options = {name: value for name, value in ctx.params.items() if value is not None}
+    given = {name: value for name, value in ctx.params.items() if value is not None and name != "config"}
+    options = {**(ctx.default_map or {}), **given}  # and options of the file that this command does not declare
     with render.TrainView(err) as view:
         result = api.train(**options, on_event=view.on_event, on_reading=view.reading)
-    if result.stopped_by == "signal":
-        if result.main_process:  # plain write, not rich: the command must survive any terminal width and any path
-            sys.stderr.write(f"stopped by signal; resume with:\n  {result.resume_command}\n")
+    if result.stopped_by == "signal":  # the view has shown the resume command
         raise typer.Exit(130 if result.signal == signal.SIGINT else 143)
 
 
@@ -390,6 +411,55 @@ def explain(
         f"wrote {report.out} ({report.page_bytes:,} bytes, {report.chars:,} characters, {len(report.cells)} cells)"
         f" in {report.seconds:.1f} s; open it in a browser"
     )
+
+
+@app.command(name="runs", cls=_Command)
+def list_runs(
+    folder: Annotated[
+        str, typer.Argument(help="A folder of run directories (searched at any depth), or one run directory.")
+    ] = "checkpoints",
+    sort: Annotated[
+        str, typer.Option(help="best (lowest best validation loss first) or time (latest change first).")
+    ] = "best",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects instead of a table.")] = False,
+) -> None:
+    """One row per run: corpus, model, steps, time trained, best and last validation loss, state."""
+    from charlstm import runs
+
+    now = time.time()
+    found = runs.list_runs(folder, sort, now)
+    if as_json:
+        typer.echo(json.dumps([run.to_dict() for run in found]))
+    elif not found:
+        err.print(f"no run directories in {folder}")
+    else:
+        Console().print(render.runs_table(found, folder, now))
+
+
+@app.command(cls=_Command)
+def plot(
+    run_dirs: Annotated[
+        list[str], typer.Argument(help="One or more run directories, drawn together.", metavar="RUN_DIR")
+    ],
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="Write the chart to this .png, .svg or .pdf file (matplotlib). "
+            "[dim]\\[default: a chart in the terminal (plotext)][/dim]"
+        ),
+    ] = None,
+    x: Annotated[str, typer.Option(help="The horizontal axis: step, time (seconds trained) or epoch.")] = "step",
+) -> None:
+    """Training and validation loss, and the learning rate, of runs from their metrics.jsonl."""
+    from charlstm import plots
+
+    if out is not None:
+        path = plots.save_chart(run_dirs, out, x)
+        err.print(f"wrote {path}")
+        return
+    columns, lines = shutil.get_terminal_size()
+    chart = plots.text_chart(run_dirs, x, width=columns, height=min(max(lines - 2, 15), 40), color=sys.stdout.isatty())
+    typer.echo(chart)
 
 
 def main() -> None:

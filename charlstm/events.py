@@ -42,6 +42,7 @@ class Evaluated:
     val_loss: float
     is_best: bool
     sample: str
+    elapsed: float | None = None  # seconds the run had trained when it was evaluated
 
 
 @dataclass

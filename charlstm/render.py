@@ -6,7 +6,9 @@ and samples on stdout. Part of the CLI: only ``cli.py`` imports it.
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
@@ -14,6 +16,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from charlstm import events
+from charlstm.config import option
+from charlstm.metrics import FINISHED
 
 
 class TrainView:
@@ -32,7 +36,7 @@ class TrainView:
         )
         self.task: Any = None
         self.reading_tasks: dict[str, Any] = {}
-        self.val = math.nan
+        self.figures: dict[str, str | int | None] = {}  # what the bar's status line shows, newest of each
 
     def __enter__(self) -> TrainView:
         return self
@@ -62,20 +66,34 @@ class TrainView:
             self._started(event)
         elif isinstance(event, events.Progress):
             left = f"{_seconds(event.remaining)} left" if event.remaining is not None else ""
-            status = (
-                f"step {event.step}  loss {event.loss:.3f}  val {_loss(self.val)}  lr {event.lr:.2e}  "
-                f"{event.chars_per_sec / 1000:.1f}k chars/s  {left}"
-            )
-            self.bar.update(self.task, completed=event.fraction, status=status)
+            speed = f"{event.chars_per_sec / 1000:.1f}k chars/s"
+            self._update(event.fraction, step=event.step, loss=f"{event.loss:.3f}", lr=f"{event.lr:.2e}", speed=speed)
+            self.figures["left"] = left
         elif isinstance(event, events.Evaluated):
-            self.val = event.val_loss
+            self._update(None, step=event.step, val=_loss(event.val_loss))
             mark = " [green](best)[/green]" if event.is_best else ""
-            self.bar.console.print(f"step {event.step}: val loss {event.val_loss:.4f}{mark}")
+            when = f", {_seconds(event.elapsed)} trained" if event.elapsed is not None else ""
+            self.bar.console.print(f"step {event.step}: val loss {event.val_loss:.4f}{mark}{when}")
             if event.sample:
                 self.bar.console.print(event.sample, style="dim", markup=False)
         elif isinstance(event, events.Finished):
+            result = event.result
+            done = 1.0 if result.stopped_by in FINISHED else None  # a stopped run keeps the share it reached
+            loss = f"{result.train_loss:.3f}" if math.isfinite(result.train_loss) else self.figures.get("loss")
+            self._update(done, step=result.step, loss=loss, val=_loss(result.last_val_loss), left="")
             self.close()
-            self._summary(event.result)
+            self._summary(result)
+
+    def _update(self, fraction: float | None, **figures: str | int | None) -> None:
+        """The bar's status line: the newest of each figure, so that its last state shows the final
+        evaluation (an evaluation, or the end, arrives after the log line it follows)."""
+        self.figures.update(figures)
+        f = self.figures
+        parts = [f"step {f['step']}", f"loss {f.get('loss') or '-'}", f"val {f.get('val') or '-'}"]
+        parts += [f"lr {f['lr']}" if f.get("lr") else "", f.get("speed") or "", f.get("left") or ""]
+        status = "  ".join(part for part in parts if part)
+        if self.task is not None:
+            self.bar.update(self.task, status=status, **({"completed": fraction} if fraction is not None else {}))
 
     def _started(self, event: events.Started) -> None:
         self._show()
@@ -97,6 +115,15 @@ class TrainView:
             self.bar.console.print(f"warning: left out {count} files that are not text: {shown}", markup=False)
 
     def _summary(self, result: events.TrainResult) -> None:
+        """The same table however the run ended; a stopped run's resume command comes just before it,
+        as plain text that no width cuts or folds, so that it can be copied whole."""
+        if result.stopped_by == "signal":
+            self.console.print(
+                f"stopped by signal; resume with:\n  {result.resume_command}",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
         best = result.best_val_loss
         table = Table(title="charlstm train", show_header=False)
         for key, value in (
@@ -104,14 +131,23 @@ class TrainView:
             ("steps", f"{result.step:,}"),
             ("epochs", f"{result.epoch:.2f}"),
             ("time", _seconds(result.elapsed)),
-            ("stopped by", result.stopped_by),
+            ("stopped by", _stopped_by(result)),
             ("best val loss", f"{_loss(best)} nats/char ({_loss(best / math.log(2))} bpc)"),
             ("last val loss", _loss(result.last_val_loss)),
-            ("train loss", f"{result.train_loss:.4f}"),
+            ("train loss", _loss(result.train_loss)),
             ("speed", f"{result.chars_per_sec:,.0f} chars/s (this session, evaluations included)"),
         ):
             table.add_row(key, value)
         self.console.print(table)
+
+
+def _stopped_by(result: events.TrainResult) -> str:
+    """Why a run ended, in words: "--max-time (budget spent)", "signal (SIGINT)", ..."""
+    if result.stopped_by in FINISHED:
+        return f"{option(result.stopped_by)} (budget spent)"
+    if result.stopped_by == "signal":
+        return f"signal ({signal.Signals(result.signal).name})" if result.signal else "signal"
+    return "a NaN or infinite training loss" if result.stopped_by == "nan" else result.stopped_by
 
 
 def _loss(value: float) -> str:
@@ -221,3 +257,67 @@ def _plain(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return "-" if value is None else str(value)
+
+
+RUNS_CAPTION = (
+    "best, last: validation loss in nats/char. state: finished (budget spent), a signal's name (stopped by it), "
+    "error, running (changed in the last 5 minutes), unknown (no end record: killed?)"
+)
+RUN_COLUMNS = ("run", "corpus", "model", "params", "steps", "time", "best", "last", "state", "changed")
+
+
+def runs_table(runs: list[Any], folder: str, now: float) -> Table:
+    """``charlstm runs``: one row per run directory; only the names wrap in a narrow terminal."""
+    table = Table(title=f"charlstm runs: {folder}", caption=RUNS_CAPTION, caption_justify="left", box=None)
+    table.padding = (0, 1, 0, 0)  # one space between columns, none at the edges: the table fits 80 columns
+    for column in RUN_COLUMNS:
+        left, wraps = column in ("run", "corpus", "model", "state"), column in ("run", "corpus")
+        overflow = "fold" if column == "run" else "ellipsis"  # a run's name is shown whole, on several lines if need be
+        table.add_column(
+            column,
+            justify="left" if left else "right",
+            no_wrap=not wraps,
+            min_width=_run_width(runs) if column == "run" else 6 if wraps else None,
+            overflow=overflow,
+        )
+    for run in runs:
+        table.add_row(
+            run.name,
+            Path(run.corpus).name if run.corpus else "-",
+            f"{run.cell} {run.layers}x{run.hidden}" if run.layers else "-",
+            _count(run.params),
+            f"{run.steps:,}",
+            _seconds(run.elapsed),
+            _loss(_or_nan(run.best_val_loss)),
+            _loss(_or_nan(run.last_val_loss)),
+            (run.detail or "signal") if run.state == "signal" else run.state,
+            _ago(now - run.last_change),
+        )
+    return table
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _count(n: int | None) -> str:
+    """A parameter count in three figures: 41.7K, 1.20M."""
+    if n is None:
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def _ago(seconds: float) -> str:
+    """How long ago, in the largest whole unit: 40s, 12m, 3h, 5d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{max(int(seconds), 0)}s ago"
+
+
+def _run_width(runs: list[Any]) -> int:
+    """The run column's least width: its longest name, up to what 80 columns leave beside the rest."""
+    return min(max((len(run.name) for run in runs), default=6), 10)

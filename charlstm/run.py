@@ -4,7 +4,6 @@ and the files of its run directory (checkpoints and ``metrics.jsonl``)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -15,8 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from charlstm import configfile, metrics
 from charlstm.checkpoint import BEST, LAST, Checkpoint, RunState, load_checkpoint
 from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, option
+from charlstm.configfile import CONFIG
 from charlstm.corpus import (
     Reading,
     StreamBatches,
@@ -30,10 +31,10 @@ from charlstm.device import choose_precision, resolve_device
 from charlstm.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
 from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
+from charlstm.metrics import METRICS
 from charlstm.model import CharLSTM, State
 from charlstm.sources import CorpusSource, ProgressFn, resolve_corpus
 
-METRICS = "metrics.jsonl"
 BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: 1.488 vs 1.491 in the 120 s sweep
 # Options that may change when a run is resumed; any other differing value is refused.
 RESUMABLE_CHANGES = frozenset(
@@ -126,7 +127,7 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 def make_run_dir(run_dir: Path) -> None:
     """Create the run directory afresh: earlier run files and stale temporaries removed."""
-    for name in (BEST, LAST, METRICS):
+    for name in (BEST, LAST, METRICS, CONFIG):
         (run_dir / name).unlink(missing_ok=True)
     remove_stale_temporaries(run_dir)
     try:
@@ -168,7 +169,7 @@ def new_run(
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
     optimizer = make_optimizer(model, tcfg, device)
-    return Run(
+    run = Run(
         tcfg,
         mcfg,
         run_dir,
@@ -182,6 +183,8 @@ def new_run(
         char_starts=_char_starts(corpus, device),
         procs=procs,
     )
+    on_main(procs, lambda: write_config(run))
+    return run
 
 
 def rank_batches(tokens: np.ndarray, tcfg: TrainConfig, procs: Processes) -> StreamBatches:
@@ -228,7 +231,7 @@ def resume_run(
         tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, ckpt.progress, hidden, starts, procs
     )
     run.note = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
-    on_main(procs, lambda: (remove_stale_temporaries(run_dir), rewrite_metrics(run)))
+    on_main(procs, lambda: (remove_stale_temporaries(run_dir), rewrite_metrics(run), write_config(run)))
     return run
 
 
@@ -354,12 +357,24 @@ def log_metric(run: Run, record: dict[str, Any]) -> None:
     """Record one metrics line in the run state and append it to metrics.jsonl (the main process)."""
     run.state.metrics.append(record)
     if run.procs.main:
-        with _writing(run, METRICS), open(run.run_dir / METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        with _writing(run, METRICS):
+            metrics.append(run.run_dir, record)
 
 
 def rewrite_metrics(run: Run) -> None:
-    """metrics.jsonl as of the checkpoint: lines written after it was saved are dropped."""
-    text = "".join(json.dumps(r) + "\n" for r in run.state.metrics)
+    """metrics.jsonl as of the checkpoint: lines written after it was saved are dropped, except the
+    end record of a session that stopped right at it (which stays, so that a resume refused
+    leaves the run as it ended)."""
+    saved = run.state.metrics
+    after = metrics.read(run.run_dir)[len(saved) :] if (run.run_dir / METRICS).is_file() else []
+    end = metrics.ending(after[:1])
+    if end is not None and end.get("step") == run.state.step:
+        saved.append(end)
     with _writing(run, METRICS):
-        atomic_write(run.run_dir / METRICS, lambda f: f.write(text), mode="w")
+        atomic_write(run.run_dir / METRICS, metrics.lines_of(saved), mode="w")
+
+
+def write_config(run: Run) -> None:
+    """The run's settings as ``config.toml``, its precision as measured: a file that repeats the run."""
+    with _writing(run, CONFIG):
+        configfile.write(run.run_dir, run.tcfg, run.mcfg, run.state.precision)

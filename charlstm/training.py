@@ -26,6 +26,7 @@ from charlstm.distributed import max_all, sum_all
 from charlstm.errors import UserError
 from charlstm.evaluate import EvalInterrupted, evaluate
 from charlstm.events import Evaluated, EventFn, Finished, Progress, Started, TrainResult
+from charlstm.metrics import end_record
 from charlstm.model import detach_state, first_stream
 from charlstm.run import Run, log_metric, save, target_epochs
 from charlstm.sample import compile_kernels, draw_samples
@@ -159,7 +160,7 @@ def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None) -> bool:
     record.update(val_bpc=result.bpc, best=is_best, elapsed=round(st.elapsed, 3))
     log_metric(run, {**record, "eval_chars": result.chars, "eval_seconds": round(seconds, 3)})
     save(run, (LAST, BEST) if is_best else (LAST,))
-    on_event(Evaluated(st.step, result.loss, is_best, preview(run)))
+    on_event(Evaluated(st.step, result.loss, is_best, preview(run), st.elapsed))
     return True
 
 
@@ -294,10 +295,31 @@ def _close(run: Run, session: _Session, reason: str) -> str:
 
 
 def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = None) -> TrainResult:
-    """Train until the budget is spent or ``stop`` is set; evaluate and checkpoint on the way."""
+    """Train until the budget is spent or ``stop`` is set; evaluate and checkpoint on the way. The
+    run's log ends with a record of how the session ended, whether it returns or raises."""
     on_event = on_event or (lambda event: None)
-    st = run.state
     _announce(run, on_event, stop)
+    try:
+        result = _train(run, on_event, stop)
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)  # a second Ctrl-C
+        error = None if interrupted else str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        _log_end(run, "signal" if interrupted else "error", signal.SIGINT if interrupted else None, error)
+        raise
+    _log_end(run, result.stopped_by, result.signal, result.failure)
+    return result
+
+
+def _log_end(run: Run, reason: str, signum: int | None, error: str | None) -> None:
+    """Append the end record; a log that cannot be written then (a full disk) is left as it is."""
+    try:
+        log_metric(run, end_record(run.state.step, run.state.elapsed, reason, signum, error))
+    except (OSError, UserError):
+        pass
+
+
+def _train(run: Run, on_event: EventFn, stop: StopFlag | None) -> TrainResult:
+    st = run.state
     if run.tcfg.sample_chars > 0 and run.procs.main:
         compile_kernels()  # sampling (previews, then `charlstm sample`): compiled once per machine, not on the clock
     session, reason = _Session.start(run, on_event, stop), None

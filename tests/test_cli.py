@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from charlstm import api, training
 from charlstm.cli import app
-from charlstm.events import TrainResult
+from charlstm.events import Finished, TrainResult
 from charlstm.vocab import CharVocab
 
 runner = CliRunner()
@@ -91,22 +91,38 @@ def test_train_passes_exactly_the_given_options(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_run_stopped_by_a_signal_prints_the_resume_command(monkeypatch, tmp_path, signum, code):
-    monkeypatch.setattr(api, "train", lambda **kwargs: fake_result(tmp_path / "my run", "signal", signum))
-    result = invoke("train")
+    def stopped(on_event, **kwargs):
+        result = fake_result(tmp_path / "my run", "signal", signum)
+        on_event(Finished(result))
+        return result
+
+    monkeypatch.setattr(api, "train", stopped)
+    result = runner.invoke(app, ["train"], env={"COLUMNS": "40"})  # narrower than the command: never cut
     assert result.exit_code == code
-    assert result.stderr.endswith(f"stopped by signal; resume with:\n  charlstm train --resume {tmp_path / 'my run'}\n")
+    resume = f"stopped by signal; resume with:\n  charlstm train --resume {tmp_path / 'my run'}\n"
+    before, table = result.stderr.split(resume)  # the command whole, then the summary table ends the output
+    assert before == "" and "stopped by" in table and f"signal ({signum.name})" in " ".join(table.split())
+    assert table.rstrip().endswith("┘")
 
 
 def test_help_lists_every_option_with_its_default_and_flags_take_no_value():
     root = invoke("--help")
     assert root.exit_code == 0 and "<bool>" not in root.stdout and "--version" in root.stdout
     assert invoke("--version").stdout.startswith("charlstm ")
-    for command in ("train", "sample", "eval", "info", "export"):
+    for command in ("train", "sample", "eval", "info", "export", "plot", "runs"):
         page = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
         assert page.exit_code == 0 and "<bool>" not in page.stdout, command
     train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
     for option, default in [("--hidden", "512"), ("--lr", "0.03"), ("--schedule", "cosine"), ("--seed", "1337")]:
         assert re.search(rf"{option} .*\[default: {re.escape(default)}\]", train), option
+    assert re.search(r"--config .*TOML file", train)
+    plot = runner.invoke(app, ["plot", "--help"], env={"COLUMNS": "200"}).stdout
+    assert re.search(r"--out .*\[default: a chart in the terminal", plot) and re.search(
+        r"--x .*\[default: step\]", plot
+    )
+    runs = runner.invoke(app, ["runs", "--help"], env={"COLUMNS": "200"}).stdout
+    assert re.search(r"folder .*\[default: checkpoints\]", runs) and re.search(r"--sort .*\[default: best\]", runs)
+    assert "--json" in runs
     assert re.search(r"--overwrite +--no-overwrite +Start afresh", train)  # a flag pair, no value placeholder
 
 
@@ -514,3 +530,101 @@ def test_explain_mistakes_are_one_line(shared_run, tmp_path):
     assert_user_error(invoke("explain", tmp_path / "nothing", "--text", text, "--out", out), "does not exist")
     assert_user_error(invoke("explain", shared_run, "--text", text), "--out")
     assert not out.exists()
+
+
+def test_config_file_options_and_the_command_line_wins(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_train(**kwargs):
+        seen.update(kwargs)
+        return fake_result(tmp_path, "max_time")
+
+    monkeypatch.setattr(api, "train", fake_train)
+    settings = tmp_path / "my settings.toml"
+    settings.write_text('max-time = 60\nhidden = 32\nlr = 0.01\noverwrite = true\ncell = "gru"\ncorpus = "a.txt"\n')
+    result = invoke("train", "--config", settings, "--hidden", "64", "--no-overwrite")
+    assert result.exit_code == 0, result.output
+    options = {k: v for k, v in seen.items() if k not in ("on_event", "on_reading")}
+    assert options == {"max_time": 60.0, "hidden": 64, "lr": 0.01, "overwrite": False, "cell": "gru", "corpus": "a.txt"}
+    seen.clear()
+    invoke("train", "--max-steps", 3, "--config", settings)  # wherever --config stands
+    assert seen["overwrite"] is True and seen["max_steps"] == 3 and seen["hidden"] == 32
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("max-time = 60\nhiden = 32\n", ["unknown option 'hiden'", "did you mean 'hidden'?"]),
+        ('hidden = "big"\n', ['hidden = "big" is not valid', "a whole number", "--hidden"]),
+        ("max-time = [1]\n", ["max-time = [1]", "a number"]),
+        ("hidden = = 3\n", ["not valid TOML"]),
+    ],
+)
+def test_a_bad_config_file_is_one_line_exit_2(tmp_path, text, needles):
+    settings = tmp_path / "run.toml"
+    settings.write_text(text)
+    assert_user_error(invoke("train", "--config", settings), "run.toml", *needles)
+
+
+def test_a_run_repeats_from_its_config_toml(corpus_file, tmp_path):
+    first, again = tmp_path / "first", tmp_path / "again"
+    trained = invoke("train", "--corpus", corpus_file, "--out", first, "--max-steps", 12, *TINY, "--dropout", "0.2")
+    assert trained.exit_code == 0, trained.output
+    repeated = invoke("train", "--config", first / "config.toml", "--out", again)
+    assert repeated.exit_code == 0, repeated.output
+    settings = {run: (run / "config.toml").read_text().split("\n", 3)[3] for run in (first, again)}
+    assert settings[first].replace(str(first), str(again)) == settings[again]  # only the run directory differs
+    weights = [torch.load(run / "last.pt", weights_only=True)["model"] for run in (first, again)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert_user_error(invoke("train", "--config", first / "config.toml"), "already holds a run", "--out DIR")
+
+
+def test_runs_and_plot_as_a_new_user_tries_them(corpus_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, hidden in (("small", 8), ("large", 24)):
+        options = [
+            "--corpus",
+            corpus_file,
+            "--out",
+            f"checkpoints/{name}",
+            "--max-steps",
+            20,
+            *TINY,
+            "--hidden",
+            hidden,
+        ]
+        assert invoke("train", *options).exit_code == 0
+    table = runner.invoke(app, ["runs"], env={"COLUMNS": "100"})
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.startswith(("small", "large"))}
+    assert set(rows) == {"small", "large"} and "lstm 2x8" in rows["small"] and "finished" in rows["large"]
+    listed = json.loads(invoke("runs", "checkpoints", "--sort", "time", "--json").stdout)
+    assert [r["name"] for r in listed] == ["large", "small"]  # the latest change first
+    assert {r["state"] for r in listed} == {"finished"} and all(r["steps"] == 20 for r in listed)
+    by_loss = json.loads(invoke("runs", "--json").stdout)
+    assert [r["best_val_loss"] for r in by_loss] == sorted(r["best_val_loss"] for r in listed)
+    chart = runner.invoke(app, ["plot", "checkpoints/small", "checkpoints/large"], env={"COLUMNS": "100"})
+    assert chart.exit_code == 0 and "small: best val" in chart.stdout and "large: best val" in chart.stdout
+    assert "\x1b" not in chart.stdout  # not a terminal: no colour codes
+    for out in ("chart.png", "chart.svg"):
+        wrote = invoke("plot", "checkpoints/small", "checkpoints/large", "--out", out, "--x", "epoch")
+        assert wrote.exit_code == 0 and f"wrote {out}" in wrote.stderr
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "small val" in Path(
+        "chart.svg"
+    ).read_text()
+
+
+def test_plot_and_runs_errors_are_one_line_exit_2(shared_run, tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(invoke("plot", tmp_path / "empty"), "holds no metrics.jsonl", "charlstm train")
+    assert_user_error(invoke("plot", shared_run, "--x", "chars"), "--x 'chars'", "step, time, epoch")
+    assert_user_error(invoke("plot", shared_run, "--out", tmp_path / "c.gif"), ".png, .svg, .pdf")
+    assert_user_error(invoke("plot"), "RUN_DIR")
+    assert_user_error(invoke("runs", tmp_path / "nowhere"), "does not exist")
+    assert_user_error(invoke("runs", tmp_path, "--sort", "loss"), "--sort 'loss'", "best, time")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
+    assert_user_error(invoke("plot", shared_run, "--out", tmp_path / "c.png"), "pip install 'charlstm[plot]'")
+    monkeypatch.setitem(sys.modules, "plotext", None)
+    assert_user_error(invoke("plot", shared_run), "needs plotext", "pip install 'charlstm[plot]'")
+    empty = invoke("runs", tmp_path / "empty")
+    assert empty.exit_code == 0 and "no run directories in" in empty.stderr

@@ -1,3 +1,4 @@
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -76,3 +77,39 @@ def test_a_checkpoint_without_a_corpus_hash_is_not_resumed(run_copy):
     checkpoint.save(run_copy / "last.pt")
     with pytest.raises(UserError, match="records no corpus hash"):
         resume_run(run_copy, {})
+
+
+def test_resume_keeps_the_end_record_of_a_run_stopped_at_its_checkpoint(run_copy):
+    log = run_copy / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    assert json.loads(lines[-1])["type"] == "end" and json.loads(lines[-1])["step"] == 40
+    with pytest.raises(UserError, match="already finished"):  # a resume refused leaves the run as it ended
+        train(resume_run(run_copy, {}))
+    assert log.read_text().splitlines() == lines
+    run = resume_run(run_copy, {"max_steps": 44})
+    assert run.state.metrics[-1]["type"] == "end"  # history now, saved with the next checkpoint
+    train(run)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["type"] for r in records].count("end") == 2 and records[-1]["step"] == 44
+    assert load_checkpoint(run_copy / "last.pt").progress.metrics == records[:-1]
+
+
+def test_resume_drops_an_end_record_written_after_its_checkpoint(run_copy):
+    log = run_copy / "metrics.jsonl"
+    lines = log.read_text().splitlines()[:-1]  # as of last.pt, step 40
+    failed = {"type": "end", "step": 43, "elapsed": 9.0, "stopped_by": "error", "signal": None, "error": "disk full"}
+    log.write_text("\n".join([*lines, json.dumps({"type": "train", "step": 42}), json.dumps(failed)]) + "\n")
+    resume_run(run_copy, {"max_steps": 50})
+    assert log.read_text().splitlines() == lines
+
+
+def test_every_run_directory_has_its_settings_as_config_toml(tiny_train, tiny_model, run_copy, tmp_path):
+    from charlstm.configfile import read_options
+
+    run = new_run(replace(tiny_train, precision="auto", max_steps=3, out=str(tmp_path / "fresh")), tiny_model)
+    written = read_options(run.run_dir / "config.toml")
+    assert written["precision"] == run.state.precision != "auto"  # as measured: a repeat runs as this did
+    expected = {**run.tcfg.to_dict(), **run.mcfg.to_dict(), "precision": run.state.precision}
+    assert written == {k: v for k, v in expected.items() if v is not None and k != "vocab_size"}
+    resume_run(run_copy, {"max_steps": 60})
+    assert read_options(run_copy / "config.toml")["max_steps"] == 60  # the settings it now runs with

@@ -9,7 +9,9 @@ import torch
 from charlstm import training
 from charlstm.checkpoint import load_checkpoint
 from charlstm.config import CELLS, ModelConfig
+from charlstm.errors import UserError
 from charlstm.events import Evaluated, Finished, Progress, Started
+from charlstm.metrics import read as read_metrics
 from charlstm.run import new_run, resume_run
 from charlstm.training import StopFlag, train
 
@@ -29,12 +31,14 @@ def test_training_learns_and_writes_the_run(tiny_train, tiny_model):
     assert [e.step for e in evals] == [20, 40] and evals[-1].sample
     assert result.stopped_by == "max_steps" and result.step == 40 and result.failure is None
     run_dir = Path(tcfg.out)
-    assert {p.name for p in run_dir.iterdir()} == {"best.pt", "last.pt", "metrics.jsonl"}
+    assert {p.name for p in run_dir.iterdir()} == {"best.pt", "last.pt", "metrics.jsonl", "config.toml"}
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if m["type"] == "train"] == list(range(2, 41, 2))
     saved = load_checkpoint(run_dir)
     assert saved.progress.best_val_loss == pytest.approx(result.best_val_loss)
-    assert saved.model_config.vocab_size == len(saved.vocab) and saved.progress.metrics == lines
+    assert saved.model_config.vocab_size == len(saved.vocab) and saved.progress.metrics == lines[:-1]
+    end = {"type": "end", "step": 40, "stopped_by": "max_steps", "signal": None, "error": None}
+    assert lines[-1] == {**end, "elapsed": round(result.elapsed, 3)}  # written after the last save
 
 
 def test_same_seed_repeats_a_cpu_run(tiny_train, tmp_path):
@@ -105,6 +109,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(tiny_train, tiny_mod
     result = train(run)
     assert result.stopped_by == "nan" and result.step == 14
     assert "NaN or infinite by step 14" in result.failure and "--lr" in result.failure
+    end = read_metrics(tiny_train.out)[-1]
+    assert end["type"] == "end" and end["stopped_by"] == "nan" and end["error"] == result.failure
     last = load_checkpoint(Path(tiny_train.out) / "last.pt")
     assert last.progress.step == 12
     assert all(torch.isfinite(t).all() for t in last.model.values())
@@ -143,6 +149,14 @@ def test_a_stop_during_an_evaluation_saves_the_last_step_and_stops(tiny_train, t
     run = new_run(replace(tiny_train, max_steps=100, eval_every=6, log_every=6), tiny_model)
     result = train(run, stop_at_step_12, flag)
     assert result.stopped_by == "signal" and result.step == 12
+    assert read_metrics(tiny_train.out)[-1] | {"elapsed": 0} == {
+        "type": "end",
+        "step": 12,
+        "elapsed": 0,
+        "stopped_by": "signal",
+        "signal": "SIGTERM",
+        "error": None,
+    }
     assert [e.step for e in events if isinstance(e, Evaluated)] == [6]
     assert load_checkpoint(Path(tiny_train.out) / "last.pt").progress.step == 12
     assert load_checkpoint(Path(tiny_train.out) / "best.pt").progress.step == 6
@@ -164,3 +178,35 @@ def test_a_corpus_past_max_vocab_trains_on_byte_tokens(tmp_path, tiny_model):
     assert saved.vocab.byte_fallback and len(saved.vocab) == saved.model_config.vocab_size == 20 + byte_tokens
     assert 0 < saved.corpus["own_coverage"] < 1 and saved.corpus["distinct"] > 20
     assert result.step == 8 and 0 < result.last_val_loss < 10
+
+
+@pytest.mark.parametrize(
+    "raised, stopped_by, signal_name, error",
+    [
+        (RuntimeError("boom"), "error", None, "RuntimeError: boom"),
+        (UserError("could not write last.pt"), "error", None, "could not write last.pt"),
+        (KeyboardInterrupt(), "signal", "SIGINT", None),  # a second Ctrl-C stops at once
+    ],
+)
+def test_a_session_that_raises_still_records_how_it_ended(
+    tiny_train, tiny_model, monkeypatch, raised, stopped_by, signal_name, error
+):
+    run = new_run(replace(tiny_train, max_steps=40), tiny_model)
+    real_step = training.train_step
+
+    def fails_at_step_5(run_, x, y, lr):
+        if run_.state.step == 5:
+            raise raised
+        return real_step(run_, x, y, lr)
+
+    monkeypatch.setattr(training, "train_step", fails_at_step_5)
+    with pytest.raises(type(raised)):
+        train(run)
+    end = read_metrics(tiny_train.out)[-1]
+    assert (end["type"], end["step"], end["stopped_by"], end["signal"], end["error"]) == (
+        "end",
+        5,
+        stopped_by,
+        signal_name,
+        error,
+    )
