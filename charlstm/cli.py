@@ -104,11 +104,14 @@ def _root(
     """charlstm: char-rnn for today."""
 
 
-def _run_option(help: str, panel: str, default_of: str | None = None) -> Any:  # noqa: A002 - typer's keyword
-    """A training option, None unless given (the library applies the default that the help shows)."""
+def _run_option(help: str, panel: str, default_of: str | None = None, shown: str | None = None) -> Any:  # noqa: A002
+    """A training option, None unless given (the library applies the default that the help shows:
+    the config field ``default_of``'s, or the words ``shown``)."""
     if default_of is not None:
         config = TrainConfig if default_of in TrainConfig.__dataclass_fields__ else ModelConfig
-        help += f" [dim]\\[default: {config.__dataclass_fields__[default_of].default}][/dim]"
+        shown = config.__dataclass_fields__[default_of].default
+    if shown is not None:
+        help += f" [dim]\\[default: {shown}][/dim]"
     return typer.Option(help=help, rich_help_panel=panel)
 
 
@@ -137,21 +140,23 @@ def train(
         str | None,
         typer.Option(
             help="A TOML file of training options (max-time = 120, hidden = 256, ...), such as a run "
-            "directory's config.toml; options given here win over it.",
+            "directory's config.toml; options given here win over it. [dim]\\[default: none][/dim]",
             rich_help_panel=DATA,
             is_eager=True,
             callback=_read_config,
         ),
     ] = None,
     corpus: Annotated[
-        str | None, _run_option("Path to a UTF-8 text file, or a known corpus name (tinyshakespeare).", DATA, "corpus")
+        str | None,
+        _run_option("A text file, a folder of them, a quoted glob, or a known corpus name.", DATA, "corpus"),
     ] = None,
     encoding: Annotated[str | None, _run_option("Text encoding of the corpus file.", DATA, "encoding")] = None,
     skip_bad_files: Annotated[
         bool | None,
         typer.Option(
             "--skip-bad-files",
-            help="Leave out the files of a folder or glob that are not text (listed in a warning).",
+            help="Leave out the files of a folder or glob that are not text (listed in a warning)."
+            " [dim]\\[default: off][/dim]",
             rich_help_panel=DATA,
         ),
     ] = None,
@@ -196,13 +201,14 @@ def train(
     min_lr_ratio: Annotated[
         float | None, _run_option("Floor of the cosine/plateau schedule, as a fraction of --lr.", OPTIM, "min_lr_ratio")
     ] = None,
-    max_steps: Annotated[int | None, _run_option("Stop after this many optimizer steps.", BUDGET)] = None,
+    max_steps: Annotated[int | None, _run_option("Stop after this many optimizer steps.", BUDGET, shown="none")] = None,
     epochs: Annotated[
         float | None,
         _run_option("Stop after this many passes over the training split (10 when no budget is given).", BUDGET),
     ] = None,
     max_time: Annotated[
-        float | None, _run_option("Stop after this many seconds; the schedule anneals over this budget.", BUDGET)
+        float | None,
+        _run_option("Stop after this many seconds; the schedule anneals over this budget.", BUDGET, shown="none"),
     ] = None,
     out: Annotated[
         str | None,
@@ -224,7 +230,11 @@ def train(
     ] = None,
     resume: Annotated[
         str | None,
-        _run_option("Continue the run in this directory (or from this last.pt) exactly where it stopped.", OUTPUT),
+        _run_option(
+            "Continue the run in this directory (or from this last.pt) exactly where it stopped."
+            " [dim]\\[default: none][/dim]",
+            OUTPUT,
+        ),
     ] = None,
     overwrite: Annotated[
         bool,

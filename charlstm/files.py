@@ -13,13 +13,25 @@ from typing import IO
 HASH_BLOCK = 1 << 20  # bytes read per update while hashing: a file never sits whole in memory
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # at import, before any thread could race on it
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path in the same folder as ``path``; on success fsync it and rename
     it over ``path``. A crash at any moment leaves the old file or the new one, never a torn one.
+    The file gets the permissions a plain ``open`` gives (0o666 less the umask), not the private
+    0o600 of a temporary file: checkpoints, pages and charts are made to be shared.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~UMASK)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -139,7 +139,7 @@ class Stepper:
     """
 
     @torch.no_grad()
-    def __init__(self, model: CharLSTM, precision: str = "fp32"):
+    def __init__(self, model: CharLSTM, precision: str = "fp32", threads: int | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if precision == "bf16":  # the prompt, too, is read with the rounded weights
@@ -155,7 +155,8 @@ class Stepper:
         arrays = (table, kernel[0], deeper, biases_arr, peep, kernel[-1], _np(model.head.bias))
         # What the kernels read, in one tuple: (kind, table, w0, deeper, biases, peep, head_w, head_b, threads).
         self.kind = KERNEL_CELLS[model.config.cell]
-        self.arrays = (self.kind, *(np.ascontiguousarray(a) for a in arrays), numba.get_num_threads())
+        threads = threads or numba.get_num_threads()  # of one stream's matrix-vector products
+        self.arrays = (self.kind, *(np.ascontiguousarray(a) for a in arrays), threads)
 
     @torch.inference_mode()
     def prime(self, ids: torch.Tensor, start: State | None = None) -> tuple[np.ndarray, StepState]:

@@ -48,3 +48,12 @@ def test_file_sha256_matches_hashlib_across_blocks(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    """Not the 0o600 of a temporary file: a chart, a page or a config.toml is made to be shared."""
+    plain, atomic = tmp_path / "plain", tmp_path / "atomic"
+    plain.write_text("x")
+    atomic_write(atomic, lambda f: f.write("x"), mode="w")
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert atomic.stat().st_mode & 0o044  # readable by group and others under the usual umask
