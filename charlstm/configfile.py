@@ -55,7 +55,18 @@ def read_options(path: str | Path) -> dict[str, Any]:
         if name in options:
             raise UserError(f"config file {str(path)!r} gives {key(name)} twice, expected each option once")
         options[name] = _checked(path, name, value)
+    _valid(path, options)
     return options
+
+
+def _valid(path: Path, options: dict[str, Any]) -> None:
+    """Each value in range and among its choices, checked as the configs check them, and named
+    as the file's: a value the command line overrides is refused all the same, as a broken file."""
+    try:
+        for cls in (TrainConfig, ModelConfig):
+            cls.from_dict({k: v for k, v in options.items() if k in cls.__dataclass_fields__})
+    except UserError as e:
+        raise UserError(f"config file {str(path)!r}: {e}") from None
 
 
 def _parse(path: Path) -> dict[str, Any]:

@@ -35,6 +35,9 @@ def test_keys_in_either_spelling_become_option_names(tmp_path):
         ("vocab-size = 10\n", ["unknown option 'vocab-size'"]),  # follows from the corpus
         ("max_time = 5\nmax-time = 6\n", ["max-time twice"]),
         ("hidden = \n", ["not valid TOML", "line 1"]),
+        ("dropout = 1.5\n", ["config file", "--dropout 1.5 is not valid", "[0, 1)"]),
+        ('cell = "gruu"\n', ["config file", "--cell 'gruu'", "lstm, gru, peephole"]),
+        ("max-time = -5\n", ["config file", "--max-time -5"]),
     ],
 )
 def test_a_bad_file_is_one_error_naming_the_key(tmp_path, text, needles):
