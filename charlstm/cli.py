@@ -1,7 +1,8 @@
 """The ``charlstm`` command: each command declares its options, calls one library function
 (``charlstm.api``) and renders what it returns.
 
-This module and ``render.py`` (how it draws: the training view, bars, tables) are the only
+This module, ``cli_inspect.py`` (explain, runs, plot), ``cli_app.py`` (the app and its error
+path) and ``render.py`` (how it draws: the training view, bars, tables) are the only
 ones that import typer or rich or print. User mistakes (``UserError`` and bad
 option values) become one ``error: ...`` line on stderr and exit code 2; Ctrl-C exits 130;
 anything else is an internal fault: exit 1, with the traceback only under ``--debug``. The
@@ -9,99 +10,17 @@ library is imported inside each command, so that ``--help`` and ``--version`` do
 torch.
 """
 
-from __future__ import annotations
-
 import json
-import os
-import shutil
 import signal
 import sys
-import time
-import traceback
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from typer.core import TyperCommand, TyperGroup
 
-import charlstm
 from charlstm import render
-from charlstm.config import EXPLAIN_CELLS, EvalConfig, ExplainConfig, ModelConfig, SampleConfig, TrainConfig
-from charlstm.errors import UserError
-
-err = Console(stderr=True, highlight=False)
-
-
-class _FlagsTakeNoValue:
-    """Help shows no value placeholder (``<bool>``) after an on/off option: none follows it."""
-
-    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click's signature
-        params = super().get_params(ctx)  # type: ignore[misc]
-        for param in params:
-            if getattr(param, "is_flag", False) and not getattr(param, "count", False):
-                param.metavar = ""
-        return params
-
-
-class _Command(_FlagsTakeNoValue, TyperCommand):
-    pass
-
-
-class _Group(_FlagsTakeNoValue, TyperGroup):
-    """Runs the app with one error path for every command (see the module docstring)."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
-        argv = list(sys.argv[1:] if args is None else args)
-        try:
-            rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
-            code = rv if isinstance(rv, int) else 0
-        except UserError as e:  # under torchrun every process meets the same mistake: the main one says it
-            code = _fail(str(e), 2) if os.environ.get("RANK", "0") == "0" else 2
-        except typer.TyperException as e:
-            if type(e).__name__ == "NoArgsIsHelpError":  # the help was printed; nothing is wrong
-                code = getattr(e, "exit_code", 2)
-            else:
-                code = _fail(e.format_message() + " (see --help)", getattr(e, "exit_code", 2))
-        except (KeyboardInterrupt, typer.Abort):
-            code = _fail("interrupted", 130)
-        except Exception as e:  # an internal fault, not the user's
-            if "--debug" in argv:
-                traceback.print_exc()
-            code = _fail(f"internal error: {type(e).__name__}: {e} (run again with --debug for the traceback)", 1)
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    return code
-
-
-app = typer.Typer(
-    cls=_Group,
-    rich_markup_mode="rich",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Train a stacked character-level LSTM on any text and generate text in its style.",
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"charlstm {charlstm.__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
-    ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
-) -> None:
-    """charlstm: char-rnn for today."""
+from charlstm.cli_app import CheckpointArg, JsonFlag, _Command, app, err
+from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
 
 
 def _run_option(help: str, panel: str, default_of: str | None = None, shown: str | None = None) -> Any:  # noqa: A002
@@ -117,10 +36,6 @@ def _run_option(help: str, panel: str, default_of: str | None = None, shown: str
 
 SAMPLE = SampleConfig()  # the defaults `sample --help` shows
 DATA, MODEL, OPTIM, BUDGET, OUTPUT, HW = "Data", "Model", "Optimization", "Budget", "Output", "Hardware"
-
-# Options shared by several commands.
-CheckpointArg = Annotated[str, typer.Argument(help="A checkpoint file, or a run directory (meaning its best.pt).")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
 
 def _read_config(ctx: typer.Context, path: str | None) -> str | None:
@@ -380,96 +295,7 @@ def export(
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes); sample, eval and info accept it")
 
 
-@app.command(cls=_Command)
-def explain(
-    checkpoint: CheckpointArg,
-    text: Annotated[str, typer.Option(help="Text file to read through the model.")],
-    out: Annotated[str, typer.Option(help="The HTML page to write (one self-contained file).")],
-    chars: Annotated[int, typer.Option(help="Read and show the first N characters of the text.")] = ExplainConfig.chars,
-    cells: Annotated[
-        int | None,
-        typer.Option(
-            help="Cells to show: the one that follows each text feature best, then those whose values vary most."
-            f" [dim]\\[default: {EXPLAIN_CELLS}][/dim]"
-        ),
-    ] = None,
-    cell_ids: Annotated[
-        str | None,
-        typer.Option(
-            help="Show these cells instead, comma-separated, numbered over the layers (with --hidden H, the second"
-            " layer's first unit is cell H)."
-            " [dim]\\[default: found automatically][/dim]"
-        ),
-    ] = None,
-    value: Annotated[
-        str | None,
-        typer.Option(
-            help="What colours a character: cell (tanh of the cell state after it) or hidden (the hidden output)."
-            " [dim]\\[default: cell; hidden for a GRU][/dim]"
-        ),
-    ] = None,
-    encoding: Annotated[str, typer.Option(help="Text encoding of the text file.")] = ExplainConfig.encoding,
-) -> None:
-    """Colour a text by what the model's cells hold, find the cells that follow features of the text
-    (position in the line, quotes, brackets, capitals, word and line starts), write one HTML page."""
-    from charlstm import api
-
-    config = ExplainConfig(text, out, chars, cells, cell_ids, value, encoding)
-    report = api.explain(checkpoint, config)
-    Console().print(render.explain_table(report))
-    err.print(
-        f"wrote {report.out} ({report.page_bytes:,} bytes, {report.chars:,} characters, {len(report.cells)} cells)"
-        f" in {report.seconds:.1f} s; open it in a browser"
-    )
-
-
-@app.command(name="runs", cls=_Command)
-def list_runs(
-    folder: Annotated[
-        str, typer.Argument(help="A folder of run directories (searched at any depth), or one run directory.")
-    ] = "checkpoints",
-    sort: Annotated[
-        str, typer.Option(help="best (lowest best validation loss first) or time (latest change first).")
-    ] = "best",
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects instead of a table.")] = False,
-) -> None:
-    """One row per run: corpus, model, steps, time trained, best and last validation loss, state."""
-    from charlstm import runs
-
-    now = time.time()
-    found = runs.list_runs(folder, sort, now)
-    if as_json:
-        typer.echo(json.dumps([run.to_dict() for run in found]))
-    elif not found:
-        err.print(f"no run directories in {folder}")
-    else:
-        Console().print(render.runs_table(found, folder, now))
-
-
-@app.command(cls=_Command)
-def plot(
-    run_dirs: Annotated[
-        list[str], typer.Argument(help="One or more run directories, drawn together.", metavar="RUN_DIR")
-    ],
-    out: Annotated[
-        str | None,
-        typer.Option(
-            help="Write the chart to this .png, .svg or .pdf file (matplotlib). "
-            "[dim]\\[default: a chart in the terminal (plotext)][/dim]"
-        ),
-    ] = None,
-    x: Annotated[str, typer.Option(help="The horizontal axis: step, time (seconds trained) or epoch.")] = "step",
-) -> None:
-    """Training and validation loss, and the learning rate, of runs from their metrics.jsonl."""
-    from charlstm import plots
-
-    if out is not None:
-        path = plots.save_chart(run_dirs, out, x)
-        err.print(f"wrote {path}")
-        return
-    columns, lines = shutil.get_terminal_size()
-    chart = plots.text_chart(run_dirs, x, width=columns, height=min(max(lines - 2, 15), 40), color=sys.stdout.isatty())
-    typer.echo(chart)
+from charlstm import cli_inspect  # noqa: E402, F401 - registers explain, runs and plot after the commands above (help's order)
 
 
 def main() -> None:
