@@ -73,7 +73,8 @@ def run_charlstm(corpus: Path, max_time: str, out: Path, extra: list[str]) -> di
     )
     sample = charlstm("sample", str(out), "--length", "2000", "--temperature", "0.8", "--seed", "1", capture=True)
     tcfg = info["config"]["train"]
-    train_chars = len(corpus.read_text(encoding="utf-8")) * (1 - tcfg["val_fraction"])
+    text = corpus.read_text(encoding="utf-8")
+    train_chars = int(len(text) * (1 - tcfg["val_fraction"]))
     steps = last["step"]
     return {
         "val_loss": val["loss"],
@@ -81,7 +82,7 @@ def run_charlstm(corpus: Path, max_time: str, out: Path, extra: list[str]) -> di
         "steps": steps,
         "best_step": info["step"],
         "passes": steps * tcfg["batch_size"] * tcfg["seq_len"] / train_chars,
-        "real_words": real_word_share(sample, corpus.read_text(encoding="utf-8")[: int(train_chars)]),
+        "real_words": real_word_share(sample, text[:train_chars]),
         "params": info["params"],
         "model": info["config"]["model"],
         "sample": sample[:400],
