@@ -36,6 +36,7 @@ from charlstm.explain import ExplainReport, explain_checkpoint
 from charlstm.model import CharLSTM
 from charlstm.run import Run, new_run, resume_run
 from charlstm.sample import Samples, draw_samples
+from charlstm.sizing import SIZED
 from charlstm.sources import ProgressFn
 from charlstm.stepper import Stepper, resolve_precision
 from charlstm.training import StopFlag, stop_on_signals
@@ -233,7 +234,8 @@ def _run_to_train(
     train_keys = {f.name for f in fields(TrainConfig)}
     tcfg = TrainConfig(**{k: v for k, v in given.items() if k in train_keys})
     mcfg = ModelConfig(**{k: v for k, v in given.items() if k not in train_keys})
-    return new_run(tcfg, mcfg, overwrite=overwrite, progress=on_reading, procs=procs)
+    unset = frozenset(SIZED) - given.keys()  # left to the preset the budget calls for
+    return new_run(tcfg, mcfg, overwrite=overwrite, progress=on_reading, procs=procs, unset=unset)
 
 
 def _broadcast(listeners: list[EventFn]) -> EventFn:

@@ -72,6 +72,7 @@ class RunState(DictRoundTrip):
     loss_sum: float = 0.0  # training loss in nats, summed since the last log line
     loss_count: int = 0  # characters predicted since the last log line
     precision: str = "fp32"
+    sizing: dict[str, Any] = field(default_factory=dict)  # the preset chosen at the start (sizing.Sizing)
     metrics: list[dict[str, Any]] = field(default_factory=list)  # every line of metrics.jsonl
 
 

@@ -88,6 +88,15 @@ def train(
     cell: Annotated[
         str | None, _run_option("Recurrent cell: lstm, gru or peephole (an LSTM whose gates read c).", MODEL, "cell")
     ] = None,
+    preset: Annotated[
+        str | None,
+        _run_option(
+            "Model size and regularisation: auto (sized for the budget, corpus and this machine's speed),"
+            " small, medium or large. Options you set win.",
+            MODEL,
+            "preset",
+        ),
+    ] = None,
     layers: Annotated[int | None, _run_option("Stacked recurrent layers.", MODEL, "layers")] = None,
     hidden: Annotated[int | None, _run_option("Units per layer.", MODEL, "hidden")] = None,
     embedding: Annotated[int | None, _run_option("Character embedding size.", MODEL, "embedding")] = None,

@@ -20,6 +20,7 @@ UNKNOWN_POLICIES = ("error", "skip")
 SPLITS = ("all", "train", "val")
 BYTE_FALLBACK = ("auto", "on")
 CELLS = ("lstm", "gru", "peephole")
+PRESETS = ("auto", "small", "medium", "large")  # sizing.py holds what each sets
 DEFAULT_MAX_VOCAB = 128  # characters with their own token; chosen by measurement, see benchmarks/SWEEP.md
 MAX_SAMPLES = 100_000
 
@@ -114,6 +115,7 @@ class TrainConfig(DictRoundTrip):
     max_vocab: int = DEFAULT_MAX_VOCAB
     byte_fallback: str = "auto"
     val_fraction: float = 0.1
+    preset: str = "auto"  # model size and regularisation for the budget: sizing.py
     seq_len: int = 128
     batch_size: int = 64
     lr: float = 3e-2
@@ -140,6 +142,7 @@ class TrainConfig(DictRoundTrip):
             raise _fail("val_fraction", self.val_fraction, "a number between 0 and 1")
         _positive_int(self, "seq_len", "batch_size", "eval_every", "save_every", "log_every", "max_vocab", "eval_chars")
         _choice(self, "byte_fallback", BYTE_FALLBACK)
+        _choice(self, "preset", PRESETS)
         if not _finite(self.lr) or self.lr <= 0:
             raise _fail("lr", self.lr, "a learning rate greater than 0")
         for name in ("weight_decay", "grad_clip"):

@@ -14,6 +14,9 @@ from charlstm.errors import UserError
 from charlstm.model import CharLSTM
 
 PROBE_STEPS = 32  # characters per stream in the precision probe: enough to time, quick to run
+# A forward and backward pass is this share of a training step's time: the rest is the optimizer,
+# clipping, batches and evaluations (measured in benchmarks/SWEEP.md round 7).
+STEP_SHARE = 0.8
 BF16_MARGIN = 0.9  # bf16 must be at least 10% faster to be chosen: it rounds, so it must pay
 
 
@@ -69,6 +72,18 @@ def _time_steps(model: CharLSTM, x: torch.Tensor, y: torch.Tensor, device: torch
         synchronize(device)
         times.append(time.perf_counter() - t0)
     return min(times[1:])
+
+
+def training_speed(
+    model: CharLSTM, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, precision: str
+) -> float:
+    """Characters per second a training step of ``model`` would take on ``batch`` (a whole chunk):
+    a measured forward and backward pass, less the share of time the rest of a step takes."""
+    probe = copy.deepcopy(model).train()
+    x, y = (t.to(device) for t in batch)
+    with torch.random.fork_rng(devices=[]):  # dropout in the probe must not move the run's RNG
+        seconds = _time_steps(probe, x, y, device, precision)
+    return x.numel() / seconds * STEP_SHARE
 
 
 def choose_precision(name: str, model: CharLSTM, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> str:

@@ -22,6 +22,7 @@ class Started:
     skipped_files: list[str] = field(default_factory=list)  # left out of the corpus (--skip-bad-files)
     processes: int = 1  # training this model together (torchrun)
     note: str = ""  # anything else to say as training starts
+    sizing: str = ""  # the preset chosen for the budget, in words (a new run only)
 
 
 @dataclass

@@ -105,6 +105,8 @@ class TrainView:
             f"{event.train_chars:,} training / {event.val_chars:,} validation tokens{vocab}, "
             f"run directory {event.run_dir}{resumed}"
         )
+        if event.sizing:
+            self.bar.console.print(event.sizing, markup=False)
         if event.processes > 1:
             self.bar.console.print(f"{event.processes} processes train together (torchrun)", markup=False)
         if event.note:

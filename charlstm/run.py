@@ -27,12 +27,13 @@ from charlstm.corpus import (
     load_in_vocab,
     split_tokens,
 )
-from charlstm.device import choose_precision, resolve_device
+from charlstm.device import resolve_device
 from charlstm.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
 from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
 from charlstm.metrics import METRICS
 from charlstm.model import CharLSTM, State
+from charlstm.sizing import sized_model
 from charlstm.sources import CorpusSource, ProgressFn, resolve_corpus
 
 BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: 1.488 vs 1.491 in the 120 s sweep
@@ -147,8 +148,11 @@ def new_run(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     procs: Processes = SINGLE,
+    unset: frozenset[str] = frozenset(),
 ) -> Run:
-    """Build a fresh run: corpus, splits, model, optimizer, run directory. The directory is
+    """Build a fresh run: corpus, splits, model, optimizer, run directory. The options in
+    ``unset`` (left to charlstm) take the values of the preset the budget calls for
+    (``sizing.py``). The directory is
     checked before the corpus is read (which can take a while) and cleared only after. With
     several processes, the main one checks and clears it and each machine's first fills the
     token cache before the others read it."""
@@ -163,9 +167,7 @@ def new_run(
     device = resolve_device(tcfg.device, procs.local_rank)
     on_main(procs, lambda: make_run_dir(run_dir))
     tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "out": str(run_dir)})
-    torch.manual_seed(tcfg.seed)
-    model = CharLSTM(mcfg).to(device).train()
-    precision = on_main(procs, lambda: choose_precision(tcfg.precision, model, batches.batch(0), device))
+    tcfg, mcfg, model, precision, sizing = sized_model(tcfg, mcfg, unset, batches, device, procs)
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
     optimizer = make_optimizer(model, tcfg, device)
@@ -179,7 +181,7 @@ def new_run(
         model,
         optimizer,
         device,
-        RunState(precision=precision),
+        RunState(precision=precision, sizing=sizing.to_dict()),
         char_starts=_char_starts(corpus, device),
         procs=procs,
     )

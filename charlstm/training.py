@@ -31,6 +31,7 @@ from charlstm.model import detach_state, first_stream
 from charlstm.run import Run, log_metric, save, target_epochs
 from charlstm.sample import compile_kernels, draw_samples
 from charlstm.schedule import get_lr, plateau_update
+from charlstm.sizing import describe
 from charlstm.stepper import Stepper
 
 PREVIEW_TEMPERATURE = 0.8
@@ -247,6 +248,7 @@ def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
             skipped_files=list(corpus.stats.skipped_files),
             processes=run.procs.world,
             note=run.note,
+            sizing="" if st.step else describe(st.sizing),
         )
     )
 

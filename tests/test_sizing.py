@@ -1,0 +1,146 @@
+"""The budget-aware choice of model size and regularisation (sizing.py), and how a new run applies it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlstm import api, sizing
+from charlstm.config import PRESETS as PRESET_NAMES
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.errors import UserError
+from charlstm.events import Progress
+
+SIZED = frozenset(sizing.SIZED)
+
+
+def test_small_preset_is_the_configs_defaults():
+    small = sizing.PRESETS["small"].options()
+    defaults = {**ModelConfig().to_dict(), **TrainConfig().to_dict()}
+    assert small == {k: defaults[k] for k in sizing.SIZED}
+
+
+def test_config_accepts_exactly_the_presets_sizing_defines():
+    assert PRESET_NAMES == ("auto", *sizing.PRESETS)
+    with pytest.raises(UserError, match="--preset 'huge'"):
+        TrainConfig(preset="huge")
+
+
+@pytest.mark.parametrize(
+    ("passes", "preset"),
+    [(0.01, "small"), (5, "small"), (11.99, "small"), (12, "medium"), (30, "medium"), (45, "large"), (500, "large")],
+)
+def test_preset_grows_with_the_passes_the_budget_buys(passes, preset):
+    assert sizing.preset_for(passes).name == preset
+
+
+def test_presets_grow_in_size_or_regularisation_along_the_thresholds():
+    names = [name for _, name in sizing.THRESHOLDS]
+    assert names[0] == "small" and len(set(names)) == len(names)
+    order = [sizing.PRESETS[n] for n in names]
+    for smaller, larger in itertools.pairwise(order):
+        assert (larger.layers * larger.hidden, larger.dropout) > (smaller.layers * smaller.hidden, smaller.dropout)
+
+
+def test_budget_passes_from_each_budget_and_the_least_of_several():
+    tokens = 1_000_000
+    steps = TrainConfig(max_steps=1000)  # 1000 x 64 x 128 characters
+    assert sizing.budget_passes(steps, tokens, None) == pytest.approx(8.192)
+    assert sizing.budget_passes(TrainConfig(epochs=3.5), tokens, None) == 3.5
+    timed = TrainConfig(max_time=600)
+    assert sizing.budget_passes(timed, tokens, 40_000) == pytest.approx(24.0)
+    both = TrainConfig(max_time=600, epochs=5)
+    assert sizing.budget_passes(both, tokens, 40_000) == 5
+    assert sizing.budget_passes(TrainConfig(), tokens, None) == 10
+
+
+def test_choice_fills_only_what_the_user_left_unset():
+    tcfg = TrainConfig(max_steps=10_000)  # 82 passes over a million tokens: large
+    chosen = sizing.choose(tcfg, SIZED - {"hidden", "lr"}, 1_000_000, None)
+    assert chosen.preset == "large" and chosen.chosen_by == "budget"
+    assert set(chosen.applied) == {"layers", "dropout", "weight_decay"}
+    assert chosen.kept == ("hidden", "lr")
+    t, m = sizing.apply(chosen, tcfg, ModelConfig(hidden=128))
+    large = sizing.PRESETS["large"]
+    assert (m.layers, m.hidden, m.dropout) == (large.layers, 128, large.dropout)
+    assert (t.weight_decay, t.lr) == (large.weight_decay, tcfg.lr)
+
+
+def test_named_preset_ignores_the_budget():
+    chosen = sizing.choose(TrainConfig(max_steps=1, preset="medium"), SIZED, 1_000_000, None)
+    assert chosen.preset == "medium" and chosen.chosen_by == "preset" and chosen.passes is None
+    assert chosen.applied == sizing.PRESETS["medium"].options()
+
+
+def test_speed_is_needed_only_for_a_time_budget_with_something_to_choose():
+    assert sizing.needs_speed(TrainConfig(max_time=60), SIZED)
+    assert not sizing.needs_speed(TrainConfig(max_steps=60), SIZED)
+    assert not sizing.needs_speed(TrainConfig(max_time=60), frozenset())
+    assert not sizing.needs_speed(TrainConfig(max_time=60, preset="small"), SIZED)
+
+
+def test_describe_names_the_values_the_reason_and_what_the_user_kept():
+    chosen = sizing.choose(TrainConfig(max_time=600), SIZED - {"hidden"}, 1_000_000, 40_000.0)
+    line = sizing.describe(chosen.to_dict())
+    assert line.startswith("sized medium: --layers 2 --dropout 0.25")
+    assert "about 24 passes" in line and "40k chars/s" in line and "--hidden as you set" in line
+    assert sizing.describe({}) == ""  # an older checkpoint
+    assert sizing.describe(sizing.choose(TrainConfig(), frozenset(), 1, None).to_dict()) == ""
+
+
+def _train(corpus: Path, out: Path, **options) -> api.TrainResult:
+    settings = dict(seq_len=16, batch_size=4, warmup_steps=2, eval_every=50, sample_chars=0, device="cpu")
+    return api.train(str(corpus), out=str(out), precision="fp32", embedding=8, **{**settings, **options})
+
+
+def test_a_time_budget_long_for_the_text_trains_the_larger_regularised_model(corpus_file, tmp_path, monkeypatch):
+    # at 90,000 chars/s, 3 s pass over the ~18,000 training characters 15 times: medium
+    monkeypatch.setattr(sizing, "training_speed", lambda *args: 90_000.0)
+    _train(corpus_file, tmp_path / "run", max_time=3, hidden=16)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    saved = ckpt["progress"]["sizing"]
+    assert saved["preset"] == "medium" and saved["chars_per_s"] == 90_000.0 and saved["kept"] == ["hidden"]
+    assert saved["passes"] == pytest.approx(3 * 90_000 / 18_000)
+    mcfg = ModelConfig.from_dict(ckpt["model_config"])
+    medium = sizing.PRESETS["medium"]
+    assert (mcfg.layers, mcfg.dropout, mcfg.hidden) == (medium.layers, medium.dropout, 16)
+
+
+def test_the_speed_is_measured_on_this_machine_for_a_time_budget(corpus_file, tmp_path):
+    _train(corpus_file, tmp_path / "run", max_time=1, hidden=16, layers=1, dropout=0.0, weight_decay=0.2)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["progress"]["sizing"]
+    assert saved["chars_per_s"] > 1000 and saved["passes"] == pytest.approx(saved["chars_per_s"] / 18_000, rel=0.1)
+    assert set(saved["applied"]) == {"lr"}
+
+
+def test_options_the_user_sets_win_over_a_named_preset(corpus_file, tmp_path):
+    _train(corpus_file, tmp_path / "run", layers=3, hidden=16, max_steps=3, preset="large")
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    mcfg = ModelConfig.from_dict(saved["model_config"])
+    assert (mcfg.layers, mcfg.dropout) == (3, sizing.PRESETS["large"].dropout)
+    assert saved["progress"]["sizing"]["kept"] == ["layers", "hidden"]
+
+
+def test_a_sized_run_resumes_bitwise(corpus_file, tmp_path):
+    """A run sized by --preset, stopped by Ctrl-C at step 4 and resumed, ends where an uninterrupted one does."""
+
+    def interrupt_at_4(event):
+        if isinstance(event, Progress) and event.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    _train(corpus_file, tmp_path / "whole", max_steps=8, hidden=16, preset="medium", log_every=1)
+    stopped = _train(
+        corpus_file, tmp_path / "split", max_steps=8, hidden=16, preset="medium", log_every=1, on_event=interrupt_at_4
+    )
+    assert stopped.stopped_by == "signal" and stopped.step == 4
+    api.train(resume=tmp_path / "split")
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert split["progress"]["sizing"] == whole["progress"]["sizing"]
+    assert ModelConfig.from_dict(split["model_config"]).dropout == sizing.PRESETS["medium"].dropout
+    assert all(torch.equal(whole["model"][k], split["model"][k]) for k in whole["model"])
