@@ -92,7 +92,7 @@ def train(
         str | None,
         _run_option(
             "Model size and regularisation: auto (sized for the budget, corpus and this machine's speed),"
-            " small, medium or large. Options you set win.",
+            " small or medium. Options you set win.",
             MODEL,
             "preset",
         ),

@@ -1,13 +1,13 @@
 """The model and optimisation settings chosen for the budget, when the user leaves them unset.
 
 The rule reads one number: how many passes over the training text the budget buys with the
-small model (the defaults of ``ModelConfig`` and ``TrainConfig``). A short budget is spent best
-on the small, fast model; once the budget would make it memorise the text, a larger model with
-dropout learns more per second. ``--max-steps`` and ``--epochs`` give the passes directly;
-``--max-time`` needs the speed of this machine, which ``device.training_speed`` measures on the
-small model with the real corpus's vocabulary (so a large vocabulary counts through its head).
-The presets and the thresholds between them come from the sweep in ``benchmarks/SWEEP.md``
-(round 7). Any option the user sets wins over the preset's value.
+small preset (the defaults of ``ModelConfig`` and ``TrainConfig``, with any option the user
+set). A short budget is spent best on the small, fast model; once the budget would make it
+memorise the text, a larger model with dropout learns more per second. ``--max-steps`` and
+``--epochs`` give the passes directly; ``--max-time`` needs the speed of this machine, which
+``device.training_speed`` measures on that model with the real corpus's vocabulary (a large
+vocabulary counts through the size of the head). The presets and the threshold between them
+come from the sweep in ``benchmarks/SWEEP.md`` (round 7). Options the user sets win.
 """
 
 from __future__ import annotations
@@ -45,11 +45,10 @@ PRESETS = {
     for p in (
         Preset("small", layers=1, hidden=512, dropout=0.0, weight_decay=0.2, lr=3e-2),
         Preset("medium", layers=2, hidden=512, dropout=0.25, weight_decay=0.2, lr=3e-2),
-        Preset("large", layers=2, hidden=512, dropout=0.35, weight_decay=0.2, lr=3e-2),
     )
 }
 # (passes the budget buys with the small model, preset from there on), from benchmarks/SWEEP.md round 7
-THRESHOLDS = ((0.0, "small"), (12.0, "medium"), (45.0, "large"))
+THRESHOLDS = ((0.0, "small"), (28.0, "medium"))
 
 
 def preset_for(passes: float) -> Preset:
@@ -136,9 +135,9 @@ def describe(sizing: dict[str, Any]) -> str:
     if sizing["chosen_by"] == "preset":
         why = "as --preset asks"
     else:
-        why = f"the budget buys about {sizing['passes']:.3g} passes over the text with the small model"
+        why = f"the budget buys about {sizing['passes']:.3g} passes over the text with the small preset"
         if sizing.get("chars_per_s"):
-            why += f" at {sizing['chars_per_s'] / 1000:.0f}k chars/s"
+            why += f", which trains at {sizing['chars_per_s'] / 1000:.0f}k chars/s here"
     kept = "".join(f"; {option(k)} as you set" for k in sizing.get("kept") or [])
     return f"sized {sizing['preset']}: {values} ({why}{kept})"
 
