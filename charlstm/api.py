@@ -34,9 +34,9 @@ from charlstm.evaluate import EvalResult, evaluate, evaluate_checkpoint
 from charlstm.events import Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
 from charlstm.explain import ExplainReport, explain_checkpoint
 from charlstm.model import CharLSTM
+from charlstm.presets import SIZED
 from charlstm.run import Run, new_run, resume_run
 from charlstm.sample import Samples, draw_samples
-from charlstm.sizing import SIZED
 from charlstm.sources import ProgressFn
 from charlstm.stepper import Stepper, resolve_precision
 from charlstm.training import StopFlag, stop_on_signals

@@ -72,7 +72,7 @@ class RunState(DictRoundTrip):
     loss_sum: float = 0.0  # training loss in nats, summed since the last log line
     loss_count: int = 0  # characters predicted since the last log line
     precision: str = "fp32"
-    sizing: dict[str, Any] = field(default_factory=dict)  # the preset chosen at the start (sizing.Sizing)
+    sizing: dict[str, Any] = field(default_factory=dict)  # the preset chosen at the start (presets.Sizing)
     metrics: list[dict[str, Any]] = field(default_factory=list)  # every line of metrics.jsonl
 
 
@@ -222,6 +222,7 @@ class Checkpoint:
             "byte_fallback": self.vocab.byte_fallback,
             "own_coverage": (self.corpus or {}).get("own_coverage"),
             "precision": p.precision,
+            "sizing": p.sizing or None,  # the preset chosen for the budget (presets.Sizing)
             "corpus": self.corpus,
             "config": {"model": self.model_config.to_dict(), "train": self.train_config.to_dict()},
             # resume always continues from the run's last.pt, whichever file was inspected

@@ -18,15 +18,17 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from charlstm import render
+from charlstm import presets, render
 from charlstm.cli_app import CheckpointArg, JsonFlag, _Command, app, err
 from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
 
 
 def _run_option(help: str, panel: str, default_of: str | None = None, shown: str | None = None) -> Any:  # noqa: A002
     """A training option, None unless given (the library applies the default that the help shows:
-    the config field ``default_of``'s, or the words ``shown``)."""
-    if default_of is not None:
+    the config field ``default_of``'s, the presets' for a sized option, or the words ``shown``)."""
+    if default_of in presets.SIZED:
+        shown = presets.default_text(default_of)
+    elif default_of is not None:
         config = TrainConfig if default_of in TrainConfig.__dataclass_fields__ else ModelConfig
         shown = config.__dataclass_fields__[default_of].default
     if shown is not None:

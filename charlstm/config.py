@@ -20,7 +20,7 @@ UNKNOWN_POLICIES = ("error", "skip")
 SPLITS = ("all", "train", "val")
 BYTE_FALLBACK = ("auto", "on")
 CELLS = ("lstm", "gru", "peephole")
-PRESETS = ("auto", "small", "medium")  # sizing.py holds what each sets
+PRESETS = ("auto", "small", "medium")  # presets.py holds what each sets
 DEFAULT_MAX_VOCAB = 128  # characters with their own token; chosen by measurement, see benchmarks/SWEEP.md
 MAX_SAMPLES = 100_000
 
@@ -115,7 +115,7 @@ class TrainConfig(DictRoundTrip):
     max_vocab: int = DEFAULT_MAX_VOCAB
     byte_fallback: str = "auto"
     val_fraction: float = 0.1
-    preset: str = "auto"  # model size and regularisation for the budget: sizing.py
+    preset: str = "auto"  # model size and regularisation for the budget: presets.py
     seq_len: int = 128
     batch_size: int = 64
     lr: float = 3e-2

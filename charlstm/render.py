@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from charlstm import events
+from charlstm import events, presets
 from charlstm.config import option
 from charlstm.metrics import FINISHED
 
@@ -249,6 +249,8 @@ def info_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"charlstm info: {report['path']}", show_header=False)
     for key in INFO_ROWS:
         table.add_row(key, _plain(report.get(key)))
+    if report.get("sizing"):
+        table.add_row("sizing", presets.describe(report["sizing"]) or "-")
     table.add_row("vocabulary", repr(report["vocab"]))
     for section, values in report["config"].items():
         table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))

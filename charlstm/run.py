@@ -152,7 +152,7 @@ def new_run(
 ) -> Run:
     """Build a fresh run: corpus, splits, model, optimizer, run directory. The options in
     ``unset`` (left to charlstm) take the values of the preset the budget calls for
-    (``sizing.py``). The directory is
+    (``presets.py``). The directory is
     checked before the corpus is read (which can take a while) and cleared only after. With
     several processes, the main one checks and clears it and each machine's first fills the
     token cache before the others read it."""

@@ -1,145 +1,17 @@
-"""The model and optimisation settings chosen for the budget, when the user leaves them unset.
-
-The rule reads one number: how many passes over the training text the budget buys with the
-small preset (the defaults of ``ModelConfig`` and ``TrainConfig``, with any option the user
-set). A short budget is spent best on the small, fast model; once the budget would make it
-memorise the text, a larger model with dropout learns more per second. ``--max-steps`` and
-``--epochs`` give the passes directly; ``--max-time`` needs the speed of this machine, which
-``device.training_speed`` measures on that model with the real corpus's vocabulary (a large
-vocabulary counts through the size of the head). The presets and the threshold between them
-come from the sweep in ``benchmarks/SWEEP.md`` (round 7). Options the user sets win.
-"""
+"""Sizing a new run: its model built from the configs, this machine's speed measured when a time
+budget needs it, and the model built again when the preset the budget calls for changes it
+(the rule itself is ``presets.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 
-from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, option
+from charlstm.config import ModelConfig, TrainConfig
 from charlstm.corpus import StreamBatches
 from charlstm.device import choose_precision, training_speed
 from charlstm.distributed import Processes, on_main
 from charlstm.model import CharLSTM
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Values of the sized options; ``small`` is exactly the configs' defaults (a test checks it)."""
-
-    name: str
-    layers: int
-    hidden: int
-    dropout: float
-    weight_decay: float
-    lr: float
-
-    def options(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in SIZED}
-
-
-SIZED = ("layers", "hidden", "dropout", "weight_decay", "lr")  # the options a preset sets
-PRESETS = {
-    p.name: p
-    for p in (
-        Preset("small", layers=1, hidden=512, dropout=0.0, weight_decay=0.2, lr=3e-2),
-        Preset("medium", layers=2, hidden=512, dropout=0.25, weight_decay=0.2, lr=3e-2),
-    )
-}
-# (passes the budget buys with the small model, preset from there on), from benchmarks/SWEEP.md round 7
-THRESHOLDS = ((0.0, "small"), (28.0, "medium"))
-
-
-def preset_for(passes: float) -> Preset:
-    """The preset the sweep found best for a budget of ``passes`` over the text with the small model."""
-    chosen = THRESHOLDS[0][1]
-    for start, name in THRESHOLDS:
-        if passes >= start:
-            chosen = name
-    return PRESETS[chosen]
-
-
-def budget_passes(tcfg: TrainConfig, train_tokens: int, chars_per_s: float | None) -> float:
-    """Passes over the training split the budget buys with the small model: the least of what
-    ``--epochs``, ``--max-steps`` and ``--max-time`` (at ``chars_per_s``) allow; 10 without any."""
-    limits = []
-    if tcfg.epochs is not None:
-        limits.append(tcfg.epochs)
-    if tcfg.max_steps is not None:
-        limits.append(tcfg.max_steps * tcfg.batch_size * tcfg.seq_len / train_tokens)
-    if tcfg.max_time is not None and chars_per_s is not None:
-        limits.append(tcfg.max_time * chars_per_s / train_tokens)
-    return min(limits) if limits else DEFAULT_EPOCHS
-
-
-def needs_speed(tcfg: TrainConfig, unset: frozenset[str]) -> bool:
-    """Whether the choice depends on this machine's speed: a time budget, under ``auto``, with
-    something left to choose."""
-    return tcfg.preset == "auto" and tcfg.max_time is not None and bool(unset & set(SIZED))
-
-
-@dataclass(frozen=True)
-class Sizing:
-    """What was chosen and why; saved in the checkpoint (``to_dict``) and said at the start."""
-
-    preset: str
-    chosen_by: str  # "budget" (auto) or "preset" (--preset NAME)
-    passes: float | None  # what the budget buys with the small model (auto only)
-    chars_per_s: float | None  # the small model's measured speed, for a time budget
-    applied: dict[str, Any] = field(default_factory=dict)  # options set from the preset
-    kept: tuple[str, ...] = ()  # sized options the user set, which win
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "preset": self.preset,
-            "chosen_by": self.chosen_by,
-            "passes": self.passes,
-            "chars_per_s": self.chars_per_s,
-            "applied": dict(self.applied),
-            "kept": list(self.kept),
-        }
-
-
-def choose(tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_per_s: float | None) -> Sizing:
-    """The preset for this run: ``--preset NAME``, or under ``auto`` the one the budget calls for."""
-    if tcfg.preset != "auto":
-        preset, passes = PRESETS[tcfg.preset], None
-    else:
-        passes = budget_passes(tcfg, train_tokens, chars_per_s)
-        preset = preset_for(passes)
-    applied = {k: v for k, v in preset.options().items() if k in unset}
-    kept = tuple(k for k in SIZED if k not in unset)
-    by = "budget" if tcfg.preset == "auto" else "preset"
-    speed = chars_per_s if passes is not None and tcfg.max_time is not None else None
-    return Sizing(preset.name, by, passes, speed, applied, kept)
-
-
-def apply(sizing: Sizing, tcfg: TrainConfig, mcfg: ModelConfig) -> tuple[TrainConfig, ModelConfig]:
-    """The configs with the preset's values for the options the user left unset."""
-    model_keys = set(ModelConfig.__dataclass_fields__)
-    to_model = {k: v for k, v in sizing.applied.items() if k in model_keys}
-    to_train = {k: v for k, v in sizing.applied.items() if k not in model_keys}
-    return (
-        TrainConfig.from_dict({**tcfg.to_dict(), **to_train}),
-        ModelConfig.from_dict({**mcfg.to_dict(), **to_model}),
-    )
-
-
-def describe(sizing: dict[str, Any]) -> str:
-    """One line for the start of training, from a saved ``Sizing.to_dict()``; empty when the
-    preset set nothing (the user gave every sized option, or an older checkpoint)."""
-    if not sizing.get("applied"):
-        return ""
-    values = " ".join(f"{option(k)} {v:g}" for k, v in sizing["applied"].items())
-    if sizing["chosen_by"] == "preset":
-        why = "as --preset asks"
-    else:
-        why = f"the budget buys about {sizing['passes']:.3g} passes over the text with the small preset"
-        if sizing.get("chars_per_s"):
-            why += f", which trains at {sizing['chars_per_s'] / 1000:.0f}k chars/s here"
-    kept = "".join(f"; {option(k)} as you set" for k in sizing.get("kept") or [])
-    return f"sized {sizing['preset']}: {values} ({why}{kept})"
+from charlstm.presets import Sizing, apply, choose, needs_speed
 
 
 def sized_model(

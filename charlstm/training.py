@@ -28,10 +28,10 @@ from charlstm.evaluate import EvalInterrupted, evaluate
 from charlstm.events import Evaluated, EventFn, Finished, Progress, Started, TrainResult
 from charlstm.metrics import end_record
 from charlstm.model import detach_state, first_stream
+from charlstm.presets import describe
 from charlstm.run import Run, log_metric, save, target_epochs
 from charlstm.sample import compile_kernels, draw_samples
 from charlstm.schedule import get_lr, plateau_update
-from charlstm.sizing import describe
 from charlstm.stepper import Stepper
 
 PREVIEW_TEMPERATURE = 0.8

@@ -1,4 +1,4 @@
-"""The budget-aware choice of model size and regularisation (sizing.py), and how a new run applies it."""
+"""The budget-aware choice of model size and regularisation (presets.py), and how a new run applies it."""
 
 from __future__ import annotations
 
@@ -10,23 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm import api, sizing
+from charlstm import api, presets, sizing
 from charlstm.config import PRESETS as PRESET_NAMES
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import UserError
 from charlstm.events import Progress
 
-SIZED = frozenset(sizing.SIZED)
+SIZED = frozenset(presets.SIZED)
 
 
 def test_small_preset_is_the_configs_defaults():
-    small = sizing.PRESETS["small"].options()
+    small = presets.PRESETS["small"].options()
     defaults = {**ModelConfig().to_dict(), **TrainConfig().to_dict()}
-    assert small == {k: defaults[k] for k in sizing.SIZED}
+    assert small == {k: defaults[k] for k in presets.SIZED}
 
 
 def test_config_accepts_exactly_the_presets_sizing_defines():
-    assert PRESET_NAMES == ("auto", *sizing.PRESETS)
+    assert PRESET_NAMES == ("auto", *presets.PRESETS)
     with pytest.raises(UserError, match="--preset 'huge'"):
         TrainConfig(preset="huge")
 
@@ -36,13 +36,13 @@ def test_config_accepts_exactly_the_presets_sizing_defines():
     [(0.01, "small"), (5, "small"), (27.9, "small"), (28, "medium"), (500, "medium")],
 )
 def test_preset_grows_with_the_passes_the_budget_buys(passes, preset):
-    assert sizing.preset_for(passes).name == preset
+    assert presets.preset_for(passes).name == preset
 
 
 def test_presets_grow_in_size_or_regularisation_along_the_thresholds():
-    names = [name for _, name in sizing.THRESHOLDS]
+    names = [name for _, name in presets.THRESHOLDS]
     assert names[0] == "small" and len(set(names)) == len(names)
-    order = [sizing.PRESETS[n] for n in names]
+    order = [presets.PRESETS[n] for n in names]
     for smaller, larger in itertools.pairwise(order):
         assert (larger.layers * larger.hidden, larger.dropout) > (smaller.layers * smaller.hidden, smaller.dropout)
 
@@ -50,47 +50,47 @@ def test_presets_grow_in_size_or_regularisation_along_the_thresholds():
 def test_budget_passes_from_each_budget_and_the_least_of_several():
     tokens = 1_000_000
     steps = TrainConfig(max_steps=1000)  # 1000 x 64 x 128 characters
-    assert sizing.budget_passes(steps, tokens, None) == pytest.approx(8.192)
-    assert sizing.budget_passes(TrainConfig(epochs=3.5), tokens, None) == 3.5
+    assert presets.budget_passes(steps, tokens, None) == pytest.approx(8.192)
+    assert presets.budget_passes(TrainConfig(epochs=3.5), tokens, None) == 3.5
     timed = TrainConfig(max_time=600)
-    assert sizing.budget_passes(timed, tokens, 40_000) == pytest.approx(24.0)
+    assert presets.budget_passes(timed, tokens, 40_000) == pytest.approx(24.0)
     both = TrainConfig(max_time=600, epochs=5)
-    assert sizing.budget_passes(both, tokens, 40_000) == 5
-    assert sizing.budget_passes(TrainConfig(), tokens, None) == 10
+    assert presets.budget_passes(both, tokens, 40_000) == 5
+    assert presets.budget_passes(TrainConfig(), tokens, None) == 10
 
 
 def test_choice_fills_only_what_the_user_left_unset():
     tcfg = TrainConfig(max_steps=10_000, lr=0.01)  # 82 passes over a million tokens: medium
-    chosen = sizing.choose(tcfg, SIZED - {"hidden", "lr"}, 1_000_000, None)
+    chosen = presets.choose(tcfg, SIZED - {"hidden", "lr"}, 1_000_000, None)
     assert chosen.preset == "medium" and chosen.chosen_by == "budget"
     assert set(chosen.applied) == {"layers", "dropout", "weight_decay"}
     assert chosen.kept == ("hidden", "lr")
-    t, m = sizing.apply(chosen, tcfg, ModelConfig(hidden=128))
-    medium = sizing.PRESETS["medium"]
+    t, m = presets.apply(chosen, tcfg, ModelConfig(hidden=128))
+    medium = presets.PRESETS["medium"]
     assert (m.layers, m.hidden, m.dropout) == (medium.layers, 128, medium.dropout)
     assert (t.weight_decay, t.lr) == (medium.weight_decay, 0.01)
 
 
 def test_named_preset_ignores_the_budget():
-    chosen = sizing.choose(TrainConfig(max_steps=1, preset="medium"), SIZED, 1_000_000, None)  # 0.008 passes
+    chosen = presets.choose(TrainConfig(max_steps=1, preset="medium"), SIZED, 1_000_000, None)  # 0.008 passes
     assert chosen.preset == "medium" and chosen.chosen_by == "preset" and chosen.passes is None
-    assert chosen.applied == sizing.PRESETS["medium"].options()
+    assert chosen.applied == presets.PRESETS["medium"].options()
 
 
 def test_speed_is_needed_only_for_a_time_budget_with_something_to_choose():
-    assert sizing.needs_speed(TrainConfig(max_time=60), SIZED)
-    assert not sizing.needs_speed(TrainConfig(max_steps=60), SIZED)
-    assert not sizing.needs_speed(TrainConfig(max_time=60), frozenset())
-    assert not sizing.needs_speed(TrainConfig(max_time=60, preset="small"), SIZED)
+    assert presets.needs_speed(TrainConfig(max_time=60), SIZED)
+    assert not presets.needs_speed(TrainConfig(max_steps=60), SIZED)
+    assert not presets.needs_speed(TrainConfig(max_time=60), frozenset())
+    assert not presets.needs_speed(TrainConfig(max_time=60, preset="small"), SIZED)
 
 
 def test_describe_names_the_values_the_reason_and_what_the_user_kept():
-    chosen = sizing.choose(TrainConfig(max_time=600), SIZED - {"hidden"}, 1_000_000, 50_000.0)
-    line = sizing.describe(chosen.to_dict())
+    chosen = presets.choose(TrainConfig(max_time=600), SIZED - {"hidden"}, 1_000_000, 50_000.0)
+    line = presets.describe(chosen.to_dict())
     assert line.startswith("sized medium: --layers 2 --dropout 0.25")
     assert "about 30 passes" in line and "50k chars/s" in line and "--hidden as you set" in line
-    assert sizing.describe({}) == ""  # an older checkpoint
-    assert sizing.describe(sizing.choose(TrainConfig(), frozenset(), 1, None).to_dict()) == ""
+    assert presets.describe({}) == ""  # an older checkpoint
+    assert presets.describe(presets.choose(TrainConfig(), frozenset(), 1, None).to_dict()) == ""
 
 
 def _train(corpus: Path, out: Path, **options) -> api.TrainResult:
@@ -107,7 +107,7 @@ def test_a_time_budget_long_for_the_text_trains_the_larger_regularised_model(cor
     assert saved["preset"] == "medium" and saved["chars_per_s"] == 180_000.0 and saved["kept"] == ["hidden"]
     assert saved["passes"] == pytest.approx(3 * 180_000 / 18_000)
     mcfg = ModelConfig.from_dict(ckpt["model_config"])
-    medium = sizing.PRESETS["medium"]
+    medium = presets.PRESETS["medium"]
     assert (mcfg.layers, mcfg.dropout, mcfg.hidden) == (medium.layers, medium.dropout, 16)
 
 
@@ -122,7 +122,7 @@ def test_options_the_user_sets_win_over_a_named_preset(corpus_file, tmp_path):
     _train(corpus_file, tmp_path / "run", layers=3, hidden=16, max_steps=3, preset="medium")
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     mcfg = ModelConfig.from_dict(saved["model_config"])
-    assert (mcfg.layers, mcfg.dropout) == (3, sizing.PRESETS["medium"].dropout)
+    assert (mcfg.layers, mcfg.dropout) == (3, presets.PRESETS["medium"].dropout)
     assert saved["progress"]["sizing"]["kept"] == ["layers", "hidden"]
 
 
@@ -142,5 +142,5 @@ def test_a_sized_run_resumes_bitwise(corpus_file, tmp_path):
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert split["progress"]["sizing"] == whole["progress"]["sizing"]
-    assert ModelConfig.from_dict(split["model_config"]).dropout == sizing.PRESETS["medium"].dropout
+    assert ModelConfig.from_dict(split["model_config"]).dropout == presets.PRESETS["medium"].dropout
     assert all(torch.equal(whole["model"][k], split["model"][k]) for k in whole["model"])
