@@ -87,7 +87,7 @@ class Sizing:
     """What was chosen and why; saved in the checkpoint (``to_dict``) and said at the start."""
 
     preset: str
-    chosen_by: str  # "budget" (auto) or "preset" (--preset NAME)
+    chosen_by: str  # "budget" (auto), "preset" (--preset NAME), or "user" (every sized option given)
     passes: float | None  # what the budget buys with the small model (auto only)
     chars_per_s: float | None  # the small model's measured speed, for a time budget
     applied: dict[str, Any] = field(default_factory=dict)  # options set from the preset
@@ -105,7 +105,10 @@ class Sizing:
 
 
 def choose(tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_per_s: float | None) -> Sizing:
-    """The preset for this run: ``--preset NAME``, or under ``auto`` the one the budget calls for."""
+    """The preset for this run: ``--preset NAME``, or under ``auto`` the one the budget calls for;
+    none when the user set every sized option."""
+    if not unset & set(SIZED):
+        return Sizing("", "user", None, None, {}, SIZED)
     if tcfg.preset != "auto":
         preset, passes = PRESETS[tcfg.preset], None
     else:

@@ -90,7 +90,9 @@ def test_describe_names_the_values_the_reason_and_what_the_user_kept():
     assert line.startswith("sized medium: --layers 2 --dropout 0.25")
     assert "about 30 passes" in line and "50k chars/s" in line and "--hidden as you set" in line
     assert presets.describe({}) == ""  # an older checkpoint
-    assert presets.describe(presets.choose(TrainConfig(), frozenset(), 1, None).to_dict()) == ""
+    everything_set = presets.choose(TrainConfig(max_time=60), frozenset(), 1, None)
+    assert everything_set.chosen_by == "user" and everything_set.passes is None
+    assert presets.describe(everything_set.to_dict()) == ""
 
 
 def _train(corpus: Path, out: Path, **options) -> api.TrainResult:
