@@ -57,6 +57,13 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that a clock reading means something."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _forked_rng(device: torch.device) -> contextlib.AbstractContextManager:
+    """A scope whose random draws (dropout in a probe) leave the run's generators where they were."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def _time_steps(model: CharLSTM, x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str) -> float:
@@ -81,7 +88,7 @@ def training_speed(
     a measured forward and backward pass, less the share of time the rest of a step takes."""
     probe = copy.deepcopy(model).train()
     x, y = (t.to(device) for t in batch)
-    with torch.random.fork_rng(devices=[]):  # dropout in the probe must not move the run's RNG
+    with _forked_rng(device):
         seconds = _time_steps(probe, x, y, device, precision)
     return x.numel() / seconds * STEP_SHARE
 
@@ -96,7 +103,7 @@ def choose_precision(name: str, model: CharLSTM, batch: tuple[torch.Tensor, torc
         return "fp32"
     probe = copy.deepcopy(model).train()
     x, y = (t[:, : min(PROBE_STEPS, t.shape[1])].to(device) for t in batch)
-    with torch.random.fork_rng(devices=[]):  # dropout in the probe must not move the run's RNG
+    with _forked_rng(device):
         fp32 = _time_steps(probe, x, y, device, "fp32")
         bf16 = _time_steps(probe, x, y, device, "bf16")
     return "bf16" if bf16 < fp32 * BF16_MARGIN else "fp32"

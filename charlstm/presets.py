@@ -92,6 +92,7 @@ class Sizing:
     chars_per_s: float | None  # the small model's measured speed, for a time budget
     applied: dict[str, Any] = field(default_factory=dict)  # options set from the preset
     kept: tuple[str, ...] = ()  # sized options the user set, which win
+    budget: str = "the budget"  # or "the default 10 epochs" when none was given
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +102,7 @@ class Sizing:
             "chars_per_s": self.chars_per_s,
             "applied": dict(self.applied),
             "kept": list(self.kept),
+            "budget": self.budget,
         }
 
 
@@ -118,7 +120,8 @@ def choose(tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_pe
     kept = tuple(k for k in SIZED if k not in unset)
     by = "budget" if tcfg.preset == "auto" else "preset"
     speed = chars_per_s if passes is not None and tcfg.max_time is not None else None
-    return Sizing(preset.name, by, passes, speed, applied, kept)
+    budget = "the budget" if tcfg.has_budget else f"the default {DEFAULT_EPOCHS:g} epochs"
+    return Sizing(preset.name, by, passes, speed, applied, kept, budget)
 
 
 def apply(sizing: Sizing, tcfg: TrainConfig, mcfg: ModelConfig) -> tuple[TrainConfig, ModelConfig]:
@@ -141,8 +144,10 @@ def describe(sizing: dict[str, Any]) -> str:
     if sizing["chosen_by"] == "preset":
         why = "as --preset asks"
     else:
-        why = f"the budget buys about {sizing['passes']:.3g} passes over the text with the small preset"
+        passes = sizing["passes"]
+        shown = f"{passes:,.0f}" if passes >= 10 else f"{passes:.2g}"
+        why = f"{sizing.get('budget', 'the budget')} buys about {shown} passes over the text with the small preset"
         if sizing.get("chars_per_s"):
-            why += f", which trains at {sizing['chars_per_s'] / 1000:.0f}k chars/s here"
+            why += f", measured at {sizing['chars_per_s'] / 1000:.0f}k chars/s here"
     kept = "".join(f"; {option(k)} as you set" for k in sizing.get("kept") or [])
     return f"sized {sizing['preset']}: {values} ({why}{kept})"

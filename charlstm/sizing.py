@@ -9,7 +9,7 @@ import torch
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.corpus import StreamBatches
 from charlstm.device import choose_precision, training_speed
-from charlstm.distributed import Processes, on_main
+from charlstm.distributed import Processes, max_all, on_main
 from charlstm.model import CharLSTM
 from charlstm.presets import Sizing, apply, choose, needs_speed
 
@@ -22,19 +22,18 @@ def sized_model(
     device: torch.device,
     procs: Processes,
 ) -> tuple[TrainConfig, ModelConfig, CharLSTM, str, Sizing]:
-    """A new run's configs, model, precision and sizing: the model is built from the configs,
-    timed when the choice needs this machine's speed, and built again if the preset changes it.
-    The seed is set before each build, so the weights depend only on the final configs."""
-    model, precision = _seeded_model(tcfg, mcfg, batches, device, procs)
-    speed = None
+    """A new run's configs, model, precision and sizing. Under a time budget the model of the
+    given configs is built and timed first, and built again only if the preset changes it. The
+    seed is set before each build, so the weights depend only on the final configs."""
+    built, speed = None, None
     if needs_speed(tcfg, unset):
-        # every process trains its share of the streams at once: the whole run goes about world times as fast
-        speed = procs.world * on_main(procs, lambda: training_speed(model, batches.batch(0), device, precision))
+        built = _seeded_model(tcfg, mcfg, batches, device, procs)
+        speed = _run_speed(*built, batches, device, procs)
     sizing = choose(tcfg, unset, len(batches.tokens), speed)
     sized_t, sized_m = apply(sizing, tcfg, mcfg)
-    if sized_m != mcfg:
-        model, precision = _seeded_model(sized_t, sized_m, batches, device, procs)
-    return sized_t, sized_m, model, precision, sizing
+    if built is None or sized_m != mcfg:
+        built = _seeded_model(sized_t, sized_m, batches, device, procs)
+    return sized_t, sized_m, *built, sizing
 
 
 def _seeded_model(
@@ -43,3 +42,13 @@ def _seeded_model(
     torch.manual_seed(tcfg.seed)
     model = CharLSTM(mcfg).to(device).train()
     return model, on_main(procs, lambda: choose_precision(tcfg.precision, model, batches.batch(0), device))
+
+
+def _run_speed(
+    model: CharLSTM, precision: str, batches: StreamBatches, device: torch.device, procs: Processes
+) -> float:
+    """Characters per second of the whole run: every process times its share of the streams at
+    once (so processes that share cores slow each other, as they will in training), and a step
+    goes at the pace of the slowest."""
+    seconds_per_char = 1 / training_speed(model, batches.batch(0), device, precision)
+    return procs.world / max_all(procs, [seconds_per_char])[0]

@@ -15,6 +15,7 @@ from charlstm.config import PRESETS as PRESET_NAMES
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import UserError
 from charlstm.events import Progress
+from charlstm.run import new_run
 
 SIZED = frozenset(presets.SIZED)
 
@@ -77,6 +78,23 @@ def test_named_preset_ignores_the_budget():
     assert chosen.applied == presets.PRESETS["medium"].options()
 
 
+def test_sizing_leaves_the_weights_and_random_state_of_a_run_given_the_chosen_options(corpus_file, tmp_path):
+    """A run sized under a time budget (probe timed, model maybe rebuilt) starts exactly where the
+    same run given the chosen options explicitly starts: same weights, same random state next."""
+    base = dict(seq_len=16, batch_size=4, device="cpu", precision="fp32", max_time=60)
+    sized = new_run(
+        TrainConfig(corpus=str(corpus_file), out=str(tmp_path / "a"), **base),
+        ModelConfig(embedding=8, dropout=0.5),
+        unset=SIZED - {"dropout"},
+    )
+    after_sized = torch.get_rng_state()
+    explicit = new_run(TrainConfig.from_dict({**sized.tcfg.to_dict(), "out": str(tmp_path / "b")}), sized.mcfg)
+    assert torch.equal(after_sized, torch.get_rng_state())
+    assert sized.state.sizing["chars_per_s"] > 0 and explicit.state.sizing["chosen_by"] == "user"
+    theirs = explicit.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in sized.model.state_dict().items())
+
+
 def test_speed_is_needed_only_for_a_time_budget_with_something_to_choose():
     assert presets.needs_speed(TrainConfig(max_time=60), SIZED)
     assert not presets.needs_speed(TrainConfig(max_steps=60), SIZED)
@@ -88,7 +106,9 @@ def test_describe_names_the_values_the_reason_and_what_the_user_kept():
     chosen = presets.choose(TrainConfig(max_time=600), SIZED - {"hidden"}, 1_000_000, 50_000.0)
     line = presets.describe(chosen.to_dict())
     assert line.startswith("sized medium: --layers 2 --dropout 0.25")
-    assert "about 30 passes" in line and "50k chars/s" in line and "--hidden as you set" in line
+    assert "the budget buys about 30 passes" in line and "50k chars/s" in line and "--hidden as you set" in line
+    unbudgeted = presets.describe(presets.choose(TrainConfig(), SIZED, 1_000_000, None).to_dict())
+    assert "the default 10 epochs buys about 10 passes" in unbudgeted
     assert presets.describe({}) == ""  # an older checkpoint
     everything_set = presets.choose(TrainConfig(max_time=60), frozenset(), 1, None)
     assert everything_set.chosen_by == "user" and everything_set.passes is None
