@@ -94,7 +94,7 @@ def train(
         str | None,
         _run_option(
             "Model size and regularisation: auto (sized for the budget, corpus and this machine's speed),"
-            " small or medium. Options you set win.",
+            " tiny, small or medium. Options you set win.",
             MODEL,
             "preset",
         ),

@@ -1,13 +1,13 @@
 """The model and optimisation settings chosen for the budget, when the user leaves them unset.
 
-The rule reads one number: how many passes over the training text the budget buys with the
-small preset (the defaults of ``ModelConfig`` and ``TrainConfig``, with any option the user
-set). A short budget is spent best on the small, fast model; once the budget would make it
-memorise the text, a larger model with dropout learns more per second. ``--max-steps`` and
-``--epochs`` give the passes directly; ``--max-time`` needs the speed of this machine, which
-``device.training_speed`` measures on that model with the real corpus's vocabulary (a large
-vocabulary counts through the size of the head). The presets and the threshold between them
-come from the sweep in ``benchmarks/SWEEP.md`` (round 7). Options the user sets win.
+The rule reads what the budget buys with the small preset (the defaults of ``ModelConfig`` and
+``TrainConfig``, with any option the user set): characters of compute, and passes over the
+training text. Little compute is spent best on a smaller, faster model (``tiny``); a budget that
+would make the small model memorise the text goes further with a larger model and dropout
+(``medium``). ``--max-steps`` and ``--epochs`` give the passes directly; ``--max-time`` needs the
+speed of this machine, which ``device.training_speed`` measures on the small model with the real
+corpus's vocabulary (a large vocabulary counts through the size of the head). The presets and
+thresholds come from the sweep in ``benchmarks/SWEEP.md`` (round 7). Options the user sets win.
 ``sizing.py`` applies the rule to a new run. No torch here: the help and ``info`` read it.
 """
 
@@ -38,12 +38,17 @@ SIZED = ("layers", "hidden", "dropout", "weight_decay", "lr")  # the options a p
 PRESETS = {
     p.name: p
     for p in (
+        Preset("tiny", layers=1, hidden=384, dropout=0.0, weight_decay=0.2, lr=3e-2),
         Preset("small", layers=1, hidden=512, dropout=0.0, weight_decay=0.2, lr=3e-2),
         Preset("medium", layers=2, hidden=512, dropout=0.25, weight_decay=0.2, lr=3e-2),
     )
 }
-# (passes the budget buys with the small model, preset from there on), from benchmarks/SWEEP.md round 7
-THRESHOLDS = ((0.0, "small"), (28.0, "medium"))
+# From benchmarks/SWEEP.md round 7. Data: from this many passes over the text with the small model,
+# it would memorise, and the medium model learns more per second.
+MEDIUM_FROM_PASSES = 28.0
+# Compute: below this many characters in the budget (with the small model), a smaller, faster
+# model learns more; the best size grows with the compute, whatever the corpus's size.
+SMALL_FROM_CHARS = 5_000_000
 
 
 def default_text(name: str) -> str:
@@ -54,13 +59,12 @@ def default_text(name: str) -> str:
     return "by --preset: " + ", ".join(f"{v:g} {preset}" for preset, v in values.items())
 
 
-def preset_for(passes: float) -> Preset:
-    """The preset the sweep found best for a budget of ``passes`` over the text with the small model."""
-    chosen = THRESHOLDS[0][1]
-    for start, name in THRESHOLDS:
-        if passes >= start:
-            chosen = name
-    return PRESETS[chosen]
+def preset_for(passes: float, chars: float) -> Preset:
+    """The preset the sweep found best for a budget of ``passes`` over the text, ``chars``
+    characters in all, with the small model."""
+    if passes >= MEDIUM_FROM_PASSES:
+        return PRESETS["medium"]
+    return PRESETS["small" if chars >= SMALL_FROM_CHARS else "tiny"]
 
 
 def budget_passes(tcfg: TrainConfig, train_tokens: int, chars_per_s: float | None) -> float:
@@ -115,7 +119,7 @@ def choose(tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_pe
         preset, passes = PRESETS[tcfg.preset], None
     else:
         passes = budget_passes(tcfg, train_tokens, chars_per_s)
-        preset = preset_for(passes)
+        preset = preset_for(passes, passes * train_tokens)
     applied = {k: v for k, v in preset.options().items() if k in unset}
     kept = tuple(k for k in SIZED if k not in unset)
     by = "budget" if tcfg.preset == "auto" else "preset"

@@ -33,17 +33,23 @@ def test_config_accepts_exactly_the_presets_sizing_defines():
 
 
 @pytest.mark.parametrize(
-    ("passes", "preset"),
-    [(0.01, "small"), (5, "small"), (27.9, "small"), (28, "medium"), (500, "medium")],
+    ("passes", "chars", "preset"),
+    [
+        (0.01, 4_999_999, "tiny"),
+        (0.01, 5_000_000, "small"),  # a big corpus: compute decides
+        (5, 5_000_000, "small"),
+        (27.9, 28_000_000, "small"),
+        (28, 28_000_000, "medium"),
+        (500, 1_000_000, "medium"),  # a small text read many times: the data decides
+    ],
 )
-def test_preset_grows_with_the_passes_the_budget_buys(passes, preset):
-    assert presets.preset_for(passes).name == preset
+def test_preset_follows_the_compute_and_the_passes_the_budget_buys(passes, chars, preset):
+    assert presets.preset_for(passes, chars).name == preset
 
 
-def test_presets_grow_in_size_or_regularisation_along_the_thresholds():
-    names = [name for _, name in presets.THRESHOLDS]
-    assert names[0] == "small" and len(set(names)) == len(names)
-    order = [presets.PRESETS[n] for n in names]
+def test_presets_grow_in_size_or_regularisation_from_tiny_to_medium():
+    order = [presets.PRESETS[n] for n in ("tiny", "small", "medium")]
+    assert list(presets.PRESETS) == ["tiny", "small", "medium"]
     for smaller, larger in itertools.pairwise(order):
         assert (larger.layers * larger.hidden, larger.dropout) > (smaller.layers * smaller.hidden, smaller.dropout)
 
