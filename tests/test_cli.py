@@ -113,7 +113,13 @@ def test_help_lists_every_option_with_its_default_and_flags_take_no_value():
         page = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
         assert page.exit_code == 0 and "<bool>" not in page.stdout, command
     train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
-    for option, default in [("--hidden", "512"), ("--lr", "0.03"), ("--schedule", "cosine"), ("--seed", "1337")]:
+    for option, default in [
+        ("--hidden", "by --preset: 384 tiny, 512 small, 512 medium"),
+        ("--lr", "0.03"),
+        ("--preset", "auto"),
+        ("--schedule", "cosine"),
+        ("--seed", "1337"),
+    ]:
         assert re.search(rf"{option} .*\[default: {re.escape(default)}\]", train), option
     assert re.search(r"--config .*TOML file", train)
     plot = runner.invoke(app, ["plot", "--help"], env={"COLUMNS": "200"}).stdout
