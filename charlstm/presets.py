@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, option
+from charlstm.config import DEFAULT_EPOCHS, DictRoundTrip, ModelConfig, TrainConfig, option
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def needs_speed(tcfg: TrainConfig, unset: frozenset[str]) -> bool:
 
 
 @dataclass(frozen=True)
-class Sizing:
+class Sizing(DictRoundTrip):
     """What was chosen and why; saved in the checkpoint (``to_dict``) and said at the start."""
 
     preset: str
@@ -95,33 +95,22 @@ class Sizing:
     passes: float | None  # what the budget buys with the small model (auto only)
     chars_per_s: float | None  # the small model's measured speed, for a time budget
     applied: dict[str, Any] = field(default_factory=dict)  # options set from the preset
-    kept: tuple[str, ...] = ()  # sized options the user set, which win
+    kept: list[str] = field(default_factory=list)  # sized options the user set, which win
     budget: str = "the budget"  # or "the default 10 epochs" when none was given
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "preset": self.preset,
-            "chosen_by": self.chosen_by,
-            "passes": self.passes,
-            "chars_per_s": self.chars_per_s,
-            "applied": dict(self.applied),
-            "kept": list(self.kept),
-            "budget": self.budget,
-        }
 
 
 def choose(tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_per_s: float | None) -> Sizing:
     """The preset for this run: ``--preset NAME``, or under ``auto`` the one the budget calls for;
     none when the user set every sized option."""
     if not unset & set(SIZED):
-        return Sizing("", "user", None, None, {}, SIZED)
+        return Sizing("", "user", None, None, {}, list(SIZED))
     if tcfg.preset != "auto":
         preset, passes = PRESETS[tcfg.preset], None
     else:
         passes = budget_passes(tcfg, train_tokens, chars_per_s)
         preset = preset_for(passes, passes * train_tokens)
     applied = {k: v for k, v in preset.options().items() if k in unset}
-    kept = tuple(k for k in SIZED if k not in unset)
+    kept = [k for k in SIZED if k not in unset]
     by = "budget" if tcfg.preset == "auto" else "preset"
     speed = chars_per_s if passes is not None and tcfg.max_time is not None else None
     budget = "the budget" if tcfg.has_budget else f"the default {DEFAULT_EPOCHS:g} epochs"

@@ -249,8 +249,9 @@ def info_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"charlstm info: {report['path']}", show_header=False)
     for key in INFO_ROWS:
         table.add_row(key, _plain(report.get(key)))
-    if report.get("sizing") and presets.describe(report["sizing"]):
-        table.add_row("sizing", presets.describe(report["sizing"]))
+    sizing = presets.describe(report.get("sizing") or {})
+    if sizing:
+        table.add_row("sizing", sizing)
     table.add_row("vocabulary", repr(report["vocab"]))
     for section, values in report["config"].items():
         table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))

@@ -71,7 +71,7 @@ def test_choice_fills_only_what_the_user_left_unset():
     chosen = presets.choose(tcfg, SIZED - {"hidden", "lr"}, 1_000_000, None)
     assert chosen.preset == "medium" and chosen.chosen_by == "budget"
     assert set(chosen.applied) == {"layers", "dropout", "weight_decay"}
-    assert chosen.kept == ("hidden", "lr")
+    assert chosen.kept == ["hidden", "lr"]
     t, m = presets.apply(chosen, tcfg, ModelConfig(hidden=128))
     medium = presets.PRESETS["medium"]
     assert (m.layers, m.hidden, m.dropout) == (medium.layers, 128, medium.dropout)
