@@ -105,6 +105,18 @@ def train(
     dropout: Annotated[
         float | None, _run_option("Dropout between layers and before the head, in [0, 1).", MODEL, "dropout")
     ] = None,
+    weight_drop: Annotated[
+        float | None,
+        _run_option(
+            "DropConnect on the recurrent weights, the same connections dropped at every step of a chunk, in [0, 1).",
+            MODEL,
+            "weight_drop",
+        ),
+    ] = None,
+    embed_dropout: Annotated[
+        float | None,
+        _run_option("Drop whole characters' embeddings, a new choice each chunk, in [0, 1).", MODEL, "embed_dropout"),
+    ] = None,
     seq_len: Annotated[
         int | None, _run_option("Characters per chunk of truncated backpropagation through time.", OPTIM, "seq_len")
     ] = None,

@@ -97,12 +97,15 @@ class ModelConfig(DictRoundTrip):
     layers: int = 1
     dropout: float = 0.0
     cell: str = "lstm"  # "lstm", "gru" or "peephole"
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights, one mask per step (AWD-LSTM)
+    embed_dropout: float = 0.0  # drops whole characters' embeddings, one mask per step
 
     def __post_init__(self) -> None:
         _positive_int(self, "vocab_size", "embedding", "hidden", "layers")
         _choice(self, "cell", CELLS)
-        if not _finite(self.dropout) or not 0 <= self.dropout < 1:
-            raise _fail("dropout", self.dropout, "a number in [0, 1)")
+        for name in ("dropout", "weight_drop", "embed_dropout"):
+            if not _finite(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                raise _fail(name, getattr(self, name), "a number in [0, 1)")
 
 
 @dataclass(frozen=True)

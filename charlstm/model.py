@@ -4,12 +4,20 @@ Three cells (``--cell``): ``lstm`` (``nn.LSTM``), ``gru`` (``nn.GRU``) and ``pee
 of the gate equations in which the input and forget gates also read c(t-1) and the output gate
 reads c(t) (``peephole.py``). The recurrent module is the attribute named after its cell (``model.lstm``, ...), so
 an LSTM's weights keep the names they always had.
+
+Two regularisers of AWD-LSTM (Merity et al., 2017) act in training only, and cost next to
+nothing per step because their masks are drawn over weights, not over activations:
+``weight_drop`` (DropConnect on every layer's hidden-to-hidden weights, one mask per chunk,
+so the same connections are dropped at every time step) and ``embed_dropout`` (whole
+characters' embeddings dropped, one mask per chunk).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from charlstm.config import ModelConfig
 from charlstm.peephole import PeepholeLSTM
@@ -63,14 +71,32 @@ class CharLSTM(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """tokens (B, T) int64 -> logits (B, T, V) and the state after the last step."""
-        x = self.embed(tokens.t())  # (T, B, E)
+        x = F.embedding(tokens.t(), self._embedding_weight())  # (T, B, E)
         if self.config.cell == "gru":
-            out, h = self.rnn(x, None if state is None else state[0])  # (T, B, H)
+            out, h = self._recur(x, None if state is None else state[0])  # (T, B, H)
             state = (h,)
         else:
-            out, state = self.rnn(x, state)  # (T, B, H)
+            out, state = self._recur(x, state)  # (T, B, H)
         logits = self.head(self.drop(out))  # (T, B, V)
         return logits.transpose(0, 1), tuple(state)  # (B, T, V), a view
+
+    def _embedding_weight(self) -> torch.Tensor:
+        """The embedding table, (V, E), with whole rows dropped (and the rest scaled) in training."""
+        weight, p = self.embed.weight, self.config.embed_dropout
+        if not (self.training and p):
+            return weight
+        keep = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p)
+        return weight * keep / (1 - p)
+
+    def _recur(self, x: torch.Tensor, state: torch.Tensor | State | None):  # noqa: ANN202 - the cell's own output
+        """The recurrent module over x, its hidden-to-hidden weights dropped in training."""
+        p = self.config.weight_drop
+        if not (self.training and p):
+            return self.rnn(x, state)
+        dropped = {
+            name: F.dropout(weight, p) for name, weight in self.rnn.named_parameters() if name.startswith("weight_hh")
+        }
+        return functional_call(self.rnn, dropped, (x, state))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -15,6 +15,8 @@ def test_option_spelling():
         (ModelConfig, {"layers": -1}, "--layers -1"),
         (ModelConfig, {"dropout": 1.0}, "--dropout 1.0"),
         (ModelConfig, {"dropout": -0.1}, "[0, 1)"),
+        (ModelConfig, {"weight_drop": 1.0}, "--weight-drop 1.0"),
+        (ModelConfig, {"embed_dropout": float("nan")}, "--embed-dropout nan"),
         (TrainConfig, {"lr": 0.0}, "--lr 0.0"),
         (TrainConfig, {"lr": float("nan")}, "--lr nan"),
         (TrainConfig, {"grad_clip": -1.0}, "--grad-clip -1.0"),

@@ -101,8 +101,8 @@ def test_two_processes_train_as_one_step_by_step(corpus_file, tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_the_same_processes_is_bitwise_and_with_others_says_so(corpus_file, tmp_path):
-    common = ["train", "--corpus", corpus_file, *TINY, "--dropout", "0.3", "--schedule", "constant"]
-    common += ["--log-every", 1, "--eval-every", 5]
+    common = ["train", "--corpus", corpus_file, *TINY, "--dropout", "0.3", "--weight-drop", "0.3"]
+    common += ["--schedule", "constant", "--log-every", 1, "--eval-every", 5]
     torchrun(*common, "--out", tmp_path / "straight", "--max-steps", 16)
     torchrun(*common, "--out", tmp_path / "halves", "--max-steps", 8)
     shutil.copytree(tmp_path / "halves", tmp_path / "other")

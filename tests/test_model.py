@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -28,6 +29,38 @@ def test_state_carries_across_chunks(cell):
     first, state = model(tokens[:, :6])
     second, _ = model(tokens[:, 6:], detach_state(state))
     torch.testing.assert_close(torch.cat([first, second], 1), whole)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_weight_drop_masks_the_recurrent_weights_once_per_chunk_and_only_in_training(cell):
+    """In training, the output is that of the same model whose hidden-to-hidden weights carry one
+    dropout mask for the whole chunk (DropConnect, not a new mask per step); in eval it is unchanged."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=11, embedding=4, hidden=8, layers=2, cell=cell)
+    plain, dropped = CharLSTM(config), CharLSTM(replace(config, weight_drop=0.5))
+    dropped.load_state_dict(plain.state_dict())
+    tokens = torch.randint(0, 11, (3, 9))
+    torch.manual_seed(7)
+    trained, _ = dropped.train()(tokens)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, weight in plain.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                weight.copy_(F.dropout(weight, 0.5))
+    torch.testing.assert_close(trained, plain.eval()(tokens)[0])
+    trained.sum().backward()
+    assert all(getattr(dropped.rnn, f"weight_hh_l{k}").grad.abs().sum() > 0 for k in range(2))
+    plain.load_state_dict(dropped.state_dict())
+    torch.testing.assert_close(dropped.eval()(tokens)[0], plain(tokens)[0], rtol=0, atol=0)
+
+
+def test_embed_dropout_drops_whole_characters_in_training_only():
+    model = CharLSTM(ModelConfig(vocab_size=200, embedding=6, hidden=8, embed_dropout=0.5)).train()
+    weight, table = model.embed.weight, model._embedding_weight()
+    kept = table.abs().sum(1) > 0  # each row is all zero, or the whole row scaled by 1 / (1 - p)
+    assert 0 < kept.sum() < 200
+    torch.testing.assert_close(table[kept], weight[kept] * 2)
+    assert model.eval()._embedding_weight() is weight
 
 
 def test_forget_gate_bias_starts_at_one(tiny_model):

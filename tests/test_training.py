@@ -51,8 +51,10 @@ def test_same_seed_repeats_a_cpu_run(tiny_train, tmp_path):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_resume_equals_uninterrupted_run_bitwise(tiny_train, tmp_path, cell):
-    """N steps straight == N/2 steps, resume, N/2 steps: same parameters and loss at every step."""
-    model_cfg = ModelConfig(embedding=8, hidden=16, layers=2, dropout=0.3, cell=cell)
+    """N steps straight == N/2 steps, resume, N/2 steps: same parameters and loss at every step,
+    with every kind of dropout drawing from the saved random state."""
+    dropouts = {"dropout": 0.3, "weight_drop": 0.3, "embed_dropout": 0.1}
+    model_cfg = ModelConfig(embedding=8, hidden=16, layers=2, cell=cell, **dropouts)
     base = replace(tiny_train, max_steps=20, log_every=1, eval_every=7, save_every=100)
     straight = []
     train(new_run(replace(base, out=str(tmp_path / "straight")), model_cfg), straight.append)
