@@ -1,7 +1,7 @@
 """The checkpoint format, owned here alone: :class:`Checkpoint` turns what a run saves into the
 dict written to disk and back, and every reader and writer goes through it.
 
-A checkpoint is one ``torch.save`` dict of tensors and plain Python values (format 2)::
+A checkpoint is one ``torch.save`` dict of tensors and plain Python values (format 3)::
 
     format_version  int                FORMAT_VERSION
     model_config    dict               ModelConfig.to_dict()
@@ -44,7 +44,7 @@ from charlstm.files import atomic_path
 from charlstm.model import CharLSTM, State, first_stream
 from charlstm.vocab import CharVocab
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 BEST, LAST = "best.pt", "last.pt"
 WARM_H, WARM_C = "sampling.warm_h", "sampling.warm_c"  # safetensors names of the warm start state
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "model")
@@ -94,7 +94,14 @@ def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "format_version": 2, "progress": progress, "corpus": corpus, "train_config": train}
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}  # version -> next
+def _v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 2 had no weight drop or embedding dropout: its models trained without them, where
+    format 3's defaults turn weight drop on."""
+    model_config = {"weight_drop": 0.0, "embed_dropout": 0.0, **(payload.get("model_config") or {})}
+    return {**payload, "format_version": 3, "model_config": model_config}
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}  # version -> next
 
 
 @dataclass

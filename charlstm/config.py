@@ -97,8 +97,8 @@ class ModelConfig(DictRoundTrip):
     layers: int = 1
     dropout: float = 0.0
     cell: str = "lstm"  # "lstm", "gru" or "peephole"
-    weight_drop: float = 0.0  # DropConnect on the recurrent weights, one mask per step (AWD-LSTM)
-    embed_dropout: float = 0.0  # drops whole characters' embeddings, one mask per step
+    weight_drop: float = 0.25  # DropConnect on the recurrent weights, one mask per chunk (AWD-LSTM)
+    embed_dropout: float = 0.0  # drops whole characters' embeddings, one mask per chunk
 
     def __post_init__(self) -> None:
         _positive_int(self, "vocab_size", "embedding", "hidden", "layers")

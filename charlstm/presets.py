@@ -27,6 +27,7 @@ class Preset:
     layers: int
     hidden: int
     dropout: float
+    weight_drop: float
     weight_decay: float
     lr: float
 
@@ -34,13 +35,13 @@ class Preset:
         return {k: getattr(self, k) for k in SIZED}
 
 
-SIZED = ("layers", "hidden", "dropout", "weight_decay", "lr")  # the options a preset sets
+SIZED = ("layers", "hidden", "dropout", "weight_drop", "weight_decay", "lr")  # the options a preset sets
 PRESETS = {
     p.name: p
     for p in (
-        Preset("tiny", layers=1, hidden=384, dropout=0.0, weight_decay=0.2, lr=3e-2),
-        Preset("small", layers=1, hidden=512, dropout=0.0, weight_decay=0.2, lr=3e-2),
-        Preset("medium", layers=2, hidden=512, dropout=0.25, weight_decay=0.2, lr=3e-2),
+        Preset("tiny", layers=1, hidden=384, dropout=0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2),
+        Preset("small", layers=1, hidden=512, dropout=0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2),
+        Preset("medium", layers=1, hidden=768, dropout=0.0, weight_drop=0.4, weight_decay=0.2, lr=3e-2),
     )
 }
 # From benchmarks/SWEEP.md round 7. Data: from this many passes over the text with the small model,

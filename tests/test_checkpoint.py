@@ -34,10 +34,10 @@ def saved(tmp_path):
 def test_round_trip_writes_exactly_the_listed_keys(saved):
     path, original = saved
     raw = torch.load(path, weights_only=True)
-    assert tuple(raw) == Checkpoint.KEYS and raw["format_version"] == ckpt.FORMAT_VERSION == 2
+    assert tuple(raw) == Checkpoint.KEYS and raw["format_version"] == ckpt.FORMAT_VERSION == 3
     loaded = load_checkpoint(path)
     assert loaded.vocab == original.vocab and loaded.model_config == original.model_config
-    assert loaded.path == path and loaded.file_version == 2 and not loaded.resumable
+    assert loaded.path == path and loaded.file_version == ckpt.FORMAT_VERSION and not loaded.resumable
     model = loaded.build_model()
     assert not model.training
     for k, v in original.model.items():
@@ -74,7 +74,7 @@ def test_not_a_checkpoint_and_newer_versions(tmp_path, saved):
     _, checkpoint = saved
     future = tmp_path / "future.pt"
     torch.save({**checkpoint.to_dict(), "format_version": 99}, future)
-    with pytest.raises(UserError, match="format version 99, expected 2 or older.*upgrade charlstm"):
+    with pytest.raises(UserError, match="format version 99, expected 3 or older.*upgrade charlstm"):
         load_checkpoint(future)
     damaged = tmp_path / "damaged.pt"
     torch.save({**checkpoint.to_dict(), "model_config": {"hidden": -3}}, damaged)
@@ -131,7 +131,7 @@ def test_version_1_run_loads_samples_evaluates_and_resumes(v1_folder):
     assert model.evaluate("KING:\nThe lord.\n").chars == len("KING:\nThe lord.\n") - 1
     assert charlstm.api.describe("v1_run/last.pt")["format_version"] == 1
     result = train(resume_run("v1_run", {"max_steps": 12}))
-    assert result.step == 12 and load_checkpoint("v1_run/last.pt").file_version == 2
+    assert result.step == 12 and load_checkpoint("v1_run/last.pt").file_version == ckpt.FORMAT_VERSION
     lines = [json.loads(line) for line in (v1_folder / "v1_run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if m["type"] == "train"] == [2, 4, 6, 8, 10, 12]
 
@@ -147,7 +147,8 @@ def test_version_1_export_loads_and_samples_as_before(v1_folder):
 def test_export_round_trip(shared_run, tmp_path):
     out = ckpt.export_safetensors(load_checkpoint(shared_run), tmp_path / "m.safetensors")
     exported, original = load_checkpoint(out), load_checkpoint(shared_run)
-    assert exported.optimizer is None and exported.file_version == 2 and exported.corpus == original.corpus
+    assert exported.optimizer is None and exported.file_version == ckpt.FORMAT_VERSION
+    assert exported.corpus == original.corpus
     assert exported.progress.best_val_loss == original.progress.best_val_loss
     assert all(torch.equal(exported.model[k], v) for k, v in original.model.items())
     assert all(torch.equal(a, b) for a, b in zip(exported.warm_state(), original.warm_state(), strict=True))
@@ -163,10 +164,18 @@ def test_export_round_trip(shared_run, tmp_path):
 
 def test_describe(shared_run):
     report = load_checkpoint(shared_run).describe()
-    assert report["step"] == 40 and report["format_version"] == 2 and report["val_loss"] > 0
+    assert report["step"] == 40 and report["format_version"] == 3 and report["val_loss"] > 0
     assert report["resume"] == f"charlstm train --resume {shared_run}"
     assert report["params"] == sum(t.numel() for t in load_checkpoint(shared_run).model.values())
     json.dumps(report)  # JSON-ready
+
+
+def test_version_2_models_trained_without_the_dropouts_format_3_added():
+    v2 = {"format_version": 2, "model_config": {"hidden": 32, "dropout": 0.1}}
+    v3 = ckpt.MIGRATIONS[2](v2)
+    assert v3["format_version"] == 3
+    assert v3["model_config"] == {"hidden": 32, "dropout": 0.1, "weight_drop": 0.0, "embed_dropout": 0.0}
+    assert ModelConfig.from_dict(v3["model_config"]).weight_drop == 0 < ModelConfig().weight_drop
 
 
 def test_version_1_migration_moves_metrics_and_the_corpus_hash():

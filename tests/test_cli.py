@@ -114,7 +114,8 @@ def test_help_lists_every_option_with_its_default_and_flags_take_no_value():
         assert page.exit_code == 0 and "<bool>" not in page.stdout, command
     train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
     for option, default in [
-        ("--hidden", "by --preset: 384 tiny, 512 small, 512 medium"),
+        ("--hidden", "by --preset: 384 tiny, 512 small, 768 medium"),
+        ("--weight-drop", "by --preset: 0.25 tiny, 0.25 small, 0.4 medium"),
         ("--lr", "0.03"),
         ("--preset", "auto"),
         ("--schedule", "cosine"),

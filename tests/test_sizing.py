@@ -70,7 +70,7 @@ def test_choice_fills_only_what_the_user_left_unset():
     tcfg = TrainConfig(max_steps=10_000, lr=0.01)  # 82 passes over a million tokens: medium
     chosen = presets.choose(tcfg, SIZED - {"hidden", "lr"}, 1_000_000, None)
     assert chosen.preset == "medium" and chosen.chosen_by == "budget"
-    assert set(chosen.applied) == {"layers", "dropout", "weight_decay"}
+    assert set(chosen.applied) == {"layers", "dropout", "weight_drop", "weight_decay"}
     assert chosen.kept == ["hidden", "lr"]
     t, m = presets.apply(chosen, tcfg, ModelConfig(hidden=128))
     medium = presets.PRESETS["medium"]
@@ -111,7 +111,7 @@ def test_speed_is_needed_only_for_a_time_budget_with_something_to_choose():
 def test_describe_names_the_values_the_reason_and_what_the_user_kept():
     chosen = presets.choose(TrainConfig(max_time=600), SIZED - {"hidden"}, 1_000_000, 50_000.0)
     line = presets.describe(chosen.to_dict())
-    assert line.startswith("sized medium: --layers 2 --dropout 0.25")
+    assert line.startswith("sized medium: --layers 1 --dropout 0 --weight-drop 0.4 --weight-decay 0.2 --lr 0.03")
     assert "the budget buys about 30 passes" in line and "50k chars/s" in line and "--hidden as you set" in line
     unbudgeted = presets.describe(presets.choose(TrainConfig(), SIZED, 1_000_000, None).to_dict())
     assert "the default 10 epochs buys about 10 passes" in unbudgeted
@@ -143,7 +143,7 @@ def test_the_speed_is_measured_on_this_machine_for_a_time_budget(corpus_file, tm
     _train(corpus_file, tmp_path / "run", max_time=1, hidden=16, layers=1, dropout=0.0, weight_decay=0.2)
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["progress"]["sizing"]
     assert saved["chars_per_s"] > 1000 and saved["passes"] == pytest.approx(saved["chars_per_s"] / 18_000, rel=0.1)
-    assert set(saved["applied"]) == {"lr"}
+    assert set(saved["applied"]) == {"weight_drop", "lr"}
 
 
 def test_options_the_user_sets_win_over_a_named_preset(corpus_file, tmp_path):
