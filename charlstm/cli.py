@@ -94,7 +94,7 @@ def train(
         str | None,
         _run_option(
             "Model size and regularisation: auto (sized for the budget, corpus and this machine's speed),"
-            " tiny, small or medium. Options you set win.",
+            " micro, tiny, small or medium. Options you set win.",
             MODEL,
             "preset",
         ),
@@ -118,10 +118,16 @@ def train(
         _run_option("Drop whole characters' embeddings, a new choice each chunk, in [0, 1).", MODEL, "embed_dropout"),
     ] = None,
     seq_len: Annotated[
-        int | None, _run_option("Characters per chunk of truncated backpropagation through time.", OPTIM, "seq_len")
+        int | None, _run_option(
+            "Characters per chunk of truncated backpropagation through time (auto keeps 128 under --max-steps).",
+            OPTIM,
+            "seq_len",
+        )
     ] = None,
     batch_size: Annotated[
-        int | None, _run_option("Parallel contiguous streams per batch.", OPTIM, "batch_size")
+        int | None, _run_option(
+            "Parallel contiguous streams per batch (auto keeps 64 under --max-steps).", OPTIM, "batch_size"
+        )
     ] = None,
     lr: Annotated[float | None, _run_option("Peak learning rate of AdamW.", OPTIM, "lr")] = None,
     weight_decay: Annotated[

@@ -20,7 +20,7 @@ UNKNOWN_POLICIES = ("error", "skip")
 SPLITS = ("all", "train", "val")
 BYTE_FALLBACK = ("auto", "on")
 CELLS = ("lstm", "gru", "peephole")
-PRESETS = ("auto", "tiny", "small", "medium")  # presets.py holds what each sets
+PRESETS = ("auto", "micro", "tiny", "small", "medium")  # presets.py holds what each sets
 DEFAULT_MAX_VOCAB = 128  # characters with their own token; chosen by measurement, see benchmarks/SWEEP.md
 MAX_SAMPLES = 100_000
 

@@ -2,13 +2,14 @@
 
 The rule reads what the budget buys with the small preset (the defaults of ``ModelConfig`` and
 ``TrainConfig``, with any option the user set): characters of compute, and passes over the
-training text. Little compute is spent best on a smaller, faster model (``tiny``); a budget that
-would make the small model memorise the text goes further with a larger model and dropout
-(``medium``). ``--max-steps`` and ``--epochs`` give the passes directly; ``--max-time`` needs the
-speed of this machine, which ``device.training_speed`` measures on the small model with the real
-corpus's vocabulary (a large vocabulary counts through the size of the head). The presets and
-thresholds come from the sweep in ``benchmarks/SWEEP.md`` (round 7). Options the user sets win.
-``sizing.py`` applies the rule to a new run. No torch here: the help and ``info`` read it.
+training text. Little compute is spent best on a smaller, faster model trained on smaller chunks,
+so more optimizer steps (``micro``, ``tiny``); a budget that would make the small model memorise
+the text goes further with a larger model and stronger weight drop (``medium``). ``--max-steps``
+and ``--epochs`` give the passes directly; ``--max-time`` needs the speed of this machine, which
+``device.training_speed`` measures on the small model with the real corpus's vocabulary (a large
+vocabulary counts through the size of the head). The presets and thresholds come from the sweeps
+in ``benchmarks/SWEEP.md`` (rounds 7-9). Options the user sets win. ``sizing.py`` applies the
+rule to a new run. No torch here: the help and ``info`` read it.
 """
 
 from __future__ import annotations
@@ -30,34 +31,45 @@ class Preset:
     weight_drop: float
     weight_decay: float
     lr: float
+    batch_size: int
+    seq_len: int
 
     def options(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in SIZED}
 
 
-SIZED = ("layers", "hidden", "dropout", "weight_drop", "weight_decay", "lr")  # the options a preset sets
+SIZED = ("layers", "hidden", "dropout", "weight_drop", "weight_decay", "lr", "batch_size", "seq_len")  # a preset's options
+# The chunk each step trains on. Under --max-steps the budget is a number of updates, which a smaller
+# chunk would only make cheaper, so auto leaves these as they are.
+CHUNK = ("batch_size", "seq_len")
 PRESETS = {
     p.name: p
     for p in (
-        Preset("tiny", layers=1, hidden=384, dropout=0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2),
-        Preset("small", layers=1, hidden=512, dropout=0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2),
-        Preset("medium", layers=1, hidden=768, dropout=0.0, weight_drop=0.4, weight_decay=0.2, lr=3e-2),
+        Preset("micro", 1, 256, 0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2, batch_size=32, seq_len=64),
+        Preset("tiny", 1, 384, 0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2, batch_size=32, seq_len=64),
+        Preset("small", 1, 512, 0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2, batch_size=64, seq_len=128),
+        Preset("medium", 1, 768, 0.0, weight_drop=0.4, weight_decay=0.2, lr=3e-2, batch_size=64, seq_len=128),
     )
 }
-# From benchmarks/SWEEP.md round 7. Data: from this many passes over the text with the small model,
-# it would memorise, and the medium model learns more per second.
+# From benchmarks/SWEEP.md rounds 7-9. Data: from this many passes over the text with the small
+# model, it would memorise, and the medium model learns more per second.
 MEDIUM_FROM_PASSES = 28.0
-# Compute: below this many characters in the budget (with the small model), a smaller, faster
-# model learns more; the best size grows with the compute, whatever the corpus's size.
+# Compute: below these many characters in the budget (with the small model), a smaller, faster
+# model learns more, and a smaller chunk per step (four times the updates) more still; the best
+# size grows with the compute, whatever the corpus's size.
 SMALL_FROM_CHARS = 5_000_000
+TINY_FROM_CHARS = 2_500_000
 
 
 def default_text(name: str) -> str:
-    """The default of a sized option, as ``--help`` shows it: "512", or "by --preset: 1 small, 2 medium"."""
-    values = {p.name: getattr(p, name) for p in PRESETS.values()}
-    if len(set(values.values())) == 1:
-        return f"{next(iter(values.values())):g}"
-    return "by --preset: " + ", ".join(f"{v:g} {preset}" for preset, v in values.items())
+    """The default of a sized option, as ``--help`` shows it: "512", or "by --preset: 32
+    micro/tiny, 64 small/medium"."""
+    by_value: dict[Any, list[str]] = {}
+    for preset in PRESETS.values():
+        by_value.setdefault(getattr(preset, name), []).append(preset.name)
+    if len(by_value) == 1:
+        return f"{next(iter(by_value)):g}"
+    return "by --preset: " + ", ".join(f"{v:g} {'/'.join(names)}" for v, names in by_value.items())
 
 
 def preset_for(passes: float, chars: float) -> Preset:
@@ -65,7 +77,9 @@ def preset_for(passes: float, chars: float) -> Preset:
     characters in all, with the small model."""
     if passes >= MEDIUM_FROM_PASSES:
         return PRESETS["medium"]
-    return PRESETS["small" if chars >= SMALL_FROM_CHARS else "tiny"]
+    if chars >= SMALL_FROM_CHARS:
+        return PRESETS["small"]
+    return PRESETS["tiny" if chars >= TINY_FROM_CHARS else "micro"]
 
 
 def budget_passes(tcfg: TrainConfig, train_tokens: int, chars_per_s: float | None) -> float:
@@ -84,7 +98,7 @@ def budget_passes(tcfg: TrainConfig, train_tokens: int, chars_per_s: float | Non
 def needs_speed(tcfg: TrainConfig, unset: frozenset[str]) -> bool:
     """Whether the choice depends on this machine's speed: a time budget, under ``auto``, with
     something left to choose."""
-    return tcfg.preset == "auto" and tcfg.max_time is not None and bool(unset & set(SIZED))
+    return tcfg.preset == "auto" and tcfg.max_time is not None and bool(fillable(tcfg, unset))
 
 
 @dataclass(frozen=True)
@@ -100,17 +114,26 @@ class Sizing(DictRoundTrip):
     budget: str = "the budget"  # or "the default 10 epochs" when none was given
 
 
+def fillable(tcfg: TrainConfig, unset: frozenset[str]) -> frozenset[str]:
+    """The sized options the preset fills: those the user left unset, less the chunk when
+    ``auto`` sizes for a step budget."""
+    if tcfg.preset == "auto" and tcfg.max_steps is not None:
+        return unset & frozenset(SIZED) - frozenset(CHUNK)
+    return unset & frozenset(SIZED)
+
+
 def choose(tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_per_s: float | None) -> Sizing:
     """The preset for this run: ``--preset NAME``, or under ``auto`` the one the budget calls for;
     none when the user set every sized option."""
-    if not unset & set(SIZED):
-        return Sizing("", "user", None, None, {}, list(SIZED))
+    filled = fillable(tcfg, unset)
+    if not filled:
+        return Sizing("", "user", None, None, {}, [k for k in SIZED if k not in unset])
     if tcfg.preset != "auto":
         preset, passes = PRESETS[tcfg.preset], None
     else:
         passes = budget_passes(tcfg, train_tokens, chars_per_s)
         preset = preset_for(passes, passes * train_tokens)
-    applied = {k: v for k, v in preset.options().items() if k in unset}
+    applied = {k: v for k, v in preset.options().items() if k in filled}
     kept = [k for k in SIZED if k not in unset]
     by = "budget" if tcfg.preset == "auto" else "preset"
     speed = chars_per_s if passes is not None and tcfg.max_time is not None else None

@@ -162,12 +162,13 @@ def new_run(
     corpus = main_first(procs, lambda: load_corpus(source, Reading.of(tcfg), progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     check_trainable(train_tokens, val_tokens, tcfg.batch_size, tcfg.seq_len)
-    batches = rank_batches(train_tokens, tcfg, procs)
     mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "vocab_size": len(corpus.vocab)})
     device = resolve_device(tcfg.device, procs.local_rank)
     on_main(procs, lambda: make_run_dir(run_dir))
     tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "out": str(run_dir)})
-    tcfg, mcfg, model, precision, sizing = sized_model(tcfg, mcfg, unset, batches, device, procs)
+    tcfg, mcfg, batches, model, precision, sizing = sized_model(
+        tcfg, mcfg, unset, lambda chunked: rank_batches(train_tokens, chunked, procs), device, procs
+    )
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
     optimizer = make_optimizer(model, tcfg, device)

@@ -1,8 +1,10 @@
 """Sizing a new run: its model built from the configs, this machine's speed measured when a time
-budget needs it, and the model built again when the preset the budget calls for changes it
-(the rule itself is ``presets.py``)."""
+budget needs it, and the model and batches built again when the preset the budget calls for
+changes them (the rule itself is ``presets.py``)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -18,22 +20,27 @@ def sized_model(
     tcfg: TrainConfig,
     mcfg: ModelConfig,
     unset: frozenset[str],
-    batches: StreamBatches,
+    batches_for: Callable[[TrainConfig], StreamBatches],
     device: torch.device,
     procs: Processes,
-) -> tuple[TrainConfig, ModelConfig, CharLSTM, str, Sizing]:
-    """A new run's configs, model, precision and sizing. Under a time budget the model of the
-    given configs is built and timed first, and built again only if the preset changes it. The
-    seed is set before each build, so the weights depend only on the final configs."""
+) -> tuple[TrainConfig, ModelConfig, StreamBatches, CharLSTM, str, Sizing]:
+    """A new run's configs, batches, model, precision and sizing. Under a time budget the model of
+    the given configs is built and timed first, and built again only if the preset changes it or
+    the chunk it trains on (the precision is chosen on that chunk). The seed is set before each
+    build, so the weights depend only on the final configs."""
+    batches = batches_for(tcfg)
     built, speed = None, None
     if needs_speed(tcfg, unset):
         built = _seeded_model(tcfg, mcfg, batches, device, procs)
         speed = _run_speed(*built, batches, device, procs)
     sizing = choose(tcfg, unset, len(batches.tokens), speed)
     sized_t, sized_m = apply(sizing, tcfg, mcfg)
-    if built is None or sized_m != mcfg:
+    rechunked = (sized_t.batch_size, sized_t.seq_len) != (tcfg.batch_size, tcfg.seq_len)
+    if rechunked:
+        batches = batches_for(sized_t)
+    if built is None or sized_m != mcfg or rechunked:
         built = _seeded_model(sized_t, sized_m, batches, device, procs)
-    return sized_t, sized_m, *built, sizing
+    return sized_t, sized_m, batches, *built, sizing
 
 
 def _seeded_model(

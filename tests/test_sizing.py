@@ -35,6 +35,8 @@ def test_config_accepts_exactly_the_presets_sizing_defines():
 @pytest.mark.parametrize(
     ("passes", "chars", "preset"),
     [
+        (0.01, 2_499_999, "micro"),
+        (0.01, 2_500_000, "tiny"),
         (0.01, 4_999_999, "tiny"),
         (0.01, 5_000_000, "small"),  # a big corpus: compute decides
         (5, 5_000_000, "small"),
@@ -47,11 +49,27 @@ def test_preset_follows_the_compute_and_the_passes_the_budget_buys(passes, chars
     assert presets.preset_for(passes, chars).name == preset
 
 
-def test_presets_grow_in_size_or_regularisation_from_tiny_to_medium():
-    order = [presets.PRESETS[n] for n in ("tiny", "small", "medium")]
-    assert list(presets.PRESETS) == ["tiny", "small", "medium"]
+def test_presets_grow_in_size_and_chunk_from_micro_to_medium():
+    order = [presets.PRESETS[n] for n in ("micro", "tiny", "small", "medium")]
+    assert list(presets.PRESETS) == ["micro", "tiny", "small", "medium"]
     for smaller, larger in itertools.pairwise(order):
-        assert (larger.layers * larger.hidden, larger.dropout) > (smaller.layers * smaller.hidden, smaller.dropout)
+        assert larger.layers * larger.hidden > smaller.layers * smaller.hidden
+        assert larger.batch_size * larger.seq_len >= smaller.batch_size * smaller.seq_len
+
+
+def test_a_step_budget_keeps_the_chunk_under_auto_and_a_named_preset_sets_it():
+    few_steps = TrainConfig(max_steps=100)  # 0.8 passes over a million tokens: micro
+    chosen = presets.choose(few_steps, SIZED, 1_000_000, None)
+    assert chosen.preset == "micro" and not set(presets.CHUNK) & set(chosen.applied)
+    t, _ = presets.apply(chosen, few_steps, ModelConfig())
+    assert (t.batch_size, t.seq_len) == (TrainConfig().batch_size, TrainConfig().seq_len)
+    timed = presets.choose(TrainConfig(max_time=60), SIZED, 1_000_000, 20_000.0)  # 1.2M characters: micro
+    micro = presets.PRESETS["micro"]
+    assert (timed.applied["batch_size"], timed.applied["seq_len"]) == (micro.batch_size, micro.seq_len)
+    named = presets.choose(TrainConfig(max_steps=100, preset="micro"), SIZED, 1_000_000, None)
+    assert named.applied == micro.options()
+    only_chunk_left = presets.choose(few_steps, frozenset(presets.CHUNK), 1_000_000, None)
+    assert only_chunk_left.chosen_by == "user" and not only_chunk_left.applied
 
 
 def test_budget_passes_from_each_budget_and_the_least_of_several():
@@ -132,11 +150,28 @@ def test_a_time_budget_long_for_the_text_trains_the_larger_regularised_model(cor
     _train(corpus_file, tmp_path / "run", max_time=3, hidden=16)
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     saved = ckpt["progress"]["sizing"]
-    assert saved["preset"] == "medium" and saved["chars_per_s"] == 180_000.0 and saved["kept"] == ["hidden"]
+    assert saved["preset"] == "medium" and saved["chars_per_s"] == 180_000.0 and saved["kept"] == ["hidden", "batch_size", "seq_len"]
     assert saved["passes"] == pytest.approx(3 * 180_000 / 18_000)
     mcfg = ModelConfig.from_dict(ckpt["model_config"])
     medium = presets.PRESETS["medium"]
     assert (mcfg.layers, mcfg.dropout, mcfg.hidden) == (medium.layers, medium.dropout, 16)
+
+
+def test_a_short_time_budget_trains_on_the_presets_chunk_as_if_given(corpus_file, tmp_path, monkeypatch):
+    # at 1,000 chars/s, 60 s buy the small model 60,000 characters: micro, on chunks of 32 x 64
+    monkeypatch.setattr(sizing, "training_speed", lambda *args: 1_000.0)
+    options = dict(device="cpu", precision="fp32", max_time=60)
+    sized = new_run(
+        TrainConfig(corpus=str(corpus_file), out=str(tmp_path / "a"), **options), ModelConfig(embedding=8), unset=SIZED
+    )
+    micro = presets.PRESETS["micro"]
+    assert sized.state.sizing["preset"] == "micro" and sized.mcfg.hidden == micro.hidden
+    assert (sized.tcfg.batch_size, sized.tcfg.seq_len) == (micro.batch_size, micro.seq_len)
+    assert (sized.batches.streams, sized.batches.seq_len) == (micro.batch_size, micro.seq_len)
+    explicit = new_run(TrainConfig.from_dict({**sized.tcfg.to_dict(), "out": str(tmp_path / "b")}), sized.mcfg)
+    assert (explicit.batches.starts == sized.batches.starts).all()
+    theirs = explicit.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in sized.model.state_dict().items())
 
 
 def test_the_speed_is_measured_on_this_machine_for_a_time_budget(corpus_file, tmp_path):
@@ -151,7 +186,7 @@ def test_options_the_user_sets_win_over_a_named_preset(corpus_file, tmp_path):
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     mcfg = ModelConfig.from_dict(saved["model_config"])
     assert (mcfg.layers, mcfg.dropout) == (3, presets.PRESETS["medium"].dropout)
-    assert saved["progress"]["sizing"]["kept"] == ["layers", "hidden"]
+    assert saved["progress"]["sizing"]["kept"] == ["layers", "hidden", "batch_size", "seq_len"]
 
 
 def test_a_sized_run_resumes_bitwise(corpus_file, tmp_path):
