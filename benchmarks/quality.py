@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from charlstm.device import bf16_supported
+
 WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|')*")  # letters and apostrophes, starting with a letter
 VAL_FRACTION = 0.1
 
@@ -112,7 +114,7 @@ def run_baseline(corpus: Path, seconds: float) -> dict:
     train, val = ids[:split], ids[split:]
     model = PlainLSTM(len(chars))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    precision = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    precision = torch.bfloat16 if bf16_supported(torch.device("cpu")) else torch.float32
     start, steps, losses = time.perf_counter(), 0, []
     while time.perf_counter() - start < seconds:
         at = torch.randint(0, len(train) - 129, (64,))

@@ -93,7 +93,7 @@ def train(
     preset: Annotated[
         str | None,
         _run_option(
-            "Model size and regularisation: auto (sized for the budget, corpus and this machine's speed),"
+            "Model size, regularisation and steps: auto (sized for the budget, corpus and this machine's speed),"
             " micro, tiny, small or medium. Options you set win.",
             MODEL,
             "preset",
@@ -118,16 +118,21 @@ def train(
         _run_option("Drop whole characters' embeddings, a new choice each chunk, in [0, 1).", MODEL, "embed_dropout"),
     ] = None,
     seq_len: Annotated[
-        int | None, _run_option(
-            "Characters per chunk of truncated backpropagation through time (auto keeps 128 under --max-steps).",
+        int | None,
+        _run_option(
+            "Characters per chunk of truncated backpropagation through time"
+            f" (auto keeps {TrainConfig.seq_len} under --max-steps).",
             OPTIM,
             "seq_len",
-        )
+        ),
     ] = None,
     batch_size: Annotated[
-        int | None, _run_option(
-            "Parallel contiguous streams per batch (auto keeps 64 under --max-steps).", OPTIM, "batch_size"
-        )
+        int | None,
+        _run_option(
+            f"Parallel contiguous streams per batch (auto keeps {TrainConfig.batch_size} under --max-steps).",
+            OPTIM,
+            "batch_size",
+        ),
     ] = None,
     lr: Annotated[float | None, _run_option("Peak learning rate of AdamW.", OPTIM, "lr")] = None,
     weight_decay: Annotated[
@@ -161,11 +166,25 @@ def train(
             OUTPUT,
         ),
     ] = None,
-    eval_every: Annotated[int | None, _run_option("Evaluate and save every N steps.", OUTPUT, "eval_every")] = None,
+    eval_every: Annotated[
+        int | None,
+        _run_option(
+            f"Evaluate and save every N steps (auto keeps {TrainConfig.eval_every} under --max-steps).",
+            OUTPUT,
+            "eval_every",
+        ),
+    ] = None,
     eval_chars: Annotated[
         int | None, _run_option("Tokens of the validation split each evaluation reads.", OUTPUT, "eval_chars")
     ] = None,
-    save_every: Annotated[int | None, _run_option("Write last.pt every N steps.", OUTPUT, "save_every")] = None,
+    save_every: Annotated[
+        int | None,
+        _run_option(
+            f"Write last.pt every N steps (auto keeps {TrainConfig.save_every} under --max-steps).",
+            OUTPUT,
+            "save_every",
+        ),
+    ] = None,
     log_every: Annotated[
         int | None, _run_option("Report training loss and speed every N steps.", OUTPUT, "log_every")
     ] = None,

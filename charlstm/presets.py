@@ -33,32 +33,41 @@ class Preset:
     lr: float
     batch_size: int
     seq_len: int
+    eval_every: int
+    save_every: int
 
     def options(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in SIZED}
 
 
-SIZED = ("layers", "hidden", "dropout", "weight_drop", "weight_decay", "lr", "batch_size", "seq_len")  # a preset's options
-# The chunk each step trains on. Under --max-steps the budget is a number of updates, which a smaller
-# chunk would only make cheaper, so auto leaves these as they are.
+# What a step is: the chunk it trains on, and the cadence in steps that keeps evaluations and saves
+# every 2,048,000 characters with that chunk (so the cadence follows the preset only when the chunk
+# does). Under --max-steps the budget is a number of updates, which a smaller chunk would only make
+# cheaper, so auto leaves these as they are.
 CHUNK = ("batch_size", "seq_len")
+CADENCE = ("eval_every", "save_every")
+PER_STEP = (*CHUNK, *CADENCE)
+SIZED = ("layers", "hidden", "dropout", "weight_drop", "weight_decay", "lr", *PER_STEP)  # what a preset sets
+SHORT_STEPS = dict(batch_size=32, seq_len=64, eval_every=1000, save_every=1000)  # 2,048 characters a step
+LONG_STEPS = dict(batch_size=64, seq_len=128, eval_every=250, save_every=250)  # 8,192
+REGULARISED = dict(dropout=0.0, weight_decay=0.2, lr=3e-2)
 PRESETS = {
     p.name: p
     for p in (
-        Preset("micro", 1, 256, 0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2, batch_size=32, seq_len=64),
-        Preset("tiny", 1, 384, 0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2, batch_size=32, seq_len=64),
-        Preset("small", 1, 512, 0.0, weight_drop=0.25, weight_decay=0.2, lr=3e-2, batch_size=64, seq_len=128),
-        Preset("medium", 1, 768, 0.0, weight_drop=0.4, weight_decay=0.2, lr=3e-2, batch_size=64, seq_len=128),
+        Preset("micro", layers=1, hidden=256, weight_drop=0.25, **REGULARISED, **SHORT_STEPS),
+        Preset("tiny", layers=1, hidden=384, weight_drop=0.25, **REGULARISED, **SHORT_STEPS),
+        Preset("small", layers=1, hidden=512, weight_drop=0.25, **REGULARISED, **LONG_STEPS),
+        Preset("medium", layers=1, hidden=768, weight_drop=0.4, **REGULARISED, **LONG_STEPS),
     )
 }
 # From benchmarks/SWEEP.md rounds 7-9. Data: from this many passes over the text with the small
 # model, it would memorise, and the medium model learns more per second.
 MEDIUM_FROM_PASSES = 28.0
-# Compute: below these many characters in the budget (with the small model), a smaller, faster
+# Compute: below this many characters in the budget (with the small model), a smaller, faster
 # model learns more, and a smaller chunk per step (four times the updates) more still; the best
 # size grows with the compute, whatever the corpus's size.
 SMALL_FROM_CHARS = 5_000_000
-TINY_FROM_CHARS = 2_500_000
+TINY_FROM_CHARS = 2_000_000
 
 
 def default_text(name: str) -> str:
@@ -106,7 +115,7 @@ class Sizing(DictRoundTrip):
     """What was chosen and why; saved in the checkpoint (``to_dict``) and said at the start."""
 
     preset: str
-    chosen_by: str  # "budget" (auto), "preset" (--preset NAME), or "user" (every sized option given)
+    chosen_by: str  # "budget" (auto), "preset" (--preset NAME), or "user" (nothing left to fill)
     passes: float | None  # what the budget buys with the small model (auto only)
     chars_per_s: float | None  # the small model's measured speed, for a time budget
     applied: dict[str, Any] = field(default_factory=dict)  # options set from the preset
@@ -115,16 +124,22 @@ class Sizing(DictRoundTrip):
 
 
 def fillable(tcfg: TrainConfig, unset: frozenset[str]) -> frozenset[str]:
-    """The sized options the preset fills: those the user left unset, less the chunk when
-    ``auto`` sizes for a step budget."""
+    """The sized options a preset may fill: those the user left unset, less what a step is when
+    ``auto`` sizes for a step budget, and less the cadence when the user set the chunk."""
+    filled = unset & frozenset(SIZED)
     if tcfg.preset == "auto" and tcfg.max_steps is not None:
-        return unset & frozenset(SIZED) - frozenset(CHUNK)
-    return unset & frozenset(SIZED)
+        filled -= frozenset(PER_STEP)
+    if not filled >= frozenset(CHUNK):
+        filled -= frozenset(CADENCE)
+    return filled
 
 
-def choose(tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_per_s: float | None) -> Sizing:
+def choose(
+    tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_per_s: float | None, world: int = 1
+) -> Sizing:
     """The preset for this run: ``--preset NAME``, or under ``auto`` the one the budget calls for;
-    none when the user set every sized option."""
+    none when there is nothing left to fill. A chunk that ``world`` processes cannot share evenly
+    is left as it is."""
     filled = fillable(tcfg, unset)
     if not filled:
         return Sizing("", "user", None, None, {}, [k for k in SIZED if k not in unset])
@@ -133,6 +148,8 @@ def choose(tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_pe
     else:
         passes = budget_passes(tcfg, train_tokens, chars_per_s)
         preset = preset_for(passes, passes * train_tokens)
+    if preset.batch_size % world:
+        filled -= frozenset(PER_STEP)
     applied = {k: v for k, v in preset.options().items() if k in filled}
     kept = [k for k in SIZED if k not in unset]
     by = "budget" if tcfg.preset == "auto" else "preset"

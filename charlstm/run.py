@@ -152,8 +152,9 @@ def new_run(
 ) -> Run:
     """Build a fresh run: corpus, splits, model, optimizer, run directory. The options in
     ``unset`` (left to charlstm) take the values of the preset the budget calls for
-    (``presets.py``). The directory is
-    checked before the corpus is read (which can take a while) and cleared only after. With
+    (``presets.py``; under ``auto`` with ``--max-steps``, the chunk and cadence stay as they
+    are). The directory is checked before the corpus is read (which can take a while) and
+    cleared only after. With
     several processes, the main one checks and clears it and each machine's first fills the
     token cache before the others read it."""
     source = main_first(procs, lambda: resolve_corpus(tcfg.corpus, progress=progress), local=True)
@@ -161,14 +162,17 @@ def new_run(
     on_main(procs, lambda: check_run_dir(run_dir, overwrite))
     corpus = main_first(procs, lambda: load_corpus(source, Reading.of(tcfg), progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
-    check_trainable(train_tokens, val_tokens, tcfg.batch_size, tcfg.seq_len)
     mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "vocab_size": len(corpus.vocab)})
     device = resolve_device(tcfg.device, procs.local_rank)
-    on_main(procs, lambda: make_run_dir(run_dir))
+
+    def batches_for(cfg: TrainConfig) -> StreamBatches:
+        check_trainable(train_tokens, val_tokens, cfg.batch_size, cfg.seq_len)
+        return rank_batches(train_tokens, cfg, procs)
+
     tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "out": str(run_dir)})
-    tcfg, mcfg, batches, model, precision, sizing = sized_model(
-        tcfg, mcfg, unset, lambda chunked: rank_batches(train_tokens, chunked, procs), device, procs
-    )
+    sized = sized_model(tcfg, mcfg, unset, batches_for, device, procs)
+    tcfg, mcfg, batches, model = sized.tcfg, sized.mcfg, sized.batches, sized.model
+    on_main(procs, lambda: make_run_dir(run_dir))
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
     optimizer = make_optimizer(model, tcfg, device)
@@ -182,7 +186,7 @@ def new_run(
         model,
         optimizer,
         device,
-        RunState(precision=precision, sizing=sizing.to_dict()),
+        RunState(precision=sized.precision, sizing=sized.sizing.to_dict()),
         char_starts=_char_starts(corpus, device),
         procs=procs,
     )

@@ -5,6 +5,7 @@ changes them (the rule itself is ``presets.py``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -16,6 +17,18 @@ from charlstm.model import CharLSTM
 from charlstm.presets import Sizing, apply, choose, needs_speed
 
 
+@dataclass(frozen=True)
+class SizedRun:
+    """What sizing settled for a new run."""
+
+    tcfg: TrainConfig
+    mcfg: ModelConfig
+    batches: StreamBatches  # this process's share of the streams, on the sized chunk
+    model: CharLSTM
+    precision: str
+    sizing: Sizing
+
+
 def sized_model(
     tcfg: TrainConfig,
     mcfg: ModelConfig,
@@ -23,7 +36,7 @@ def sized_model(
     batches_for: Callable[[TrainConfig], StreamBatches],
     device: torch.device,
     procs: Processes,
-) -> tuple[TrainConfig, ModelConfig, StreamBatches, CharLSTM, str, Sizing]:
+) -> SizedRun:
     """A new run's configs, batches, model, precision and sizing. Under a time budget the model of
     the given configs is built and timed first, and built again only if the preset changes it or
     the chunk it trains on (the precision is chosen on that chunk). The seed is set before each
@@ -33,14 +46,14 @@ def sized_model(
     if needs_speed(tcfg, unset):
         built = _seeded_model(tcfg, mcfg, batches, device, procs)
         speed = _run_speed(*built, batches, device, procs)
-    sizing = choose(tcfg, unset, len(batches.tokens), speed)
+    sizing = choose(tcfg, unset, len(batches.tokens), speed, procs.world)
     sized_t, sized_m = apply(sizing, tcfg, mcfg)
     rechunked = (sized_t.batch_size, sized_t.seq_len) != (tcfg.batch_size, tcfg.seq_len)
     if rechunked:
         batches = batches_for(sized_t)
     if built is None or sized_m != mcfg or rechunked:
         built = _seeded_model(sized_t, sized_m, batches, device, procs)
-    return sized_t, sized_m, batches, *built, sizing
+    return SizedRun(sized_t, sized_m, batches, *built, sizing)
 
 
 def _seeded_model(

@@ -35,8 +35,8 @@ def test_config_accepts_exactly_the_presets_sizing_defines():
 @pytest.mark.parametrize(
     ("passes", "chars", "preset"),
     [
-        (0.01, 2_499_999, "micro"),
-        (0.01, 2_500_000, "tiny"),
+        (0.01, 1_999_999, "micro"),
+        (0.01, 2_000_000, "tiny"),
         (0.01, 4_999_999, "tiny"),
         (0.01, 5_000_000, "small"),  # a big corpus: compute decides
         (5, 5_000_000, "small"),
@@ -49,18 +49,20 @@ def test_preset_follows_the_compute_and_the_passes_the_budget_buys(passes, chars
     assert presets.preset_for(passes, chars).name == preset
 
 
-def test_presets_grow_in_size_and_chunk_from_micro_to_medium():
+def test_presets_grow_in_size_and_chunk_from_micro_to_medium_and_evaluate_as_often():
     order = [presets.PRESETS[n] for n in ("micro", "tiny", "small", "medium")]
     assert list(presets.PRESETS) == ["micro", "tiny", "small", "medium"]
     for smaller, larger in itertools.pairwise(order):
         assert larger.layers * larger.hidden > smaller.layers * smaller.hidden
         assert larger.batch_size * larger.seq_len >= smaller.batch_size * smaller.seq_len
+    chars_between_evaluations = {p.eval_every * p.batch_size * p.seq_len for p in order}
+    assert chars_between_evaluations == {p.save_every * p.batch_size * p.seq_len for p in order} == {2_048_000}
 
 
 def test_a_step_budget_keeps_the_chunk_under_auto_and_a_named_preset_sets_it():
     few_steps = TrainConfig(max_steps=100)  # 0.8 passes over a million tokens: micro
     chosen = presets.choose(few_steps, SIZED, 1_000_000, None)
-    assert chosen.preset == "micro" and not set(presets.CHUNK) & set(chosen.applied)
+    assert chosen.preset == "micro" and not set(presets.PER_STEP) & set(chosen.applied)
     t, _ = presets.apply(chosen, few_steps, ModelConfig())
     assert (t.batch_size, t.seq_len) == (TrainConfig().batch_size, TrainConfig().seq_len)
     timed = presets.choose(TrainConfig(max_time=60), SIZED, 1_000_000, 20_000.0)  # 1.2M characters: micro
@@ -68,8 +70,20 @@ def test_a_step_budget_keeps_the_chunk_under_auto_and_a_named_preset_sets_it():
     assert (timed.applied["batch_size"], timed.applied["seq_len"]) == (micro.batch_size, micro.seq_len)
     named = presets.choose(TrainConfig(max_steps=100, preset="micro"), SIZED, 1_000_000, None)
     assert named.applied == micro.options()
-    only_chunk_left = presets.choose(few_steps, frozenset(presets.CHUNK), 1_000_000, None)
+    only_chunk_left = presets.choose(few_steps, frozenset(presets.PER_STEP), 1_000_000, None)
     assert only_chunk_left.chosen_by == "user" and not only_chunk_left.applied
+
+
+def test_the_cadence_follows_the_preset_only_with_its_chunk_and_processes_keep_a_chunk_they_cannot_share():
+    timed = TrainConfig(max_time=60)  # 1.2M characters at 20,000 chars/s: micro
+    own_batch = presets.choose(timed, SIZED - {"batch_size"}, 1_000_000, 20_000.0)
+    assert own_batch.preset == "micro" and "seq_len" in own_batch.applied
+    assert not set(presets.CADENCE) & set(own_batch.applied)
+    whole = presets.choose(timed, SIZED, 1_000_000, 20_000.0)
+    assert whole.applied["eval_every"] == presets.PRESETS["micro"].eval_every
+    assert set(presets.PER_STEP) <= set(presets.choose(timed, SIZED, 1_000_000, 20_000.0, world=32).applied)
+    many = presets.choose(timed, SIZED, 1_000_000, 20_000.0, world=64)
+    assert many.preset == "micro" and not set(presets.PER_STEP) & set(many.applied) and "hidden" in many.applied
 
 
 def test_budget_passes_from_each_budget_and_the_least_of_several():
@@ -109,7 +123,7 @@ def test_sizing_leaves_the_weights_and_random_state_of_a_run_given_the_chosen_op
     sized = new_run(
         TrainConfig(corpus=str(corpus_file), out=str(tmp_path / "a"), **base),
         ModelConfig(embedding=8, dropout=0.5),
-        unset=SIZED - {"dropout"},
+        unset=SIZED - {"dropout", "batch_size", "seq_len"},
     )
     after_sized = torch.get_rng_state()
     explicit = new_run(TrainConfig.from_dict({**sized.tcfg.to_dict(), "out": str(tmp_path / "b")}), sized.mcfg)
@@ -150,7 +164,8 @@ def test_a_time_budget_long_for_the_text_trains_the_larger_regularised_model(cor
     _train(corpus_file, tmp_path / "run", max_time=3, hidden=16)
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     saved = ckpt["progress"]["sizing"]
-    assert saved["preset"] == "medium" and saved["chars_per_s"] == 180_000.0 and saved["kept"] == ["hidden", "batch_size", "seq_len"]
+    assert saved["preset"] == "medium" and saved["chars_per_s"] == 180_000.0
+    assert saved["kept"] == ["hidden", "batch_size", "seq_len", "eval_every"]
     assert saved["passes"] == pytest.approx(3 * 180_000 / 18_000)
     mcfg = ModelConfig.from_dict(ckpt["model_config"])
     medium = presets.PRESETS["medium"]
@@ -160,14 +175,24 @@ def test_a_time_budget_long_for_the_text_trains_the_larger_regularised_model(cor
 def test_a_short_time_budget_trains_on_the_presets_chunk_as_if_given(corpus_file, tmp_path, monkeypatch):
     # at 1,000 chars/s, 60 s buy the small model 60,000 characters: micro, on chunks of 32 x 64
     monkeypatch.setattr(sizing, "training_speed", lambda *args: 1_000.0)
-    options = dict(device="cpu", precision="fp32", max_time=60)
+    probed = []
+
+    def precision_on(name, model, batch, device):
+        probed.append(tuple(batch[0].shape))
+        return "fp32"
+
+    monkeypatch.setattr(sizing, "choose_precision", precision_on)
+    options = dict(device="cpu", max_time=60)
     sized = new_run(
         TrainConfig(corpus=str(corpus_file), out=str(tmp_path / "a"), **options), ModelConfig(embedding=8), unset=SIZED
     )
     micro = presets.PRESETS["micro"]
     assert sized.state.sizing["preset"] == "micro" and sized.mcfg.hidden == micro.hidden
     assert (sized.tcfg.batch_size, sized.tcfg.seq_len) == (micro.batch_size, micro.seq_len)
+    assert (sized.tcfg.eval_every, sized.tcfg.save_every) == (micro.eval_every, micro.save_every)
     assert (sized.batches.streams, sized.batches.seq_len) == (micro.batch_size, micro.seq_len)
+    assert probed[-1] == (micro.batch_size, micro.seq_len)  # the precision is chosen on the chunk it trains on
+    monkeypatch.undo()
     explicit = new_run(TrainConfig.from_dict({**sized.tcfg.to_dict(), "out": str(tmp_path / "b")}), sized.mcfg)
     assert (explicit.batches.starts == sized.batches.starts).all()
     theirs = explicit.model.state_dict()
@@ -178,7 +203,7 @@ def test_the_speed_is_measured_on_this_machine_for_a_time_budget(corpus_file, tm
     _train(corpus_file, tmp_path / "run", max_time=1, hidden=16, layers=1, dropout=0.0, weight_decay=0.2)
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["progress"]["sizing"]
     assert saved["chars_per_s"] > 1000 and saved["passes"] == pytest.approx(saved["chars_per_s"] / 18_000, rel=0.1)
-    assert set(saved["applied"]) == {"weight_drop", "lr"}
+    assert set(saved["applied"]) == {"weight_drop", "lr"}  # the cadence stays: the user set the chunk
 
 
 def test_options_the_user_sets_win_over_a_named_preset(corpus_file, tmp_path):
@@ -186,7 +211,7 @@ def test_options_the_user_sets_win_over_a_named_preset(corpus_file, tmp_path):
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     mcfg = ModelConfig.from_dict(saved["model_config"])
     assert (mcfg.layers, mcfg.dropout) == (3, presets.PRESETS["medium"].dropout)
-    assert saved["progress"]["sizing"]["kept"] == ["layers", "hidden", "batch_size", "seq_len"]
+    assert saved["progress"]["sizing"]["kept"] == ["layers", "hidden", "batch_size", "seq_len", "eval_every"]
 
 
 def test_a_sized_run_resumes_bitwise(corpus_file, tmp_path):
