@@ -93,7 +93,7 @@ def train(
     preset: Annotated[
         str | None,
         _run_option(
-            "Model size, regularisation and steps: auto (sized for the budget, corpus and this machine's speed),"
+            "Model, regularisation and chunk: auto (sized for the budget, corpus and machine speed),"
             " micro, tiny, small or medium. Options you set win.",
             MODEL,
             "preset",
