@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import time
 
 import torch
@@ -18,6 +19,8 @@ PROBE_STEPS = 32  # characters per stream in the precision probe: enough to time
 # clipping, batches and evaluations (measured in benchmarks/SWEEP.md round 7).
 STEP_SHARE = 0.8
 BF16_MARGIN = 0.9  # bf16 must be at least 10% faster to be chosen: it rounds, so it must pay
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+KEPT_TOP = 2**30  # bytes of free memory at the top of the heap before glibc hands any back
 
 
 def mps_available() -> bool:
@@ -36,6 +39,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "mps" and not mps_available():
         raise UserError("--device mps was asked for but MPS is not available, expected --device cpu or auto")
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory a training step frees for the steps after it. By default
+    each of the step's large buffers (a 64 x 128 chunk of the small preset's gates is 33-67 MB) is
+    mapped afresh, faulted in page by page and handed back at its end: some 35,000 page faults a
+    step, a third of its time on CPU (``benchmarks/SWEEP.md`` round 10). With mmap off and the heap
+    kept, the next step reuses the same pages. The process keeps its peak memory; returns whether
+    the C library took the settings (glibc only: elsewhere this does nothing)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEPT_TOP))
 
 
 def bf16_supported(device: torch.device) -> bool:

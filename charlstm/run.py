@@ -27,7 +27,7 @@ from charlstm.corpus import (
     load_in_vocab,
     split_tokens,
 )
-from charlstm.device import resolve_device
+from charlstm.device import keep_freed_memory, resolve_device
 from charlstm.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
 from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
@@ -163,7 +163,7 @@ def new_run(
     corpus = main_first(procs, lambda: load_corpus(source, Reading.of(tcfg), progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "vocab_size": len(corpus.vocab)})
-    device = resolve_device(tcfg.device, procs.local_rank)
+    device = training_device(tcfg, procs)
 
     def batches_for(cfg: TrainConfig) -> StreamBatches:
         check_trainable(train_tokens, val_tokens, cfg.batch_size, cfg.seq_len)
@@ -192,6 +192,15 @@ def new_run(
     )
     on_main(procs, lambda: write_config(run))
     return run
+
+
+def training_device(tcfg: TrainConfig, procs: Processes) -> torch.device:
+    """The device this process trains on; on CPU, with freed memory kept for the next step (the
+    corpus, read before, keeps its own mappings)."""
+    device = resolve_device(tcfg.device, procs.local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
 
 
 def rank_batches(tokens: np.ndarray, tcfg: TrainConfig, procs: Processes) -> StreamBatches:
@@ -226,7 +235,7 @@ def resume_run(
     corpus = main_first(procs, lambda: _same_corpus(tcfg, ckpt, progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     batches = rank_batches(train_tokens, tcfg, procs)
-    device = resolve_device(tcfg.device, procs.local_rank)
+    device = training_device(tcfg, procs)
     model = CharLSTM(ckpt.model_config).to(device).train()
     model.load_state_dict(ckpt.model)
     optimizer = make_optimizer(model, tcfg, device)

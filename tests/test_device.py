@@ -1,3 +1,7 @@
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -39,3 +43,37 @@ def test_autocast_runs_in_bf16_only_when_asked():
         assert (x @ x).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), "fp32"):
         assert (x @ x).dtype == torch.float32
+
+
+# Training steps of a model whose largest buffers exceed glibc's 32 MB mmap ceiling: the page faults
+# a step costs, before and after keep_freed_memory().
+FAULTS_SCRIPT = """
+import resource, torch
+import torch.nn.functional as F
+from charlstm.config import ModelConfig
+from charlstm.device import keep_freed_memory
+from charlstm.model import CharLSTM
+
+torch.manual_seed(0)
+model = CharLSTM(ModelConfig(vocab_size=65, hidden=256))
+x, y = torch.randint(0, 65, (2, 64, 128))  # a chunk whose gates, (128, 64, 1024) fp32, take 33.5 MB
+
+def faults_per_step(warmup, steps):
+    for i in range(warmup + steps):
+        if i == warmup:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // steps
+
+print(faults_per_step(2, 4), keep_freed_memory(), faults_per_step(8, 4))  # the heap settles in a few steps
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_kept_memory_lets_training_steps_reuse_their_buffers_without_page_faults():
+    """In a fresh process, so the test's own settings leave the suite's as they are."""
+    out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], check=True, capture_output=True, text=True).stdout
+    default, took, kept = out.split()
+    assert took == "True"
+    assert int(default) > 10_000  # the gates alone are 8,192 pages of 4 KiB, mapped afresh each step
+    assert int(kept) < int(default) / 8  # 0-600 measured, against 38,000

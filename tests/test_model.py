@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from charlstm.config import CELLS, ModelConfig
-from charlstm.model import CharLSTM, detach_state
+from charlstm.model import CharLSTM, detach_state, drop_connect
 from charlstm.peephole import PeepholeLayer, PeepholeLSTM
 
 
@@ -46,12 +46,22 @@ def test_weight_drop_masks_the_recurrent_weights_once_per_chunk_and_only_in_trai
     with torch.no_grad():
         for name, weight in plain.rnn.named_parameters():
             if name.startswith("weight_hh"):
-                weight.copy_(F.dropout(weight, 0.5))
+                weight.copy_(drop_connect(weight, 0.5))
     torch.testing.assert_close(trained, plain.eval()(tokens)[0])
     trained.sum().backward()
     assert all(getattr(dropped.rnn, f"weight_hh_l{k}").grad.abs().sum() > 0 for k in range(2))
     plain.load_state_dict(dropped.state_dict())
     torch.testing.assert_close(dropped.eval()(tokens)[0], plain(tokens)[0], rtol=0, atol=0)
+
+
+def test_drop_connect_zeroes_a_share_p_of_the_weights_and_scales_the_rest():
+    torch.manual_seed(0)
+    weight = torch.rand(400, 300) + 1  # no zeros of its own
+    dropped = drop_connect(weight, 0.25)
+    kept = dropped != 0
+    assert abs((~kept).float().mean().item() - 0.25) < 0.01  # 120,000 draws: the share is within 0.004
+    torch.testing.assert_close(dropped[kept], weight[kept] / 0.75)
+    assert not torch.equal(kept, drop_connect(weight, 0.25) != 0)  # a new mask each call
 
 
 def test_embed_dropout_drops_whole_characters_in_training_only():
