@@ -2,7 +2,9 @@
 
 For each shape it prints:
 - training chars/s of charlstm's own step (``charlstm.training.train_step``: its precision,
-  fused AdamW, clipping) and of a plain fp32 ``nn.LSTM`` loop with the same shapes, and the ratio;
+  fused AdamW, clipping, and on CPU freed memory kept for the next step, as ``charlstm train``
+  has it) and of a plain fp32 ``nn.LSTM`` loop with the same shapes (measured first, with the C
+  library's defaults), and the ratio;
 - the FLOP/s that charlstm's training reaches (6 x matmul parameters x chars/s) as a fraction of
   this machine's matrix-multiply peak in the same dtype, measured here with 2048^3 products;
 - sampling chars/s at 1 and 64 streams, with weights in fp32 (exact) and in bf16 (what
@@ -31,7 +33,7 @@ from torch import nn
 from charlstm.checkpoint import RunState
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.corpus import StreamBatches
-from charlstm.device import choose_precision
+from charlstm.device import choose_precision, keep_freed_memory
 from charlstm.model import CharLSTM
 from charlstm.run import Run, make_optimizer
 from charlstm.sample import CHUNK, SamplingRule
@@ -168,10 +170,13 @@ def main() -> None:
     }
     print(f"# matmul peak: fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")
     training, sampling = [], []
+    plains = {shape: plain_training(*map(int, shape.split("x")), args.batch, device, args.seconds) for shape in shapes}
+    if device.type == "cpu":
+        keep_freed_memory()  # as charlstm train does, after the plain loops: a plain script has glibc's defaults
     for shape in shapes:
         layers, hidden = map(int, shape.split("x"))
         torch.manual_seed(0)
-        plain = plain_training(hidden, layers, args.batch, device, args.seconds)
+        plain = plains[shape]
         ours, precision = charlstm_training(hidden, layers, args.batch, device, args.seconds)
         flops = 6 * matmul_params(hidden, layers) * ours
         training.append(
