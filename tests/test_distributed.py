@@ -165,7 +165,7 @@ def test_sigterm_to_torchrun_saves_last_pt(corpus_file, tmp_path):
     job = long_job(corpus_file, out, "--eval-every", "20", "--save-every", "1000", **pipes)
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=120)
-    assert f"charlstm train --resume {out}" in err
+    assert f"charlstm train --resume {out}" in err, err  # the whole of torchrun's stderr when it fails
     last = load_checkpoint(out / "last.pt")
     assert last.progress.step > 20 and os.path.getsize(out / "last.pt") > 0  # saved after the last evaluation
 
