@@ -104,11 +104,7 @@ def stop_reason(run: Run, flag: StopFlag | None) -> str | None:
     """Why the run stops now, if it does. Several processes agree first: a stop requested of any
     of them stops all, and the time trained is the longest of theirs, so all stop at one step."""
     t, st = run.tcfg, run.state
-    if run.procs.many:
-        asked, st.elapsed = max_all(run.procs, [float((flag and flag.signum) or 0), st.elapsed])
-        if asked and flag is not None:
-            flag.signum = int(asked)
-    if flag is not None and flag.signum is not None:
+    if _stop_asked(run, flag):
         return "signal"
     if t.max_steps and st.step >= t.max_steps:
         return "max_steps"
@@ -117,6 +113,19 @@ def stop_reason(run: Run, flag: StopFlag | None) -> str | None:
     if t.max_time and st.elapsed >= t.max_time:
         return "max_time"
     return None
+
+
+def _stop_asked(run: Run, flag: StopFlag | None) -> bool:
+    """Whether a signal asks the run to stop. Several processes decide on the values they
+    exchanged, never on their own flag afterwards: a signal that lands just after the exchange
+    waits for the next one, so that no process stops a step before the others (and then waits
+    in a different collective than theirs)."""
+    if not run.procs.many:
+        return flag is not None and flag.signum is not None
+    asked, run.state.elapsed = max_all(run.procs, [float((flag and flag.signum) or 0), run.state.elapsed])
+    if asked and flag is not None:
+        flag.signum = int(asked)
+    return bool(asked)
 
 
 def preview(run: Run) -> str:

@@ -30,9 +30,10 @@ def free_port() -> int:
 
 def torchrun(*args, nproc: int = 2, check: bool = True, **kw) -> subprocess.CompletedProcess:
     command = [*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", "charlstm", *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, **kw)
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # a worker that crashes shows every thread's stack
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, **kw)
     if check:
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, result.stderr  # whole: a worker's own words come before torchrun's
     return result
 
 

@@ -9,6 +9,7 @@ import torch
 from charlstm import training
 from charlstm.checkpoint import load_checkpoint
 from charlstm.config import CELLS, ModelConfig
+from charlstm.distributed import Processes
 from charlstm.errors import UserError
 from charlstm.events import Evaluated, Finished, Progress, Started
 from charlstm.metrics import read as read_metrics
@@ -212,3 +213,21 @@ def test_a_session_that_raises_still_records_how_it_ended(
         signal_name,
         error,
     )
+
+
+def test_processes_stop_on_the_signal_they_exchanged_not_on_one_landing_after(tiny_train, tiny_model, monkeypatch):
+    """A signal that lands just after the processes compared flags waits for the next comparison:
+    stopping on it at once would end this process a step before the others, which then wait in
+    another collective than its own (gloo aborts on the mismatch)."""
+    run = new_run(tiny_train, tiny_model)
+    run.procs = Processes(rank=0, world=2, local_rank=0, local_world=2)  # as torchrun starts it
+    flag = StopFlag()
+
+    def exchange_then_signal(procs, values):
+        flag.signum = signal.SIGTERM  # too late for what this process sent: 0, no stop
+        return [0.0, values[1]]
+
+    monkeypatch.setattr(training, "max_all", exchange_then_signal)
+    assert training.stop_reason(run, flag) is None
+    monkeypatch.setattr(training, "max_all", lambda procs, values: values)
+    assert training.stop_reason(run, flag) == "signal" and flag.signum == signal.SIGTERM  # at the next one
