@@ -212,14 +212,16 @@ def train(
     on_event, on_reading = (on_event, on_reading) if procs.main else (None, None)
     bar = _TqdmBar() if progress and procs.main else None
     distributed.start(procs)
+    finished = False
     try:
         run = _run_to_train(given, resume, overwrite, on_reading, procs)
         with _signals_stop(StopFlag()) as flag:
             result = train_loop(run, _broadcast([fn for fn in (on_event, bar) if fn is not None]), flag)
+        finished = True
     finally:
         if bar is not None:
             bar.close()
-        distributed.stop(procs)
+        distributed.stop(procs, finished)
     if result.failure:
         raise UserError(result.failure)
     return result

@@ -82,8 +82,13 @@ def start(procs: Processes) -> None:
     torch.set_num_threads(max(1, cores // procs.local_world))
 
 
-def stop(procs: Processes) -> None:
+def stop(procs: Processes, finished: bool = False) -> None:
+    """Leave the process group. After a session that every process ``finished``, wait for all
+    first: the source of the last broadcast returns as soon as it has sent, and must not close its
+    connections while the others still read from them. (After an error, some may never come.)"""
     if procs.many and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
