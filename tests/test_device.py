@@ -58,14 +58,15 @@ torch.manual_seed(0)
 model = CharLSTM(ModelConfig(vocab_size=65, hidden=256))
 x, y = torch.randint(0, 65, (2, 64, 128))  # a chunk whose gates, (128, 64, 1024) fp32, take 33.5 MB
 
-def faults_per_step(warmup, steps):
+def faults_per_step(warmup, steps):  # the median step's: the heap still grows now and then (16,000 seen)
+    counts = []
     for i in range(warmup + steps):
-        if i == warmup:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).backward()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // steps
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return sorted(counts[warmup:])[steps // 2]
 
-print(faults_per_step(2, 4), keep_freed_memory(), faults_per_step(8, 4))  # the heap settles in a few steps
+print(faults_per_step(2, 5), keep_freed_memory(), faults_per_step(2, 9))
 """
 
 
@@ -76,4 +77,4 @@ def test_kept_memory_lets_training_steps_reuse_their_buffers_without_page_faults
     default, took, kept = out.split()
     assert took == "True"
     assert int(default) > 10_000  # the gates alone are 8,192 pages of 4 KiB, mapped afresh each step
-    assert int(kept) < int(default) / 8  # 0-600 measured, against 38,000
+    assert int(kept) < int(default) / 8  # 0-1,000 measured, against 38,000-51,000
