@@ -77,8 +77,8 @@ def child(code: str) -> tuple[dict, float]:
 
 READ = """
 import json, time
-from charlstm.corpus import Reading, load_corpus
-from charlstm.sources import resolve_corpus
+from charlstm.data.corpus import Reading, load_corpus
+from charlstm.data.sources import resolve_corpus
 t0 = time.perf_counter()
 corpus = load_corpus(resolve_corpus({path!r}), Reading())
 s = corpus.stats

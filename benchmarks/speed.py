@@ -1,7 +1,7 @@
 """Training and sampling speed of charlstm beside plain PyTorch, measured in the same run.
 
 For each shape it prints:
-- training chars/s of charlstm's own step (``charlstm.training.train_step``: its precision,
+- training chars/s of charlstm's own step (``charlstm.training.loop.train_step``: its precision,
   fused AdamW, clipping, and on CPU freed memory kept for the next step, as ``charlstm train``
   has it) and of a plain fp32 ``nn.LSTM`` loop with the same shapes (measured first, with the C
   library's defaults), and the ratio;
@@ -30,15 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlstm.checkpoint import RunState
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.corpus import StreamBatches
+from charlstm.data.corpus import StreamBatches
 from charlstm.device import choose_precision, keep_freed_memory
-from charlstm.model import CharLSTM
-from charlstm.run import Run, make_optimizer
-from charlstm.sample import CHUNK, SamplingRule
-from charlstm.stepper import Stepper
-from charlstm.training import train_step
+from charlstm.net.model import CharLSTM
+from charlstm.sampling.draw import CHUNK, SamplingRule
+from charlstm.sampling.stepper import Stepper
+from charlstm.store.checkpoint import RunState
+from charlstm.training.loop import train_step
+from charlstm.training.run import Run, make_optimizer
 
 V, E, T = 65, 64, 128
 

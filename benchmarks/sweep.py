@@ -1,7 +1,7 @@
 """Small hyperparameter sweep under a fixed time budget: which defaults reach the lowest
 validation loss on tiny Shakespeare within --max-time seconds on this machine?
 
-Each trial trains from scratch with ``charlstm.training.train`` for the budget, then measures best.pt
+Each trial trains from scratch with ``charlstm.training.loop.train`` for the budget, then measures best.pt
 on the validation tail in fp32 (as ``charlstm eval`` does) and prints one Markdown row.
 
     python benchmarks/sweep.py --budget 120                  # the built-in grid
@@ -16,12 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from charlstm.checkpoint import BEST, load_checkpoint
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.corpus import split_tokens
-from charlstm.evaluate import evaluate
-from charlstm.run import new_run
-from charlstm.training import train
+from charlstm.data.corpus import split_tokens
+from charlstm.store.checkpoint import BEST, load_checkpoint
+from charlstm.training.evaluate import evaluate
+from charlstm.training.loop import train
+from charlstm.training.run import new_run
 
 MODEL_KEYS = {"embedding", "hidden", "layers", "dropout"}
 

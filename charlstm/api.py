@@ -24,24 +24,24 @@ from typing import Any
 
 import numpy as np
 
-from charlstm import distributed
-from charlstm.checkpoint import Checkpoint, export_safetensors, load_checkpoint
 from charlstm.config import EvalConfig, ExplainConfig, ModelConfig, SampleConfig, TrainConfig
+from charlstm.data.sources import ProgressFn
+from charlstm.data.vocab import CharVocab
 from charlstm.device import resolve_device
-from charlstm.distributed import Processes
 from charlstm.errors import UserError
-from charlstm.evaluate import EvalResult, evaluate, evaluate_checkpoint
-from charlstm.events import Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
-from charlstm.explain import ExplainReport, explain_checkpoint
-from charlstm.model import CharLSTM
-from charlstm.presets import SIZED
-from charlstm.run import Run, new_run, resume_run
-from charlstm.sample import Samples, draw_samples
-from charlstm.sources import ProgressFn
-from charlstm.stepper import Stepper, resolve_precision
-from charlstm.training import StopFlag, stop_on_signals
-from charlstm.training import train as train_loop
-from charlstm.vocab import CharVocab
+from charlstm.insight.explain import ExplainReport, explain_checkpoint
+from charlstm.net.model import CharLSTM
+from charlstm.sampling.draw import Samples, draw_samples
+from charlstm.sampling.stepper import Stepper, resolve_precision
+from charlstm.store.checkpoint import Checkpoint, export_safetensors, load_checkpoint
+from charlstm.training import distributed
+from charlstm.training.distributed import Processes
+from charlstm.training.evaluate import EvalResult, evaluate, evaluate_checkpoint
+from charlstm.training.events import Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
+from charlstm.training.loop import StopFlag, stop_on_signals
+from charlstm.training.loop import train as train_loop
+from charlstm.training.presets import SIZED
+from charlstm.training.run import Run, new_run, resume_run
 
 __all__ = ["Model", "describe", "evaluate_checkpoint", "explain", "export", "load", "sample", "train"]
 
@@ -200,7 +200,7 @@ def train(
     ``options`` are the training options by their command-line names (``out``, ``max_time``,
     ``hidden``, ``lr``, ...; see ``charlstm train --help``). ``progress=True`` shows a
     ``tqdm.auto`` bar (a notebook gets the widget); ``on_event`` receives every event of
-    ``charlstm.events``. Ctrl-C (or SIGTERM) stops after the current step and saves
+    ``charlstm.training.events``. Ctrl-C (or SIGTERM) stops after the current step and saves
     ``last.pt``; the result then says ``stopped_by="signal"``. A loss that turns NaN raises
     ``UserError`` after the run's files are saved. Started by ``torchrun``, every process calls
     this and together they train one model; only the main process reports.

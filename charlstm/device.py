@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from charlstm.errors import UserError
-from charlstm.model import CharLSTM
+from charlstm.net.model import CharLSTM
 
 PROBE_STEPS = 32  # characters per stream in the precision probe: enough to time, quick to run
 # A forward and backward pass is this share of a training step's time: the rest is the optimizer,

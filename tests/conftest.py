@@ -71,8 +71,8 @@ def tiny_train(corpus_file: Path, tmp_path: Path) -> TrainConfig:
 @pytest.fixture(scope="session")
 def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run trained once for the whole session (40 steps, 2x16): read it, never write to it."""
-    from charlstm.run import new_run
-    from charlstm.training import train
+    from charlstm.training.loop import train
+    from charlstm.training.run import new_run
 
     folder = tmp_path_factory.mktemp("shared")
     corpus = folder / "play.txt"

@@ -10,10 +10,11 @@ from conftest import play_text, tiny_train_config
 from typer.testing import CliRunner
 
 import charlstm
-from charlstm import api, training
-from charlstm.cli import app
+from charlstm import api
+from charlstm.cli.models import app
 from charlstm.config import ModelConfig
-from charlstm.run import new_run
+from charlstm.training import loop as training
+from charlstm.training.run import new_run
 
 README = Path(__file__).parent.parent / "README.md"
 runner = CliRunner()

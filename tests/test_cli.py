@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charlstm import api, training
-from charlstm.cli import app
-from charlstm.events import Finished, TrainResult
-from charlstm.vocab import CharVocab
+from charlstm import api
+from charlstm.cli.models import app
+from charlstm.data.vocab import CharVocab
+from charlstm.training import loop as training
+from charlstm.training.events import Finished, TrainResult
 
 runner = CliRunner()
 TINY = [
@@ -337,7 +338,7 @@ def test_internal_errors_exit_1_and_debug_shows_traceback(shared_run, monkeypatc
 
 
 def test_offline_download_is_one_line(tmp_path, monkeypatch):
-    from charlstm import sources
+    from charlstm.data import sources
 
     monkeypatch.chdir(tmp_path)
     entry = sources.KNOWN_CORPORA["tinyshakespeare"]
@@ -403,7 +404,7 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoints(corpus_file, tmp_
     run resumes from last.pt."""
     import random
 
-    from charlstm.checkpoint import load_checkpoint
+    from charlstm.store.checkpoint import load_checkpoint
 
     out, rng = tmp_path / "run", random.Random(0)
     args = ["train", "--corpus", corpus_file, "--out", out, "--max-steps", 100000, *TINY, "--save-every", "1"]
@@ -475,7 +476,7 @@ def test_eval_of_unseen_characters_can_skip_them(shared_run, tmp_path):
 
 def test_explain_passes_its_options_and_renders_what_it_found(monkeypatch, tmp_path):
     from charlstm.config import ExplainConfig
-    from charlstm.explain import ExplainReport, Found
+    from charlstm.insight.explain import ExplainReport, Found
 
     seen = {}
 

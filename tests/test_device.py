@@ -8,7 +8,7 @@ import torch
 from charlstm.config import ModelConfig
 from charlstm.device import autocast, bf16_supported, choose_precision, resolve_device
 from charlstm.errors import UserError
-from charlstm.model import CharLSTM
+from charlstm.net.model import CharLSTM
 
 
 def test_auto_device_and_cpu():
@@ -52,7 +52,7 @@ import resource, torch
 import torch.nn.functional as F
 from charlstm.config import ModelConfig
 from charlstm.device import keep_freed_memory
-from charlstm.model import CharLSTM
+from charlstm.net.model import CharLSTM
 
 torch.manual_seed(0)
 model = CharLSTM(ModelConfig(vocab_size=65, hidden=256))

@@ -1,0 +1,1 @@
+"""The networks: the character model (LSTM, GRU or peephole LSTM cells) and the peephole cell."""

@@ -1,0 +1,115 @@
+"""Sampling: the rules that pick each character (temperature, top-k, top-p), the prompt, the seed,
+and the one generation API, :func:`draw_samples`, which draws any number of samples side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from charlstm.config import ModelConfig, SampleConfig
+from charlstm.data.vocab import CharVocab
+from charlstm.net.model import CharLSTM, State
+from charlstm.sampling.stepper import PRECISIONS, KernelRule, Stepper
+
+CHUNK = 256  # characters per sample drawn per call: text still streams out, calls stay few
+
+
+@dataclass(frozen=True)
+class SamplingRule:
+    """Temperature (0 means greedy), top-k (None or 0: off) and top-p (None or 1: off)."""
+
+    temperature: float
+    top_k: int | None = None
+    top_p: float | None = None
+
+    @classmethod
+    def of(cls, cfg: SampleConfig) -> SamplingRule:
+        return cls(cfg.temperature, cfg.top_k, cfg.top_p)
+
+    def args(self) -> KernelRule:
+        """The rule as the compiled kernels take it."""
+        top_k = min(int(self.top_k or 0), 1 << 31)  # any k past the vocabulary keeps everything
+        return float(self.temperature), top_k, 1.0 if self.top_p is None else float(self.top_p)
+
+
+@dataclass
+class Samples:
+    """Samples being drawn. Everything but ``pieces`` is known before the first character."""
+
+    seed: int  # the seed used: the given one, or a random one to print so the text can be repeated
+    prompt: str  # the prompt as the model reads it (characters it never saw dropped under "skip")
+    dropped: list[str]  # prompt characters dropped
+    pieces: Iterator[list[str]]  # the next piece of every sample, up to CHUNK characters each
+
+
+def choose_seed(seed: int | None) -> int:
+    """The given seed, or a fresh random one (32 bits, easy to retype)."""
+    return seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+
+
+def prepare_prompt(vocab: CharVocab, prompt: str, unknown: str = "error") -> tuple[str, list[str]]:
+    """The prompt to use and the characters dropped from it (``unknown="skip"``); with byte
+    fallback every character can be read, so nothing is dropped."""
+    if unknown != "skip":
+        vocab.check_known(
+            prompt, "--prompt", "use only characters of the training text, or --unknown skip to drop them"
+        )
+    dropped = vocab.unknown(prompt)
+    return "".join(c for c in prompt if c not in dropped), dropped
+
+
+def priming_ids(vocab: CharVocab, prompt: str) -> list[int]:
+    """Ids the model reads before generating: a newline (text starts on a fresh line), then the prompt."""
+    newline = "\n" if not prompt.startswith("\n") and not vocab.unknown("\n") else ""
+    return vocab.encode(newline + prompt) or [0]
+
+
+def _ids_after(
+    stepper: Stepper,
+    prime: torch.Tensor,
+    length: int,
+    rule: SamplingRule,
+    rng: np.random.Generator,
+    start: State | None,
+) -> Iterator[np.ndarray]:
+    """After reading ``prime`` (B, T) from ``start``, yield the next ids of every stream, (B, n)
+    at a time with n <= CHUNK: ``length`` per stream in all."""
+    if length <= 0:
+        return
+    _, state = stepper.prime(prime, start)
+    for begin in range(0, length, CHUNK):
+        count = min(CHUNK, length - begin)
+        yield stepper.draw_chunk(state, count, rule.args(), rng, last=begin + count == length)
+
+
+def draw_samples(stepper: Stepper, vocab: CharVocab, cfg: SampleConfig, start: State | None = None) -> Samples:
+    """``cfg.num_samples`` samples continuing ``cfg.prompt`` (not repeated in the pieces), drawn
+    side by side, ``cfg.length`` characters each, from ``start`` (see ``Checkpoint.warm_state``).
+
+    The stepper fixes the precision (``cfg.precision`` is for whoever builds it). The same seed
+    with the same number of samples and precision gives the same text.
+    """
+    prompt, dropped = prepare_prompt(vocab, cfg.prompt, cfg.unknown)
+    seed = choose_seed(cfg.seed)
+    prime = torch.tensor([priming_ids(vocab, prompt)] * cfg.num_samples, dtype=torch.long)
+    ids = _ids_after(stepper, prime, cfg.length, SamplingRule.of(cfg), np.random.default_rng(seed), start)
+    decoders = [vocab.decoder() for _ in range(cfg.num_samples)]  # a character may span two chunks
+    pieces = ([decode(row) for decode, row in zip(decoders, chunk, strict=True)] for chunk in ids)
+    return Samples(seed, prompt, dropped, pieces)
+
+
+def compile_kernels() -> None:
+    """Compile everything sampling runs, in both precisions, for one stream and for many (or load
+    it from Numba's on-disk cache, well under a second): about 12 s the first time on a 2-core CPU."""
+    with torch.random.fork_rng(devices=[]):  # a run's random state must not move
+        tiny = CharLSTM(ModelConfig(vocab_size=3, embedding=2, hidden=2, layers=2)).eval()
+        rng, rule = np.random.default_rng(0), SamplingRule(1.0, 2, 0.9)
+        for precision in PRECISIONS:
+            for streams in (1, 2):
+                prime = torch.zeros(streams, 1, dtype=torch.long)
+                list(_ids_after(Stepper(tiny, precision), prime, 2, rule, rng, None))

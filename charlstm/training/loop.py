@@ -1,0 +1,369 @@
+"""The training loop: truncated BPTT over contiguous streams, AdamW, clipping, the schedule, and
+the cadence of logging, evaluation and saving. It reports through a callback of events
+(``events.py``); nothing here prints.
+
+(Named ``training``, not ``train``, so that the module never shadows the public function
+``charlstm.train``.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from charlstm.config import MAX_SEED, SampleConfig, option
+from charlstm.data.corpus import TokenizedCorpus
+from charlstm.device import autocast
+from charlstm.errors import UserError
+from charlstm.net.model import detach_state, first_stream
+from charlstm.sampling.draw import compile_kernels, draw_samples
+from charlstm.sampling.stepper import Stepper
+from charlstm.store.checkpoint import BEST, LAST, resume_command
+from charlstm.store.metrics import end_record
+from charlstm.training.distributed import max_all, sum_all
+from charlstm.training.evaluate import EvalInterrupted, evaluate
+from charlstm.training.events import Evaluated, EventFn, Finished, Progress, Started, TrainResult
+from charlstm.training.presets import describe
+from charlstm.training.run import Run, log_metric, save, target_epochs
+from charlstm.training.schedule import get_lr, plateau_update
+
+PREVIEW_TEMPERATURE = 0.8
+
+
+@dataclass
+class StopFlag:
+    """Set by a signal handler; the loop finishes its step, saves and returns."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
+    """While inside, SIGINT and SIGTERM ask the loop to stop after the current step."""
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        if flag.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        flag.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+    """One optimizer step on chunk (x, y), each (B, T), minimising the mean loss per token.
+    Returns (2,): the loss summed over the chunk in nats, and the characters predicted (the
+    tokens, less the byte tokens that continue a character), so that logs are per character."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    state = detach_state(run.hidden) if run.hidden is not None else None
+    with autocast(run.device, run.state.precision):
+        logits, new_state = run.net(x, state)  # (B, T, V); DDP averages the gradients of every process
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.tcfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.tcfg.grad_clip, foreach=True)
+    run.optimizer.step()
+    run.hidden = detach_state(new_state)
+    chars = y.numel() if run.char_starts is None else run.char_starts[y].sum()
+    return torch.stack([loss.detach() * y.numel(), torch.as_tensor(chars, dtype=loss.dtype, device=loss.device)])
+
+
+def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk at the run's cursor; a new pass starts from zero state."""
+    st = run.state
+    if st.chunk >= len(run.batches):
+        st.epoch, st.chunk, run.hidden = st.epoch + 1, 0, None
+    if st.chunk == 0:
+        run.hidden = None
+    x, y = run.batches.batch(st.chunk)
+    pin = run.device.type == "cuda"
+    return (t.pin_memory().to(run.device, non_blocking=True) if pin else t for t in (x, y))  # type: ignore[return-value]
+
+
+def current_lr(run: Run) -> float:
+    t = run.tcfg
+    return get_lr(
+        t.schedule, t.lr, run.state.step, run.fraction(), t.warmup_steps, t.min_lr_ratio, run.state.plateau_scale
+    )
+
+
+def stop_reason(run: Run, flag: StopFlag | None) -> str | None:
+    """Why the run stops now, if it does. Several processes agree first: a stop requested of any
+    of them stops all, and the time trained is the longest of theirs, so all stop at one step."""
+    t, st = run.tcfg, run.state
+    if _stop_asked(run, flag):
+        return "signal"
+    if t.max_steps and st.step >= t.max_steps:
+        return "max_steps"
+    if run.epoch_float >= target_epochs(t) - 1e-12:
+        return "epochs"
+    if t.max_time and st.elapsed >= t.max_time:
+        return "max_time"
+    return None
+
+
+def _stop_asked(run: Run, flag: StopFlag | None) -> bool:
+    """Whether a signal asks the run to stop. Several processes decide on the values they
+    exchanged, never on their own flag afterwards: a signal that lands just after the exchange
+    waits for the next one, so that no process stops a step before the others (and then waits
+    in a different collective than theirs)."""
+    if not run.procs.many:
+        return flag is not None and flag.signum is not None
+    asked, run.state.elapsed = max_all(run.procs, [float((flag and flag.signum) or 0), run.state.elapsed])
+    if asked and flag is not None:
+        flag.signum = int(asked)
+    return bool(asked)
+
+
+def preview(run: Run) -> str:
+    """A short sample from the current weights, seeded by step so a run's previews repeat (shown by
+    the main process only)."""
+    if run.tcfg.sample_chars <= 0 or not run.procs.main:
+        return ""
+    seed = (run.tcfg.seed + run.state.step) % (MAX_SEED + 1)  # any --seed, even the largest, stays valid
+    cfg = SampleConfig(length=run.tcfg.sample_chars, temperature=PREVIEW_TEMPERATURE, seed=seed)
+    start = None if run.hidden is None else first_stream(run.hidden)
+    samples = draw_samples(Stepper(run.model), run.corpus.vocab, cfg, start)
+    return "".join(pieces[0] for pieces in samples.pieces)
+
+
+def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None) -> bool:
+    """Evaluate (a spread of ``--eval-chars`` of) the validation split, update best/last, write
+    checkpoints and a metrics line. A stop requested meanwhile ends it early: returns False."""
+    st, started = run.state, time.perf_counter()
+    try:
+        result = evaluate(
+            run.model,
+            run.val_tokens,
+            run.tcfg.seq_len,
+            run.device,
+            st.precision,
+            char_starts=run.corpus.vocab.char_starts(),
+            max_chars=run.tcfg.eval_chars,
+            should_stop=lambda: stop is not None and stop.signum is not None,
+            procs=run.procs,
+        )
+    except EvalInterrupted:  # every process stops at the same chunk; each keeps the signal that stopped them
+        if stop is not None and run.procs.many:
+            stop.signum = int(max_all(run.procs, [float(stop.signum or 0)])[0]) or stop.signum
+        return False
+    seconds = time.perf_counter() - started
+    is_best = result.loss < st.best_val_loss
+    if run.tcfg.schedule == "plateau" and math.isfinite(st.best_val_loss):
+        st.plateau_scale = plateau_update(st.plateau_scale, result.loss, st.best_val_loss)
+    st.last_val_loss = result.loss
+    st.best_val_loss = min(st.best_val_loss, result.loss)
+    record = {"type": "eval", "step": st.step, "epoch": round(run.epoch_float, 4), "val_loss": result.loss}
+    record.update(val_bpc=result.bpc, best=is_best, elapsed=round(st.elapsed, 3))
+    log_metric(run, {**record, "eval_chars": result.chars, "eval_seconds": round(seconds, 3)})
+    save(run, (LAST, BEST) if is_best else (LAST,))
+    on_event(Evaluated(st.step, result.loss, is_best, preview(run), st.elapsed))
+    return True
+
+
+@dataclass
+class _Session:
+    """This session of a run: when and where it started, and what it has done since."""
+
+    on_event: EventFn
+    stop: StopFlag | None
+    t0: float  # perf_counter at the start
+    elapsed0: float  # seconds trained before it
+    fraction0: float  # share of the budget spent before it
+    step0: int
+    window: _Window
+    evaluated_at: int = -1
+    saved_at: int = -1
+    last_loss: float = math.nan  # mean training loss at the last sync: the result's train loss
+
+    @classmethod
+    def start(cls, run: Run, on_event: EventFn, stop: StopFlag | None) -> _Session:
+        now, st = time.perf_counter(), run.state
+        window = _Window(now, st.step, torch.zeros(2, device=run.device))
+        return cls(on_event, stop, now, st.elapsed, run.fraction(), st.step, window)
+
+    def tick(self, run: Run) -> None:
+        run.state.elapsed = self.elapsed0 + time.perf_counter() - self.t0
+
+
+@dataclass
+class _Window:
+    """Throughput and loss bookkeeping between two log lines."""
+
+    time: float
+    step: int
+    loss: torch.Tensor  # (2,): nats and characters summed since the last fold
+
+
+def _fold_loss(run: Run, window: _Window) -> float:
+    """Fold the window's loss into the run state (one host sync) and return the mean per
+    character so far, over every process's streams."""
+    st = run.state
+    nats, chars = sum_all(run.procs, window.loss.tolist())
+    window.loss.zero_()
+    if not (math.isfinite(nats) and math.isfinite(chars)):
+        return math.nan
+    st.loss_sum, st.loss_count = st.loss_sum + nats, st.loss_count + int(chars)
+    return st.loss_sum / max(st.loss_count, 1)
+
+
+def _log(run: Run, session: _Session, mean_loss: float, lr: float) -> None:
+    st, window, now = run.state, session.window, time.perf_counter()
+    cps = (st.step - window.step) * run.tcfg.batch_size * run.tcfg.seq_len / max(now - window.time, 1e-9)
+    frac, f0 = run.fraction(), session.fraction0
+    remaining = (1 - frac) * (now - session.t0) / (frac - f0) if frac > f0 else None
+    record = {"type": "train", "step": st.step, "epoch": round(run.epoch_float, 4), "loss": mean_loss, "lr": lr}
+    log_metric(run, {**record, "chars_per_sec": round(cps, 1), "elapsed": round(st.elapsed, 3)})
+    session.on_event(Progress(st.step, run.epoch_float, mean_loss, lr, cps, st.elapsed, frac, remaining))
+    st.loss_sum, st.loss_count = 0.0, 0
+    window.time, window.step = now, st.step
+
+
+def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
+    """Emit ``Started``; refuse to continue a run whose budget is already spent."""
+    st, t = run.state, run.tcfg
+    reason = stop_reason(run, stop)
+    if reason is not None and reason != "signal":
+        raise UserError(
+            f"the run already finished at step {st.step} ({option(reason)} reached), expected a larger "
+            f"--max-steps, --epochs or --max-time to train longer"
+        )
+    train_chars, val_chars = len(run.batches.tokens), len(run.val_tokens)
+    params, chars, corpus = run.model.num_params(), t.batch_size * t.seq_len, run.corpus
+    on_event(
+        Started(
+            run.run_dir,
+            params,
+            str(run.device),
+            st.precision,
+            chars,
+            train_chars,
+            val_chars,
+            st.step,
+            vocab=_vocab_summary(corpus),
+            skipped_files=list(corpus.stats.skipped_files),
+            processes=run.procs.world,
+            note=run.note,
+            sizing="" if st.step else describe(st.sizing),
+        )
+    )
+
+
+def _vocab_summary(corpus: TokenizedCorpus) -> str:
+    vocab, own = corpus.vocab, len(corpus.vocab.chars)
+    if not vocab.byte_fallback:
+        return f"{own} characters"
+    share = f"{corpus.stats.own_coverage:.2%} of the text"
+    return f"{own} characters with their own token ({share}) and {len(vocab.byte_values)} byte tokens for the rest"
+
+
+def _after_step(run: Run, session: _Session, lr: float) -> str | None:
+    """Log, evaluate and save when due; "nan" for a loss that went bad, "signal" for a stop
+    requested during an evaluation, else None."""
+    st, t = run.state, run.tcfg
+    due_log, due_eval, due_save = (st.step % n == 0 for n in (t.log_every, t.eval_every, t.save_every))
+    if due_log or due_eval or due_save:  # the only host syncs: fold the loss, refuse to save NaN
+        mean_loss = session.last_loss = _fold_loss(run, session.window)
+        if not math.isfinite(mean_loss):
+            return "nan"
+        if due_log:
+            _log(run, session, mean_loss, lr)
+    if due_eval:
+        if not run_eval(run, session.on_event, session.stop):
+            return "signal"
+        session.evaluated_at = session.saved_at = st.step
+        session.window.time = time.perf_counter()
+    elif due_save:
+        save(run, (LAST,))
+        session.saved_at = st.step
+    return None
+
+
+def _close(run: Run, session: _Session, reason: str) -> str:
+    """End the run: fold the steps since the last sync, then evaluate (budget spent) and save."""
+    if reason == "nan" or not math.isfinite(_fold_loss(run, session.window)):
+        return "nan"
+    if reason != "signal" and session.evaluated_at != run.state.step:
+        if run_eval(run, session.on_event, session.stop):
+            return reason
+        reason = "signal"  # stopped during the final evaluation
+    if session.saved_at != run.state.step:
+        save(run, (LAST,))
+    return reason
+
+
+def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = None) -> TrainResult:
+    """Train until the budget is spent or ``stop`` is set; evaluate and checkpoint on the way. The
+    run's log ends with a record of how the session ended, whether it returns or raises."""
+    on_event = on_event or (lambda event: None)
+    _announce(run, on_event, stop)
+    try:
+        result = _train(run, on_event, stop)
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)  # a second Ctrl-C
+        error = None if interrupted else str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        _log_end(run, "signal" if interrupted else "error", signal.SIGINT if interrupted else None, error)
+        raise
+    _log_end(run, result.stopped_by, result.signal, result.failure)
+    return result
+
+
+def _log_end(run: Run, reason: str, signum: int | None, error: str | None) -> None:
+    """Append the end record; a log that cannot be written then (a full disk) is left as it is."""
+    try:
+        log_metric(run, end_record(run.state.step, run.state.elapsed, reason, signum, error))
+    except (OSError, UserError):
+        pass
+
+
+def _train(run: Run, on_event: EventFn, stop: StopFlag | None) -> TrainResult:
+    st = run.state
+    if run.tcfg.sample_chars > 0 and run.procs.main:
+        compile_kernels()  # sampling (previews, then `charlstm sample`): compiled once per machine, not on the clock
+    session, reason = _Session.start(run, on_event, stop), None
+    while reason is None:
+        lr = current_lr(run)
+        x, y = next_batch(run)
+        session.window.loss += train_step(run, x, y, lr)
+        st.step, st.chunk = st.step + 1, st.chunk + 1
+        session.tick(run)
+        reason = _after_step(run, session, lr)
+        session.tick(run)
+        reason = reason or stop_reason(run, stop)
+    reason = _close(run, session, reason)
+    result = _result(run, reason, session)
+    on_event(Finished(result))
+    return result
+
+
+def _result(run: Run, reason: str, session: _Session) -> TrainResult:
+    """How the run ended; speed counts this session only."""
+    st = run.state
+    chars = (st.step - session.step0) * run.tcfg.batch_size * run.tcfg.seq_len
+    return TrainResult(
+        run.run_dir,
+        st.step,
+        run.epoch_float,
+        st.elapsed,
+        st.best_val_loss,
+        st.last_val_loss,
+        session.last_loss,
+        chars / max(st.elapsed - session.elapsed0, 1e-9),
+        reason,
+        resume_command(run.run_dir),
+        session.stop.signum if session.stop else None,
+        main_process=run.procs.main,
+    )

@@ -1,0 +1,396 @@
+"""A training run: what it works on in memory, how it starts afresh or resumes from ``last.pt``,
+and the files of its run directory (checkpoints and ``metrics.jsonl``)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, option
+from charlstm.data.corpus import (
+    Reading,
+    StreamBatches,
+    TokenizedCorpus,
+    check_trainable,
+    load_corpus,
+    load_in_vocab,
+    split_tokens,
+)
+from charlstm.data.sources import CorpusSource, ProgressFn, resolve_corpus
+from charlstm.device import keep_freed_memory, resolve_device
+from charlstm.errors import UserError
+from charlstm.files import atomic_write, remove_stale_temporaries
+from charlstm.net.model import CharLSTM, State
+from charlstm.store import configfile, metrics
+from charlstm.store.checkpoint import BEST, LAST, Checkpoint, RunState, load_checkpoint
+from charlstm.store.configfile import CONFIG
+from charlstm.store.metrics import METRICS
+from charlstm.training.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
+from charlstm.training.sizing import sized_model
+
+BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: 1.488 vs 1.491 in the 120 s sweep
+# Options that may change when a run is resumed; any other differing value is refused.
+RESUMABLE_CHANGES = frozenset(
+    {"max_steps", "epochs", "max_time", "eval_every", "eval_chars", "save_every", "log_every", "sample_chars", "device"}
+)
+
+
+@dataclass
+class Run:
+    """Everything a training session works on."""
+
+    tcfg: TrainConfig
+    mcfg: ModelConfig
+    run_dir: Path
+    corpus: TokenizedCorpus
+    batches: StreamBatches
+    val_tokens: np.ndarray
+    model: CharLSTM
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    state: RunState
+    hidden: State | None = None  # carried from chunk to chunk, each (layers, B, H) for this process's streams
+    char_starts: torch.Tensor | None = None  # (V,) bool: ids that begin a character; None without byte tokens
+    procs: Processes = SINGLE
+    net: torch.nn.Module | None = None  # what a training step calls: the model, or DDP around it
+    note: str = ""  # said when training starts (a resume with another number of processes)
+
+    def __post_init__(self) -> None:
+        """A training step calls the model itself, or with several processes DDP around it."""
+        if self.net is None:
+            self.net = _wrapped(self.model, self.procs, self.device)
+
+    @property
+    def epoch_float(self) -> float:
+        return self.state.epoch + self.state.chunk / len(self.batches)
+
+    def fraction(self) -> float:
+        """Share of the budget spent: the largest over steps, epochs and time."""
+        t = self.tcfg
+        parts = [self.epoch_float / target_epochs(t)]
+        if t.max_steps:
+            parts.append(self.state.step / t.max_steps)
+        if t.max_time:
+            parts.append(self.state.elapsed / t.max_time)
+        return min(1.0, max(parts))
+
+
+def target_epochs(t: TrainConfig) -> float:
+    """Passes over the training split the run may make: ``--epochs``; without it, no limit when
+    ``--max-steps`` or ``--max-time`` is given, and 10 when no budget is."""
+    return t.epochs if t.epochs is not None else (math.inf if t.has_budget else DEFAULT_EPOCHS)
+
+
+def default_run_dir(source: CorpusSource) -> Path:
+    """``checkpoints/NAME``: a known corpus's file stem (``tinyshakespeare``), a file's stem or a folder's name."""
+    return Path("checkpoints") / source.name
+
+
+def _char_starts(corpus: TokenizedCorpus, device: torch.device) -> torch.Tensor | None:
+    """Which ids begin a character (V,) on ``device``; None without byte tokens, where every id does."""
+    vocab = corpus.vocab
+    return torch.from_numpy(vocab.char_starts()).to(device) if vocab.byte_fallback else None
+
+
+def make_optimizer(model: CharLSTM, tcfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only; fused where this torch offers it."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=tcfg.lr, betas=BETAS, fused=device.type in ("cpu", "cuda"))
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=tcfg.lr, betas=BETAS, foreach=True)
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any long work, a run directory that holds a run (unless ``overwrite``) or
+    that cannot be made: its nearest existing ancestor must be a writable folder."""
+    existing = [n for n in (BEST, LAST, METRICS) if (run_dir / n).exists()]
+    if existing and not overwrite:
+        raise UserError(
+            f"run directory {str(run_dir)!r} already holds a run ({', '.join(existing)}); pass "
+            f"--resume {run_dir} to continue it, --overwrite to start afresh, or --out DIR"
+        )
+    ancestor = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        reason = "Not a directory" if not ancestor.is_dir() else "Permission denied"
+        raise UserError(f"cannot write to run directory {str(run_dir)!r} ({reason}), expected a writable folder")
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory afresh: earlier run files and stale temporaries removed."""
+    for name in (BEST, LAST, METRICS, CONFIG):
+        (run_dir / name).unlink(missing_ok=True)
+    remove_stale_temporaries(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f"cannot write to run directory {str(run_dir)!r} ({e.strerror}), expected a writable folder"
+        ) from None
+
+
+def new_run(
+    tcfg: TrainConfig,
+    mcfg: ModelConfig,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    procs: Processes = SINGLE,
+    unset: frozenset[str] = frozenset(),
+) -> Run:
+    """Build a fresh run: corpus, splits, model, optimizer, run directory. The options in
+    ``unset`` (left to charlstm) take the values of the preset the budget calls for
+    (``presets.py``; under ``auto`` with ``--max-steps``, the chunk and cadence stay as they
+    are). The directory is checked before the corpus is read (which can take a while) and
+    cleared only after. With
+    several processes, the main one checks and clears it and each machine's first fills the
+    token cache before the others read it."""
+    source = main_first(procs, lambda: resolve_corpus(tcfg.corpus, progress=progress), local=True)
+    run_dir = Path(tcfg.out) if tcfg.out else default_run_dir(source)
+    on_main(procs, lambda: check_run_dir(run_dir, overwrite))
+    corpus = main_first(procs, lambda: load_corpus(source, Reading.of(tcfg), progress), local=True)
+    train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
+    mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "vocab_size": len(corpus.vocab)})
+    device = training_device(tcfg, procs)
+
+    def batches_for(cfg: TrainConfig) -> StreamBatches:
+        check_trainable(train_tokens, val_tokens, cfg.batch_size, cfg.seq_len)
+        return rank_batches(train_tokens, cfg, procs)
+
+    tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "out": str(run_dir)})
+    sized = sized_model(tcfg, mcfg, unset, batches_for, device, procs)
+    tcfg, mcfg, batches, model = sized.tcfg, sized.mcfg, sized.batches, sized.model
+    on_main(procs, lambda: make_run_dir(run_dir))
+    if procs.many:
+        torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
+    optimizer = make_optimizer(model, tcfg, device)
+    run = Run(
+        tcfg,
+        mcfg,
+        run_dir,
+        corpus,
+        batches,
+        val_tokens,
+        model,
+        optimizer,
+        device,
+        RunState(precision=sized.precision, sizing=sized.sizing.to_dict()),
+        char_starts=_char_starts(corpus, device),
+        procs=procs,
+    )
+    on_main(procs, lambda: write_config(run))
+    return run
+
+
+def training_device(tcfg: TrainConfig, procs: Processes) -> torch.device:
+    """The device this process trains on; on CPU, with freed memory kept for the next step (the
+    corpus, read before, keeps its own mappings)."""
+    device = resolve_device(tcfg.device, procs.local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
+
+
+def rank_batches(tokens: np.ndarray, tcfg: TrainConfig, procs: Processes) -> StreamBatches:
+    """This process's contiguous share of the ``--batch-size`` streams (all of them for one process)."""
+    whole = StreamBatches(tokens, tcfg.batch_size, tcfg.seq_len)
+    rows = procs.shard(tcfg.batch_size)
+    if not procs.many:
+        return whole
+    starts = whole.starts[rows, 0]
+    return StreamBatches(tokens, len(starts), tcfg.seq_len, starts=starts, stream_len=whole.stream_len)
+
+
+def _wrapped(model: CharLSTM, procs: Processes, device: torch.device) -> torch.nn.Module:
+    """The model as a training step calls it: itself, or in DistributedDataParallel, which
+    averages the gradients of every process's streams."""
+    if not procs.many:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def resume_run(
+    path: str | Path, options: dict[str, Any], progress: ProgressFn | None = None, procs: Processes = SINGLE
+) -> Run:
+    """Rebuild a run from its ``last.pt`` exactly as it was saved; ``options`` are those the user
+    gave again, of which only the budget and logging ones may differ from the run's. With several
+    processes, the main one reads the checkpoint and gives it to the others."""
+    ckpt = on_main(procs, lambda: _resumable(load_checkpoint(path, prefer=LAST)))
+    run_dir = ckpt.path.parent
+    tcfg = _resumed_config(ckpt, options, run_dir)
+    corpus = main_first(procs, lambda: _same_corpus(tcfg, ckpt, progress), local=True)
+    train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
+    batches = rank_batches(train_tokens, tcfg, procs)
+    device = training_device(tcfg, procs)
+    model = CharLSTM(ckpt.model_config).to(device).train()
+    model.load_state_dict(ckpt.model)
+    optimizer = make_optimizer(model, tcfg, device)
+    optimizer.load_state_dict(ckpt.optimizer)
+    rows, hidden = procs.shard(tcfg.batch_size), ckpt.hidden  # saved for every stream: this process takes its share
+    hidden = None if hidden is None else tuple(t[:, rows].to(device) for t in hidden)
+    mcfg, starts = ckpt.model_config, _char_starts(corpus, device)
+    run = Run(
+        tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, ckpt.progress, hidden, starts, procs
+    )
+    run.note = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
+    on_main(procs, lambda: (remove_stale_temporaries(run_dir), rewrite_metrics(run), write_config(run)))
+    return run
+
+
+def _resumable(ckpt: Checkpoint) -> Checkpoint:
+    if not ckpt.resumable:
+        raise UserError(
+            f"{str(ckpt.path)!r} cannot be resumed (only a run's {LAST} holds the optimizer, RNG and data "
+            f"position), expected the run directory or its {LAST}"
+        )
+    return ckpt
+
+
+def _resumed_config(ckpt: Checkpoint, options: dict[str, Any], run_dir: Path) -> TrainConfig:
+    """The run's own training config with the allowed changes applied; any other change is refused."""
+    stored = {**ckpt.train_config.to_dict(), **ckpt.model_config.to_dict()}
+    for key, value in options.items():
+        if key not in RESUMABLE_CHANGES and key in stored and stored[key] != value:
+            raise UserError(
+                f"{option(key)} {value!r} differs from the run's {stored[key]!r}; a resumed run keeps its "
+                f"architecture, data and optimiser settings (only --max-steps, --epochs, --max-time and "
+                f"the logging options may change), so drop the option or start a new run with --out"
+            )
+    changes = {k: v for k, v in options.items() if k in RESUMABLE_CHANGES}
+    return TrainConfig.from_dict({**ckpt.train_config.to_dict(), **changes, "out": str(run_dir)})
+
+
+def _same_corpus(tcfg: TrainConfig, ckpt: Checkpoint, progress: ProgressFn | None) -> TokenizedCorpus:
+    """The run's corpus in the run's own vocabulary, refusing a text that changed since the run started."""
+    source = resolve_corpus(tcfg.corpus, progress=progress)
+    expected = (ckpt.corpus or {}).get("sha256")
+    if not expected:
+        raise UserError(
+            f"{str(ckpt.path)!r} records no corpus hash, so resuming cannot check the text; start a new run"
+        )
+    if source.sha256 != expected:
+        raise UserError(
+            f"the corpus {tcfg.corpus!r} has changed since the run started (sha256 {source.sha256[:12]}... "
+            f"instead of {expected[:12]}...); resume needs the same text"
+        )
+    return load_in_vocab(source, Reading.of(tcfg), ckpt.vocab, progress)
+
+
+def restore_rng(rng: dict[str, Any], device: torch.device, procs: Processes, fresh_seed: int) -> str:
+    """Each process's random state as saved. A run saved by another number of processes keeps
+    its data position, but its random streams cannot be shared out again: each process starts a
+    new one (from ``fresh_seed`` and its rank), and the returned note says so."""
+    states = rng.get("ranks", [rng["torch"]])
+    if len(states) != procs.world:
+        torch.manual_seed(fresh_seed * 1000 + procs.rank)
+        return (
+            f"resumed with {procs.world} processes from a run saved by {len(states)}: the same global data "
+            f"position, with new random streams for dropout"
+        )
+    torch.set_rng_state(states[procs.rank])
+    cuda = rng.get("cuda_ranks", [rng["cuda"]] if "cuda" in rng else [])
+    if device.type == "cuda" and len(cuda) == procs.world:
+        torch.cuda.set_rng_state(cuda[procs.rank], device)
+    return ""
+
+
+def to_checkpoint(run: Run) -> Checkpoint:
+    """The run as a checkpoint: tensors on the CPU, everything needed to sample, evaluate and resume.
+    With several processes every one must call it: the carried states and random states of all
+    are gathered (the checkpoint then looks like a single process's, with a random state per rank)."""
+    procs, corpus = run.procs, run.corpus
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    if procs.many:  # every process's state, in rank order; "torch" stays the main one's
+        rng["ranks"] = gather_objects(procs, rng["torch"])
+        if "cuda" in rng:
+            rng["cuda_ranks"] = gather_objects(procs, rng["cuda"])
+    hidden = None if run.hidden is None else tuple(gather_rows(procs, t.detach(), 1).cpu() for t in run.hidden)
+    return Checkpoint(
+        model_config=run.mcfg,
+        vocab=corpus.vocab,
+        model={k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        train_config=run.tcfg,
+        progress=run.state,
+        optimizer=_on_cpu(run.optimizer.state_dict()),
+        rng=rng,
+        hidden=hidden,
+        corpus=corpus.record(),
+        epoch=run.epoch_float,
+    )
+
+
+def _on_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_on_cpu(v) for v in obj]
+    return obj
+
+
+@contextlib.contextmanager
+def _writing(run: Run, name: str) -> Iterator[None]:
+    """Turn a failed write (disk full, folder gone) into one clear error; the old file stays."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(
+            f"could not write {run.run_dir / name} ({e.strerror or e}) at step {run.state.step}; the previous "
+            f"{name} is intact, free some space or pass --out to another folder, then --resume"
+        ) from None
+
+
+def save(run: Run, names: tuple[str, ...]) -> None:
+    """Write the run's checkpoint under each of ``names`` in its run directory (the main process)."""
+    checkpoint = to_checkpoint(run)
+
+    def write() -> None:
+        for name in names:
+            with _writing(run, name):
+                checkpoint.save(run.run_dir / name)
+
+    on_main(run.procs, write)
+
+
+def log_metric(run: Run, record: dict[str, Any]) -> None:
+    """Record one metrics line in the run state and append it to metrics.jsonl (the main process)."""
+    run.state.metrics.append(record)
+    if run.procs.main:
+        with _writing(run, METRICS):
+            metrics.append(run.run_dir, record)
+
+
+def rewrite_metrics(run: Run) -> None:
+    """metrics.jsonl as of the checkpoint: lines written after it was saved are dropped, except the
+    end record of a session that stopped right at it (which stays, so that a resume refused
+    leaves the run as it ended)."""
+    saved = run.state.metrics
+    after = metrics.read(run.run_dir)[len(saved) :] if (run.run_dir / METRICS).is_file() else []
+    end = metrics.ending(after[:1])
+    if end is not None and end.get("step") == run.state.step:
+        saved.append(end)
+    with _writing(run, METRICS):
+        atomic_write(run.run_dir / METRICS, metrics.lines_of(saved), mode="w")
+
+
+def write_config(run: Run) -> None:
+    """The run's settings as ``config.toml``, its precision as measured: a file that repeats the run."""
+    with _writing(run, CONFIG):
+        configfile.write(run.run_dir, run.tcfg, run.mcfg, run.state.precision)

@@ -1,0 +1,74 @@
+"""Sizing a new run: its model built from the configs, this machine's speed measured when a time
+budget needs it, and the model and batches built again when the preset the budget calls for
+changes them (the rule itself is ``presets.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.data.corpus import StreamBatches
+from charlstm.device import choose_precision, training_speed
+from charlstm.net.model import CharLSTM
+from charlstm.training.distributed import Processes, max_all, on_main
+from charlstm.training.presets import Sizing, apply, choose, needs_speed
+
+
+@dataclass(frozen=True)
+class SizedRun:
+    """What sizing settled for a new run."""
+
+    tcfg: TrainConfig
+    mcfg: ModelConfig
+    batches: StreamBatches  # this process's share of the streams, on the sized chunk
+    model: CharLSTM
+    precision: str
+    sizing: Sizing
+
+
+def sized_model(
+    tcfg: TrainConfig,
+    mcfg: ModelConfig,
+    unset: frozenset[str],
+    batches_for: Callable[[TrainConfig], StreamBatches],
+    device: torch.device,
+    procs: Processes,
+) -> SizedRun:
+    """A new run's configs, batches, model, precision and sizing. Under a time budget the model of
+    the given configs is built and timed first, and built again only if the preset changes it or
+    the chunk it trains on (the precision is chosen on that chunk). The seed is set before each
+    build, so the weights depend only on the final configs."""
+    batches = batches_for(tcfg)
+    built, speed = None, None
+    if needs_speed(tcfg, unset):
+        built = _seeded_model(tcfg, mcfg, batches, device, procs)
+        speed = _run_speed(*built, batches, device, procs)
+    sizing = choose(tcfg, unset, len(batches.tokens), speed, procs.world)
+    sized_t, sized_m = apply(sizing, tcfg, mcfg)
+    rechunked = (sized_t.batch_size, sized_t.seq_len) != (tcfg.batch_size, tcfg.seq_len)
+    if rechunked:
+        batches = batches_for(sized_t)
+    if built is None or sized_m != mcfg or rechunked:
+        built = _seeded_model(sized_t, sized_m, batches, device, procs)
+    return SizedRun(sized_t, sized_m, batches, *built, sizing)
+
+
+def _seeded_model(
+    tcfg: TrainConfig, mcfg: ModelConfig, batches: StreamBatches, device: torch.device, procs: Processes
+) -> tuple[CharLSTM, str]:
+    torch.manual_seed(tcfg.seed)
+    model = CharLSTM(mcfg).to(device).train()
+    return model, on_main(procs, lambda: choose_precision(tcfg.precision, model, batches.batch(0), device))
+
+
+def _run_speed(
+    model: CharLSTM, precision: str, batches: StreamBatches, device: torch.device, procs: Processes
+) -> float:
+    """Characters per second of the whole run: every process times its share of the streams at
+    once (so processes that share cores slow each other, as they will in training), and a step
+    goes at the pace of the slowest."""
+    seconds_per_char = 1 / training_speed(model, batches.batch(0), device, precision)
+    return procs.world / max_all(procs, [seconds_per_char])[0]

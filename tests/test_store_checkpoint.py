@@ -1,0 +1,203 @@
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from conftest import RunsCodeWhenUnpickled, full_disk
+
+import charlstm
+from charlstm.config import ModelConfig
+from charlstm.data.vocab import CharVocab
+from charlstm.errors import UserError
+from charlstm.net.model import CharLSTM
+from charlstm.store import checkpoint as ckpt
+from charlstm.store.checkpoint import Checkpoint, RunState, load_checkpoint
+from charlstm.training.loop import train
+from charlstm.training.run import resume_run
+
+
+def tiny_checkpoint() -> Checkpoint:
+    vocab = CharVocab("abcdef\n")
+    model = CharLSTM(ModelConfig(vocab_size=len(vocab), embedding=4, hidden=8, layers=2))
+    return Checkpoint(model.config, vocab, model.state_dict())
+
+
+@pytest.fixture
+def saved(tmp_path):
+    checkpoint = tiny_checkpoint()
+    path = tmp_path / "best.pt"
+    checkpoint.save(path)
+    return path, checkpoint
+
+
+def test_round_trip_writes_exactly_the_listed_keys(saved):
+    path, original = saved
+    raw = torch.load(path, weights_only=True)
+    assert tuple(raw) == Checkpoint.KEYS and raw["format_version"] == ckpt.FORMAT_VERSION == 3
+    loaded = load_checkpoint(path)
+    assert loaded.vocab == original.vocab and loaded.model_config == original.model_config
+    assert loaded.path == path and loaded.file_version == ckpt.FORMAT_VERSION and not loaded.resumable
+    model = loaded.build_model()
+    assert not model.training
+    for k, v in original.model.items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_run_directory_means_best_then_last(saved, tmp_path):
+    path, _ = saved
+    assert ckpt.find_checkpoint(tmp_path) == path
+    os.replace(path, tmp_path / "last.pt")
+    assert ckpt.find_checkpoint(tmp_path) == tmp_path / "last.pt"
+    with pytest.raises(UserError, match="holds no best.pt"):
+        ckpt.find_checkpoint(tmp_path / "..")
+    with pytest.raises(UserError, match="does not exist"):
+        ckpt.find_checkpoint(tmp_path / "nowhere.pt")
+
+
+def test_truncated_and_garbage_files(saved, tmp_path):
+    path, _ = saved
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(4096))
+    for bad in (truncated, garbage):
+        with pytest.raises(UserError, match="not a readable charlstm checkpoint"):
+            load_checkpoint(bad)
+
+
+def test_not_a_checkpoint_and_newer_versions(tmp_path, saved):
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(UserError, match="not a charlstm checkpoint"):
+        load_checkpoint(other)
+    _, checkpoint = saved
+    future = tmp_path / "future.pt"
+    torch.save({**checkpoint.to_dict(), "format_version": 99}, future)
+    with pytest.raises(UserError, match="format version 99, expected 3 or older.*upgrade charlstm"):
+        load_checkpoint(future)
+    damaged = tmp_path / "damaged.pt"
+    torch.save({**checkpoint.to_dict(), "model_config": {"hidden": -3}}, damaged)
+    with pytest.raises(UserError, match="damaged charlstm checkpoint.*--hidden -3"):
+        load_checkpoint(damaged)
+
+
+def test_pickled_objects_are_refused_and_never_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model": RunsCodeWhenUnpickled()}, evil)
+    with pytest.raises(UserError, match="refused"):
+        load_checkpoint(evil)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_save_is_atomic_when_the_write_fails(saved, monkeypatch):
+    path, checkpoint = saved
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        checkpoint.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]
+
+
+def test_run_state_tolerates_fields_added_or_dropped(run_copy, monkeypatch):
+    """A checkpoint written now still loads, and resumes, after RunState gains a field; a field
+    the file has and the code no longer knows is ignored."""
+    grown = dataclasses.make_dataclass(
+        "RunState", [("tokens_seen", int, dataclasses.field(default=7))], bases=(RunState,)
+    )
+    monkeypatch.setattr(ckpt, "RunState", grown)
+    loaded = load_checkpoint(run_copy / "last.pt")
+    assert loaded.progress.step == 40 and loaded.progress.tokens_seen == 7
+    run = resume_run(run_copy, {"max_steps": 44})
+    assert train(run).step == 44 and load_checkpoint(run_copy / "last.pt").progress.tokens_seen == 7
+    raw = torch.load(run_copy / "last.pt", weights_only=True)
+    raw["progress"]["retired_field"] = "gone"
+    torch.save(raw, run_copy / "last.pt")
+    monkeypatch.setattr(ckpt, "RunState", RunState)
+    assert load_checkpoint(run_copy / "last.pt").progress.step == 44
+
+
+def test_version_1_run_loads_samples_evaluates_and_resumes(v1_folder):
+    """The fixture was written by charlstm 0.1.0 (format 1); see tests/fixtures/v1/README.md."""
+    old = load_checkpoint("v1_run/last.pt")
+    assert old.file_version == 1 and old.resumable and old.model_config.hidden == 16
+    assert old.corpus["sha256"].startswith("67528c7d") and old.progress.step == 8
+    assert [m["step"] for m in old.progress.metrics if m["type"] == "train"] == [2, 4, 6, 8]
+    model = charlstm.load("v1_run/last.pt")
+    text = model.generate("KING:", length=60, seed=5)
+    assert text + "\n" == (v1_folder / "v1_sample_seed5.txt").read_text(encoding="utf-8")
+    assert model.evaluate("KING:\nThe lord.\n").chars == len("KING:\nThe lord.\n") - 1
+    assert charlstm.api.describe("v1_run/last.pt")["format_version"] == 1
+    result = train(resume_run("v1_run", {"max_steps": 12}))
+    assert result.step == 12 and load_checkpoint("v1_run/last.pt").file_version == ckpt.FORMAT_VERSION
+    lines = [json.loads(line) for line in (v1_folder / "v1_run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if m["type"] == "train"] == [2, 4, 6, 8, 10, 12]
+
+
+def test_version_1_export_loads_and_samples_as_before(v1_folder):
+    model = charlstm.load("v1_export.safetensors")
+    assert model.checkpoint.file_version == 1 and model.checkpoint.optimizer is None
+    texts = model.generate_many("", n=3, length=60, seed=5)
+    printed = ("\n\n" + "-" * 40 + "\n").join(texts) + "\n"  # as `charlstm sample --num-samples 3` prints
+    assert printed == (v1_folder / "v1_export_samples_seed5.txt").read_text(encoding="utf-8")
+
+
+def test_export_round_trip(shared_run, tmp_path):
+    out = ckpt.export_safetensors(load_checkpoint(shared_run), tmp_path / "m.safetensors")
+    exported, original = load_checkpoint(out), load_checkpoint(shared_run)
+    assert exported.optimizer is None and exported.file_version == ckpt.FORMAT_VERSION
+    assert exported.corpus == original.corpus
+    assert exported.progress.best_val_loss == original.progress.best_val_loss
+    assert all(torch.equal(exported.model[k], v) for k, v in original.model.items())
+    assert all(torch.equal(a, b) for a, b in zip(exported.warm_state(), original.warm_state(), strict=True))
+    with pytest.raises(UserError, match=".safetensors"):
+        ckpt.export_safetensors(original, tmp_path / "m.bin")
+    other = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(UserError, match="not a charlstm export"):
+        load_checkpoint(other)
+
+
+def test_describe(shared_run):
+    report = load_checkpoint(shared_run).describe()
+    assert report["step"] == 40 and report["format_version"] == 3 and report["val_loss"] > 0
+    assert report["resume"] == f"charlstm train --resume {shared_run}"
+    assert report["params"] == sum(t.numel() for t in load_checkpoint(shared_run).model.values())
+    json.dumps(report)  # JSON-ready
+
+
+def test_version_2_models_trained_without_the_dropouts_format_3_added():
+    v2 = {"format_version": 2, "model_config": {"hidden": 32, "dropout": 0.1}}
+    v3 = ckpt.MIGRATIONS[2](v2)
+    assert v3["format_version"] == 3
+    assert v3["model_config"] == {"hidden": 32, "dropout": 0.1, "weight_drop": 0.0, "embed_dropout": 0.0}
+    assert ModelConfig.from_dict(v3["model_config"]).weight_drop == 0 < ModelConfig().weight_drop
+
+
+def test_version_1_migration_moves_metrics_and_the_corpus_hash():
+    progress = {"step": 3, "corpus_sha256": "ab" * 32, "loss_sum": 3.0, "loss_count": 2}
+    v1 = {"format_version": 1, "progress": progress, "metrics": [{"step": 3}], "vocab": "abc"}
+    v2 = ckpt.MIGRATIONS[1]({**v1, "device_type": "cpu", "model": {}, "train_config": {"batch_size": 2, "seq_len": 5}})
+    assert v2["format_version"] == 2 and v2["corpus"] == {"sha256": "ab" * 32} and "device_type" not in v2
+    assert v2["progress"] == {"step": 3, "metrics": [{"step": 3}], "loss_sum": 30.0, "loss_count": 20}
+    assert "metrics" not in v2 and v2["train_config"]["max_vocab"] == 3  # every character had its own token
+    with_corpus = ckpt.MIGRATIONS[1]({**v1, "corpus": {"path": "t.txt", "sha256": "cd" * 32, "chars": 9}})
+    assert with_corpus["corpus"]["path"] == "t.txt"  # a checkpoint's own record wins
+
+
+def test_exports_keep_unknown_metadata_apart_and_refuse_damaged_metadata(shared_run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = ckpt.export_safetensors(load_checkpoint(shared_run), tmp_path / "m.safetensors")
+    with safe_open(str(out), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "tagged.safetensors"), metadata={**meta, "exported_by": "another tool"})
+    assert load_checkpoint(tmp_path / "tagged.safetensors").progress.step == 40
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "model_config": "{not json"})
+    with pytest.raises(UserError, match="damaged charlstm metadata"):
+        load_checkpoint(tmp_path / "bad.safetensors")
