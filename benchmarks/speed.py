@@ -1,7 +1,7 @@
 """Training and sampling speed of charlstm beside plain PyTorch, measured in the same run.
 
 For each shape it prints:
-- training chars/s of charlstm's own step (``charlstm.training.loop.train_step``: its precision,
+- training chars/s of charlstm's own step (``charlstm.training.step.train_step``: its precision,
   fused AdamW, clipping, and on CPU freed memory kept for the next step, as ``charlstm train``
   has it) and of a plain fp32 ``nn.LSTM`` loop with the same shapes (measured first, with the C
   library's defaults), and the ratio;
@@ -31,14 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.data.corpus import StreamBatches
-from charlstm.device import choose_precision, keep_freed_memory
+from charlstm.data.batches import StreamBatches
+from charlstm.device import keep_freed_memory
 from charlstm.net.model import CharLSTM
-from charlstm.sampling.draw import CHUNK, SamplingRule
+from charlstm.sampling.draw import PIECE_TOKENS, SamplingRule
 from charlstm.sampling.stepper import Stepper
-from charlstm.store.checkpoint import RunState
-from charlstm.training.loop import train_step
-from charlstm.training.run import Run, make_optimizer
+from charlstm.training.probe import choose_precision
+from charlstm.training.step import Learner, make_optimizer, train_step
 
 V, E, T = 65, 64, 128
 
@@ -94,22 +93,14 @@ def charlstm_training(h: int, layers: int, batch: int, device: torch.device, sec
     model = CharLSTM(ModelConfig(vocab_size=V, embedding=E, hidden=h, layers=layers)).to(device).train()
     batches = StreamBatches(tokens, batch, T)
     precision = choose_precision("auto", model, batches.batch(0), device)
-    run = Run(
-        tcfg,
-        model.config,
-        None,
-        None,
-        batches,
-        tokens,
-        model,
-        make_optimizer(model, tcfg, device),  # type: ignore[arg-type]
-        device,
-        RunState(precision=precision),
-    )
+    optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, device)
+    learner = Learner.of(model, optimizer, precision, tcfg.grad_clip)
     x, y = (t.to(device) for t in batches.batch(0))
+    state = None
 
     def step() -> int:
-        train_step(run, x, y, 1e-3)
+        nonlocal state
+        _, state = train_step(learner, x, y, state, 1e-3)
         return batch * T
 
     return rate(step, device, seconds), precision
@@ -142,7 +133,7 @@ def charlstm_sampling(model: CharLSTM, streams: int, precision: str, seconds: fl
     compiled call each; many streams step together (matrix products, compiled gate math)."""
     stepper, rule = Stepper(copy.deepcopy(model).cpu(), precision), SamplingRule(0.8).args()
     _, state = stepper.prime(torch.zeros(streams, 1, dtype=torch.long))
-    rng, count = np.random.default_rng(0), CHUNK if streams == 1 else 16
+    rng, count = np.random.default_rng(0), PIECE_TOKENS if streams == 1 else 16
 
     def step() -> int:
         return stepper.draw_chunk(state, count, rule, rng, last=False).size

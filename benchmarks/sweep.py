@@ -16,14 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from charlstm.config import ModelConfig, TrainConfig
-from charlstm.data.corpus import split_tokens
+from charlstm.config import training_configs
+from charlstm.data.batches import split_tokens
 from charlstm.store.checkpoint import BEST, load_checkpoint
 from charlstm.training.evaluate import evaluate
 from charlstm.training.loop import train
 from charlstm.training.run import new_run
-
-MODEL_KEYS = {"embedding", "hidden", "layers", "dropout"}
 
 # Each trial names only what differs from the current defaults.
 GRID: list[dict] = [
@@ -48,15 +46,15 @@ def parse_value(text: str):
 
 
 def run_trial(overrides: dict, budget: float, corpus: str, out: Path) -> dict:
-    model_kw = {k: v for k, v in overrides.items() if k in MODEL_KEYS}
-    train_kw = {k: v for k, v in overrides.items() if k not in MODEL_KEYS}
-    tcfg = TrainConfig(**{"corpus": corpus, "max_time": budget, "out": str(out), "sample_chars": 0, **train_kw})
+    tcfg, mcfg = training_configs(
+        {"corpus": corpus, "max_time": budget, "out": str(out), "sample_chars": 0, **overrides}
+    )
     t0 = time.perf_counter()
-    run = new_run(tcfg, ModelConfig(**model_kw), overwrite=True)
+    run = new_run(tcfg, mcfg, overwrite=True)
     result = train(run)
     wall = time.perf_counter() - t0
     model = load_checkpoint(out / BEST).build_model()
-    _, val = split_tokens(run.corpus.tokens, tcfg.val_fraction)
+    _, val = split_tokens(run.data.corpus.tokens, tcfg.val_fraction)
     measured = evaluate(model, val, seq_len=256)
     return {
         "val": measured.loss,

@@ -18,23 +18,23 @@ import itertools
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from charlstm.config import EvalConfig, ExplainConfig, ModelConfig, SampleConfig, TrainConfig
+from charlstm.config import TRAINING, EvalConfig, ExplainConfig, ModelConfig, SampleConfig, training_configs
 from charlstm.data.sources import ProgressFn
 from charlstm.data.vocab import CharVocab
 from charlstm.device import resolve_device
 from charlstm.errors import UserError
 from charlstm.insight.explain import ExplainReport, explain_checkpoint
 from charlstm.net.model import CharLSTM
+from charlstm.options import declared
 from charlstm.sampling.draw import Samples, draw_samples
 from charlstm.sampling.stepper import Stepper, resolve_precision
 from charlstm.store.checkpoint import Checkpoint, export_safetensors, load_checkpoint
-from charlstm.training import distributed
+from charlstm.training import distributed, words
 from charlstm.training.distributed import Processes
 from charlstm.training.evaluate import EvalResult, evaluate, evaluate_checkpoint
 from charlstm.training.events import Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
@@ -143,7 +143,7 @@ class Model:
 
 def _sampling_options(options: dict[str, Any]) -> dict[str, Any]:
     """Refuse keywords that are not sampling options, with the names that are."""
-    allowed = {f.name for f in fields(SampleConfig)} - {"prompt", "length", "num_samples"}
+    allowed = {d.name for d in declared(SampleConfig)} - {"prompt", "length", "num_samples"}
     _refuse_unknown(options, allowed, "sampling")
     return options
 
@@ -233,9 +233,7 @@ def _run_to_train(
     """A run resumed from ``resume``, or a new one from the ``given`` options."""
     if resume is not None:
         return resume_run(resume, given, progress=on_reading, procs=procs)
-    train_keys = {f.name for f in fields(TrainConfig)}
-    tcfg = TrainConfig(**{k: v for k, v in given.items() if k in train_keys})
-    mcfg = ModelConfig(**{k: v for k, v in given.items() if k not in train_keys})
+    tcfg, mcfg = training_configs(given)
     unset = frozenset(SIZED) - given.keys()  # left to the preset the budget calls for
     return new_run(tcfg, mcfg, overwrite=overwrite, progress=on_reading, procs=procs, unset=unset)
 
@@ -251,7 +249,7 @@ def _broadcast(listeners: list[EventFn]) -> EventFn:
 
 
 def _check_option_names(given: dict[str, Any]) -> None:
-    names = {f.name for cls in (TrainConfig, ModelConfig) for f in fields(cls)} - {"vocab_size"}
+    names = {d.name for d in declared(*TRAINING)}
     _refuse_unknown(given, names, "training")
 
 
@@ -274,16 +272,14 @@ class _TqdmBar:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Started):
-            self.bar.write(f"{event.params:,} parameters on {event.device} ({event.precision}), run {event.run_dir}")
+            for line in (words.start(event), *words.start_notes(event)):
+                self.bar.write(line)
         elif isinstance(event, Progress):
             self.bar.update(event.fraction - self.bar.n)
             self.bar.set_postfix_str(f"step {event.step}, loss {event.loss:.3f}, {event.chars_per_sec:,.0f} chars/s")
         elif isinstance(event, Evaluated):
-            trained = f", {event.elapsed:.0f}s trained" if event.elapsed is not None else ""
-            self.bar.write(
-                f"step {event.step}: val loss {event.val_loss:.4f}{' (best)' if event.is_best else ''}{trained}"
-            )
-        elif isinstance(event, Finished) and event.result.stopped_by not in ("signal", "nan"):
+            self.bar.write(words.evaluated(event))
+        elif isinstance(event, Finished) and event.result.stopped_by.finished:
             self.bar.update(1.0 - self.bar.n)  # the budget is spent, whatever the last log line said
 
     def close(self) -> None:

@@ -1,180 +1,202 @@
 """Configuration dataclasses, one per concern, validated once when they are built.
 
 Field names match the command-line options (``seq_len`` is ``--seq-len``) and the keywords of
-the Python API, so a validation message can name the option the user typed. Every config is
-saved inside every checkpoint as a plain dict (``to_dict``) and rebuilt with ``from_dict``,
-which tolerates fields added or dropped between versions.
+the Python API, so a validation message can name the option the user typed. Each field that is
+an option declares it in its metadata (``opt``: help, panel, shown default, resumable, sized;
+see ``options.py``): the command line, config files, the API and the docs are built from these
+declarations. Every config is saved inside every checkpoint as a plain dict (``to_dict``) and
+rebuilt with ``from_dict``, which tolerates fields added or dropped between versions.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from charlstm.choices import (
+    ByteFallback,
+    Cell,
+    DeviceName,
+    ExplainValue,
+    Precision,
+    PresetName,
+    Schedule,
+    Split,
+    Unknown,
+)
 from charlstm.errors import UserError
+from charlstm.options import Declared, Panel, by_panel, declared, opt, split
+from charlstm.validate import DictRoundTrip, check_seed, choice, fail, finite, optional_positive, positive_int
 
-SCHEDULES = ("cosine", "step", "plateau", "constant")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
-UNKNOWN_POLICIES = ("error", "skip")
-SPLITS = ("all", "train", "val")
-BYTE_FALLBACK = ("auto", "on")
-CELLS = ("lstm", "gru", "peephole")
-PRESETS = ("auto", "micro", "tiny", "small", "medium")  # presets.py holds what each sets
-DEFAULT_MAX_VOCAB = 128  # characters with their own token; chosen by measurement, see benchmarks/SWEEP.md
+DEFAULT_MAX_VOCAB = 128  # characters with their own token; chosen by measurement, see docs/sweep.md
 MAX_SAMPLES = 100_000
-
-
-def option(name: str) -> str:
-    """The command-line spelling of a config field: ``seq_len`` -> ``--seq-len``."""
-    return "--" + name.replace("_", "-")
-
-
-def _fail(name: str, value: object, accepted: str) -> UserError:
-    return UserError(f"{option(name)} {value!r} is not valid, expected {accepted}")
-
-
-def _positive_int(cfg: object, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise _fail(name, value, "a whole number greater than 0")
-
-
-def _optional_positive(cfg: object, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(name, value, "a number greater than 0")
-        if not math.isfinite(value) or value <= 0:
-            raise _fail(name, value, "a number greater than 0")
-
-
-def _choice(cfg: object, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(cfg, name)
-    if value not in choices:
-        raise _fail(name, value, "one of " + ", ".join(choices))
-
-
-MAX_SEED = 2**63 - 1
-
-
-def _seed(cfg: object) -> None:
-    value = cfg.seed
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise _fail("seed", value, f"a whole number from 0 to {MAX_SEED}")
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-class DictRoundTrip:
-    """``to_dict``/``from_dict`` for a dataclass saved in checkpoints as a plain dict."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        """Rebuild from a saved dict: keys this version does not know are ignored, and fields the
-        dict lacks (added after it was written) take their defaults."""
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in known})
+DATA, MODEL, OPTIM, BUDGET, OUTPUT, HW = Panel
 
 
 @dataclass(frozen=True)
 class ModelConfig(DictRoundTrip):
     """Shape of the network: embedding -> stacked recurrent cells -> linear head over the vocabulary."""
 
-    vocab_size: int = 65
-    embedding: int = 64
-    hidden: int = 512
-    layers: int = 1
-    dropout: float = 0.0
-    cell: str = "lstm"  # "lstm", "gru" or "peephole"
-    weight_drop: float = 0.25  # DropConnect on the recurrent weights, one mask per chunk (AWD-LSTM)
-    embed_dropout: float = 0.0  # drops whole characters' embeddings, one mask per chunk
+    vocab_size: int = 65  # follows from the corpus: not an option
+    cell: str = opt(Cell.LSTM.value, "Recurrent cell: lstm, gru or peephole (an LSTM whose gates read c).", MODEL)
+    layers: int = opt(1, "Stacked recurrent layers.", MODEL, sized=True)
+    hidden: int = opt(512, "Units per layer.", MODEL, sized=True)
+    embedding: int = opt(64, "Character embedding size.", MODEL)
+    dropout: float = opt(0.0, "Dropout between layers and before the head, in [0, 1).", MODEL, sized=True)
+    weight_drop: float = opt(  # DropConnect on the recurrent weights, one mask per chunk (AWD-LSTM)
+        0.25,
+        "DropConnect on the recurrent weights, the same connections dropped at every step of a chunk, in [0, 1).",
+        MODEL,
+        sized=True,
+    )
+    embed_dropout: float = opt(0.0, "Drop whole characters' embeddings, a new choice each chunk, in [0, 1).", MODEL)
 
     def __post_init__(self) -> None:
-        _positive_int(self, "vocab_size", "embedding", "hidden", "layers")
-        _choice(self, "cell", CELLS)
+        positive_int(self, "vocab_size", "embedding", "hidden", "layers")
+        choice(self, "cell", Cell)
         for name in ("dropout", "weight_drop", "embed_dropout"):
-            if not _finite(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
-                raise _fail(name, getattr(self, name), "a number in [0, 1)")
+            if not finite(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                raise fail(name, getattr(self, name), "a number in [0, 1)")
 
 
 @dataclass(frozen=True)
 class TrainConfig(DictRoundTrip):
     """Data, optimisation, stopping and output settings of one training run."""
 
-    corpus: str = "tinyshakespeare"
-    encoding: str = "utf-8"
-    skip_bad_files: bool = False
-    max_vocab: int = DEFAULT_MAX_VOCAB
-    byte_fallback: str = "auto"
-    val_fraction: float = 0.1
-    preset: str = "auto"  # model size and regularisation for the budget: presets.py
-    seq_len: int = 128
-    batch_size: int = 64
-    lr: float = 3e-2
-    weight_decay: float = 0.2
-    grad_clip: float = 1.0
-    schedule: str = "cosine"
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.05
-    max_steps: int | None = None
-    epochs: float | None = None
-    max_time: float | None = None
-    eval_every: int = 250
-    eval_chars: int = 500_000  # of the validation split, per evaluation: 3.8 s of a 1x512 model on 2 cores
-    save_every: int = 250
-    log_every: int = 10
-    sample_chars: int = 200
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
-    out: str | None = None
+    corpus: str = opt("tinyshakespeare", "A text file, a folder of them, a quoted glob, or a known corpus name.", DATA)
+    encoding: str = opt("utf-8", "Text encoding of the corpus file.", DATA)
+    skip_bad_files: bool = opt(
+        False, "Leave out the files of a folder or glob that are not text (listed in a warning).", DATA, shown="off"
+    )
+    max_vocab: int = opt(DEFAULT_MAX_VOCAB, "Characters with their own token, the commonest first.", DATA)
+    byte_fallback: str = opt(
+        ByteFallback.AUTO.value, "Byte tokens for other characters: auto (when some are left out) or on.", DATA
+    )
+    val_fraction: float = opt(0.1, "Contiguous tail of the corpus held out for validation.", DATA)
+    preset: str = opt(  # model size and regularisation for the budget: training/presets.py
+        PresetName.AUTO.value,
+        "Model, regularisation and chunk: auto (sized for the budget, corpus and machine speed),"
+        " micro, tiny, small or medium. Options you set win.",
+        MODEL,
+    )
+    seq_len: int = opt(
+        128,
+        "Characters per chunk of truncated backpropagation through time (auto keeps {default} under --max-steps).",
+        OPTIM,
+        sized=True,
+    )
+    batch_size: int = opt(
+        64, "Parallel contiguous streams per batch (auto keeps {default} under --max-steps).", OPTIM, sized=True
+    )
+    lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True)
+    weight_decay: float = opt(0.2, "AdamW weight decay on weight matrices.", OPTIM, sized=True)
+    grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0: off).", OPTIM)
+    schedule: str = opt(Schedule.COSINE.value, "Learning-rate schedule: cosine, step, plateau or constant.", OPTIM)
+    warmup_steps: int = opt(50, "Steps of linear learning-rate warm-up.", OPTIM)
+    min_lr_ratio: float = opt(0.05, "Floor of the cosine/plateau schedule, as a fraction of --lr.", OPTIM)
+    max_steps: int | None = opt(None, "Stop after this many optimizer steps.", BUDGET, shown="none", resumable=True)
+    epochs: float | None = opt(
+        None,
+        "Stop after this many passes over the training split (10 when no budget is given).",
+        BUDGET,
+        resumable=True,
+    )
+    max_time: float | None = opt(
+        None,
+        "Stop after this many seconds; the schedule anneals over this budget.",
+        BUDGET,
+        shown="none",
+        resumable=True,
+    )
+    out: str | None = opt(
+        None, "Run directory for best.pt, last.pt and metrics.jsonl.", OUTPUT, shown="checkpoints/<corpus name>"
+    )
+    eval_every: int = opt(
+        250,
+        "Evaluate and save every N steps (auto keeps {default} under --max-steps).",
+        OUTPUT,
+        resumable=True,
+        sized=True,
+    )
+    eval_chars: int = opt(  # of the validation split, per evaluation: 3.8 s of a 1x512 model on 2 cores
+        500_000, "Tokens of the validation split each evaluation reads.", OUTPUT, resumable=True
+    )
+    save_every: int = opt(
+        250, "Write last.pt every N steps (auto keeps {default} under --max-steps).", OUTPUT, resumable=True, sized=True
+    )
+    log_every: int = opt(10, "Report training loss and speed every N steps.", OUTPUT, resumable=True)
+    sample_chars: int = opt(200, "Characters of sample shown at each evaluation (0: none).", OUTPUT, resumable=True)
+    seed: int = opt(1337, "Random seed: the same seed repeats a CPU run.", HW)
+    device: str = opt(DeviceName.AUTO.value, "auto, cpu, cuda or mps.", HW, resumable=True)
+    precision: str = opt(Precision.AUTO.value, "auto (measured: the faster of the two), fp32 or bf16.", HW)
 
     def __post_init__(self) -> None:
-        if not _finite(self.val_fraction) or not 0 < self.val_fraction < 1:
-            raise _fail("val_fraction", self.val_fraction, "a number between 0 and 1")
-        _positive_int(self, "seq_len", "batch_size", "eval_every", "save_every", "log_every", "max_vocab", "eval_chars")
-        _choice(self, "byte_fallback", BYTE_FALLBACK)
-        _choice(self, "preset", PRESETS)
-        if not _finite(self.lr) or self.lr <= 0:
-            raise _fail("lr", self.lr, "a learning rate greater than 0")
+        if not finite(self.val_fraction) or not 0 < self.val_fraction < 1:
+            raise fail("val_fraction", self.val_fraction, "a number between 0 and 1")
+        positive_int(self, "seq_len", "batch_size", "eval_every", "save_every", "log_every", "max_vocab", "eval_chars")
+        choice(self, "byte_fallback", ByteFallback)
+        choice(self, "preset", PresetName)
+        if not finite(self.lr) or self.lr <= 0:
+            raise fail("lr", self.lr, "a learning rate greater than 0")
         for name in ("weight_decay", "grad_clip"):
-            if not _finite(getattr(self, name)) or getattr(self, name) < 0:
-                raise _fail(name, getattr(self, name), "a number >= 0 (0 turns it off)")
+            if not finite(getattr(self, name)) or getattr(self, name) < 0:
+                raise fail(name, getattr(self, name), "a number >= 0 (0 turns it off)")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int):
-            raise _fail("warmup_steps", self.warmup_steps, "a whole number >= 0")
+            raise fail("warmup_steps", self.warmup_steps, "a whole number >= 0")
         if self.warmup_steps < 0:
-            raise _fail("warmup_steps", self.warmup_steps, "a whole number >= 0")
-        if not _finite(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
-            raise _fail("min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
-        _optional_positive(self, "max_steps", "epochs", "max_time")
+            raise fail("warmup_steps", self.warmup_steps, "a whole number >= 0")
+        if not finite(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
+            raise fail("min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        optional_positive(self, "max_steps", "epochs", "max_time")
         if self.max_steps is not None and int(self.max_steps) != self.max_steps:
-            raise _fail("max_steps", self.max_steps, "a whole number greater than 0")
+            raise fail("max_steps", self.max_steps, "a whole number greater than 0")
         if isinstance(self.sample_chars, bool) or not isinstance(self.sample_chars, int):
-            raise _fail("sample_chars", self.sample_chars, "a whole number >= 0")
+            raise fail("sample_chars", self.sample_chars, "a whole number >= 0")
         if self.sample_chars < 0:
-            raise _fail("sample_chars", self.sample_chars, "a whole number >= 0")
-        _seed(self)
-        _choice(self, "schedule", SCHEDULES)
-        _choice(self, "device", DEVICES)
-        _choice(self, "precision", PRECISIONS)
+            raise fail("sample_chars", self.sample_chars, "a whole number >= 0")
+        check_seed(self)
+        choice(self, "schedule", Schedule)
+        choice(self, "device", DeviceName)
+        choice(self, "precision", Precision)
         if not self.corpus:
-            raise _fail("corpus", self.corpus, "a corpus name or a path to a UTF-8 text file")
+            raise fail("corpus", self.corpus, "a corpus name or a path to a UTF-8 text file")
 
     @property
     def has_budget(self) -> bool:
         """Whether any stopping criterion was given."""
         return any(v is not None for v in (self.max_steps, self.epochs, self.max_time))
+
+
+@dataclass(frozen=True)
+class StartConfig:
+    """How ``charlstm train`` starts: afresh, or resuming a run. Not saved: it is not the run's."""
+
+    resume: str | None = opt(
+        None,
+        "Continue the run in this directory (or from this last.pt) exactly where it stopped.",
+        OUTPUT,
+        shown="none",
+    )
+    overwrite: bool = opt(False, "Start afresh in a run directory that already holds a run.", OUTPUT, negatable=True)
+
+
+TRAINING = (TrainConfig, ModelConfig)  # the configs a training run saves, in the order their options are listed
+
+
+def train_options() -> tuple[Declared, ...]:
+    """Every option of ``charlstm train`` (and of ``charlstm.train``), grouped as ``--help`` shows them."""
+    return by_panel(declared(*TRAINING, StartConfig))
+
+
+def training_configs(
+    values: Mapping[str, Any], base: tuple[TrainConfig, ModelConfig] | None = None
+) -> tuple[TrainConfig, ModelConfig]:
+    """The configs of a training run from its options by name (``vocab_size`` too), over ``base``
+    (the defaults, unless given)."""
+    tcfg, mcfg = base or (TrainConfig(), ModelConfig())
+    train, model = split(values, *TRAINING)
+    return TrainConfig.from_dict({**tcfg.to_dict(), **train}), ModelConfig.from_dict({**mcfg.to_dict(), **model})
 
 
 DEFAULT_EPOCHS = 10.0  # used when none of --max-steps, --epochs, --max-time is given
@@ -184,62 +206,75 @@ DEFAULT_EPOCHS = 10.0  # used when none of --max-steps, --epochs, --max-time is 
 class SampleConfig(DictRoundTrip):
     """How text is drawn from a trained model."""
 
-    prompt: str = ""
-    length: int = 500
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    num_samples: int = 1
-    unknown: str = "error"
-    precision: str = "auto"
+    prompt: str = opt("", "Text the model continues (printed first).")
+    length: int = opt(500, "Tokens to generate per sample (characters, unless some are byte tokens).")
+    temperature: float = opt(0.8, "Softmax temperature; 0 means greedy (always the likeliest).")
+    top_k: int | None = opt(None, "Sample only among the k likeliest characters.")
+    top_p: float | None = opt(None, "Sample only within the smallest set of probability >= p.")
+    seed: int | None = opt(None, "Random seed; the same seed gives the same text.", shown="random")
+    num_samples: int = opt(1, "How many samples to draw.")
+    unknown: str = opt(
+        Unknown.ERROR.value, "Prompt characters the model never saw: error, or skip them with a warning."
+    )
+    precision: str = opt(
+        Precision.AUTO.value,
+        "Weights the sampling step reads: fp32 (exact), bf16 (half the bytes to read: up to twice as "
+        "fast), or auto (the precision the model trained in).",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 0:
-            raise _fail("length", self.length, "a whole number >= 0")
-        if not _finite(self.temperature) or self.temperature < 0:
-            raise _fail("temperature", self.temperature, "a number >= 0 (0 means greedy)")
+            raise fail("length", self.length, "a whole number >= 0")
+        if not finite(self.temperature) or self.temperature < 0:
+            raise fail("temperature", self.temperature, "a number >= 0 (0 means greedy)")
         if self.top_k is not None and (
             isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0
         ):
-            raise _fail("top_k", self.top_k, "a whole number >= 0 (0 turns it off)")
-        if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
-            raise _fail("top_p", self.top_p, "a number in (0, 1]")
-        _positive_int(self, "num_samples")
+            raise fail("top_k", self.top_k, "a whole number >= 0 (0 turns it off)")
+        if self.top_p is not None and (not finite(self.top_p) or not 0 < self.top_p <= 1):
+            raise fail("top_p", self.top_p, "a number in (0, 1]")
+        positive_int(self, "num_samples")
         if self.num_samples > MAX_SAMPLES:  # drawn side by side: each one holds its own state
-            raise _fail("num_samples", self.num_samples, f"at most {MAX_SAMPLES:,} per call")
-        _seed(self)
-        _choice(self, "unknown", UNKNOWN_POLICIES)
-        _choice(self, "precision", PRECISIONS)
+            raise fail("num_samples", self.num_samples, f"at most {MAX_SAMPLES:,} per call")
+        check_seed(self)
+        choice(self, "unknown", Unknown)
+        choice(self, "precision", Precision)
 
 
 @dataclass(frozen=True)
 class EvalConfig(DictRoundTrip):
     """What ``charlstm eval`` measures: a checkpoint's own corpus or another text, and which part."""
 
-    corpus: str | None = None  # None: the checkpoint's own corpus
-    split: str | None = None  # None: "val" on the checkpoint's own corpus, "all" on another text
-    encoding: str | None = None  # None: the checkpoint's encoding on its own corpus, utf-8 on another
-    seq_len: int = 256
-    unknown: str = "error"  # characters a model without byte fallback cannot encode: "error" or "skip"
-    skip_bad_files: bool = False
-    max_chars: int | None = None  # None: every character of the text
+    corpus: str | None = opt(  # None: the checkpoint's own corpus
+        None, "Text file (or known corpus name) to measure.", shown="the checkpoint's corpus"
+    )
+    split: str | None = opt(  # None: "val" on the checkpoint's own corpus, "all" on another text
+        None, "all, train or val (the checkpoint's --val-fraction tail).", shown="val without --corpus, all with it"
+    )
+    encoding: str | None = opt(  # None: the checkpoint's encoding on its own corpus, utf-8 on another
+        None, "Text encoding of the text.", shown="the checkpoint's without --corpus, utf-8 with it"
+    )
+    seq_len: int = opt(256, "Characters per evaluation chunk (state is carried across chunks).")
+    unknown: str = opt(
+        Unknown.ERROR.value, "Characters a model without byte tokens cannot read: error, or skip them (counted)."
+    )
+    max_chars: int | None = opt(None, "Measure this many tokens, spread over the text.", shown="all")  # None: all
+    skip_bad_files: bool = opt(False, "Leave out the files of a folder that are not text.")
 
     def __post_init__(self) -> None:
         if self.split is not None:
-            _choice(self, "split", SPLITS)
-        _positive_int(self, "seq_len")
-        _choice(self, "unknown", UNKNOWN_POLICIES)
+            choice(self, "split", Split)
+        positive_int(self, "seq_len")
+        choice(self, "unknown", Unknown)
         if self.max_chars is not None:
-            _positive_int(self, "max_chars")
+            positive_int(self, "max_chars")
 
     @property
     def part(self) -> str:
         """The split measured once the default is applied."""
-        return self.split or ("all" if self.corpus else "val")
+        return self.split or (Split.ALL if self.corpus else Split.VAL)
 
 
-EXPLAIN_VALUES = ("cell", "hidden")
 EXPLAIN_CELLS = 6  # blocks on the page unless told: as many as there are text features
 
 
@@ -247,22 +282,35 @@ EXPLAIN_CELLS = 6  # blocks on the page unless told: as many as there are text f
 class ExplainConfig:
     """What ``charlstm explain`` reads, which cells it shows and where the page goes."""
 
-    text: str  # path of the text to read
-    out: str  # path of the HTML page
-    chars: int = 10_000  # the first N characters of the text
-    cells: int | None = None  # blocks (None: EXPLAIN_CELLS): each feature's best cell, then the most varied
-    cell_ids: tuple[int, ...] | None = None  # these cells instead (a comma-separated string is accepted)
-    value: str | None = None  # "cell" (tanh of the cell state) or "hidden"; None: cell, hidden for a GRU
-    encoding: str = "utf-8"
+    text: str = opt(..., "Text file to read through the model.")  # required: a path
+    out: str = opt(..., "The HTML page to write (one self-contained file).")  # required: a path
+    chars: int = opt(10_000, "Read and show the first N characters of the text.")
+    cells: int | None = opt(  # None: EXPLAIN_CELLS, each feature's best cell, then the most varied
+        None,
+        "Cells to show: the one that follows each text feature best, then those whose values vary most.",
+        shown=f"{EXPLAIN_CELLS}",
+    )
+    cell_ids: tuple[int, ...] | None = opt(  # a comma-separated string is accepted
+        None,
+        "Show these cells instead, comma-separated, numbered over the layers (with --hidden H, the second"
+        " layer's first unit is cell H).",
+        shown="found automatically",
+    )
+    value: str | None = opt(  # None: cell, hidden for a GRU
+        None,
+        "What colours a character: cell (tanh of the cell state after it) or hidden (the hidden output).",
+        shown="cell; hidden for a GRU",
+    )
+    encoding: str = opt("utf-8", "Text encoding of the text file.")
 
     def __post_init__(self) -> None:
-        _positive_int(self, "chars")
+        positive_int(self, "chars")
         if self.cells is not None:
-            _positive_int(self, "cells")
+            positive_int(self, "cells")
             if self.cell_ids is not None:
                 raise UserError("--cells and --cell-ids cannot be used together, expected one of them")
         if self.value is not None:
-            _choice(self, "value", EXPLAIN_VALUES)
+            choice(self, "value", ExplainValue)
         if self.cell_ids is not None:
             object.__setattr__(self, "cell_ids", _cell_ids(self.cell_ids))
 
@@ -280,5 +328,5 @@ def _cell_ids(given: object) -> tuple[int, ...]:
     except (ValueError, TypeError):  # not a number, or not a sequence
         ids = ()
     if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
-        raise _fail("cell_ids", given, "cell numbers >= 0, separated by commas (e.g. 3,17,200)")
+        raise fail("cell_ids", given, "cell numbers >= 0, separated by commas (e.g. 3,17,200)")
     return tuple(dict.fromkeys(ids))

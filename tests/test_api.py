@@ -109,7 +109,7 @@ def test_training_outside_the_main_thread(tmp_path, corpus_file):
 
 def test_nan_loss_raises_after_saving(run_copy, monkeypatch):
     real_step = training.train_step
-    monkeypatch.setattr(training, "train_step", lambda run, x, y, lr: real_step(run, x, y, lr) * float("nan"))
+    monkeypatch.setattr(training, "train_step", poisoned_step(real_step))
     best = (run_copy / "best.pt").read_bytes()
     with pytest.raises(charlstm.UserError, match="NaN or infinite by step 44.*--lr"):
         charlstm.train(resume=run_copy, max_steps=60)
@@ -140,3 +140,13 @@ def test_options_are_checked_when_called(shared_run):
     if not torch.cuda.is_available():
         with pytest.raises(charlstm.UserError, match="--device cuda"):
             charlstm.load(shared_run, device="cuda")
+
+
+def poisoned_step(real_step):
+    """A training step whose loss comes out NaN."""
+
+    def step(learner, x, y, state, lr):
+        loss, state = real_step(learner, x, y, state, lr)
+        return loss * float("nan"), state
+
+    return step

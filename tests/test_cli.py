@@ -319,7 +319,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(run_copy, monkeypatc
 
 def test_nan_loss_shows_the_summary_then_one_error_line(run_copy, monkeypatch):
     real_step = training.train_step
-    monkeypatch.setattr(training, "train_step", lambda run, x, y, lr: real_step(run, x, y, lr) * float("nan"))
+    monkeypatch.setattr(training, "train_step", poisoned_step(real_step))
     result = invoke("train", "--resume", run_copy, "--max-steps", 60)
     assert result.exit_code == 2 and "Traceback" not in result.stderr and "stopped by" in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
@@ -638,3 +638,13 @@ def test_plot_and_runs_errors_are_one_line_exit_2(shared_run, tmp_path, monkeypa
     assert_user_error(invoke("plot", shared_run), "needs plotext", "pip install 'charlstm[plot]'")
     empty = invoke("runs", tmp_path / "empty")
     assert empty.exit_code == 0 and "no run directories in" in empty.stderr
+
+
+def poisoned_step(real_step):
+    """A training step whose loss comes out NaN."""
+
+    def step(learner, x, y, state, lr):
+        loss, state = real_step(learner, x, y, state, lr)
+        return loss * float("nan"), state
+
+    return step

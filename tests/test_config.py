@@ -1,7 +1,8 @@
 import pytest
 
-from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig, option
+from charlstm.config import EvalConfig, ModelConfig, SampleConfig, TrainConfig
 from charlstm.errors import UserError
+from charlstm.options import option
 
 
 def test_option_spelling():

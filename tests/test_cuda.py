@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm.config import CELLS, ModelConfig
-from charlstm.device import training_speed
+from charlstm.choices import Cell
+from charlstm.config import ModelConfig
 from charlstm.net.model import CharLSTM
 from charlstm.net.peephole import PeepholeLSTM
 from charlstm.store.checkpoint import load_checkpoint
 from charlstm.training.evaluate import evaluate
 from charlstm.training.events import Progress
 from charlstm.training.loop import StopFlag, train
+from charlstm.training.probe import training_speed
 from charlstm.training.run import new_run, resume_run
+
+CELLS = Cell.values()
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DROPOUTS = {"dropout": 0.3, "weight_drop": 0.3, "embed_dropout": 0.1}

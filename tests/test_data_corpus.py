@@ -7,7 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charlstm.data.corpus import Reading, StreamBatches, check_trainable, load_corpus, split_tokens
+from charlstm.data.batches import StreamBatches, check_trainable, split_tokens
+from charlstm.data.corpus import Reading, load_corpus
 from charlstm.data.sources import resolve_corpus
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError

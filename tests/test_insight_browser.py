@@ -106,6 +106,7 @@ def _filter(kind: int, row: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarra
     return (row - predicted) % 256
 
 
+@pytest.mark.browser
 def test_page_renders_with_its_colours(explained, tmp_path):
     shot = tmp_path / "shot.png"
     chromium(f"--screenshot={shot}", "--window-size=1000,800", explained.as_uri())
@@ -148,6 +149,7 @@ document.querySelectorAll(".text")[1].children[{index}]
 </script></body>"""
 
 
+@pytest.mark.browser
 def test_dom_holds_every_character_and_hover_shows_the_predictions(explained, tmp_path):
     index = 100
     hovered = tmp_path / "hovered.html"

@@ -5,9 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charlstm.config import CELLS, ModelConfig
+from charlstm.choices import Cell
+from charlstm.config import ModelConfig
 from charlstm.net.model import CharLSTM, detach_state, drop_connect
 from charlstm.net.peephole import PeepholeLayer, PeepholeLSTM
+
+CELLS = Cell.values()
 
 
 def test_output_shapes_and_state(tiny_model):

@@ -22,7 +22,7 @@ def texts(cfg: SampleConfig, precision: str = "fp32", start=None) -> list[str]:
     samples = draw_samples(Stepper(MODEL, precision), VOCAB, cfg, start)
     whole = [""] * cfg.num_samples
     for pieces in samples.pieces:
-        assert len(pieces) == cfg.num_samples and all(len(p) <= sampling.CHUNK for p in pieces)
+        assert len(pieces) == cfg.num_samples and all(len(p) <= sampling.PIECE_TOKENS for p in pieces)
         whole = [w + p for w, p in zip(whole, pieces, strict=True)]
     return whole
 
@@ -44,7 +44,7 @@ def test_temperature_zero_is_greedy():
 
 
 def test_many_samples_side_by_side_in_chunks(monkeypatch):
-    monkeypatch.setattr(sampling, "CHUNK", 7)  # several chunks, and a short last one
+    monkeypatch.setattr(sampling, "PIECE_TOKENS", 7)  # several chunks, and a short last one
     cfg = SampleConfig(prompt="A", length=30, num_samples=4, seed=1)
     many = texts(cfg)
     assert [len(t) for t in many] == [30] * 4 and len(set(many)) == 4

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm.config import CELLS, ModelConfig
+from charlstm.choices import Cell
+from charlstm.config import ModelConfig
 from charlstm.net.model import CharLSTM, state_size
 from charlstm.sampling import kernels
 from charlstm.sampling.draw import SamplingRule
 from charlstm.sampling.stepper import Stepper, resolve_precision
+
+CELLS = Cell.values()
 
 V = 14
 

@@ -78,6 +78,7 @@ def test_each_process_owns_a_contiguous_share_of_the_streams():
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_train_as_one_step_by_step(corpus_file, tmp_path):
     """No dropout, fp32: the training loss of every step within 1e-4 of one process's."""
     common = ["train", "--corpus", corpus_file, *TINY, "--weight-drop", 0, "--max-steps", 20]
@@ -102,6 +103,7 @@ def test_two_processes_train_as_one_step_by_step(corpus_file, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_resume_with_the_same_processes_is_bitwise_and_with_others_says_so(corpus_file, tmp_path):
     common = ["train", "--corpus", corpus_file, *TINY, "--dropout", "0.3", "--weight-drop", "0.3"]
     common += ["--schedule", "constant", "--log-every", 1, "--eval-every", 5]
@@ -128,6 +130,7 @@ def test_resume_with_the_same_processes_is_bitwise_and_with_others_says_so(corpu
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_two_machines_meet_on_localhost(corpus_file, tmp_path):
     port, out = free_port(), tmp_path / "run"
     node = [*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}"]
@@ -141,6 +144,7 @@ def test_two_machines_meet_on_localhost(corpus_file, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_an_uneven_split_is_one_error(corpus_file, tmp_path):
     result = torchrun("train", "--corpus", corpus_file, *TINY[:-6], "--batch-size", "3", "--out", tmp_path, check=False)
     assert result.returncode != 0
@@ -160,6 +164,7 @@ def long_job(corpus_file: Path, out: Path, *options: str, **popen) -> subprocess
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_sigterm_to_torchrun_saves_last_pt(corpus_file, tmp_path):
     out = tmp_path / "run"
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -172,6 +177,7 @@ def test_sigterm_to_torchrun_saves_last_pt(corpus_file, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_a_worker_killed_ends_the_job_and_last_pt_still_loads(corpus_file, tmp_path):
     out = tmp_path / "run"
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

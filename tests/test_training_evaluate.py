@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from charlstm.config import EvalConfig
-from charlstm.data.corpus import load_corpus, split_tokens
+from charlstm.data.batches import split_tokens
+from charlstm.data.corpus import load_corpus
 from charlstm.data.sources import resolve_corpus
 from charlstm.errors import UserError
 from charlstm.store.checkpoint import load_checkpoint
@@ -24,9 +25,9 @@ def shared_model(shared_run):
 def test_validation_loss_equals_independent_evaluation(tiny_train, tiny_model):
     run = new_run(replace(tiny_train, max_steps=6), tiny_model)
     result = train(run)
-    again = evaluate(run.model, run.val_tokens, run.tcfg.seq_len)
+    again = evaluate(run.learner.model, run.data.val_tokens, run.tcfg.seq_len)
     assert again.loss == pytest.approx(result.last_val_loss, rel=1e-6)
-    assert again.chars > 0.95 * len(run.val_tokens)
+    assert again.chars > 0.95 * len(run.data.val_tokens)
 
 
 def test_evaluation_scores_every_predictable_character(shared_model):

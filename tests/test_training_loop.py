@@ -6,15 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm.config import CELLS, ModelConfig
+from charlstm.choices import Cell
+from charlstm.config import ModelConfig
 from charlstm.errors import UserError
 from charlstm.store.checkpoint import load_checkpoint
 from charlstm.store.metrics import read as read_metrics
 from charlstm.training import loop as training
+from charlstm.training import words
 from charlstm.training.distributed import Processes
 from charlstm.training.events import Evaluated, Finished, Progress, Started
 from charlstm.training.loop import StopFlag, train
 from charlstm.training.run import new_run, resume_run
+
+CELLS = Cell.values()
 
 
 def params_of(run_dir: Path, name: str = "last.pt") -> dict:
@@ -83,7 +87,7 @@ def test_epoch_budget_stops_after_whole_passes(tiny_train, tiny_model):
     tcfg = replace(tiny_train, max_steps=None, epochs=2.0, eval_every=1000, save_every=1000)
     run = new_run(tcfg, tiny_model)
     result = train(run)
-    assert result.stopped_by == "epochs" and result.step == 2 * len(run.batches)
+    assert result.stopped_by == "epochs" and result.step == 2 * len(run.data.batches)
 
 
 def test_time_budget_stops_and_anneals(tiny_train, tiny_model):
@@ -99,14 +103,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(tiny_train, tiny_mod
     run = new_run(replace(tiny_train, max_steps=40, save_every=4, eval_every=8), tiny_model)
     real_step = training.train_step
 
-    def poisoned(run_, x, y, lr):
-        loss = real_step(run_, x, y, lr)
-        if run_.state.step >= 13:  # counted before the increment: the 14th step goes bad
+    def poisoned(learner, x, y, state, lr):
+        loss, state = real_step(learner, x, y, state, lr)
+        if run.state.step >= 13:  # counted before the increment: the 14th step goes bad
             with torch.no_grad():
-                for p in run_.model.parameters():
+                for p in learner.model.parameters():
                     p.fill_(float("nan"))
-            return loss * float("nan")
-        return loss
+            return loss * float("nan"), state
+        return loss, state
 
     monkeypatch.setattr(training, "train_step", poisoned)
     result = train(run)
@@ -175,7 +179,8 @@ def test_a_corpus_past_max_vocab_trains_on_byte_tokens(tmp_path, tiny_model):
     events = []
     result = train(new_run(tcfg, tiny_model), events.append)
     started = events[0]
-    assert "20 characters with their own token" in started.vocab and " byte tokens for the rest" in started.vocab
+    vocab = words.vocab(started.vocab)
+    assert "20 characters with their own token" in vocab and " byte tokens for the rest" in vocab
     saved = load_checkpoint(tmp_path / "run" / "last.pt")
     byte_tokens = 128 + sum(chr(b) not in saved.vocab.index for b in range(128))  # high bytes, ASCII without a token
     assert saved.vocab.byte_fallback and len(saved.vocab) == saved.model_config.vocab_size == 20 + byte_tokens
@@ -197,10 +202,10 @@ def test_a_session_that_raises_still_records_how_it_ended(
     run = new_run(replace(tiny_train, max_steps=40), tiny_model)
     real_step = training.train_step
 
-    def fails_at_step_5(run_, x, y, lr):
-        if run_.state.step == 5:
+    def fails_at_step_5(learner, x, y, state, lr):
+        if run.state.step == 5:
             raise raised
-        return real_step(run_, x, y, lr)
+        return real_step(learner, x, y, state, lr)
 
     monkeypatch.setattr(training, "train_step", fails_at_step_5)
     with pytest.raises(type(raised)):

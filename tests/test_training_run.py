@@ -14,7 +14,7 @@ from charlstm.training.run import default_run_dir, new_run, resume_run
 
 def test_new_run_fills_in_the_vocabulary_and_run_directory(tiny_train, tiny_model):
     run = new_run(tiny_train, tiny_model)
-    assert run.mcfg.vocab_size == len(run.corpus.vocab) and run.tcfg.out == tiny_train.out
+    assert run.mcfg.vocab_size == len(run.data.corpus.vocab) and run.tcfg.out == tiny_train.out
     assert run.run_dir.is_dir() and run.state.step == 0 and run.state.precision == "fp32"
     assert default_run_dir(resolve_corpus(tiny_train.corpus)) == Path("checkpoints/play")
     assert default_run_dir(resolve_corpus(str(Path(tiny_train.corpus).parent))).parent == Path("checkpoints")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from charlstm import api
-from charlstm.config import PRESETS as PRESET_NAMES
+from charlstm.choices import PresetName
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import UserError
-from charlstm.training import presets, sizing
+from charlstm.training import presets, sizing, words
 from charlstm.training.events import Progress
 from charlstm.training.run import new_run
 
@@ -28,7 +28,7 @@ def test_small_preset_is_the_configs_defaults():
 
 
 def test_config_accepts_exactly_the_presets_sizing_defines():
-    assert PRESET_NAMES == ("auto", *presets.PRESETS)
+    assert PresetName.values() == ("auto", *presets.PRESETS)
     with pytest.raises(UserError, match="--preset 'huge'"):
         TrainConfig(preset="huge")
 
@@ -63,7 +63,7 @@ def test_presets_grow_in_size_and_chunk_from_micro_to_medium_and_evaluate_as_oft
 def test_a_step_budget_keeps_the_chunk_under_auto_and_a_named_preset_sets_it():
     few_steps = TrainConfig(max_steps=100)  # 0.8 passes over a million tokens: micro
     chosen = presets.choose(few_steps, SIZED, 1_000_000, None)
-    assert chosen.preset == "micro" and not set(presets.PER_STEP) & set(chosen.applied)
+    assert chosen.preset == "micro" and not set(presets.STEP_OPTIONS) & set(chosen.applied)
     t, _ = presets.apply(chosen, few_steps, ModelConfig())
     assert (t.batch_size, t.seq_len) == (TrainConfig().batch_size, TrainConfig().seq_len)
     timed = presets.choose(TrainConfig(max_time=60), SIZED, 1_000_000, 20_000.0)  # 1.2M characters: micro
@@ -71,7 +71,7 @@ def test_a_step_budget_keeps_the_chunk_under_auto_and_a_named_preset_sets_it():
     assert (timed.applied["batch_size"], timed.applied["seq_len"]) == (micro.batch_size, micro.seq_len)
     named = presets.choose(TrainConfig(max_steps=100, preset="micro"), SIZED, 1_000_000, None)
     assert named.applied == micro.options()
-    only_chunk_left = presets.choose(few_steps, frozenset(presets.PER_STEP), 1_000_000, None)
+    only_chunk_left = presets.choose(few_steps, frozenset(presets.STEP_OPTIONS), 1_000_000, None)
     assert only_chunk_left.chosen_by == "user" and not only_chunk_left.applied
 
 
@@ -79,12 +79,12 @@ def test_the_cadence_follows_the_preset_only_with_its_chunk_and_processes_keep_a
     timed = TrainConfig(max_time=60)  # 1.2M characters at 20,000 chars/s: micro
     own_batch = presets.choose(timed, SIZED - {"batch_size"}, 1_000_000, 20_000.0)
     assert own_batch.preset == "micro" and "seq_len" in own_batch.applied
-    assert not set(presets.CADENCE) & set(own_batch.applied)
+    assert not set(presets.CADENCE_OPTIONS) & set(own_batch.applied)
     whole = presets.choose(timed, SIZED, 1_000_000, 20_000.0)
     assert whole.applied["eval_every"] == presets.PRESETS["micro"].eval_every
-    assert set(presets.PER_STEP) <= set(presets.choose(timed, SIZED, 1_000_000, 20_000.0, world=32).applied)
+    assert set(presets.STEP_OPTIONS) <= set(presets.choose(timed, SIZED, 1_000_000, 20_000.0, world=32).applied)
     many = presets.choose(timed, SIZED, 1_000_000, 20_000.0, world=64)
-    assert many.preset == "micro" and not set(presets.PER_STEP) & set(many.applied) and "hidden" in many.applied
+    assert many.preset == "micro" and not set(presets.STEP_OPTIONS) & set(many.applied) and "hidden" in many.applied
 
 
 def test_budget_passes_from_each_budget_and_the_least_of_several():
@@ -130,8 +130,8 @@ def test_sizing_leaves_the_weights_and_random_state_of_a_run_given_the_chosen_op
     explicit = new_run(TrainConfig.from_dict({**sized.tcfg.to_dict(), "out": str(tmp_path / "b")}), sized.mcfg)
     assert torch.equal(after_sized, torch.get_rng_state())
     assert sized.state.sizing["chars_per_s"] > 0 and explicit.state.sizing["chosen_by"] == "user"
-    theirs = explicit.model.state_dict()
-    assert all(torch.equal(v, theirs[k]) for k, v in sized.model.state_dict().items())
+    theirs = explicit.learner.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in sized.learner.model.state_dict().items())
 
 
 def test_speed_is_needed_only_for_a_time_budget_with_something_to_choose():
@@ -143,15 +143,19 @@ def test_speed_is_needed_only_for_a_time_budget_with_something_to_choose():
 
 def test_describe_names_the_values_the_reason_and_what_the_user_kept():
     chosen = presets.choose(TrainConfig(max_time=600), SIZED - {"hidden"}, 1_000_000, 50_000.0)
-    line = presets.describe(chosen.to_dict())
-    assert line.startswith("sized medium: --layers 1 --dropout 0 --weight-drop 0.4 --weight-decay 0.2 --lr 0.03")
+    line = words.sizing(chosen)
+    assert line.startswith("sized medium: --layers 1 --dropout 0 --weight-drop 0.4 --seq-len 128 --batch-size 64")
+    assert "--lr 0.03 --weight-decay 0.2" in line
     assert "the budget buys about 30 passes" in line and "50k chars/s" in line and "--hidden as you set" in line
-    unbudgeted = presets.describe(presets.choose(TrainConfig(), SIZED, 1_000_000, None).to_dict())
+    unbudgeted = words.sizing(presets.choose(TrainConfig(), SIZED, 1_000_000, None))
     assert "the default 10 epochs buys about 10 passes" in unbudgeted
-    assert presets.describe({}) == ""  # an older checkpoint
+    assert (
+        words.sizing(presets.Sizing.from_dict({"preset": "", "chosen_by": "user", "passes": None, "chars_per_s": None}))
+        == ""
+    )
     everything_set = presets.choose(TrainConfig(max_time=60), frozenset(), 1, None)
     assert everything_set.chosen_by == "user" and everything_set.passes is None
-    assert presets.describe(everything_set.to_dict()) == ""
+    assert words.sizing(everything_set) == ""
 
 
 def _train(corpus: Path, out: Path, **options) -> api.TrainResult:
@@ -166,7 +170,7 @@ def test_a_time_budget_long_for_the_text_trains_the_larger_regularised_model(cor
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     saved = ckpt["progress"]["sizing"]
     assert saved["preset"] == "medium" and saved["chars_per_s"] == 180_000.0
-    assert saved["kept"] == ["hidden", "batch_size", "seq_len", "eval_every"]
+    assert saved["kept"] == ["hidden", "seq_len", "batch_size", "eval_every"]
     assert saved["passes"] == pytest.approx(3 * 180_000 / 18_000)
     mcfg = ModelConfig.from_dict(ckpt["model_config"])
     medium = presets.PRESETS["medium"]
@@ -191,13 +195,13 @@ def test_a_short_time_budget_trains_on_the_presets_chunk_as_if_given(corpus_file
     assert sized.state.sizing["preset"] == "micro" and sized.mcfg.hidden == micro.hidden
     assert (sized.tcfg.batch_size, sized.tcfg.seq_len) == (micro.batch_size, micro.seq_len)
     assert (sized.tcfg.eval_every, sized.tcfg.save_every) == (micro.eval_every, micro.save_every)
-    assert (sized.batches.streams, sized.batches.seq_len) == (micro.batch_size, micro.seq_len)
+    assert (sized.data.batches.streams, sized.data.batches.seq_len) == (micro.batch_size, micro.seq_len)
     assert probed[-1] == (micro.batch_size, micro.seq_len)  # the precision is chosen on the chunk it trains on
     monkeypatch.undo()
     explicit = new_run(TrainConfig.from_dict({**sized.tcfg.to_dict(), "out": str(tmp_path / "b")}), sized.mcfg)
-    assert (explicit.batches.starts == sized.batches.starts).all()
-    theirs = explicit.model.state_dict()
-    assert all(torch.equal(v, theirs[k]) for k, v in sized.model.state_dict().items())
+    assert (explicit.data.batches.starts == sized.data.batches.starts).all()
+    theirs = explicit.learner.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in sized.learner.model.state_dict().items())
 
 
 def test_the_speed_is_measured_on_this_machine_for_a_time_budget(corpus_file, tmp_path):
@@ -212,7 +216,7 @@ def test_options_the_user_sets_win_over_a_named_preset(corpus_file, tmp_path):
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     mcfg = ModelConfig.from_dict(saved["model_config"])
     assert (mcfg.layers, mcfg.dropout) == (3, presets.PRESETS["medium"].dropout)
-    assert saved["progress"]["sizing"]["kept"] == ["layers", "hidden", "batch_size", "seq_len", "eval_every"]
+    assert saved["progress"]["sizing"]["kept"] == ["layers", "hidden", "seq_len", "batch_size", "eval_every"]
 
 
 def test_a_sized_run_resumes_bitwise(corpus_file, tmp_path):

@@ -1,7 +1,6 @@
 """The ``charlstm`` app itself: one error path for every command, flags without a value
 placeholder, the root options, and the arguments several commands share. Commands are declared
-in ``cli.py`` (training, sampling, evaluating a checkpoint) and ``cli_inspect.py`` (looking at
-runs and models); see ``cli.py`` for how errors end.
+in the modules beside this one (see the package's docstring, which also says how errors end).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The commands that look at runs and models: ``explain`` (what the cells follow, as an HTML
 page), ``runs`` (a table of run directories) and ``plot`` (their loss curves). Declared as in
-``cli.py``: options, one library call, rendering.
+``models.py``: options, one library call, rendering.
 """
 
 from __future__ import annotations
@@ -9,50 +9,25 @@ import json
 import shutil
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from charlstm.cli import render
 from charlstm.cli.app import CheckpointArg, _Command, app, err
-from charlstm.config import EXPLAIN_CELLS, ExplainConfig
+from charlstm.cli.options import declares, with_default
+from charlstm.config import ExplainConfig
+from charlstm.options import declared
 
 
 @app.command(cls=_Command)
-def explain(
-    checkpoint: CheckpointArg,
-    text: Annotated[str, typer.Option(help="Text file to read through the model.")],
-    out: Annotated[str, typer.Option(help="The HTML page to write (one self-contained file).")],
-    chars: Annotated[int, typer.Option(help="Read and show the first N characters of the text.")] = ExplainConfig.chars,
-    cells: Annotated[
-        int | None,
-        typer.Option(
-            help="Cells to show: the one that follows each text feature best, then those whose values vary most."
-            f" [dim]\\[default: {EXPLAIN_CELLS}][/dim]"
-        ),
-    ] = None,
-    cell_ids: Annotated[
-        str | None,
-        typer.Option(
-            help="Show these cells instead, comma-separated, numbered over the layers (with --hidden H, the second"
-            " layer's first unit is cell H)."
-            " [dim]\\[default: found automatically][/dim]"
-        ),
-    ] = None,
-    value: Annotated[
-        str | None,
-        typer.Option(
-            help="What colours a character: cell (tanh of the cell state after it) or hidden (the hidden output)."
-            " [dim]\\[default: cell; hidden for a GRU][/dim]"
-        ),
-    ] = None,
-    encoding: Annotated[str, typer.Option(help="Text encoding of the text file.")] = ExplainConfig.encoding,
-) -> None:
+@declares(with_default(d) for d in declared(ExplainConfig))
+def explain(checkpoint: CheckpointArg, **options: Any) -> None:
     """Colour a text by the model's cells, find those that follow its features; write one HTML page."""
     from charlstm import api
 
-    config = ExplainConfig(text, out, chars, cells, cell_ids, value, encoding)
+    config = ExplainConfig(**options)
     report = api.explain(checkpoint, config)
     Console().print(render.explain_table(report))
     err.print(

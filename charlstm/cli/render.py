@@ -1,12 +1,11 @@
 """How the command line draws: the live training view (a rich progress bar, evaluation lines
 and a summary table, from training events on stderr), progress bars, the eval and info tables,
-and samples on stdout. Part of the CLI: only ``cli.py`` imports it.
+and samples on stdout. Part of the CLI: only the command modules beside it import it.
 """
 
 from __future__ import annotations
 
 import math
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -14,10 +13,11 @@ from typing import IO, Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from charlstm.config import option
-from charlstm.store.metrics import FINISHED
-from charlstm.training import events, presets
+from charlstm.choices import StopReason
+from charlstm.training import events, words
+from charlstm.training.presets import Sizing
 
 
 class TrainView:
@@ -65,22 +65,22 @@ class TrainView:
         if isinstance(event, events.Started):
             self._started(event)
         elif isinstance(event, events.Progress):
-            left = f"{_seconds(event.remaining)} left" if event.remaining is not None else ""
+            left = f"{words.seconds(event.remaining)} left" if event.remaining is not None else ""
             speed = f"{event.chars_per_sec / 1000:.1f}k chars/s"
             self._update(event.fraction, step=event.step, loss=f"{event.loss:.3f}", lr=f"{event.lr:.2e}", speed=speed)
             self.figures["left"] = left
         elif isinstance(event, events.Evaluated):
-            self._update(None, step=event.step, val=_loss(event.val_loss))
-            mark = " [green](best)[/green]" if event.is_best else ""
-            when = f", {_seconds(event.elapsed)} trained" if event.elapsed is not None else ""
-            self.bar.console.print(f"step {event.step}: val loss {event.val_loss:.4f}{mark}{when}")
+            self._update(None, step=event.step, val=words.loss(event.val_loss))
+            line = Text(words.evaluated(event))
+            line.highlight_words([words.BEST], "green")
+            self.bar.console.print(line)
             if event.sample:
                 self.bar.console.print(event.sample, style="dim", markup=False)
         elif isinstance(event, events.Finished):
             result = event.result
-            done = 1.0 if result.stopped_by in FINISHED else None  # a stopped run keeps the share it reached
+            done = 1.0 if result.stopped_by.finished else None  # a stopped run keeps the share it reached
             loss = f"{result.train_loss:.3f}" if math.isfinite(result.train_loss) else self.figures.get("loss")
-            self._update(done, step=result.step, loss=loss, val=_loss(result.last_val_loss), left="")
+            self._update(done, step=result.step, loss=loss, val=words.loss(result.last_val_loss), left="")
             self.close()
             self._summary(result)
 
@@ -98,30 +98,18 @@ class TrainView:
     def _started(self, event: events.Started) -> None:
         self._show()
         self.task = self.bar.add_task("train", total=1.0, status="starting")
-        resumed = f", resumed at step {event.resumed_step}" if event.resumed_step else ""
-        vocab = f", vocabulary: {event.vocab}" if event.vocab else ""
-        self.bar.console.print(
-            f"[bold]charlstm[/bold] {event.params:,} parameters on {event.device} ({event.precision}), "
-            f"{event.train_chars:,} training / {event.val_chars:,} validation tokens{vocab}, "
-            f"run directory {event.run_dir}{resumed}"
-        )
-        if event.sizing:
-            self.bar.console.print(event.sizing, markup=False)
-        if event.processes > 1:
-            self.bar.console.print(f"{event.processes} processes train together (torchrun)", markup=False)
-        if event.note:
-            self.bar.console.print(f"note: {event.note}", markup=False)
-        if event.skipped_files:
-            shown = ", ".join(event.skipped_files[:10]) + (" and more" if len(event.skipped_files) > 10 else "")
-            count = len(event.skipped_files)
-            self.bar.console.print(f"warning: left out {count} files that are not text: {shown}", markup=False)
+        line = Text(words.start(event))
+        line.stylize("bold", 0, len("charlstm"))
+        self.bar.console.print(line)
+        for note in words.start_notes(event):
+            self.bar.console.print(note, markup=False)
 
     def _summary(self, result: events.TrainResult) -> None:
         """The same table however the run ended; a stopped run's resume command comes just before it,
         as plain text that no width cuts or folds, so that it can be copied whole."""
-        if result.stopped_by == "signal":
+        if result.stopped_by is StopReason.SIGNAL:
             self.console.print(
-                f"stopped by signal; resume with:\n  {result.resume_command}",
+                words.resume_hint(result),
                 soft_wrap=True,
                 markup=False,
                 highlight=False,
@@ -132,35 +120,15 @@ class TrainView:
             ("run directory", str(result.run_dir)),
             ("steps", f"{result.step:,}"),
             ("epochs", f"{result.epoch:.2f}"),
-            ("time", _seconds(result.elapsed)),
-            ("stopped by", _stopped_by(result)),
-            ("best val loss", f"{_loss(best)} nats/char ({_loss(best / math.log(2))} bpc)"),
-            ("last val loss", _loss(result.last_val_loss)),
-            ("train loss", _loss(result.train_loss)),
+            ("time", words.seconds(result.elapsed)),
+            ("stopped by", words.stopped_by(result)),
+            ("best val loss", f"{words.loss(best)} nats/char ({words.loss(best / math.log(2))} bpc)"),
+            ("last val loss", words.loss(result.last_val_loss)),
+            ("train loss", words.loss(result.train_loss)),
             ("speed", f"{result.chars_per_sec:,.0f} chars/s (this session, evaluations included)"),
         ):
             table.add_row(key, value)
         self.console.print(table)
-
-
-def _stopped_by(result: events.TrainResult) -> str:
-    """Why a run ended, in words: "--max-time (budget spent)", "signal (SIGINT)", ..."""
-    if result.stopped_by in FINISHED:
-        return f"{option(result.stopped_by)} (budget spent)"
-    if result.stopped_by == "signal":
-        return f"signal ({signal.Signals(result.signal).name})" if result.signal else "signal"
-    return "a NaN or infinite training loss" if result.stopped_by == "nan" else result.stopped_by
-
-
-def _loss(value: float) -> str:
-    return f"{value:.4f}" if math.isfinite(value) else "-"
-
-
-def _seconds(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "?"
-    m, sec = divmod(int(round(s)), 60)
-    return f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
 class ProgressBar:
@@ -249,7 +217,7 @@ def info_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"charlstm info: {report['path']}", show_header=False)
     for key in INFO_ROWS:
         table.add_row(key, _plain(report.get(key)))
-    sizing = presets.describe(report.get("sizing") or {})
+    sizing = words.sizing(Sizing.from_dict(report["sizing"])) if report.get("sizing") else ""
     if sizing:
         table.add_row("sizing", sizing)
     table.add_row("vocabulary", repr(report["vocab"]))
@@ -292,9 +260,9 @@ def runs_table(runs: list[Any], folder: str, now: float) -> Table:
             f"{run.cell} {run.layers}x{run.hidden}" if run.layers else "-",
             _count(run.params),
             f"{run.steps:,}",
-            _seconds(run.elapsed),
-            _loss(_or_nan(run.best_val_loss)),
-            _loss(_or_nan(run.last_val_loss)),
+            words.seconds(run.elapsed),
+            words.loss(_or_nan(run.best_val_loss)),
+            words.loss(_or_nan(run.last_val_loss)),
             (run.detail or "signal") if run.state == "signal" else run.state,
             _ago(now - run.last_change),
         )

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from charlstm.choices import StopReason
 from charlstm.errors import UserError
 from charlstm.store import metrics
 from charlstm.store.checkpoint import BEST, LAST, Checkpoint, load_checkpoint
@@ -121,7 +122,10 @@ def _state(records: list[dict[str, Any]], changed: float, now: float) -> tuple[s
     if end is None:
         return ("running" if now - changed < RECENT else "unknown"), None, None
     reason = end.get("stopped_by")
-    state = "finished" if reason in metrics.FINISHED else "signal" if reason == "signal" else "error"
+    known = reason in StopReason.values()
+    state = (
+        "finished" if known and StopReason(reason).finished else "signal" if reason == StopReason.SIGNAL else "error"
+    )
     return state, reason, end.get("signal") or end.get("error")
 
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from charlstm.choices import STEP_PRECISIONS
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.net.model import CharLSTM, State
-from charlstm.sampling.stepper import PRECISIONS, KernelRule, Stepper
+from charlstm.sampling.stepper import KernelRule, Stepper
 
-CHUNK = 256  # characters per sample drawn per call: text still streams out, calls stay few
+PIECE_TOKENS = 256  # characters per sample drawn per call: text still streams out, calls stay few
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Samples:
     seed: int  # the seed used: the given one, or a random one to print so the text can be repeated
     prompt: str  # the prompt as the model reads it (characters it never saw dropped under "skip")
     dropped: list[str]  # prompt characters dropped
-    pieces: Iterator[list[str]]  # the next piece of every sample, up to CHUNK characters each
+    pieces: Iterator[list[str]]  # the next piece of every sample, up to PIECE_TOKENS characters each
 
 
 def choose_seed(seed: int | None) -> int:
@@ -78,12 +79,12 @@ def _ids_after(
     start: State | None,
 ) -> Iterator[np.ndarray]:
     """After reading ``prime`` (B, T) from ``start``, yield the next ids of every stream, (B, n)
-    at a time with n <= CHUNK: ``length`` per stream in all."""
+    at a time with n <= PIECE_TOKENS: ``length`` per stream in all."""
     if length <= 0:
         return
     _, state = stepper.prime(prime, start)
-    for begin in range(0, length, CHUNK):
-        count = min(CHUNK, length - begin)
+    for begin in range(0, length, PIECE_TOKENS):
+        count = min(PIECE_TOKENS, length - begin)
         yield stepper.draw_chunk(state, count, rule.args(), rng, last=begin + count == length)
 
 
@@ -109,7 +110,7 @@ def compile_kernels() -> None:
     with torch.random.fork_rng(devices=[]):  # a run's random state must not move
         tiny = CharLSTM(ModelConfig(vocab_size=3, embedding=2, hidden=2, layers=2)).eval()
         rng, rule = np.random.default_rng(0), SamplingRule(1.0, 2, 0.9)
-        for precision in PRECISIONS:
+        for precision in STEP_PRECISIONS:
             for streams in (1, 2):
                 prime = torch.zeros(streams, 1, dtype=torch.long)
                 list(_ids_after(Stepper(tiny, precision), prime, 2, rule, rng, None))

@@ -1,7 +1,7 @@
-"""Compiled (Numba) code, and nothing else. For sampling: the float32 tanh, matrix-vector
+"""Compiled (Numba) code for sampling, and nothing else: the float32 tanh, matrix-vector
 products over fp32 or bf16 weights, the gate math of each cell, one stream's step, and the sampling
-rules (temperature, top-k, top-p) on a row of logits. For reading corpora: characters without
-an own token written as UTF-8 byte tokens.
+rules (temperature, top-k, top-p) on a row of logits. (The corpus's encoding loop is
+``data/kernels.py``; these two modules are the only ones that import Numba.)
 
 Calling ``nn.LSTM`` once per character pays oneDNN's set-up on every call (about a
 millisecond per layer on CPU), and even NumPy costs about a microsecond per call, so a
@@ -17,6 +17,12 @@ import numpy as np
 from llvmlite import ir as llvm_ir
 from numba.core import types
 from numba.extending import intrinsic, overload
+
+
+def threads() -> int:
+    """Threads Numba may use for one stream's matrix-vector products."""
+    return numba.get_num_threads()
+
 
 PARALLEL_MIN = 1 << 16  # weights in a matrix-vector product worth splitting between threads
 
@@ -301,34 +307,3 @@ def generate_chunk(arrays, s, temperature, top_k, top_p, u, out, advance_last) -
         out[i] = draw(logits[0], temperature, top_k, top_p, u[i], z)
         if i + 1 < u.shape[0] or advance_last:
             advance(arrays, s, out[i])
-
-
-@numba.njit(cache=True, nogil=True)
-def encode_block(codes: np.ndarray, table: np.ndarray, byte_ids: np.ndarray, out: np.ndarray) -> int:
-    """Token ids of code points (N,) into ``out`` (room for 4N): ``table[c]`` where ``c`` has its
-    own token (>= 0); otherwise, where ``byte_ids`` (256,) holds byte tokens, the ids of its UTF-8
-    bytes, or nothing where it holds none (-1). Returns how many ids were written."""
-    n = 0
-    for i in range(codes.shape[0]):
-        c = codes[i]
-        own = table[c] if c < table.shape[0] else -1
-        if own >= 0:
-            out[n] = own
-            n += 1
-        elif byte_ids[0x80] < 0:  # no byte fallback: the character is left out
-            continue
-        elif c < 0x80:
-            out[n] = byte_ids[c]
-            n += 1
-        elif c < 0x800:
-            out[n], out[n + 1] = byte_ids[0xC0 | (c >> 6)], byte_ids[0x80 | (c & 0x3F)]
-            n += 2
-        elif c < 0x10000:
-            out[n] = byte_ids[0xE0 | (c >> 12)]
-            out[n + 1], out[n + 2] = byte_ids[0x80 | ((c >> 6) & 0x3F)], byte_ids[0x80 | (c & 0x3F)]
-            n += 3
-        else:
-            out[n], out[n + 1] = byte_ids[0xF0 | (c >> 18)], byte_ids[0x80 | ((c >> 12) & 0x3F)]
-            out[n + 2], out[n + 3] = byte_ids[0x80 | ((c >> 6) & 0x3F)], byte_ids[0x80 | (c & 0x3F)]
-            n += 4
-    return n

@@ -20,14 +20,13 @@ from __future__ import annotations
 from copy import deepcopy
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 
+from charlstm.choices import STEP_PRECISIONS
 from charlstm.net.model import CharLSTM, State
 from charlstm.sampling import kernels
 
-PRECISIONS = ("fp32", "bf16")  # of the weights the step reads; arithmetic is fp32 either way
 KernelRule = tuple[float, int, float]  # (temperature, top_k, top_p) as the kernels take them; 0 and 1.0 mean off
 
 
@@ -140,8 +139,8 @@ class Stepper:
 
     @torch.no_grad()
     def __init__(self, model: CharLSTM, precision: str = "fp32", threads: int | None = None):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if precision not in STEP_PRECISIONS:  # of the weights the step reads; arithmetic is fp32 either way
+            raise ValueError(f"precision must be one of {STEP_PRECISIONS}, not {precision!r}")
         if precision == "bf16":  # the prompt, too, is read with the rounded weights
             model = _with_step_weights_rounded(model)
         self.model, self.precision, h = model, precision, model.config.hidden
@@ -155,7 +154,7 @@ class Stepper:
         arrays = (table, kernel[0], deeper, biases_arr, peep, kernel[-1], _np(model.head.bias))
         # What the kernels read, in one tuple: (kind, table, w0, deeper, biases, peep, head_w, head_b, threads).
         self.kind = KERNEL_CELLS[model.config.cell]
-        threads = threads or numba.get_num_threads()  # of one stream's matrix-vector products
+        threads = threads or kernels.threads()  # of one stream's matrix-vector products
         self.arrays = (self.kind, *(np.ascontiguousarray(a) for a in arrays), threads)
 
     @torch.inference_mode()

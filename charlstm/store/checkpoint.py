@@ -38,11 +38,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from charlstm.config import DictRoundTrip, ModelConfig, TrainConfig
+from charlstm.config import ModelConfig, TrainConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
 from charlstm.files import atomic_path
 from charlstm.net.model import CharLSTM, State, first_stream
+from charlstm.validate import DictRoundTrip
 
 FORMAT_VERSION = 3
 BEST, LAST = "best.pt", "last.pt"

@@ -13,13 +13,13 @@ import difflib
 import json
 import shlex
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from charlstm.config import ModelConfig, TrainConfig, option
+from charlstm.config import ModelConfig, TrainConfig, train_options, training_configs
 from charlstm.errors import UserError
 from charlstm.files import atomic_write
+from charlstm.options import option
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,15 +27,7 @@ else:  # pragma: no cover - the same parser, before it joined the standard libra
     import tomli as tomllib
 
 CONFIG = "config.toml"
-NOT_SETTINGS = ("vocab_size",)  # follows from the corpus, never given
-# The kind of value each key takes: every setting of both configs (their annotations, strings under
-# config.py's `from __future__ import annotations`: "int | None" takes an int), and two run-level options.
-KINDS = {
-    **{f.name: f.type.split(" | ")[0] for cls in (TrainConfig, ModelConfig) for f in fields(cls)},
-    "resume": "str",
-    "overwrite": "bool",
-}
-KINDS = {name: kind for name, kind in KINDS.items() if name not in NOT_SETTINGS}
+KINDS = {d.name: d.kind.__name__ for d in train_options()}  # every option of charlstm train, and its value's kind
 EXPECTED = {"int": "a whole number", "float": "a number", "str": "a quoted string", "bool": "true or false"}
 
 
@@ -63,8 +55,7 @@ def _valid(path: Path, options: dict[str, Any]) -> None:
     """Each value in range and among its choices, checked as the configs check them, and named
     as the file's: a value the command line overrides is refused all the same, as a broken file."""
     try:
-        for cls in (TrainConfig, ModelConfig):
-            cls.from_dict({k: v for k, v in options.items() if k in cls.__dataclass_fields__})
+        training_configs(options)
     except UserError as e:
         raise UserError(f"config file {str(path)!r}: {e}") from None
 
@@ -109,14 +100,13 @@ def _checked(path: Path, name: str, value: Any) -> Any:
 
 
 def settings(tcfg: TrainConfig, mcfg: ModelConfig, precision: str | None = None) -> dict[str, Any]:
-    """A run's settings as a file holds them: every option that has a value, by its file spelling;
-    ``precision`` replaces ``auto`` with the choice it measured, so that a repeat runs as this did."""
-    data = list(tcfg.to_dict().items())
-    cut = [k for k, _ in data].index("val_fraction") + 1  # the model after the data, as in --help
-    values = dict([*data[:cut], *mcfg.to_dict().items(), *data[cut:]])
+    """A run's settings as a file holds them: every option that has a value, by its file spelling
+    and in the order of ``--help``; ``precision`` replaces ``auto`` with the choice it measured,
+    so that a repeat runs as this did."""
+    values = {**tcfg.to_dict(), **mcfg.to_dict()}
     if precision is not None:
         values["precision"] = precision
-    return {key(k): v for k, v in values.items() if k in KINDS and v is not None}
+    return {key(d.name): values[d.name] for d in train_options() if values.get(d.name) is not None}
 
 
 def write(run_dir: Path, tcfg: TrainConfig, mcfg: ModelConfig, precision: str | None = None) -> Path:

@@ -4,7 +4,7 @@
 Records, by ``type``:
     train   step, epoch, loss (nats/char since the last line), lr, chars_per_sec, elapsed
     eval    step, epoch, val_loss, val_bpc, best, elapsed, eval_chars, eval_seconds
-    end     step, elapsed, stopped_by (TrainResult's reason, or "error"), signal (its name, or
+    end     step, elapsed, stopped_by (a StopReason: TrainResult's, or "error"), signal (its name, or
             None), error (a line saying what went wrong, or None): how a session ended
 
 A session that ends writes one ``end`` record last; a resumed run appends after it, so the run
@@ -23,7 +23,6 @@ from typing import Any, TextIO
 from charlstm.errors import UserError
 
 METRICS = "metrics.jsonl"
-FINISHED = ("max_steps", "epochs", "max_time")  # the budget was spent: the ways a run finishes
 
 
 def append(run_dir: Path, record: dict[str, Any]) -> None:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from charlstm.config import EvalConfig
-from charlstm.data.corpus import Reading, StreamBatches, TokenizedCorpus, load_corpus, load_in_vocab, split_tokens
+from charlstm.data.batches import StreamBatches, split_tokens
+from charlstm.data.corpus import Reading, TokenizedCorpus, load_corpus, load_in_vocab
 from charlstm.data.sources import resolve_corpus
 from charlstm.device import autocast
 from charlstm.errors import UserError

@@ -7,6 +7,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from charlstm.choices import StopReason
+from charlstm.training.presets import Sizing
+
+
+@dataclass(frozen=True)
+class VocabStats:
+    """The vocabulary a run trains with."""
+
+    own: int  # characters with a token of their own
+    byte_tokens: int  # tokens for the UTF-8 bytes of every other character (0 without byte fallback)
+    own_coverage: float  # share of the text's characters that have their own token
+
 
 @dataclass
 class Started:
@@ -18,11 +30,11 @@ class Started:
     train_chars: int
     val_chars: int
     resumed_step: int
-    vocab: str = ""  # e.g. "65 characters", or own tokens, their share of the text and byte tokens
+    vocab: VocabStats | None = None
     skipped_files: list[str] = field(default_factory=list)  # left out of the corpus (--skip-bad-files)
     processes: int = 1  # training this model together (torchrun)
-    note: str = ""  # anything else to say as training starts
-    sizing: str = ""  # the preset chosen for the budget, in words (a new run only)
+    saved_processes: int | None = None  # resumed from a run saved by this other number of processes
+    sizing: Sizing | None = None  # the preset chosen for the budget (a new run only)
 
 
 @dataclass
@@ -56,15 +68,18 @@ class TrainResult:
     last_val_loss: float
     train_loss: float
     chars_per_sec: float
-    stopped_by: str  # "max_steps", "epochs", "max_time", "signal", "nan"
+    stopped_by: StopReason
     resume_command: str  # the command line that continues this run
     signal: int | None = None
     main_process: bool = True  # whether this process is the one that prints (the only one, without torchrun)
 
+    def __post_init__(self) -> None:
+        self.stopped_by = StopReason(self.stopped_by)  # a plain string is taken as the reason it names
+
     @property
     def failure(self) -> str | None:
         """Why the run failed, as one line for the user; None when it did not."""
-        if self.stopped_by != "nan":
+        if self.stopped_by is not StopReason.NAN:
             return None
         return (
             f"the training loss became NaN or infinite by step {self.step}; best.pt and the last good "

@@ -1,9 +1,6 @@
-"""The training loop: truncated BPTT over contiguous streams, AdamW, clipping, the schedule, and
-the cadence of logging, evaluation and saving. It reports through a callback of events
-(``events.py``); nothing here prints.
-
-(Named ``training``, not ``train``, so that the module never shadows the public function
-``charlstm.train``.)
+"""The training loop: steps over contiguous streams (``step.py``), the schedule, and the cadence
+of logging, evaluation and saving. It reports through a callback of events (``events.py``);
+nothing here prints.
 """
 
 from __future__ import annotations
@@ -16,23 +13,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from charlstm.config import MAX_SEED, SampleConfig, option
-from charlstm.data.corpus import TokenizedCorpus
-from charlstm.device import autocast
+from charlstm.choices import StopReason
+from charlstm.config import SampleConfig
 from charlstm.errors import UserError
-from charlstm.net.model import detach_state, first_stream
+from charlstm.net.model import first_stream
+from charlstm.options import option
 from charlstm.sampling.draw import compile_kernels, draw_samples
 from charlstm.sampling.stepper import Stepper
 from charlstm.store.checkpoint import BEST, LAST, resume_command
 from charlstm.store.metrics import end_record
 from charlstm.training.distributed import max_all, sum_all
 from charlstm.training.evaluate import EvalInterrupted, evaluate
-from charlstm.training.events import Evaluated, EventFn, Finished, Progress, Started, TrainResult
-from charlstm.training.presets import describe
+from charlstm.training.events import Evaluated, EventFn, Finished, Progress, Started, TrainResult, VocabStats
+from charlstm.training.presets import Sizing
 from charlstm.training.run import Run, log_metric, save, target_epochs
 from charlstm.training.schedule import get_lr, plateau_update
+from charlstm.training.step import train_step
+from charlstm.validate import MAX_SEED
 
 PREVIEW_TEMPERATURE = 0.8
 
@@ -61,36 +59,17 @@ def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
             signal.signal(s, h)
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
-    """One optimizer step on chunk (x, y), each (B, T), minimising the mean loss per token.
-    Returns (2,): the loss summed over the chunk in nats, and the characters predicted (the
-    tokens, less the byte tokens that continue a character), so that logs are per character."""
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    state = detach_state(run.hidden) if run.hidden is not None else None
-    with autocast(run.device, run.state.precision):
-        logits, new_state = run.net(x, state)  # (B, T, V); DDP averages the gradients of every process
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if run.tcfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.tcfg.grad_clip, foreach=True)
-    run.optimizer.step()
-    run.hidden = detach_state(new_state)
-    chars = y.numel() if run.char_starts is None else run.char_starts[y].sum()
-    return torch.stack([loss.detach() * y.numel(), torch.as_tensor(chars, dtype=loss.dtype, device=loss.device)])
-
-
 def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk at the run's cursor; a new pass starts from zero state."""
     st = run.state
-    if st.chunk >= len(run.batches):
+    if st.chunk >= len(run.data.batches):
         st.epoch, st.chunk, run.hidden = st.epoch + 1, 0, None
     if st.chunk == 0:
         run.hidden = None
-    x, y = run.batches.batch(st.chunk)
-    pin = run.device.type == "cuda"
-    return (t.pin_memory().to(run.device, non_blocking=True) if pin else t for t in (x, y))  # type: ignore[return-value]
+    x, y = run.data.batches.batch(st.chunk)
+    device = run.learner.device
+    pin = device.type == "cuda"
+    return (t.pin_memory().to(device, non_blocking=True) if pin else t for t in (x, y))  # type: ignore[return-value]
 
 
 def current_lr(run: Run) -> float:
@@ -100,18 +79,18 @@ def current_lr(run: Run) -> float:
     )
 
 
-def stop_reason(run: Run, flag: StopFlag | None) -> str | None:
+def stop_reason(run: Run, flag: StopFlag | None) -> StopReason | None:
     """Why the run stops now, if it does. Several processes agree first: a stop requested of any
     of them stops all, and the time trained is the longest of theirs, so all stop at one step."""
     t, st = run.tcfg, run.state
     if _stop_asked(run, flag):
-        return "signal"
+        return StopReason.SIGNAL
     if t.max_steps and st.step >= t.max_steps:
-        return "max_steps"
+        return StopReason.MAX_STEPS
     if run.epoch_float >= target_epochs(t) - 1e-12:
-        return "epochs"
+        return StopReason.EPOCHS
     if t.max_time and st.elapsed >= t.max_time:
-        return "max_time"
+        return StopReason.MAX_TIME
     return None
 
 
@@ -136,7 +115,7 @@ def preview(run: Run) -> str:
     seed = (run.tcfg.seed + run.state.step) % (MAX_SEED + 1)  # any --seed, even the largest, stays valid
     cfg = SampleConfig(length=run.tcfg.sample_chars, temperature=PREVIEW_TEMPERATURE, seed=seed)
     start = None if run.hidden is None else first_stream(run.hidden)
-    samples = draw_samples(Stepper(run.model), run.corpus.vocab, cfg, start)
+    samples = draw_samples(Stepper(run.learner.model), run.data.corpus.vocab, cfg, start)
     return "".join(pieces[0] for pieces in samples.pieces)
 
 
@@ -146,12 +125,12 @@ def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None) -> bool:
     st, started = run.state, time.perf_counter()
     try:
         result = evaluate(
-            run.model,
-            run.val_tokens,
+            run.learner.model,
+            run.data.val_tokens,
             run.tcfg.seq_len,
-            run.device,
+            run.learner.device,
             st.precision,
-            char_starts=run.corpus.vocab.char_starts(),
+            char_starts=run.data.corpus.vocab.char_starts(),
             max_chars=run.tcfg.eval_chars,
             should_stop=lambda: stop is not None and stop.signum is not None,
             procs=run.procs,
@@ -192,7 +171,7 @@ class _Session:
     @classmethod
     def start(cls, run: Run, on_event: EventFn, stop: StopFlag | None) -> _Session:
         now, st = time.perf_counter(), run.state
-        window = _Window(now, st.step, torch.zeros(2, device=run.device))
+        window = _Window(now, st.step, torch.zeros(2, device=run.learner.device))
         return cls(on_event, stop, now, st.elapsed, run.fraction(), st.step, window)
 
     def tick(self, run: Run) -> None:
@@ -236,41 +215,34 @@ def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
     """Emit ``Started``; refuse to continue a run whose budget is already spent."""
     st, t = run.state, run.tcfg
     reason = stop_reason(run, stop)
-    if reason is not None and reason != "signal":
+    if reason is not None and reason is not StopReason.SIGNAL:
         raise UserError(
             f"the run already finished at step {st.step} ({option(reason)} reached), expected a larger "
             f"--max-steps, --epochs or --max-time to train longer"
         )
-    train_chars, val_chars = len(run.batches.tokens), len(run.val_tokens)
-    params, chars, corpus = run.model.num_params(), t.batch_size * t.seq_len, run.corpus
+    data = run.data
+    stats, vocab = data.corpus.stats, data.corpus.vocab
+    byte_tokens = len(vocab.byte_values) if vocab.byte_fallback else 0
     on_event(
         Started(
             run.run_dir,
-            params,
-            str(run.device),
+            run.learner.model.num_params(),
+            str(run.learner.device),
             st.precision,
-            chars,
-            train_chars,
-            val_chars,
+            t.batch_size * t.seq_len,
+            len(data.batches.tokens),
+            len(data.val_tokens),
             st.step,
-            vocab=_vocab_summary(corpus),
-            skipped_files=list(corpus.stats.skipped_files),
+            vocab=VocabStats(len(vocab.chars), byte_tokens, stats.own_coverage),
+            skipped_files=list(stats.skipped_files),
             processes=run.procs.world,
-            note=run.note,
-            sizing="" if st.step else describe(st.sizing),
+            saved_processes=run.saved_world,
+            sizing=None if st.step or not st.sizing else Sizing.from_dict(st.sizing),
         )
     )
 
 
-def _vocab_summary(corpus: TokenizedCorpus) -> str:
-    vocab, own = corpus.vocab, len(corpus.vocab.chars)
-    if not vocab.byte_fallback:
-        return f"{own} characters"
-    share = f"{corpus.stats.own_coverage:.2%} of the text"
-    return f"{own} characters with their own token ({share}) and {len(vocab.byte_values)} byte tokens for the rest"
-
-
-def _after_step(run: Run, session: _Session, lr: float) -> str | None:
+def _after_step(run: Run, session: _Session, lr: float) -> StopReason | None:
     """Log, evaluate and save when due; "nan" for a loss that went bad, "signal" for a stop
     requested during an evaluation, else None."""
     st, t = run.state, run.tcfg
@@ -278,12 +250,12 @@ def _after_step(run: Run, session: _Session, lr: float) -> str | None:
     if due_log or due_eval or due_save:  # the only host syncs: fold the loss, refuse to save NaN
         mean_loss = session.last_loss = _fold_loss(run, session.window)
         if not math.isfinite(mean_loss):
-            return "nan"
+            return StopReason.NAN
         if due_log:
             _log(run, session, mean_loss, lr)
     if due_eval:
         if not run_eval(run, session.on_event, session.stop):
-            return "signal"
+            return StopReason.SIGNAL
         session.evaluated_at = session.saved_at = st.step
         session.window.time = time.perf_counter()
     elif due_save:
@@ -292,14 +264,14 @@ def _after_step(run: Run, session: _Session, lr: float) -> str | None:
     return None
 
 
-def _close(run: Run, session: _Session, reason: str) -> str:
+def _close(run: Run, session: _Session, reason: StopReason) -> StopReason:
     """End the run: fold the steps since the last sync, then evaluate (budget spent) and save."""
-    if reason == "nan" or not math.isfinite(_fold_loss(run, session.window)):
-        return "nan"
-    if reason != "signal" and session.evaluated_at != run.state.step:
+    if reason is StopReason.NAN or not math.isfinite(_fold_loss(run, session.window)):
+        return StopReason.NAN
+    if reason is not StopReason.SIGNAL and session.evaluated_at != run.state.step:
         if run_eval(run, session.on_event, session.stop):
             return reason
-        reason = "signal"  # stopped during the final evaluation
+        reason = StopReason.SIGNAL  # stopped during the final evaluation
     if session.saved_at != run.state.step:
         save(run, (LAST,))
     return reason
@@ -315,13 +287,14 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)  # a second Ctrl-C
         error = None if interrupted else str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-        _log_end(run, "signal" if interrupted else "error", signal.SIGINT if interrupted else None, error)
+        reason = StopReason.SIGNAL if interrupted else StopReason.ERROR
+        _log_end(run, reason, signal.SIGINT if interrupted else None, error)
         raise
     _log_end(run, result.stopped_by, result.signal, result.failure)
     return result
 
 
-def _log_end(run: Run, reason: str, signum: int | None, error: str | None) -> None:
+def _log_end(run: Run, reason: StopReason, signum: int | None, error: str | None) -> None:
     """Append the end record; a log that cannot be written then (a full disk) is left as it is."""
     try:
         log_metric(run, end_record(run.state.step, run.state.elapsed, reason, signum, error))
@@ -337,7 +310,8 @@ def _train(run: Run, on_event: EventFn, stop: StopFlag | None) -> TrainResult:
     while reason is None:
         lr = current_lr(run)
         x, y = next_batch(run)
-        session.window.loss += train_step(run, x, y, lr)
+        summed, run.hidden = train_step(run.learner, x, y, run.hidden, lr)
+        session.window.loss += summed
         st.step, st.chunk = st.step + 1, st.chunk + 1
         session.tick(run)
         reason = _after_step(run, session, lr)
@@ -349,7 +323,7 @@ def _train(run: Run, on_event: EventFn, stop: StopFlag | None) -> TrainResult:
     return result
 
 
-def _result(run: Run, reason: str, session: _Session) -> TrainResult:
+def _result(run: Run, reason: StopReason, session: _Session) -> TrainResult:
     """How the run ended; speed counts this session only."""
     st = run.state
     chars = (st.step - session.step0) * run.tcfg.batch_size * run.tcfg.seq_len

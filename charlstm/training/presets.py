@@ -6,7 +6,7 @@ training text. Little compute is spent best on a smaller, faster model trained o
 so more optimizer steps (``micro``, ``tiny``); a budget that would make the small model memorise
 the text goes further with a larger model and stronger weight drop (``medium``). ``--max-steps``
 and ``--epochs`` give the passes directly; ``--max-time`` needs the speed of this machine, which
-``device.training_speed`` measures on the small model with the real corpus's vocabulary (a large
+``probe.training_speed`` measures on the small model with the real corpus's vocabulary (a large
 vocabulary counts through the size of the head). The presets and thresholds come from the sweeps
 in ``benchmarks/SWEEP.md`` (rounds 7-9). Options the user sets win. ``sizing.py`` applies the
 rule to a new run. No torch here: the help and ``info`` read it.
@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from charlstm.config import DEFAULT_EPOCHS, DictRoundTrip, ModelConfig, TrainConfig, option
+from charlstm.choices import ChosenBy, PresetName
+from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, train_options, training_configs
+from charlstm.validate import DictRoundTrip
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,10 @@ class Preset:
 # every 2,048,000 characters with that chunk (so the cadence follows the preset only when the chunk
 # does). Under --max-steps the budget is a number of updates, which a smaller chunk would only make
 # cheaper, so auto leaves these as they are.
-CHUNK = ("batch_size", "seq_len")
-CADENCE = ("eval_every", "save_every")
-PER_STEP = (*CHUNK, *CADENCE)
-SIZED = ("layers", "hidden", "dropout", "weight_drop", "weight_decay", "lr", *PER_STEP)  # what a preset sets
+CHUNK_OPTIONS = ("batch_size", "seq_len")
+CADENCE_OPTIONS = ("eval_every", "save_every")
+STEP_OPTIONS = (*CHUNK_OPTIONS, *CADENCE_OPTIONS)
+SIZED = tuple(d.name for d in train_options() if d.option.sized)  # what a preset sets, as the options declare
 SHORT_STEPS = dict(batch_size=32, seq_len=64, eval_every=1000, save_every=1000)  # 2,048 characters a step
 LONG_STEPS = dict(batch_size=64, seq_len=128, eval_every=250, save_every=250)  # 8,192
 REGULARISED = dict(dropout=0.0, weight_decay=0.2, lr=3e-2)
@@ -107,7 +109,7 @@ def budget_passes(tcfg: TrainConfig, train_tokens: int, chars_per_s: float | Non
 def needs_speed(tcfg: TrainConfig, unset: frozenset[str]) -> bool:
     """Whether the choice depends on this machine's speed: a time budget, under ``auto``, with
     something left to choose."""
-    return tcfg.preset == "auto" and tcfg.max_time is not None and bool(fillable(tcfg, unset))
+    return tcfg.preset == PresetName.AUTO and tcfg.max_time is not None and bool(fillable(tcfg, unset))
 
 
 @dataclass(frozen=True)
@@ -115,22 +117,22 @@ class Sizing(DictRoundTrip):
     """What was chosen and why; saved in the checkpoint (``to_dict``) and said at the start."""
 
     preset: str
-    chosen_by: str  # "budget" (auto), "preset" (--preset NAME), or "user" (nothing left to fill)
+    chosen_by: str  # a ChosenBy
     passes: float | None  # what the budget buys with the small model (auto only)
     chars_per_s: float | None  # the small model's measured speed, for a time budget
     applied: dict[str, Any] = field(default_factory=dict)  # options set from the preset
     kept: list[str] = field(default_factory=list)  # sized options the user set, which win
-    budget: str = "the budget"  # or "the default 10 epochs" when none was given
+    default_budget: bool = False  # no budget was given: the default epochs
 
 
 def fillable(tcfg: TrainConfig, unset: frozenset[str]) -> frozenset[str]:
     """The sized options a preset may fill: those the user left unset, less what a step is when
     ``auto`` sizes for a step budget, and less the cadence when the user set the chunk."""
     filled = unset & frozenset(SIZED)
-    if tcfg.preset == "auto" and tcfg.max_steps is not None:
-        filled -= frozenset(PER_STEP)
-    if not filled >= frozenset(CHUNK):
-        filled -= frozenset(CADENCE)
+    if tcfg.preset == PresetName.AUTO and tcfg.max_steps is not None:
+        filled -= frozenset(STEP_OPTIONS)
+    if not filled >= frozenset(CHUNK_OPTIONS):
+        filled -= frozenset(CADENCE_OPTIONS)
     return filled
 
 
@@ -142,46 +144,21 @@ def choose(
     is left as it is."""
     filled = fillable(tcfg, unset)
     if not filled:
-        return Sizing("", "user", None, None, {}, [k for k in SIZED if k not in unset])
-    if tcfg.preset != "auto":
+        return Sizing("", ChosenBy.USER.value, None, None, {}, [k for k in SIZED if k not in unset])
+    if tcfg.preset != PresetName.AUTO:
         preset, passes = PRESETS[tcfg.preset], None
     else:
         passes = budget_passes(tcfg, train_tokens, chars_per_s)
         preset = preset_for(passes, passes * train_tokens)
     if preset.batch_size % world:
-        filled -= frozenset(PER_STEP)
+        filled -= frozenset(STEP_OPTIONS)
     applied = {k: v for k, v in preset.options().items() if k in filled}
     kept = [k for k in SIZED if k not in unset]
-    by = "budget" if tcfg.preset == "auto" else "preset"
+    by = ChosenBy.BUDGET if tcfg.preset == PresetName.AUTO else ChosenBy.PRESET
     speed = chars_per_s if passes is not None and tcfg.max_time is not None else None
-    budget = "the budget" if tcfg.has_budget else f"the default {DEFAULT_EPOCHS:g} epochs"
-    return Sizing(preset.name, by, passes, speed, applied, kept, budget)
+    return Sizing(preset.name, by.value, passes, speed, applied, kept, not tcfg.has_budget)
 
 
 def apply(sizing: Sizing, tcfg: TrainConfig, mcfg: ModelConfig) -> tuple[TrainConfig, ModelConfig]:
     """The configs with the preset's values for the options the user left unset."""
-    model_keys = set(ModelConfig.__dataclass_fields__)
-    to_model = {k: v for k, v in sizing.applied.items() if k in model_keys}
-    to_train = {k: v for k, v in sizing.applied.items() if k not in model_keys}
-    return (
-        TrainConfig.from_dict({**tcfg.to_dict(), **to_train}),
-        ModelConfig.from_dict({**mcfg.to_dict(), **to_model}),
-    )
-
-
-def describe(sizing: dict[str, Any]) -> str:
-    """One line for the start of training, from a saved ``Sizing.to_dict()``; empty when the
-    preset set nothing (the user gave every sized option, or an older checkpoint)."""
-    if not sizing.get("applied"):
-        return ""
-    values = " ".join(f"{option(k)} {v:g}" for k, v in sizing["applied"].items())
-    if sizing["chosen_by"] == "preset":
-        why = "as --preset asks"
-    else:
-        passes = sizing["passes"]
-        shown = f"{passes:,.0f}" if passes >= 10 else f"{passes:.2g}"
-        why = f"{sizing.get('budget', 'the budget')} buys about {shown} passes over the text with the small preset"
-        if sizing.get("chars_per_s"):
-            why += f", measured at {sizing['chars_per_s'] / 1000:.0f}k chars/s here"
-    kept = "".join(f"; {option(k)} as you set" for k in sizing.get("kept") or [])
-    return f"sized {sizing['preset']}: {values} ({why}{kept})"
+    return training_configs(sizing.applied, (tcfg, mcfg))

@@ -14,63 +14,54 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, option
-from charlstm.data.corpus import (
-    Reading,
-    StreamBatches,
-    TokenizedCorpus,
-    check_trainable,
-    load_corpus,
-    load_in_vocab,
-    split_tokens,
-)
+from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, train_options, training_configs
+from charlstm.data.batches import StreamBatches, check_trainable, split_tokens
+from charlstm.data.corpus import Reading, TokenizedCorpus, load_corpus, load_in_vocab
 from charlstm.data.sources import CorpusSource, ProgressFn, resolve_corpus
 from charlstm.device import keep_freed_memory, resolve_device
 from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
 from charlstm.net.model import CharLSTM, State
+from charlstm.options import option
 from charlstm.store import configfile, metrics
 from charlstm.store.checkpoint import BEST, LAST, Checkpoint, RunState, load_checkpoint
 from charlstm.store.configfile import CONFIG
 from charlstm.store.metrics import METRICS
 from charlstm.training.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
 from charlstm.training.sizing import sized_model
+from charlstm.training.step import Learner, make_optimizer
 
-BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: 1.488 vs 1.491 in the 120 s sweep
 # Options that may change when a run is resumed; any other differing value is refused.
-RESUMABLE_CHANGES = frozenset(
-    {"max_steps", "epochs", "max_time", "eval_every", "eval_chars", "save_every", "log_every", "sample_chars", "device"}
-)
+RESUMABLE_CHANGES = frozenset(d.name for d in train_options() if d.option.resumable)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The text a run trains on: the corpus, this process's batches of it, the validation tail."""
+
+    corpus: TokenizedCorpus
+    batches: StreamBatches
+    val_tokens: np.ndarray
 
 
 @dataclass
 class Run:
-    """Everything a training session works on."""
+    """What a training session works on: the configs, the data, the learner, and where the run
+    stands (saved in every checkpoint), with the state carried from chunk to chunk."""
 
     tcfg: TrainConfig
     mcfg: ModelConfig
     run_dir: Path
-    corpus: TokenizedCorpus
-    batches: StreamBatches
-    val_tokens: np.ndarray
-    model: CharLSTM
-    optimizer: torch.optim.Optimizer
-    device: torch.device
+    data: RunData
+    learner: Learner
     state: RunState
-    hidden: State | None = None  # carried from chunk to chunk, each (layers, B, H) for this process's streams
-    char_starts: torch.Tensor | None = None  # (V,) bool: ids that begin a character; None without byte tokens
     procs: Processes = SINGLE
-    net: torch.nn.Module | None = None  # what a training step calls: the model, or DDP around it
-    note: str = ""  # said when training starts (a resume with another number of processes)
-
-    def __post_init__(self) -> None:
-        """A training step calls the model itself, or with several processes DDP around it."""
-        if self.net is None:
-            self.net = _wrapped(self.model, self.procs, self.device)
+    hidden: State | None = None  # carried from chunk to chunk, each (layers, B, H) for this process's streams
+    saved_world: int | None = None  # resumed from a run saved by this other number of processes
 
     @property
     def epoch_float(self) -> float:
-        return self.state.epoch + self.state.chunk / len(self.batches)
+        return self.state.epoch + self.state.chunk / len(self.data.batches)
 
     def fraction(self) -> float:
         """Share of the budget spent: the largest over steps, epochs and time."""
@@ -98,17 +89,6 @@ def _char_starts(corpus: TokenizedCorpus, device: torch.device) -> torch.Tensor 
     """Which ids begin a character (V,) on ``device``; None without byte tokens, where every id does."""
     vocab = corpus.vocab
     return torch.from_numpy(vocab.char_starts()).to(device) if vocab.byte_fallback else None
-
-
-def make_optimizer(model: CharLSTM, tcfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only; fused where this torch offers it."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    try:
-        return torch.optim.AdamW(groups, lr=tcfg.lr, betas=BETAS, fused=device.type in ("cpu", "cuda"))
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=tcfg.lr, betas=BETAS, foreach=True)
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -162,34 +142,22 @@ def new_run(
     on_main(procs, lambda: check_run_dir(run_dir, overwrite))
     corpus = main_first(procs, lambda: load_corpus(source, Reading.of(tcfg), progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
-    mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "vocab_size": len(corpus.vocab)})
+    tcfg, mcfg = training_configs({"vocab_size": len(corpus.vocab), "out": str(run_dir)}, (tcfg, mcfg))
     device = training_device(tcfg, procs)
 
     def batches_for(cfg: TrainConfig) -> StreamBatches:
         check_trainable(train_tokens, val_tokens, cfg.batch_size, cfg.seq_len)
         return rank_batches(train_tokens, cfg, procs)
 
-    tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "out": str(run_dir)})
     sized = sized_model(tcfg, mcfg, unset, batches_for, device, procs)
     tcfg, mcfg, batches, model = sized.tcfg, sized.mcfg, sized.batches, sized.model
     on_main(procs, lambda: make_run_dir(run_dir))
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
-    optimizer = make_optimizer(model, tcfg, device)
-    run = Run(
-        tcfg,
-        mcfg,
-        run_dir,
-        corpus,
-        batches,
-        val_tokens,
-        model,
-        optimizer,
-        device,
-        RunState(precision=sized.precision, sizing=sized.sizing.to_dict()),
-        char_starts=_char_starts(corpus, device),
-        procs=procs,
-    )
+    optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, device)
+    learner = Learner.of(model, optimizer, sized.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
+    state = RunState(precision=sized.precision, sizing=sized.sizing.to_dict())
+    run = Run(tcfg, mcfg, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs)
     on_main(procs, lambda: write_config(run))
     return run
 
@@ -213,16 +181,6 @@ def rank_batches(tokens: np.ndarray, tcfg: TrainConfig, procs: Processes) -> Str
     return StreamBatches(tokens, len(starts), tcfg.seq_len, starts=starts, stream_len=whole.stream_len)
 
 
-def _wrapped(model: CharLSTM, procs: Processes, device: torch.device) -> torch.nn.Module:
-    """The model as a training step calls it: itself, or in DistributedDataParallel, which
-    averages the gradients of every process's streams."""
-    if not procs.many:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def resume_run(
     path: str | Path, options: dict[str, Any], progress: ProgressFn | None = None, procs: Processes = SINGLE
 ) -> Run:
@@ -238,15 +196,14 @@ def resume_run(
     device = training_device(tcfg, procs)
     model = CharLSTM(ckpt.model_config).to(device).train()
     model.load_state_dict(ckpt.model)
-    optimizer = make_optimizer(model, tcfg, device)
+    optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, device)
     optimizer.load_state_dict(ckpt.optimizer)
     rows, hidden = procs.shard(tcfg.batch_size), ckpt.hidden  # saved for every stream: this process takes its share
     hidden = None if hidden is None else tuple(t[:, rows].to(device) for t in hidden)
-    mcfg, starts = ckpt.model_config, _char_starts(corpus, device)
-    run = Run(
-        tcfg, mcfg, run_dir, corpus, batches, val_tokens, model, optimizer, device, ckpt.progress, hidden, starts, procs
-    )
-    run.note = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
+    state = ckpt.progress
+    learner = Learner.of(model, optimizer, state.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
+    run = Run(tcfg, ckpt.model_config, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs, hidden)
+    run.saved_world = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
     on_main(procs, lambda: (remove_stale_temporaries(run_dir), rewrite_metrics(run), write_config(run)))
     return run
 
@@ -290,32 +247,30 @@ def _same_corpus(tcfg: TrainConfig, ckpt: Checkpoint, progress: ProgressFn | Non
     return load_in_vocab(source, Reading.of(tcfg), ckpt.vocab, progress)
 
 
-def restore_rng(rng: dict[str, Any], device: torch.device, procs: Processes, fresh_seed: int) -> str:
+def restore_rng(rng: dict[str, Any], device: torch.device, procs: Processes, fresh_seed: int) -> int | None:
     """Each process's random state as saved. A run saved by another number of processes keeps
     its data position, but its random streams cannot be shared out again: each process starts a
-    new one (from ``fresh_seed`` and its rank), and the returned note says so."""
+    new one (from ``fresh_seed`` and its rank), and the number of processes that saved it is
+    returned (None when it is this one's)."""
     states = rng.get("ranks", [rng["torch"]])
     if len(states) != procs.world:
         torch.manual_seed(fresh_seed * 1000 + procs.rank)
-        return (
-            f"resumed with {procs.world} processes from a run saved by {len(states)}: the same global data "
-            f"position, with new random streams for dropout"
-        )
+        return len(states)
     torch.set_rng_state(states[procs.rank])
     cuda = rng.get("cuda_ranks", [rng["cuda"]] if "cuda" in rng else [])
     if device.type == "cuda" and len(cuda) == procs.world:
         torch.cuda.set_rng_state(cuda[procs.rank], device)
-    return ""
+    return None
 
 
 def to_checkpoint(run: Run) -> Checkpoint:
     """The run as a checkpoint: tensors on the CPU, everything needed to sample, evaluate and resume.
     With several processes every one must call it: the carried states and random states of all
     are gathered (the checkpoint then looks like a single process's, with a random state per rank)."""
-    procs, corpus = run.procs, run.corpus
+    procs, corpus, learner = run.procs, run.data.corpus, run.learner
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if run.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    if learner.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(learner.device)
     if procs.many:  # every process's state, in rank order; "torch" stays the main one's
         rng["ranks"] = gather_objects(procs, rng["torch"])
         if "cuda" in rng:
@@ -324,10 +279,10 @@ def to_checkpoint(run: Run) -> Checkpoint:
     return Checkpoint(
         model_config=run.mcfg,
         vocab=corpus.vocab,
-        model={k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        model={k: v.detach().cpu() for k, v in learner.model.state_dict().items()},
         train_config=run.tcfg,
         progress=run.state,
-        optimizer=_on_cpu(run.optimizer.state_dict()),
+        optimizer=_on_cpu(learner.optimizer.state_dict()),
         rng=rng,
         hidden=hidden,
         corpus=corpus.record(),

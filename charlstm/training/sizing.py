@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import torch
 
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.data.corpus import StreamBatches
-from charlstm.device import choose_precision, training_speed
+from charlstm.data.batches import StreamBatches
 from charlstm.net.model import CharLSTM
 from charlstm.training.distributed import Processes, max_all, on_main
 from charlstm.training.presets import Sizing, apply, choose, needs_speed
+from charlstm.training.probe import choose_precision, training_speed
 
 
 @dataclass(frozen=True)

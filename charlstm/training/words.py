@@ -1,0 +1,104 @@
+"""Training's events and results in words: the one place that phrases them, for every front end
+(the CLI's rich view and the Python API's tqdm bar). Plain text, no markup; a front end styles it."""
+
+from __future__ import annotations
+
+import math
+import signal
+
+from charlstm.choices import ChosenBy, StopReason
+from charlstm.options import option
+from charlstm.training.events import Evaluated, Started, TrainResult, VocabStats
+from charlstm.training.presets import Sizing
+
+BEST = " (best)"  # the mark of an evaluation that set a new best, as evaluated() writes it
+SKIPPED_SHOWN = 10  # files named in the warning about files that are not text
+
+
+def seconds(s: float | None) -> str:
+    """A duration for people: "42s", "2m00s"; "?" when unknown."""
+    if s is None or not math.isfinite(s):
+        return "?"
+    m, sec = divmod(int(round(s)), 60)
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def loss(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "-"
+
+
+def vocab(stats: VocabStats) -> str:
+    """ "65 characters", or own tokens, their share of the text and the byte tokens."""
+    if not stats.byte_tokens:
+        return f"{stats.own} characters"
+    share = f"{stats.own_coverage:.2%} of the text"
+    return f"{stats.own} characters with their own token ({share}) and {stats.byte_tokens} byte tokens for the rest"
+
+
+def sizing(s: Sizing) -> str:
+    """The preset chosen for a new run and why; empty when the preset set nothing (the user gave
+    every sized option, or a checkpoint from before sizing)."""
+    if not s.applied:
+        return ""
+    values = " ".join(f"{option(k)} {v:g}" for k, v in s.applied.items())
+    if s.chosen_by == ChosenBy.PRESET:
+        why = "as --preset asks"
+    else:
+        passes = s.passes or 0.0
+        shown = f"{passes:,.0f}" if passes >= 10 else f"{passes:.2g}"
+        budget = "the default 10 epochs" if s.default_budget else "the budget"
+        why = f"{budget} buys about {shown} passes over the text with the small preset"
+        if s.chars_per_s:
+            why += f", measured at {s.chars_per_s / 1000:.0f}k chars/s here"
+    kept = "".join(f"; {option(k)} as you set" for k in s.kept)
+    return f"sized {s.preset}: {values} ({why}{kept})"
+
+
+def start(event: Started) -> str:
+    """The first line of a session: the model, where it trains, the data, the run directory."""
+    resumed = f", resumed at step {event.resumed_step}" if event.resumed_step else ""
+    words = f", vocabulary: {vocab(event.vocab)}" if event.vocab else ""
+    return (
+        f"charlstm {event.params:,} parameters on {event.device} ({event.precision}), "
+        f"{event.train_chars:,} training / {event.val_chars:,} validation tokens{words}, "
+        f"run directory {event.run_dir}{resumed}"
+    )
+
+
+def start_notes(event: Started) -> list[str]:
+    """The lines after the first: the sizing, the processes, a resume's new random streams, and
+    the files left out of the corpus."""
+    lines = [sizing(event.sizing)] if event.sizing else []
+    if event.processes > 1:
+        lines.append(f"{event.processes} processes train together (torchrun)")
+    if event.saved_processes is not None:
+        lines.append(
+            f"note: resumed with {event.processes} processes from a run saved by {event.saved_processes}: the same "
+            f"global data position, with new random streams for dropout"
+        )
+    if event.skipped_files:
+        files = event.skipped_files
+        shown = ", ".join(files[:SKIPPED_SHOWN]) + (" and more" if len(files) > SKIPPED_SHOWN else "")
+        lines.append(f"warning: left out {len(files)} files that are not text: {shown}")
+    return [line for line in lines if line]
+
+
+def evaluated(event: Evaluated) -> str:
+    """ "step 500: val loss 1.6021 (best), 1m02s trained"."""
+    when = f", {seconds(event.elapsed)} trained" if event.elapsed is not None else ""
+    return f"step {event.step}: val loss {event.val_loss:.4f}{BEST if event.is_best else ''}{when}"
+
+
+def stopped_by(result: TrainResult) -> str:
+    """Why a run ended: "--max-time (budget spent)", "signal (SIGINT)", ..."""
+    reason = StopReason(result.stopped_by)
+    if reason.finished:
+        return f"{option(reason.value)} (budget spent)"
+    if reason is StopReason.SIGNAL:
+        return f"signal ({signal.Signals(result.signal).name})" if result.signal else "signal"
+    return "a NaN or infinite training loss" if reason is StopReason.NAN else reason.value
+
+
+def resume_hint(result: TrainResult) -> str:
+    """What a stopped run says before its summary: the command that continues it."""
+    return f"stopped by signal; resume with:\n  {result.resume_command}"
