@@ -37,7 +37,7 @@ def keep_freed_memory() -> bool:
     """Have glibc's malloc keep the memory a training step frees for the steps after it. By default
     each of the step's large buffers (a 64 x 128 chunk of the small preset's gates is 33-67 MB) is
     mapped afresh, faulted in page by page and handed back at its end: some 35,000 page faults a
-    step, a third of its time on CPU (``benchmarks/SWEEP.md`` round 10). With mmap off and the heap
+    step, a third of its time on CPU (``docs/sweep.md``, memory). With mmap off and the heap
     kept, the next step reuses the same pages. The process keeps its peak memory; returns whether
     the C library took the settings (glibc only: elsewhere this does nothing)."""
     try:

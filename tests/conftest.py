@@ -92,9 +92,19 @@ def run_copy(shared_run: Path, tmp_path: Path) -> Path:
 def v1_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The version-1 fixture run in a fresh folder that is also the working directory, since the
     run recorded its corpus as a relative path."""
-    shutil.copytree(FIXTURES / "v1", tmp_path / "v1")
-    monkeypatch.chdir(tmp_path / "v1")
-    return tmp_path / "v1"
+    return _fixture_folder(1, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def old_folder(version: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fixture run of checkpoint format ``version`` (a test's parameter), as ``v1_folder``."""
+    return _fixture_folder(version, tmp_path, monkeypatch)
+
+
+def _fixture_folder(version: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = Path(shutil.copytree(FIXTURES / f"v{version}", tmp_path / f"v{version}"))
+    monkeypatch.chdir(folder)
+    return folder
 
 
 class RunsCodeWhenUnpickled:

@@ -34,7 +34,7 @@ def saved(tmp_path):
 def test_round_trip_writes_exactly_the_listed_keys(saved):
     path, original = saved
     raw = torch.load(path, weights_only=True)
-    assert tuple(raw) == Checkpoint.KEYS and raw["format_version"] == ckpt.FORMAT_VERSION == 3
+    assert tuple(raw) == Checkpoint.KEYS and raw["format_version"] == ckpt.FORMAT_VERSION == 4
     loaded = load_checkpoint(path)
     assert loaded.vocab == original.vocab and loaded.model_config == original.model_config
     assert loaded.path == path and loaded.file_version == ckpt.FORMAT_VERSION and not loaded.resumable
@@ -74,7 +74,7 @@ def test_not_a_checkpoint_and_newer_versions(tmp_path, saved):
     _, checkpoint = saved
     future = tmp_path / "future.pt"
     torch.save({**checkpoint.to_dict(), "format_version": 99}, future)
-    with pytest.raises(UserError, match="format version 99, expected 3 or older.*upgrade charlstm"):
+    with pytest.raises(UserError, match="format version 99, expected 4 or older.*upgrade charlstm"):
         load_checkpoint(future)
     damaged = tmp_path / "damaged.pt"
     torch.save({**checkpoint.to_dict(), "model_config": {"hidden": -3}}, damaged)
@@ -119,29 +119,49 @@ def test_run_state_tolerates_fields_added_or_dropped(run_copy, monkeypatch):
     assert load_checkpoint(run_copy / "last.pt").progress.step == 44
 
 
-def test_version_1_run_loads_samples_evaluates_and_resumes(v1_folder):
-    """The fixture was written by charlstm 0.1.0 (format 1); see tests/fixtures/v1/README.md."""
-    old = load_checkpoint("v1_run/last.pt")
-    assert old.file_version == 1 and old.resumable and old.model_config.hidden == 16
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_an_older_run_loads_samples_evaluates_and_resumes(old_folder, version):
+    """Each fixture was written by the last charlstm to write its format; see tests/fixtures/vN/README.md."""
+    old = load_checkpoint(f"v{version}_run/last.pt")
+    assert old.file_version == version and old.resumable and old.model_config.hidden == 16
     assert old.corpus["sha256"].startswith("67528c7d") and old.progress.step == 8
-    assert [m["step"] for m in old.progress.metrics if m["type"] == "train"] == [2, 4, 6, 8]
-    model = charlstm.load("v1_run/last.pt")
+    records = [json.loads(line) for line in (old_folder / f"v{version}_run" / "metrics.jsonl").read_text().splitlines()]
+    ended = records[-1]["type"] == "end"  # format 1's charlstm wrote no end records
+    assert old.progress.metrics_lines == len(records) - ended  # the end record is written after the last save
+    assert old.progress.chunks_per_epoch == 168 and old.progress.passes == pytest.approx(8 / 168)
+    model = charlstm.load(f"v{version}_run/last.pt")
     text = model.generate("KING:", length=60, seed=5)
-    assert text + "\n" == (v1_folder / "v1_sample_seed5.txt").read_text(encoding="utf-8")
+    assert text + "\n" == (old_folder / f"v{version}_sample_seed5.txt").read_text(encoding="utf-8")
     assert model.evaluate("KING:\nThe lord.\n").chars == len("KING:\nThe lord.\n") - 1
-    assert charlstm.api.describe("v1_run/last.pt")["format_version"] == 1
-    result = train(resume_run("v1_run", {"max_steps": 12}))
-    assert result.step == 12 and load_checkpoint("v1_run/last.pt").file_version == ckpt.FORMAT_VERSION
-    lines = [json.loads(line) for line in (v1_folder / "v1_run" / "metrics.jsonl").read_text().splitlines()]
+    assert charlstm.api.describe(f"v{version}_run/last.pt")["format_version"] == version
+    result = train(resume_run(f"v{version}_run", {"max_steps": 12}))
+    resumed = load_checkpoint(f"v{version}_run/last.pt")
+    assert result.step == 12 and resumed.file_version == ckpt.FORMAT_VERSION
+    lines = [json.loads(line) for line in (old_folder / f"v{version}_run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if m["type"] == "train"] == [2, 4, 6, 8, 10, 12]
+    assert resumed.progress.metrics_lines == len(lines) - 1 and resumed.progress.passes == pytest.approx(12 / 168)
 
 
-def test_version_1_export_loads_and_samples_as_before(v1_folder):
-    model = charlstm.load("v1_export.safetensors")
-    assert model.checkpoint.file_version == 1 and model.checkpoint.optimizer is None
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_an_older_export_loads_and_samples_as_before(old_folder, version):
+    model = charlstm.load(f"v{version}_export.safetensors")
+    assert model.checkpoint.file_version == version and model.checkpoint.optimizer is None
     texts = model.generate_many("", n=3, length=60, seed=5)
     printed = ("\n\n" + "-" * 40 + "\n").join(texts) + "\n"  # as `charlstm sample --num-samples 3` prints
-    assert printed == (v1_folder / "v1_export_samples_seed5.txt").read_text(encoding="utf-8")
+    assert printed == (old_folder / f"v{version}_export_samples_seed5.txt").read_text(encoding="utf-8")
+    if version > 1:  # format 1 kept no epoch in its exports
+        assert model.checkpoint.describe()["epoch"] == pytest.approx(8 / 168, abs=1e-6)
+
+
+def test_version_3_keeps_a_count_of_its_log_and_the_size_of_a_pass_in_format_4():
+    v3 = {"format_version": 3, "epoch": 2.25, "progress": {"epoch": 2, "chunk": 10, "metrics": [{}, {}, {}]}}
+    v4 = ckpt.MIGRATIONS[3](v3)
+    assert v4 == {
+        "format_version": 4,
+        "progress": {"epoch": 2, "chunk": 10, "chunks_per_epoch": 40, "metrics_lines": 3},
+    }
+    at_a_pass = ckpt.MIGRATIONS[3]({"format_version": 3, "epoch": 1.0, "progress": {"epoch": 1, "chunk": 0}})
+    assert ckpt.RunState.from_dict(at_a_pass["progress"]).passes == 1.0
 
 
 def test_export_round_trip(shared_run, tmp_path):
@@ -164,7 +184,7 @@ def test_export_round_trip(shared_run, tmp_path):
 
 def test_describe(shared_run):
     report = load_checkpoint(shared_run).describe()
-    assert report["step"] == 40 and report["format_version"] == 3 and report["val_loss"] > 0
+    assert report["step"] == 40 and report["format_version"] == 4 and report["val_loss"] > 0
     assert report["resume"] == f"charlstm train --resume {shared_run}"
     assert report["params"] == sum(t.numel() for t in load_checkpoint(shared_run).model.values())
     json.dumps(report)  # JSON-ready

@@ -1,7 +1,7 @@
 """The checkpoint format, owned here alone: :class:`Checkpoint` turns what a run saves into the
 dict written to disk and back, and every reader and writer goes through it.
 
-A checkpoint is one ``torch.save`` dict of tensors and plain Python values (format 3)::
+A checkpoint is one ``torch.save`` dict of tensors and plain Python values (format 4)::
 
     format_version  int                FORMAT_VERSION
     model_config    dict               ModelConfig.to_dict()
@@ -10,13 +10,13 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values (form
     byte_fallback   bool               whether byte tokens follow (see vocab.py), for other characters
     model           dict[str, Tensor]  CharLSTM state dict
     optimizer       dict | None        AdamW state dict (None in exports)
-    progress        dict               RunState.to_dict(): step, cursor, time, losses, metrics
+    progress        dict               RunState.to_dict(): step, cursor (epoch, chunk, chunks_per_epoch),
+                                       time, losses, how many lines of metrics.jsonl it has seen
     rng             dict | None        {"torch": ByteTensor, "cuda": ByteTensor on CUDA runs}
     hidden          list | None        carried state: [h, c] ([h] for a GRU), each (layers, B, H)
     corpus          dict | None        the training text: "path" (as given), "sha256", and what
                                        reading found: "chars", "tokens", "distinct", "own_coverage",
                                        "files", "skipped_files", "dropped_chars"
-    epoch           float | None       passes over the training split, fractional
 
 Files are read with ``torch.load(weights_only=True)``: anything but tensors and plain types is
 refused and nothing in a file runs. Older formats are read through explicit migrations
@@ -45,14 +45,25 @@ from charlstm.files import atomic_path
 from charlstm.net.model import CharLSTM, State, first_stream
 from charlstm.validate import DictRoundTrip
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 BEST, LAST = "best.pt", "last.pt"
 WARM_H, WARM_C = "sampling.warm_h", "sampling.warm_c"  # safetensors names of the warm start state
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "model")
-EXPORTED_PROGRESS = ("step", "elapsed", "best_val_loss", "last_val_loss", "precision")
+EXPORTED_PROGRESS = (
+    "step",
+    "epoch",
+    "chunk",
+    "chunks_per_epoch",
+    "elapsed",
+    "best_val_loss",
+    "last_val_loss",
+    "precision",
+)
 # JSON metadata of an export, beside "format" and "format_version" (format 1 had model_config,
-# train_config, vocab and progress)
-EXPORTED_METADATA = ("model_config", "train_config", "vocab", "byte_fallback", "progress", "corpus", "epoch")
+# train_config, vocab and progress); formats 2 and 3 also wrote "epoch", which migrates into progress
+EXPORTED_METADATA = ("model_config", "train_config", "vocab", "byte_fallback", "progress", "corpus")
+READ_METADATA = (*EXPORTED_METADATA, "epoch")
+FRACTION_STEPS = 10**6  # an old export's fractional epoch, kept as chunks of a pass this many
 
 
 @dataclass
@@ -66,6 +77,7 @@ class RunState(DictRoundTrip):
     step: int = 0
     epoch: int = 0  # completed passes over the training split
     chunk: int = 0  # next chunk of the current pass
+    chunks_per_epoch: int = 0  # chunks in a pass (0: not known, in a migrated checkpoint at a pass's start)
     elapsed: float = 0.0  # seconds trained, summed over resumed sessions
     best_val_loss: float = math.inf
     last_val_loss: float = math.inf
@@ -74,7 +86,12 @@ class RunState(DictRoundTrip):
     loss_count: int = 0  # characters predicted since the last log line
     precision: str = "fp32"
     sizing: dict[str, Any] = field(default_factory=dict)  # the preset chosen at the start (presets.Sizing)
-    metrics: list[dict[str, Any]] = field(default_factory=list)  # every line of metrics.jsonl
+    metrics_lines: int = 0  # records of metrics.jsonl written up to this state: resume cuts the log there
+
+    @property
+    def passes(self) -> float:
+        """Passes over the training split, fractional."""
+        return self.epoch + (self.chunk / self.chunks_per_epoch if self.chunks_per_epoch else 0.0)
 
 
 def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +119,23 @@ def _v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "format_version": 3, "model_config": model_config}
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}  # version -> next
+def _v3_to_v4(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 3 kept a copy of the metrics log in ``progress`` and the fractional epoch beside it;
+    format 4 keeps how many records of the log belong to the checkpoint (the log owns them) and
+    the size of a pass, from which the epoch follows."""
+    progress = dict(payload.get("progress") or {})
+    progress["metrics_lines"] = len(progress.pop("metrics", None) or [])
+    rest = {k: v for k, v in payload.items() if k != "epoch"}
+    epoch, done, chunk = payload.get("epoch"), progress.get("epoch", 0), progress.get("chunk", 0)
+    if epoch is not None and "chunk" not in progress:  # an export, which kept no cursor: the fraction alone
+        whole = int(epoch)
+        progress.update(epoch=whole, chunk=round((epoch - whole) * FRACTION_STEPS), chunks_per_epoch=FRACTION_STEPS)
+    elif epoch is not None and chunk and epoch > done:  # epoch = done + chunk / chunks_per_epoch
+        progress["chunks_per_epoch"] = round(chunk / (epoch - done))
+    return {**rest, "format_version": 4, "progress": progress}
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 @dataclass
@@ -118,7 +151,6 @@ class Checkpoint:
     rng: dict[str, torch.Tensor] | None = None
     hidden: State | None = None
     corpus: dict[str, Any] | None = None
-    epoch: float | None = None
     path: Path | None = None  # not saved: the file it was read from
     file_version: int = FORMAT_VERSION  # not saved: the format that file was written in
 
@@ -134,7 +166,6 @@ class Checkpoint:
         "rng",
         "hidden",
         "corpus",
-        "epoch",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,7 +182,6 @@ class Checkpoint:
             "rng": self.rng,
             "hidden": list(self.hidden) if self.hidden is not None else None,
             "corpus": self.corpus,
-            "epoch": self.epoch,
         }
 
     @classmethod
@@ -172,7 +202,6 @@ class Checkpoint:
                 rng=payload.get("rng"),
                 hidden=tuple(hidden) if hidden else None,
                 corpus=payload.get("corpus"),
-                epoch=payload.get("epoch"),
                 path=path,
                 file_version=version,
             )
@@ -219,7 +248,7 @@ class Checkpoint:
             "path": str(self.path),
             "format_version": self.file_version,
             "step": p.step,
-            "epoch": self.epoch,
+            "epoch": p.passes,
             "elapsed": p.elapsed,
             "val_loss": finite(p.best_val_loss),
             "last_val_loss": finite(p.last_val_loss),
@@ -333,7 +362,7 @@ def _read_safetensors(p: Path) -> dict[str, Any]:
     if meta.get("format") != "charlstm":
         raise UserError(f"{str(p)!r} is a safetensors file but not a charlstm export (no charlstm metadata)")
     try:
-        payload = {k: json.loads(meta[k]) for k in EXPORTED_METADATA if k in meta}  # other tools may add keys
+        payload = {k: json.loads(meta[k]) for k in READ_METADATA if k in meta}  # other tools may add keys
         payload["format_version"] = int(meta["format_version"])
     except (KeyError, ValueError) as e:
         raise UserError(f"{str(p)!r} has damaged charlstm metadata ({e})") from None

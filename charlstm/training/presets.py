@@ -8,7 +8,7 @@ the text goes further with a larger model and stronger weight drop (``medium``).
 and ``--epochs`` give the passes directly; ``--max-time`` needs the speed of this machine, which
 ``probe.training_speed`` measures on the small model with the real corpus's vocabulary (a large
 vocabulary counts through the size of the head). The presets and thresholds come from the sweeps
-in ``benchmarks/SWEEP.md`` (rounds 7-9). Options the user sets win. ``sizing.py`` applies the
+in ``docs/sweep.md`` (the presets). Options the user sets win. ``sizing.py`` applies the
 rule to a new run. No torch here: the help and ``info`` read it.
 """
 
@@ -62,7 +62,7 @@ PRESETS = {
         Preset("medium", layers=1, hidden=768, weight_drop=0.4, **REGULARISED, **LONG_STEPS),
     )
 }
-# From benchmarks/SWEEP.md rounds 7-9. Data: from this many passes over the text with the small
+# From docs/sweep.md (the presets). Data: from this many passes over the text with the small
 # model, it would memorise, and the medium model learns more per second.
 MEDIUM_FROM_PASSES = 28.0
 # Compute: below this many characters in the budget (with the small model), a smaller, faster

@@ -16,7 +16,7 @@ from charlstm.net.model import CharLSTM
 
 PROBE_STEPS = 32  # characters per stream in the precision probe: enough to time, quick to run
 # A forward and backward pass is this share of a training step's time: the rest is the optimizer,
-# clipping, batches and evaluations (measured in benchmarks/SWEEP.md round 7).
+# clipping, batches and evaluations (measured: docs/sweep.md, the presets).
 STEP_SHARE = 0.8
 BF16_MARGIN = 0.9  # bf16 must be at least 10% faster to be chosen: it rounds, so it must pay
 

@@ -61,7 +61,7 @@ class Run:
 
     @property
     def epoch_float(self) -> float:
-        return self.state.epoch + self.state.chunk / len(self.data.batches)
+        return self.state.passes
 
     def fraction(self) -> float:
         """Share of the budget spent: the largest over steps, epochs and time."""
@@ -156,7 +156,7 @@ def new_run(
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
     optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, device)
     learner = Learner.of(model, optimizer, sized.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
-    state = RunState(precision=sized.precision, sizing=sized.sizing.to_dict())
+    state = RunState(chunks_per_epoch=len(batches), precision=sized.precision, sizing=sized.sizing.to_dict())
     run = Run(tcfg, mcfg, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs)
     on_main(procs, lambda: write_config(run))
     return run
@@ -201,6 +201,7 @@ def resume_run(
     rows, hidden = procs.shard(tcfg.batch_size), ckpt.hidden  # saved for every stream: this process takes its share
     hidden = None if hidden is None else tuple(t[:, rows].to(device) for t in hidden)
     state = ckpt.progress
+    state.chunks_per_epoch = len(batches)  # the same text and chunk: what a migrated checkpoint may not know
     learner = Learner.of(model, optimizer, state.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
     run = Run(tcfg, ckpt.model_config, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs, hidden)
     run.saved_world = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
@@ -286,7 +287,6 @@ def to_checkpoint(run: Run) -> Checkpoint:
         rng=rng,
         hidden=hidden,
         corpus=corpus.record(),
-        epoch=run.epoch_float,
     )
 
 
@@ -325,24 +325,25 @@ def save(run: Run, names: tuple[str, ...]) -> None:
 
 
 def log_metric(run: Run, record: dict[str, Any]) -> None:
-    """Record one metrics line in the run state and append it to metrics.jsonl (the main process)."""
-    run.state.metrics.append(record)
+    """Append one line to metrics.jsonl (the main process), and count it in the run state."""
+    run.state.metrics_lines += 1
     if run.procs.main:
         with _writing(run, METRICS):
             metrics.append(run.run_dir, record)
 
 
 def rewrite_metrics(run: Run) -> None:
-    """metrics.jsonl as of the checkpoint: lines written after it was saved are dropped, except the
-    end record of a session that stopped right at it (which stays, so that a resume refused
-    leaves the run as it ended)."""
-    saved = run.state.metrics
-    after = metrics.read(run.run_dir)[len(saved) :] if (run.run_dir / METRICS).is_file() else []
+    """metrics.jsonl as of the checkpoint: its first ``metrics_lines`` records; the lines written
+    after the checkpoint was saved are dropped, except the end record of a session that stopped
+    right at it (which stays, so that a resume refused leaves the run as it ended)."""
+    records = metrics.read(run.run_dir) if (run.run_dir / METRICS).is_file() else []
+    kept, after = records[: run.state.metrics_lines], records[run.state.metrics_lines :]
     end = metrics.ending(after[:1])
     if end is not None and end.get("step") == run.state.step:
-        saved.append(end)
+        kept.append(end)
+    run.state.metrics_lines = len(kept)
     with _writing(run, METRICS):
-        atomic_write(run.run_dir / METRICS, metrics.lines_of(saved), mode="w")
+        atomic_write(run.run_dir / METRICS, metrics.lines_of(kept), mode="w")
 
 
 def write_config(run: Run) -> None:
