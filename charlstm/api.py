@@ -17,7 +17,7 @@ import difflib
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,13 @@ from charlstm.errors import UserError
 from charlstm.insight.explain import ExplainReport, explain_checkpoint
 from charlstm.net.model import CharLSTM
 from charlstm.options import declared
-from charlstm.sampling.draw import Samples, draw_samples
+from charlstm.sampling.draw import Samples, compile_kernels, draw_samples
 from charlstm.sampling.stepper import Stepper, resolve_precision
 from charlstm.store.checkpoint import Checkpoint, export_safetensors, load_checkpoint
 from charlstm.training import distributed, words
 from charlstm.training.distributed import Processes
 from charlstm.training.evaluate import EvalResult, evaluate, evaluate_checkpoint
-from charlstm.training.events import Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
+from charlstm.training.events import Compiling, Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
 from charlstm.training.loop import StopFlag, stop_on_signals
 from charlstm.training.loop import train as train_loop
 from charlstm.training.presets import SIZED
@@ -164,6 +164,12 @@ def load(path: str | Path, device: str = "cpu") -> Model:
     return Model(load_checkpoint(path), device)
 
 
+def prepare_sampling(on_slow: Callable[[], None] | None = None) -> float:
+    """Compile (once per installation) or load the sampling kernels; ``on_slow`` is called when
+    that takes a while. Sampling does it on first use anyway: this lets a front end say so."""
+    return compile_kernels(on_slow)
+
+
 def sample(checkpoint: str | Path, config: SampleConfig) -> Samples:
     """Start drawing samples from a checkpoint: ``charlstm sample``."""
     return load(checkpoint).sample(config)
@@ -174,9 +180,10 @@ def describe(checkpoint: str | Path) -> dict[str, Any]:
     return load_checkpoint(checkpoint).describe()
 
 
-def export(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write a checkpoint's weights to ``out`` (``.safetensors``): ``charlstm export``."""
-    return export_safetensors(load_checkpoint(checkpoint), out)
+def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write a checkpoint's weights to ``out`` (``.safetensors``; its folder made if missing, an
+    existing file replaced only with ``overwrite``): ``charlstm export``."""
+    return export_safetensors(load_checkpoint(checkpoint), out, overwrite)
 
 
 def explain(checkpoint: str | Path, config: ExplainConfig) -> ExplainReport:
@@ -274,6 +281,8 @@ class _TqdmBar:
         if isinstance(event, Started):
             for line in (words.start(event), *words.start_notes(event)):
                 self.bar.write(line)
+        elif isinstance(event, Compiling):
+            self.bar.write(words.compiling(event))
         elif isinstance(event, Progress):
             self.bar.update(event.fraction - self.bar.n)
             self.bar.set_postfix_str(f"step {event.step}, loss {event.loss:.3f}, {event.chars_per_sec:,.0f} chars/s")

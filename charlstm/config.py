@@ -302,6 +302,7 @@ class ExplainConfig:
         shown="cell; hidden for a GRU",
     )
     encoding: str = opt("utf-8", "Text encoding of the text file.")
+    overwrite: bool = opt(False, "Replace the page at --out if it already exists.")
 
     def __post_init__(self) -> None:
         positive_int(self, "chars")

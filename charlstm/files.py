@@ -1,4 +1,5 @@
-"""Files written so that a crash never leaves a torn one, and content hashes."""
+"""Files written so that a crash never leaves a torn one, the checks before a command writes one,
+and content hashes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+from charlstm.errors import UserError
 
 HASH_BLOCK = 1 << 20  # bytes read per update while hashing: a file never sits whole in memory
 
@@ -42,6 +45,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def output_file(path: str | Path, overwrite: bool, flag: str, expected: str = "the path of a file") -> Path:
+    """Where a command writes a file, checked before any long work: a folder or (unless
+    ``overwrite``) an existing file is refused, and a missing folder is made, as ``train --out``
+    makes its run directory. ``flag`` names the option (or argument) in the messages."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a folder, expected {expected}")
+    if path.exists() and not overwrite:
+        raise UserError(f"{flag} {str(path)!r} already exists; pass --overwrite to replace it, or choose another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to {str(path)!r} ({e.strerror or e}), expected a writable folder") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"cannot write to {str(path)!r} (Permission denied), expected a writable folder")
+    return path
 
 
 def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "wb") -> None:

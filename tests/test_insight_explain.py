@@ -184,7 +184,7 @@ def test_chosen_cells_and_their_checks(shared_run, tmp_path):
     assert report.cells == [31, 0]
     mcfg = load_checkpoint(shared_run).model_config
     with pytest.raises(UserError, match=f"--cell-ids 32 .*from 0 to {mcfg.layers * mcfg.hidden - 1}"):
-        explain.explain_checkpoint(shared_run, ExplainConfig(str(text_file), out, cell_ids="3,32"))
+        explain.explain_checkpoint(shared_run, ExplainConfig(str(text_file), out, cell_ids="3,32", overwrite=True))
 
 
 @pytest.mark.parametrize(
@@ -210,5 +210,6 @@ def test_texts_it_cannot_read(shared_run, tmp_path, content, needle):
 def test_a_page_that_cannot_be_written(shared_run, tmp_path):
     text_file = tmp_path / "text.txt"
     text_file.write_text(play_text(200), encoding="utf-8")
-    with pytest.raises(UserError, match="does not exist"):
-        explain.explain_checkpoint(shared_run, ExplainConfig(str(text_file), str(tmp_path / "no" / "page.html")))
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    with pytest.raises(UserError, match="cannot write to .*expected a writable folder"):
+        explain.explain_checkpoint(shared_run, ExplainConfig(str(text_file), str(tmp_path / "blocker" / "page.html")))

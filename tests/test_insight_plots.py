@@ -96,7 +96,7 @@ def test_bad_input_is_one_error(tmp_path):
         (lambda: plots.run_curves([run], "chars"), "--x 'chars' is not valid, expected one of step, time, epoch"),
         (lambda: plots.run_curves([]), "no run directory given"),
         (lambda: plots.save_chart([run], tmp_path / "chart.jpg"), "must end in .png, .svg, .pdf"),
-        (lambda: plots.save_chart([run], tmp_path / "no" / "chart.png"), "does not exist"),
+        (lambda: plots.save_chart([run], tmp_path / "a" / "metrics.jsonl" / "chart.png"), "cannot write to"),
     ]:
         with pytest.raises(UserError, match=needle):
             call()

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -121,3 +123,22 @@ def test_with_byte_fallback_any_prompt_is_read_and_the_text_is_whole_characters(
     written = text.replace("\ufffd", "")  # what the model wrote as whole characters
     assert 0 < len(text) <= 300 and len(vocab.encode(written)) <= 300  # 300 tokens, decoded into characters
     assert any(ord(c) > 127 for c in written)  # hot sampling from random weights writes bytes of other characters
+
+
+def test_a_slow_compile_is_announced_once_and_a_quick_one_never(monkeypatch):
+    calls = []
+    monkeypatch.setattr(sampling, "COMPILE_PATIENCE", 0.05)
+    monkeypatch.setattr(sampling, "_compile", lambda: time.sleep(0.3))
+    assert sampling.compile_kernels(on_slow=lambda: calls.append("slow")) >= 0.3 and calls == ["slow"]
+    monkeypatch.setattr(sampling, "_compile", lambda: None)
+    sampling.compile_kernels(on_slow=lambda: calls.append("quick"))
+    assert calls == ["slow"]
+
+
+def test_a_compile_that_fails_raises_in_the_callers_thread(monkeypatch):
+    def broken():
+        raise RuntimeError("no LLVM")
+
+    monkeypatch.setattr(sampling, "_compile", broken)
+    with pytest.raises(RuntimeError, match="no LLVM"):
+        sampling.compile_kernels(on_slow=lambda: None)

@@ -236,3 +236,17 @@ def test_processes_stop_on_the_signal_they_exchanged_not_on_one_landing_after(ti
     assert training.stop_reason(run, flag) is None
     monkeypatch.setattr(training, "max_all", lambda procs, values: values)
     assert training.stop_reason(run, flag) == "signal" and flag.signum == signal.SIGTERM  # at the next one
+
+
+def test_a_first_compile_is_announced_before_training_and_not_counted_in_its_time(tiny_train, tiny_model, monkeypatch):
+    def slow_compile(on_slow=None):
+        on_slow()
+        return 12.5
+
+    monkeypatch.setattr(training, "compile_kernels", slow_compile)
+    seen = []
+    train(new_run(replace(tiny_train, max_steps=4), tiny_model), seen.append)
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds[:3] == ["Started", "Compiling", "Compiling"] and "Progress" in kinds[3:]
+    assert seen[1].done is False and (seen[2].done, seen[2].seconds) == (True, 12.5)
+    assert seen[-1].result.elapsed < 12.5

@@ -72,12 +72,15 @@ def plot(
         ),
     ] = None,
     x: Annotated[str, typer.Option(help="The horizontal axis: step, time (seconds trained) or epoch.")] = "step",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the chart at --out if it already exists.")
+    ] = False,
 ) -> None:
     """Training and validation loss, and the learning rate, of runs from their metrics.jsonl."""
     from charlstm.insight import plots
 
     if out is not None:
-        path = plots.save_chart(run_dirs, out, x)
+        path = plots.save_chart(run_dirs, out, x, overwrite)
         err.print(f"wrote {path}")
         return
     columns, lines = shutil.get_terminal_size()

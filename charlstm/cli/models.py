@@ -14,6 +14,8 @@ from charlstm.cli.app import CheckpointArg, JsonFlag, _Command, app, err
 from charlstm.cli.options import declares, with_default
 from charlstm.config import EvalConfig, SampleConfig
 from charlstm.options import declared
+from charlstm.training import words
+from charlstm.training.events import Compiling
 
 
 @app.command(cls=_Command)
@@ -23,6 +25,8 @@ def sample(checkpoint: CheckpointArg, **options: Any) -> None:
     from charlstm import api
 
     cfg = SampleConfig(**options)
+    with render.Waiting(err, words.compiling(Compiling())) as waiting:
+        api.prepare_sampling(on_slow=waiting.start)
     samples = api.sample(checkpoint, cfg)
     if samples.dropped:
         err.print(f"warning: dropped prompt characters the model never saw: {', '.join(map(repr, samples.dropped))}")
@@ -65,10 +69,11 @@ def info(checkpoint: CheckpointArg, as_json: JsonFlag = False) -> None:
 @app.command(cls=_Command)
 def export(
     checkpoint: CheckpointArg,
-    out: Annotated[str, typer.Argument(help="Target .safetensors file.")],
+    out: Annotated[str, typer.Argument(help="Target .safetensors file (its folder is made if missing).")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it already exists.")] = False,
 ) -> None:
     """Write the weights alone to a .safetensors file (configs and vocabulary as its metadata)."""
     from charlstm import api
 
-    path = api.export(checkpoint, out)
+    path = api.export(checkpoint, out, overwrite)
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes); sample, eval and info accept it")

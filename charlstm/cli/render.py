@@ -1,6 +1,6 @@
-"""How the command line draws: the live training view (a rich progress bar, evaluation lines
-and a summary table, from training events on stderr), progress bars, the eval and info tables,
-and samples on stdout. Part of the CLI: only the command modules beside it import it.
+"""How the command line draws: progress bars, a spinner for slow first work, the eval, info,
+explain and runs tables, and samples on stdout (the training view is ``train_view.py``). Part of
+the CLI: only the command modules beside it import it.
 """
 
 from __future__ import annotations
@@ -11,124 +11,34 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
-from rich.text import Text
 
-from charlstm.choices import StopReason
-from charlstm.training import events, words
+from charlstm.training import words
 from charlstm.training.presets import Sizing
 
 
-class TrainView:
-    """Turns training events into a live progress bar, evaluation lines and a summary table."""
+class Waiting:
+    """A spinner with a message, shown only once ``start`` is called (when the work turns out
+    slow), on a terminal; elsewhere the message as one line."""
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=console,
-            transient=False,
-        )
-        self.task: Any = None
-        self.reading_tasks: dict[str, Any] = {}
-        self.figures: dict[str, str | int | None] = {}  # what the bar's status line shows, newest of each
+    def __init__(self, console: Console, message: str) -> None:
+        self.console, self.message = console, message
+        self.status: Any = None
 
-    def __enter__(self) -> TrainView:
+    def __enter__(self) -> Waiting:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        if self.status is not None:
+            self.status.stop()
 
-    def close(self) -> None:
-        """Stop the live display (again is fine); stopping one never shown would print a blank line."""
-        if self.bar.live.is_started:
-            self.bar.stop()
-
-    def _show(self) -> None:
-        """Start the live display on first use, so a failure before it shows no empty bar."""
-        if not self.bar.live.is_started:
-            self.bar.start()
-
-    def reading(self, what: str, done: int, total: int | None) -> None:
-        """Progress of reading the corpus: ``what`` is "download" or "encode" (bytes done of total)."""
-        self._show()
-        if what not in self.reading_tasks:
-            self.reading_tasks[what] = self.bar.add_task(what, total=total, status="corpus")
-        self.bar.update(self.reading_tasks[what], completed=done)
-
-    def on_event(self, event: events.Event) -> None:
-        if isinstance(event, events.Started):
-            self._started(event)
-        elif isinstance(event, events.Progress):
-            left = f"{words.seconds(event.remaining)} left" if event.remaining is not None else ""
-            speed = f"{event.chars_per_sec / 1000:.1f}k chars/s"
-            self._update(event.fraction, step=event.step, loss=f"{event.loss:.3f}", lr=f"{event.lr:.2e}", speed=speed)
-            self.figures["left"] = left
-        elif isinstance(event, events.Evaluated):
-            self._update(None, step=event.step, val=words.loss(event.val_loss))
-            line = Text(words.evaluated(event))
-            line.highlight_words([words.BEST], "green")
-            self.bar.console.print(line)
-            if event.sample:
-                self.bar.console.print(event.sample, style="dim", markup=False)
-        elif isinstance(event, events.Finished):
-            result = event.result
-            done = 1.0 if result.stopped_by.finished else None  # a stopped run keeps the share it reached
-            loss = f"{result.train_loss:.3f}" if math.isfinite(result.train_loss) else self.figures.get("loss")
-            self._update(done, step=result.step, loss=loss, val=words.loss(result.last_val_loss), left="")
-            self.close()
-            self._summary(result)
-
-    def _update(self, fraction: float | None, **figures: str | int | None) -> None:
-        """The bar's status line: the newest of each figure, so that its last state shows the final
-        evaluation (an evaluation, or the end, arrives after the log line it follows)."""
-        self.figures.update(figures)
-        f = self.figures
-        parts = [f"step {f['step']}", f"loss {f.get('loss') or '-'}", f"val {f.get('val') or '-'}"]
-        parts += [f"lr {f['lr']}" if f.get("lr") else "", f.get("speed") or "", f.get("left") or ""]
-        status = "  ".join(part for part in parts if part)
-        if self.task is not None:
-            self.bar.update(self.task, status=status, **({"completed": fraction} if fraction is not None else {}))
-
-    def _started(self, event: events.Started) -> None:
-        self._show()
-        self.task = self.bar.add_task("train", total=1.0, status="starting")
-        line = Text(words.start(event))
-        line.stylize("bold", 0, len("charlstm"))
-        self.bar.console.print(line)
-        for note in words.start_notes(event):
-            self.bar.console.print(note, markup=False)
-
-    def _summary(self, result: events.TrainResult) -> None:
-        """The same table however the run ended; a stopped run's resume command comes just before it,
-        as plain text that no width cuts or folds, so that it can be copied whole."""
-        if result.stopped_by is StopReason.SIGNAL:
-            self.console.print(
-                words.resume_hint(result),
-                soft_wrap=True,
-                markup=False,
-                highlight=False,
-            )
-        best = result.best_val_loss
-        table = Table(title="charlstm train", show_header=False)
-        for key, value in (
-            ("run directory", str(result.run_dir)),
-            ("steps", f"{result.step:,}"),
-            ("epochs", f"{result.epoch:.2f}"),
-            ("time", words.seconds(result.elapsed)),
-            ("stopped by", words.stopped_by(result)),
-            ("best val loss", f"{words.loss(best)} nats/char ({words.loss(best / math.log(2))} bpc)"),
-            ("last val loss", words.loss(result.last_val_loss)),
-            ("train loss", words.loss(result.train_loss)),
-            ("speed", f"{result.chars_per_sec:,.0f} chars/s (this session, evaluations included)"),
-        ):
-            table.add_row(key, value)
-        self.console.print(table)
+    def start(self) -> None:
+        if not self.console.is_terminal:
+            self.console.print(self.message, soft_wrap=True, markup=False, highlight=False)
+            return
+        self.status = self.console.status(self.message)
+        self.status.start()
 
 
 class ProgressBar:
@@ -210,13 +120,16 @@ INFO_ROWS = (
     "format_version",
     "resume",
 )
+COUNTS = ("step", "params", "vocab_size", "own_tokens")  # shown with thousands separators
+LOSSES = ("val_loss", "last_val_loss")
 
 
 def info_table(report: dict[str, Any]) -> Table:
-    """``charlstm info``: what a checkpoint holds, one row per item."""
+    """``charlstm info``: what a checkpoint holds, one row per item, in units a person reads
+    (``--json`` keeps the raw numbers)."""
     table = Table(title=f"charlstm info: {report['path']}", show_header=False)
     for key in INFO_ROWS:
-        table.add_row(key, _plain(report.get(key)))
+        table.add_row(key, _info_value(key, report.get(key)))
     sizing = words.sizing(Sizing.from_dict(report["sizing"])) if report.get("sizing") else ""
     if sizing:
         table.add_row("sizing", sizing)
@@ -224,6 +137,22 @@ def info_table(report: dict[str, Any]) -> Table:
     for section, values in report["config"].items():
         table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))
     return table
+
+
+def _info_value(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key in COUNTS:
+        return f"{value:,}"
+    if key == "epoch":
+        return f"{value:.2f}"
+    if key == "elapsed":
+        return words.seconds(value)
+    if key in LOSSES:
+        return f"{value:.4f} nats/char ({value / math.log(2):.4f} bpc)"
+    if key == "own_coverage":
+        return f"{value:.2%} of the text"
+    return _plain(value)
 
 
 def _plain(value: Any) -> str:

@@ -5,9 +5,9 @@ from typing import Annotated, Any
 
 import typer
 
-from charlstm.cli import render
 from charlstm.cli.app import _Command, app, err
 from charlstm.cli.options import declares, given_only
+from charlstm.cli.train_view import train_view
 from charlstm.config import train_options
 from charlstm.options import Panel
 
@@ -44,7 +44,7 @@ def train(
 
     given = {name: value for name, value in options.items() if value is not None}
     options = {**(ctx.default_map or {}), **given}  # and options of the file that this command does not declare
-    with render.TrainView(err) as view:
+    with train_view(err) as view:
         result = api.train(**options, on_event=view.on_event, on_reading=view.reading)
     if result.stopped_by == "signal":  # the view has shown the resume command
         raise typer.Exit(130 if result.signal == signal.SIGINT else 143)

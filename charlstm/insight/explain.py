@@ -21,7 +21,7 @@ import torch
 from charlstm.config import ExplainConfig, ModelConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
-from charlstm.files import atomic_path
+from charlstm.files import atomic_path, output_file
 from charlstm.insight import page
 from charlstm.net.model import CharLSTM, State
 from charlstm.sampling.stepper import Stepper
@@ -248,8 +248,8 @@ def resolve_value(value: str | None, cell: str) -> str:
 def explain_checkpoint(checkpoint: str | Path, config: ExplainConfig) -> ExplainReport:
     """Read ``config.text`` through a checkpoint's model, find the feature cells, write the page."""
     start = time.perf_counter()
-    out = _page_path(config.out)
     ckpt = load_checkpoint(checkpoint)
+    out = _page_path(config.out, config.overwrite)
     mcfg = ckpt.model_config
     value = resolve_value(config.value, mcfg.cell)
     _check_cell_ids(config.cell_ids, mcfg.layers * mcfg.hidden)
@@ -289,14 +289,9 @@ def _check_cell_ids(cell_ids: tuple[int, ...] | None, cells: int) -> None:
         raise UserError(f"--cell-ids {bad[0]} is not valid, expected cell numbers from 0 to {cells - 1}")
 
 
-def _page_path(given: str) -> Path:
-    """Where the page goes, checked before the work: its folder must exist."""
-    out = Path(given).expanduser()
-    if not out.parent.is_dir():
-        raise UserError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist, expected an existing folder")
-    if out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a folder, expected the path of an .html file")
-    return out
+def _page_path(given: str, overwrite: bool) -> Path:
+    """Where the page goes, checked before the work (``files.output_file``)."""
+    return output_file(given, overwrite, "--out", "the path of an .html file")
 
 
 def _write(out: Path, html: str) -> None:

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from charlstm.errors import UserError
-from charlstm.files import atomic_path
+from charlstm.files import atomic_path, output_file
 from charlstm.store import metrics
 
 X_AXES = {"step": ("step", "step"), "time": ("elapsed", "time trained (s)"), "epoch": ("epoch", "epoch")}
@@ -86,14 +86,14 @@ def _extra(module: str, what: str) -> ModuleType:
         raise UserError(f"{what} needs {module}, which is not installed: {EXTRA}") from None
 
 
-def save_chart(run_dirs: Sequence[str | Path], out: str | Path, x: str = "step") -> Path:
-    """Draw the runs into ``out`` (``.png``, ``.svg`` or ``.pdf``) with matplotlib; returns its path."""
+def save_chart(run_dirs: Sequence[str | Path], out: str | Path, x: str = "step", overwrite: bool = False) -> Path:
+    """Draw the runs into ``out`` (``.png``, ``.svg`` or ``.pdf``) with matplotlib; returns its path.
+    An existing ``out`` is replaced only with ``overwrite``."""
     out = Path(out).expanduser()
     kind = out.suffix.lower().lstrip(".")
     if kind not in FILE_TYPES:
         raise UserError(f"--out {str(out)!r} must end in {', '.join('.' + t for t in FILE_TYPES)}")
-    if not out.parent.is_dir():
-        raise UserError(f"--out {str(out)!r}: the folder {str(out.parent)!r} does not exist")
+    out = output_file(out, overwrite, "--out", "the path of a chart file")
     runs = run_curves(run_dirs, x)
     matplotlib = _extra("matplotlib", "a chart file")
     figure = _figure(runs, X_AXES[x][1])

@@ -5,7 +5,9 @@ and the one generation API, :func:`draw_samples`, which draws any number of samp
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +19,7 @@ from charlstm.data.vocab import CharVocab
 from charlstm.net.model import CharLSTM, State
 from charlstm.sampling.stepper import KernelRule, Stepper
 
+COMPILE_PATIENCE = 3.0  # seconds: Numba loads its cached kernels in about 1 s here; a first compile takes 12-20 s
 PIECE_TOKENS = 256  # characters per sample drawn per call: text still streams out, calls stay few
 
 
@@ -104,9 +107,35 @@ def draw_samples(stepper: Stepper, vocab: CharVocab, cfg: SampleConfig, start: S
     return Samples(seed, prompt, dropped, pieces)
 
 
-def compile_kernels() -> None:
+def compile_kernels(on_slow: Callable[[], None] | None = None) -> float:
     """Compile everything sampling runs, in both precisions, for one stream and for many (or load
-    it from Numba's on-disk cache, well under a second): about 12 s the first time on a 2-core CPU."""
+    it from Numba's on-disk cache, well under a second): about 12 s the first time on a 2-core CPU.
+    ``on_slow`` is called once the work has outlasted ``COMPILE_PATIENCE`` (a first compile, not a
+    load), so that a front end can say what it waits for. Returns the seconds it took."""
+    started = time.perf_counter()
+    if on_slow is None:
+        _compile()
+        return time.perf_counter() - started
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            _compile()
+        except BaseException as e:  # raised again in the caller's thread
+            failed.append(e)
+
+    worker = threading.Thread(target=work, name="charlstm-compile", daemon=True)
+    worker.start()
+    worker.join(COMPILE_PATIENCE)
+    if worker.is_alive():
+        on_slow()
+        worker.join()
+    if failed:
+        raise failed[0]
+    return time.perf_counter() - started
+
+
+def _compile() -> None:
     with torch.random.fork_rng(devices=[]):  # a run's random state must not move
         tiny = CharLSTM(ModelConfig(vocab_size=3, embedding=2, hidden=2, layers=2)).eval()
         rng, rule = np.random.default_rng(0), SamplingRule(1.0, 2, 0.9)

@@ -41,7 +41,7 @@ import torch
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
-from charlstm.files import atomic_path
+from charlstm.files import atomic_path, output_file
 from charlstm.net.model import CharLSTM, State, first_stream
 from charlstm.validate import DictRoundTrip
 
@@ -328,13 +328,15 @@ def load_checkpoint(path: str | Path, prefer: str = BEST, mmap: bool = False) ->
     return Checkpoint.from_dict(payload, p)
 
 
-def export_safetensors(checkpoint: Checkpoint, out: str | Path) -> Path:
-    """Write the weights alone to ``out``, with configs, vocabulary and progress as JSON metadata."""
+def export_safetensors(checkpoint: Checkpoint, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the weights alone to ``out``, with configs, vocabulary and progress as JSON metadata;
+    an existing ``out`` is replaced only with ``overwrite``."""
     from safetensors.torch import save_file
 
-    out = Path(out)
+    out = Path(out).expanduser()
     if out.suffix != ".safetensors":
         raise UserError(f"export target {str(out)!r} must end in .safetensors")
+    out = output_file(out, overwrite, "export target", "the path of a .safetensors file")
     saved = checkpoint.to_dict()
     progress = {k: saved["progress"][k] for k in EXPORTED_PROGRESS}
     meta = {k: json.dumps(progress if k == "progress" else saved[k]) for k in EXPORTED_METADATA}

@@ -38,6 +38,15 @@ class Started:
 
 
 @dataclass
+class Compiling:
+    """The sampling kernels are being compiled (``done`` False), which happens once per
+    installation and takes a while, or have been (``done`` True, after ``seconds``)."""
+
+    done: bool = False
+    seconds: float | None = None
+
+
+@dataclass
 class Progress:
     step: int
     epoch: float
@@ -92,5 +101,5 @@ class Finished:
     result: TrainResult
 
 
-Event = Started | Progress | Evaluated | Finished
+Event = Started | Compiling | Progress | Evaluated | Finished
 EventFn = Callable[[Event], None]

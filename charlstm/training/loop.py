@@ -25,7 +25,7 @@ from charlstm.store.checkpoint import BEST, LAST, resume_command
 from charlstm.store.metrics import end_record
 from charlstm.training.distributed import max_all, sum_all
 from charlstm.training.evaluate import EvalInterrupted, evaluate
-from charlstm.training.events import Evaluated, EventFn, Finished, Progress, Started, TrainResult, VocabStats
+from charlstm.training.events import Compiling, Evaluated, EventFn, Finished, Progress, Started, TrainResult, VocabStats
 from charlstm.training.presets import Sizing
 from charlstm.training.run import Run, log_metric, save, target_epochs
 from charlstm.training.schedule import get_lr, plateau_update
@@ -302,10 +302,19 @@ def _log_end(run: Run, reason: StopReason, signum: int | None, error: str | None
         pass
 
 
+def _compile_sampling(on_event: EventFn) -> None:
+    """Compile the sampling kernels (previews, then ``charlstm sample``): once per installation, and
+    not on the run's clock. A compile that takes a while is announced, and its end too."""
+    slow: list[bool] = []
+    seconds = compile_kernels(on_slow=lambda: (slow.append(True), on_event(Compiling()))[-1])
+    if slow:
+        on_event(Compiling(done=True, seconds=seconds))
+
+
 def _train(run: Run, on_event: EventFn, stop: StopFlag | None) -> TrainResult:
     st = run.state
     if run.tcfg.sample_chars > 0 and run.procs.main:
-        compile_kernels()  # sampling (previews, then `charlstm sample`): compiled once per machine, not on the clock
+        _compile_sampling(on_event)
     session, reason = _Session.start(run, on_event, stop), None
     while reason is None:
         lr = current_lr(run)

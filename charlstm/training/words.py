@@ -8,7 +8,7 @@ import signal
 
 from charlstm.choices import ChosenBy, StopReason
 from charlstm.options import option
-from charlstm.training.events import Evaluated, Started, TrainResult, VocabStats
+from charlstm.training.events import Compiling, Evaluated, Progress, Started, TrainResult, VocabStats
 from charlstm.training.presets import Sizing
 
 BEST = " (best)"  # the mark of an evaluation that set a new best, as evaluated() writes it
@@ -81,6 +81,22 @@ def start_notes(event: Started) -> list[str]:
         shown = ", ".join(files[:SKIPPED_SHOWN]) + (" and more" if len(files) > SKIPPED_SHOWN else "")
         lines.append(f"warning: left out {len(files)} files that are not text: {shown}")
     return [line for line in lines if line]
+
+
+def compiling(event: Compiling) -> str:
+    """What the first run after installing waits for, and then how long it took."""
+    if event.done:
+        return f"compiled the sampling kernels in {seconds(event.seconds)}"
+    return "compiling the sampling kernels (once per installation; later runs load them at once)"
+
+
+def progress(event: Progress) -> str:
+    """A log file's progress line: "step 90 (11%)  loss 1.934  lr 2.92e-02  69.9k chars/s  23s left"."""
+    left = f"  {seconds(event.remaining)} left" if event.remaining is not None else ""
+    return (
+        f"step {event.step} ({event.fraction:.0%})  loss {event.loss:.3f}  lr {event.lr:.2e}  "
+        f"{event.chars_per_sec / 1000:.1f}k chars/s{left}"
+    )
 
 
 def evaluated(event: Evaluated) -> str:
