@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from charlstm.config import training_configs
+from charlstm.config import TRAINING, training_configs
 from charlstm.data.batches import split_tokens
+from charlstm.options import declared
 from charlstm.store.checkpoint import BEST, load_checkpoint
 from charlstm.training.evaluate import evaluate
 from charlstm.training.loop import train
@@ -46,6 +47,9 @@ def parse_value(text: str):
 
 
 def run_trial(overrides: dict, budget: float, corpus: str, out: Path) -> dict:
+    unknown = set(overrides) - {d.name for d in declared(*TRAINING)}
+    if unknown:
+        raise SystemExit(f"unknown option(s) in the trial: {', '.join(sorted(unknown))} (see charlstm train --help)")
     tcfg, mcfg = training_configs(
         {"corpus": corpus, "max_time": budget, "out": str(out), "sample_chars": 0, **overrides}
     )

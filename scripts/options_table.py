@@ -37,7 +37,7 @@ def table(options: tuple[Declared, ...], training: bool) -> list[str]:
         head = ["| option | default | what it does |", "|---|---|---|"]
     rows = []
     for d in options:
-        shown = shown_default(d)
+        shown = shown_default(d) if d.default != "" else "empty"
         default = f"`{shown}`" if shown is not None else ("required" if d.default is not None else "none")
         if training:
             panel = d.option.panel.value if d.option.panel else ""

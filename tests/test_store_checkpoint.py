@@ -160,6 +160,8 @@ def test_version_3_keeps_a_count_of_its_log_and_the_size_of_a_pass_in_format_4()
         "format_version": 4,
         "progress": {"epoch": 2, "chunk": 10, "chunks_per_epoch": 40, "metrics_lines": 3},
     }
+    worded = {"format_version": 3, "progress": {"sizing": {"preset": "small", "budget": "the default 10 epochs"}}}
+    assert ckpt.MIGRATIONS[3](worded)["progress"]["sizing"] == {"preset": "small", "default_budget": True}
     at_a_pass = ckpt.MIGRATIONS[3]({"format_version": 3, "epoch": 1.0, "progress": {"epoch": 1, "chunk": 0}})
     assert ckpt.RunState.from_dict(at_a_pass["progress"]).passes == 1.0
 

@@ -140,7 +140,7 @@ class Stepper:
     @torch.no_grad()
     def __init__(self, model: CharLSTM, precision: str = "fp32", threads: int | None = None):
         if precision not in STEP_PRECISIONS:  # of the weights the step reads; arithmetic is fp32 either way
-            raise ValueError(f"precision must be one of {STEP_PRECISIONS}, not {precision!r}")
+            raise ValueError(f"precision must be one of {', '.join(STEP_PRECISIONS)}, not {precision!r}")
         if precision == "bf16":  # the prompt, too, is read with the rounded weights
             model = _with_step_weights_rounded(model)
         self.model, self.precision, h = model, precision, model.config.hidden

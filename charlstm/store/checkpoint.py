@@ -12,7 +12,8 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values (form
     optimizer       dict | None        AdamW state dict (None in exports)
     progress        dict               RunState.to_dict(): step, cursor (epoch, chunk, chunks_per_epoch),
                                        time, losses, how many lines of metrics.jsonl it has seen
-    rng             dict | None        {"torch": ByteTensor, "cuda": ByteTensor on CUDA runs}
+    rng             dict | None        {"torch": ByteTensor, "cuda": ByteTensor on CUDA runs}; with several
+                                       processes also "ranks" and "cuda_ranks", one state each
     hidden          list | None        carried state: [h, c] ([h] for a GRU), each (layers, B, H)
     corpus          dict | None        the training text: "path" (as given), "sha256", and what
                                        reading found: "chars", "tokens", "distinct", "own_coverage",
@@ -125,6 +126,10 @@ def _v3_to_v4(payload: dict[str, Any]) -> dict[str, Any]:
     the size of a pass, from which the epoch follows."""
     progress = dict(payload.get("progress") or {})
     progress["metrics_lines"] = len(progress.pop("metrics", None) or [])
+    if progress.get("sizing"):  # the budget, once in words, is whether the default epochs stood for one
+        sizing = dict(progress["sizing"])
+        sizing["default_budget"] = sizing.pop("budget", "the budget") != "the budget"
+        progress["sizing"] = sizing
     rest = {k: v for k, v in payload.items() if k != "epoch"}
     epoch, done, chunk = payload.get("epoch"), progress.get("epoch", 0), progress.get("chunk", 0)
     if epoch is not None and "chunk" not in progress:  # an export, which kept no cursor: the fraction alone
@@ -248,7 +253,7 @@ class Checkpoint:
             "path": str(self.path),
             "format_version": self.file_version,
             "step": p.step,
-            "epoch": p.passes,
+            "epoch": p.passes if p.chunks_per_epoch or p.epoch else None,  # None: an old export kept none
             "elapsed": p.elapsed,
             "val_loss": finite(p.best_val_loss),
             "last_val_loss": finite(p.last_val_loss),

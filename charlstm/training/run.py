@@ -33,6 +33,7 @@ from charlstm.training.step import Learner, make_optimizer
 
 # Options that may change when a run is resumed; any other differing value is refused.
 RESUMABLE_CHANGES = frozenset(d.name for d in train_options() if d.option.resumable)
+MAY_CHANGE = ", ".join(d.flag for d in train_options() if d.option.resumable)  # in the order of --help
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,8 @@ def resume_run(
     learner = Learner.of(model, optimizer, state.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
     run = Run(tcfg, ckpt.model_config, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs, hidden)
     run.saved_world = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
-    on_main(procs, lambda: (remove_stale_temporaries(run_dir), rewrite_metrics(run), write_config(run)))
+    on_main(procs, lambda: (remove_stale_temporaries(run_dir), write_config(run)))
+    run.state.metrics_lines = on_main(procs, lambda: rewrite_metrics(run))  # every process counts the same lines
     return run
 
 
@@ -225,8 +227,8 @@ def _resumed_config(ckpt: Checkpoint, options: dict[str, Any], run_dir: Path) ->
         if key not in RESUMABLE_CHANGES and key in stored and stored[key] != value:
             raise UserError(
                 f"{option(key)} {value!r} differs from the run's {stored[key]!r}; a resumed run keeps its "
-                f"architecture, data and optimiser settings (only --max-steps, --epochs, --max-time and "
-                f"the logging options may change), so drop the option or start a new run with --out"
+                f"architecture, data and optimiser settings (only {MAY_CHANGE} may change), so drop the "
+                f"option or start a new run with --out"
             )
     changes = {k: v for k, v in options.items() if k in RESUMABLE_CHANGES}
     return TrainConfig.from_dict({**ckpt.train_config.to_dict(), **changes, "out": str(run_dir)})
@@ -332,7 +334,7 @@ def log_metric(run: Run, record: dict[str, Any]) -> None:
             metrics.append(run.run_dir, record)
 
 
-def rewrite_metrics(run: Run) -> None:
+def rewrite_metrics(run: Run) -> int:
     """metrics.jsonl as of the checkpoint: its first ``metrics_lines`` records; the lines written
     after the checkpoint was saved are dropped, except the end record of a session that stopped
     right at it (which stays, so that a resume refused leaves the run as it ended)."""
@@ -341,9 +343,9 @@ def rewrite_metrics(run: Run) -> None:
     end = metrics.ending(after[:1])
     if end is not None and end.get("step") == run.state.step:
         kept.append(end)
-    run.state.metrics_lines = len(kept)
     with _writing(run, METRICS):
         atomic_write(run.run_dir / METRICS, metrics.lines_of(kept), mode="w")
+    return len(kept)
 
 
 def write_config(run: Run) -> None:

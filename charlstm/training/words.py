@@ -7,6 +7,7 @@ import math
 import signal
 
 from charlstm.choices import ChosenBy, StopReason
+from charlstm.config import DEFAULT_EPOCHS
 from charlstm.options import option
 from charlstm.training.events import Compiling, Evaluated, Progress, Started, TrainResult, VocabStats
 from charlstm.training.presets import Sizing
@@ -46,7 +47,7 @@ def sizing(s: Sizing) -> str:
     else:
         passes = s.passes or 0.0
         shown = f"{passes:,.0f}" if passes >= 10 else f"{passes:.2g}"
-        budget = "the default 10 epochs" if s.default_budget else "the budget"
+        budget = f"the default {DEFAULT_EPOCHS:g} epochs" if s.default_budget else "the budget"
         why = f"{budget} buys about {shown} passes over the text with the small preset"
         if s.chars_per_s:
             why += f", measured at {s.chars_per_s / 1000:.0f}k chars/s here"
