@@ -149,7 +149,7 @@ def _info_value(key: str, value: Any) -> str:
     if key == "elapsed":
         return words.seconds(value)
     if key in LOSSES:
-        return f"{value:.4f} nats/char ({value / math.log(2):.4f} bpc)"
+        return words.nats(value)
     if key == "own_coverage":
         return f"{value:.2%} of the text"
     return _plain(value)

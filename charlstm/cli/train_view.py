@@ -210,7 +210,6 @@ def summary(console: Console, result: events.TrainResult) -> None:
     as plain text that no width cuts or folds, so that it can be copied whole."""
     if result.stopped_by is StopReason.SIGNAL:
         console.print(words.resume_hint(result), soft_wrap=True, markup=False, highlight=False)
-    best = result.best_val_loss
     table = Table(title="charlstm train", show_header=False)
     for key, value in (
         ("run directory", str(result.run_dir)),
@@ -218,7 +217,7 @@ def summary(console: Console, result: events.TrainResult) -> None:
         ("epochs", f"{result.epoch:.2f}"),
         ("time", words.seconds(result.elapsed)),
         ("stopped by", words.stopped_by(result)),
-        ("best val loss", f"{words.loss(best)} nats/char ({words.loss(best / math.log(2))} bpc)"),
+        ("best val loss", words.nats(result.best_val_loss)),
         ("last val loss", words.loss(result.last_val_loss)),
         ("train loss", words.loss(result.train_loss)),
         ("speed", f"{result.chars_per_sec:,.0f} chars/s (this session, evaluations included)"),

@@ -305,9 +305,15 @@ def _log_end(run: Run, reason: StopReason, signum: int | None, error: str | None
 def _compile_sampling(on_event: EventFn) -> None:
     """Compile the sampling kernels (previews, then ``charlstm sample``): once per installation, and
     not on the run's clock. A compile that takes a while is announced, and its end too."""
-    slow: list[bool] = []
-    seconds = compile_kernels(on_slow=lambda: (slow.append(True), on_event(Compiling()))[-1])
-    if slow:
+    announced = False
+
+    def announce() -> None:
+        nonlocal announced
+        announced = True
+        on_event(Compiling())
+
+    seconds = compile_kernels(on_slow=announce)
+    if announced:
         on_event(Compiling(done=True, seconds=seconds))
 
 

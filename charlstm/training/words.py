@@ -28,6 +28,11 @@ def loss(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "-"
 
 
+def nats(value: float) -> str:
+    """A loss with its units: "1.4254 nats/char (2.0564 bpc)"; dashes when never measured."""
+    return f"{loss(value)} nats/char ({loss(value / math.log(2))} bpc)"
+
+
 def vocab(stats: VocabStats) -> str:
     """ "65 characters", or own tokens, their share of the text and the byte tokens."""
     if not stats.byte_tokens:
@@ -108,7 +113,7 @@ def evaluated(event: Evaluated) -> str:
 
 def stopped_by(result: TrainResult) -> str:
     """Why a run ended: "--max-time (budget spent)", "signal (SIGINT)", ..."""
-    reason = StopReason(result.stopped_by)
+    reason = result.stopped_by  # a StopReason: TrainResult makes it one
     if reason.finished:
         return f"{option(reason.value)} (budget spent)"
     if reason is StopReason.SIGNAL:
