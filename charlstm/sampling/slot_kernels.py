@@ -1,0 +1,134 @@
+"""Compiled (Numba) code for a server's slots: many streams that come and go, each with its own
+sampling rule, stepped together. Every product element is computed by the same code whatever
+the number of streams, their order or the threads, so that a stream's text depends on nothing
+but itself (BLAS picks its kernels by the matrices' shapes, and rounds differently for each). A
+tile of four streams by two weight rows reads each loaded value more than once, which brings
+these products close to BLAS's speed. (With ``kernels.py``, the only sampling code that imports
+Numba.)
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba.core import types
+from numba.extending import overload
+
+from charlstm.sampling.kernels import _F, _HIGH, _JIT, _SHIFT, cell, draw, f32_from_bits
+
+TILE_STREAMS = 4  # the number of streams stepped together is rounded up to this (zero rows fill it)
+_TILE_ROWS_BLOCK = 16  # weight rows per thread's block: they stay in cache across the streams
+
+
+@numba.njit(inline="always", **_JIT)
+def _tile_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, b: int, r: int, pair: bool) -> None:
+    width = w.shape[1]
+    u, v = w[r], w[r + 1 if pair else r]  # 1-D views indexed from 0: no index wrap-around in the loop
+    x0, x1, x2, x3 = (
+        x[b, k0 : k0 + width],
+        x[b + 1, k0 : k0 + width],
+        x[b + 2, k0 : k0 + width],
+        x[b + 3, k0 : k0 + width],
+    )
+    a0, a1, a2, a3, c0, c1, c2, c3 = _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0)
+    for k in range(width):
+        a0 += u[k] * x0[k]
+        a1 += u[k] * x1[k]
+        a2 += u[k] * x2[k]
+        a3 += u[k] * x3[k]
+        c0 += v[k] * x0[k]
+        c1 += v[k] * x1[k]
+        c2 += v[k] * x2[k]
+        c3 += v[k] * x3[k]
+    out[b, r], out[b + 1, r], out[b + 2, r], out[b + 3, r] = a0, a1, a2, a3
+    if pair:
+        out[b, r + 1], out[b + 1, r + 1], out[b + 2, r + 1], out[b + 3, r + 1] = c0, c1, c2, c3
+
+
+@numba.njit(inline="always", **_JIT)
+def _tile_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, b: int, r: int, pair: bool) -> None:
+    width = w.shape[1]  # two bf16 weights per uint32: columns 2k (its low half) and 2k + 1
+    p, q = w[r], w[r + 1 if pair else r]
+    end = k0 + 2 * width
+    x0, x1, x2, x3 = x[b, k0:end], x[b + 1, k0:end], x[b + 2, k0:end], x[b + 3, k0:end]
+    a0, a1, a2, a3, c0, c1, c2, c3 = _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0)
+    for k in range(width):
+        ue, uo = f32_from_bits(p[k] << _SHIFT), f32_from_bits(p[k] & _HIGH)
+        ve, vo = f32_from_bits(q[k] << _SHIFT), f32_from_bits(q[k] & _HIGH)
+        e, o = 2 * k, 2 * k + 1
+        a0 += ue * x0[e] + uo * x0[o]
+        a1 += ue * x1[e] + uo * x1[o]
+        a2 += ue * x2[e] + uo * x2[o]
+        a3 += ue * x3[e] + uo * x3[o]
+        c0 += ve * x0[e] + vo * x0[o]
+        c1 += ve * x1[e] + vo * x1[o]
+        c2 += ve * x2[e] + vo * x2[o]
+        c3 += ve * x3[e] + vo * x3[o]
+    out[b, r], out[b + 1, r], out[b + 2, r], out[b + 3, r] = a0, a1, a2, a3
+    if pair:
+        out[b, r + 1], out[b + 1, r + 1], out[b + 2, r + 1], out[b + 3, r + 1] = c0, c1, c2, c3
+
+
+@numba.njit(parallel=True, **_JIT)
+def _product_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, streams: int) -> None:
+    blocks = (w.shape[0] + _TILE_ROWS_BLOCK - 1) // _TILE_ROWS_BLOCK
+    for i in numba.prange(blocks):
+        first, last = i * _TILE_ROWS_BLOCK, min(w.shape[0], (i + 1) * _TILE_ROWS_BLOCK)
+        for b in range(0, streams, TILE_STREAMS):
+            for r in range(first, last, 2):
+                _tile_f32(w, x, k0, out, b, r, r + 1 < last)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _product_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, streams: int) -> None:
+    blocks = (w.shape[0] + _TILE_ROWS_BLOCK - 1) // _TILE_ROWS_BLOCK
+    for i in numba.prange(blocks):
+        first, last = i * _TILE_ROWS_BLOCK, min(w.shape[0], (i + 1) * _TILE_ROWS_BLOCK)
+        for b in range(0, streams, TILE_STREAMS):
+            for r in range(first, last, 2):
+                _tile_bf16(w, x, k0, out, b, r, r + 1 < last)
+
+
+def tiled_product(w, x, k0, out, streams):  # noqa: ANN001, ANN201
+    """out[:streams] = x[:streams, k0 : k0 + K] @ w.T for w fp32 (R, K) or bf16 pairs (R, K/2)
+    (x then needs an even width past k0: ``Slots`` pads it); ``streams`` a multiple of
+    TILE_STREAMS. Every element is the same sum in the same order whatever ``streams`` is."""
+
+
+@overload(tiled_product)
+def _tiled_product_impl(w, x, k0, out, streams):  # noqa: ANN001, ANN202
+    if w.dtype == types.uint32:
+        return lambda w, x, k0, out, streams: _product_bf16(w, x, k0, out, streams)
+    return lambda w, x, k0, out, streams: _product_f32(w, x, k0, out, streams)
+
+
+@numba.njit(**_JIT)
+def step_streams(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: np.ndarray,
+                 logits: np.ndarray, tokens: np.ndarray, streams: int) -> None:  # fmt: skip
+    """The first ``streams`` (a multiple of TILE_STREAMS) of xh (L, B, 2H) and c read ``tokens``
+    (B,): one step of every layer and the head into logits (B, V), through ``tiled_product``."""
+    kind, table, w0, ws, biases, peep, head_w, head_b, _ = arrays
+    n = xh.shape[2] // 2
+    for layer in range(xh.shape[0]):
+        x = xh[layer]
+        if layer == 0:
+            tiled_product(w0, x, n, g, streams)
+        else:
+            x[:streams, :n] = xh[layer - 1, :streams, n : 2 * n]
+            tiled_product(ws[layer - 1], x, 0, g, streams)
+        for b in range(streams):
+            bias = table[tokens[b]] if layer == 0 else biases[layer - 1]
+            cell(kind, g[b], bias, peep[layer], c[layer, b], x[b, n : 2 * n], act)
+    tiled_product(head_w, xh[xh.shape[0] - 1], n, logits, streams)
+    for b in range(streams):
+        logits[b] += head_b
+
+
+@numba.njit(**_JIT)
+def draw_each(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,
+              u: np.ndarray) -> np.ndarray:  # fmt: skip
+    """``draw`` for each of the first len(u) rows of logits with its own rule and u -> ids."""
+    z, out = np.empty(logits.shape[1]), np.empty(u.shape[0], np.int64)
+    for b in range(u.shape[0]):
+        out[b] = draw(logits[b], temperature[b], top_k[b], top_p[b], u[b], z)
+    return out
