@@ -14,8 +14,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from charlstm.errors import UserError
 
-_API = ("Model", "load", "train")
-__all__ = ["Model", "UserError", "__version__", "load", "train"]
+_API = ("Model", "load", "serve", "serve_app", "train")
+__all__ = ["Model", "UserError", "__version__", "load", "serve", "serve_app", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,9 @@ with the command line's message. Loading never runs code from the file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
+import importlib.util
 import itertools
 import os
 import threading
@@ -23,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from charlstm.config import TRAINING, EvalConfig, ExplainConfig, ModelConfig, SampleConfig, training_configs
+from charlstm.config import (
+    TRAINING,
+    EvalConfig,
+    ExplainConfig,
+    ModelConfig,
+    SampleConfig,
+    ServeConfig,
+    training_configs,
+)
 from charlstm.data.sources import ProgressFn
 from charlstm.data.vocab import CharVocab
 from charlstm.device import resolve_device
@@ -43,7 +53,18 @@ from charlstm.training.loop import train as train_loop
 from charlstm.training.presets import SIZED
 from charlstm.training.run import Run, new_run, resume_run
 
-__all__ = ["Model", "describe", "evaluate_checkpoint", "explain", "export", "load", "sample", "train"]
+__all__ = [
+    "Model",
+    "describe",
+    "evaluate_checkpoint",
+    "explain",
+    "export",
+    "load",
+    "sample",
+    "serve",
+    "serve_app",
+    "train",
+]
 
 _SAMPLE_DEFAULTS = SampleConfig()
 
@@ -168,6 +189,67 @@ def prepare_sampling(on_slow: Callable[[], None] | None = None) -> float:
     """Compile (once per installation) or load the sampling kernels; ``on_slow`` is called when
     that takes a while. Sampling does it on first use anyway: this lets a front end say so."""
     return compile_kernels(on_slow)
+
+
+SERVE_EXTRA = "pip install 'charlstm[serve]'"
+
+
+def check_serve_extra() -> None:
+    """Raise ``UserError`` with one line saying how to install what serving needs, if it is missing."""
+    _serving()
+
+
+def _serving() -> Any:
+    """The serving package, or one line saying how to install what it needs."""
+    missing = [name for name in ("starlette", "uvicorn", "prometheus_client") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"serving needs the serve extra ({missing[0]} is not installed): {SERVE_EXTRA}")
+    from charlstm.serving import server
+
+    return server
+
+
+def _serve_config(options: dict[str, Any]) -> ServeConfig:
+    _refuse_unknown(options, {d.name for d in declared(ServeConfig)}, "serve")
+    if options.get("api_key") is None and os.environ.get("CHARLSTM_API_KEY"):
+        options = {**options, "api_key": os.environ["CHARLSTM_API_KEY"]}
+    return ServeConfig(**options)
+
+
+def _service(checkpoint: str | Path, options: dict[str, Any]) -> Any:
+    server, config = _serving(), _serve_config(options)
+    compile_kernels()
+    model = load(checkpoint)
+    return server, server.make_service(checkpoint, model.checkpoint, model.module, config)
+
+
+def serve_app(checkpoint: str | Path, **options: Any) -> Any:
+    """The ASGI app of ``charlstm serve`` for a checkpoint, to mount in your own application
+    (Starlette's ``Mount("/charlstm", app)``, FastAPI's ``app.mount``) or run with any ASGI server.
+    ``options`` are those of ``charlstm serve`` but host and port (``api_key``, ``max_streams``, ...)."""
+    _, service = _service(checkpoint, options)
+    from charlstm.serving.app import build_app
+
+    return build_app(service)
+
+
+def serve(
+    checkpoint: str | Path, *, on_start: Callable[[str, dict[str, Any]], None] | None = None, **options: Any
+) -> None:
+    """Serve a checkpoint over OpenAI's completions API until SIGTERM or Ctrl-C: ``charlstm serve``.
+
+    ``options`` are the command's (``host``, ``port``, ``api_key``, ``max_streams``, ...);
+    ``CHARLSTM_API_KEY`` is the key when none is given. ``on_start(url, card)`` is called once
+    the socket listens, with the model's facts.
+    """
+    server, service = _service(checkpoint, options)
+    sock = server.bind(service.config.host, service.config.port)
+    if on_start is not None:
+        on_start(
+            server.url_of(sock),
+            {**dataclasses.asdict(service.card), "key_required": service.config.api_key is not None},
+        )
+    server.serve_forever(service, sock)
 
 
 def sample(checkpoint: str | Path, config: SampleConfig) -> Samples:

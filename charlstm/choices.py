@@ -106,3 +106,10 @@ class StopReason(Choice):
     def finished(self) -> bool:
         """Whether the budget was spent: the ways a run finishes."""
         return self in (StopReason.MAX_STEPS, StopReason.EPOCHS, StopReason.MAX_TIME)
+
+
+class FinishReason(Choice):
+    """Why a served completion ended (OpenAI's ``finish_reason``)."""
+
+    LENGTH = "length"  # max_tokens generated
+    STOP = "stop"  # a stop sequence appeared (it is not part of the text)

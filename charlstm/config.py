@@ -242,6 +242,34 @@ class SampleConfig(DictRoundTrip):
 
 
 @dataclass(frozen=True)
+class ServeConfig(DictRoundTrip):
+    """How ``charlstm serve`` listens and what it allows one request."""
+
+    host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface; then set --api-key).")
+    port: int = opt(8000, "Port to listen on (0: any free one; the start line says which).")
+    api_key: str | None = opt(
+        None, "Require 'Authorization: Bearer KEY' on the API (or set CHARLSTM_API_KEY).", shown="none"
+    )
+    max_streams: int = opt(64, "Completions generated at once; more wait in the queue.")
+    max_queue: int = opt(256, "Completions that may wait for a place; past that, requests get 429.")
+    max_tokens: int = opt(4096, "Most tokens one completion may ask for.")
+    max_prompt: int = opt(16_384, "Most characters in one prompt.")
+    precision: str = opt(
+        Precision.AUTO.value, "Weights the step reads: fp32, bf16, or auto (the precision the model trained in)."
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise fail("host", self.host, "an address such as 127.0.0.1")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise fail("port", self.port, "a port number from 0 to 65535")
+        if self.api_key is not None and not self.api_key.strip():
+            raise fail("api_key", self.api_key, "a non-empty key")
+        positive_int(self, "max_streams", "max_queue", "max_tokens", "max_prompt")
+        choice(self, "precision", Precision)
+
+
+@dataclass(frozen=True)
 class EvalConfig(DictRoundTrip):
     """What ``charlstm eval`` measures: a checkpoint's own corpus or another text, and which part."""
 

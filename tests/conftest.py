@@ -119,3 +119,18 @@ def full_disk(obj, f, *args, **kwargs):
     with open(f, "wb") as fh:
         fh.write(b"partial")
     raise OSError(28, "No space left on device")
+
+
+@pytest.fixture(scope="session")
+def wide_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run with a wide model (1x1024, trained two steps): slow enough to sample that a test can
+    act while it streams. Read it, never write to it."""
+    from charlstm.training.loop import train
+    from charlstm.training.run import new_run
+
+    folder = tmp_path_factory.mktemp("wide")
+    corpus = folder / "play.txt"
+    corpus.write_text(play_text(5_000), encoding="utf-8")
+    tcfg = tiny_train_config(corpus, folder / "run", max_steps=2, eval_every=2, save_every=2, eval_chars=500)
+    train(new_run(tcfg, ModelConfig(embedding=8, hidden=1024, layers=1)))
+    return folder / "run"

@@ -41,7 +41,13 @@ def test_every_part_but_the_cli_is_kept_from_typer_and_rich_and_every_part_from_
     assert set(found["forbidden:typer"]["source_modules"]) == top_level() - {"charlstm.cli"}
     assert set(found["forbidden:numba"]["source_modules"]) == top_level()
     ignored = {line.split(" -> ")[0] for line in found["forbidden:numba"]["ignore_imports"]}
-    assert ignored == {"charlstm.sampling.kernels", "charlstm.data.kernels"}
+    assert ignored == {"charlstm.sampling.kernels", "charlstm.sampling.slot_kernels", "charlstm.data.kernels"}
+
+
+def test_only_serving_imports_the_web_framework():
+    web = contracts()["forbidden:starlette"]
+    assert set(web["source_modules"]) == top_level() - {"charlstm.serving"}
+    assert {"starlette", "fastapi", "uvicorn", "prometheus_client"} <= set(web["forbidden_modules"])
 
 
 def test_subpackages_are_one_level_deep_and_no_module_outgrows_one_job():

@@ -30,8 +30,12 @@ class Waiting:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         if self.status is not None:
             self.status.stop()
+            self.status = None
 
     def start(self) -> None:
         if not self.console.is_terminal:

@@ -307,4 +307,3 @@ def generate_chunk(arrays, s, temperature, top_k, top_p, u, out, advance_last) -
         out[i] = draw(logits[0], temperature, top_k, top_p, u[i], z)
         if i + 1 < u.shape[0] or advance_last:
             advance(arrays, s, out[i])
-

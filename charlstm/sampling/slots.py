@@ -15,7 +15,7 @@ import numpy as np
 from charlstm.sampling import slot_kernels
 from charlstm.sampling.draw import SamplingRule
 from charlstm.sampling.slot_kernels import TILE_STREAMS
-from charlstm.sampling.stepper import StepState, Stepper
+from charlstm.sampling.stepper import Stepper, StepState
 
 
 class Slots:

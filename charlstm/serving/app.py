@@ -1,0 +1,325 @@
+"""The HTTP side of ``charlstm serve``: an ASGI app (Starlette) that speaks OpenAI's completions
+API over the engine, plus ``/v1/models``, ``/health``, ``/metrics`` and the playground page.
+
+Every answer that is not a success is OpenAI's error shape, ``{"error": {"message", "type",
+"param", "code"}}``: 400 for a bad value, 401 for a missing or wrong key, 404, 405, 413 for a body
+over ``MAX_BODY``, 429 (with ``Retry-After``) when the queue is full, 503 while shutting down,
+and 500 for a fault of ours, whose traceback goes to the server's log, never to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from charlstm.config import ServeConfig
+from charlstm.sampling.draw import SamplingRule, choose_seed, priming_ids
+from charlstm.serving.engine import INTERNAL, Busy, Closed, Engine, Job, Piece, Prompt
+from charlstm.serving.metrics import CONTENT_TYPE, Metrics
+from charlstm.serving.requests import ApiError, Completion, bad, read_completion
+
+log = logging.getLogger("charlstm.serve")
+
+MAX_BODY = 1 << 20  # bytes of a request body
+DISCONNECT_POLL = 0.5  # seconds between checks that a client waiting for a whole completion is still there
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the server says about its model (``/v1/models``, the page, the start line)."""
+
+    id: str
+    corpus: str
+    cell: str
+    layers: int
+    hidden: int
+    params: int
+    vocab_size: int
+    byte_fallback: bool
+    val_loss: float | None
+    precision: str  # the weights the step reads
+    created: int
+
+
+class Service:
+    """The engine, its model's card, the limits and the metrics, shared by the routes."""
+
+    def __init__(self, engine: Engine, card: ModelCard, config: ServeConfig, metrics: Metrics):
+        self.engine, self.card, self.config, self.metrics = engine, card, config, metrics
+        self._started = False
+
+    def start(self) -> None:
+        if not self._started:  # on the first request too: a mounted app gets no lifespan events
+            self._started = True
+            self.engine.start()
+
+    def check_key(self, request: Request) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing API key: send the header 'Authorization: Bearer KEY'", code="invalid_api_key")
+        if not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
+
+
+def build_app(service: Service) -> Starlette:
+    """The ASGI app over ``service``; mount it in another app, or run it with uvicorn."""
+
+    async def completions(request: Request) -> Response:
+        service.start()
+        service.check_key(request)
+        completion = read_completion(await _read_json(request), service.engine.vocab, service.config, service.card.id)
+        return await _complete(service, request, completion)
+
+    async def models(request: Request) -> Response:
+        service.check_key(request)
+        return JSONResponse({"object": "list", "data": [_model_entry(service.card)]})
+
+    async def model(request: Request) -> Response:
+        service.check_key(request)
+        if request.path_params["model"] != service.card.id:
+            raise ApiError(404, f"the model {request.path_params['model']!r} does not exist", code="model_not_found")
+        return JSONResponse(_model_entry(service.card))
+
+    async def health(request: Request) -> Response:
+        service.start()
+        engine = service.engine
+        return JSONResponse({"status": "ok", "active": engine.active, "queued": engine.queued})
+
+    async def metrics(request: Request) -> Response:
+        service.check_key(request)
+        return Response(service.metrics.text(), media_type=CONTENT_TYPE)
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(_page(service))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.engine.close)
+
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    app.add_middleware(_CountStatuses, metrics=service.metrics)
+    app.state.service = service
+    return app
+
+
+async def _read_json(request: Request) -> Any:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes", code="request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes", code="request_too_large")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise bad("the request body is not valid JSON") from None
+
+
+def _jobs(service: Service, completion: Completion, pieces: asyncio.Queue[Piece]) -> list[Job]:
+    loop, cfg, vocab = asyncio.get_running_loop(), completion.sampling, service.engine.vocab
+    seed, rule = choose_seed(cfg.seed), SamplingRule.of(cfg)
+
+    def deliver(piece: Piece) -> None:  # on the engine's thread
+        loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+    jobs = []
+    for p, text in enumerate(completion.prompts):
+        prompt = Prompt(priming_ids(vocab, text))  # primed once for its n choices
+        for i in range(cfg.num_samples):
+            index = p * cfg.num_samples + i
+            jobs.append(Job(index, prompt, rule, seed, cfg.length, completion.stops, deliver))
+    return jobs
+
+
+async def _complete(service: Service, request: Request, completion: Completion) -> Response:
+    pieces: asyncio.Queue[Piece] = asyncio.Queue()
+    jobs = _jobs(service, completion, pieces)
+    try:
+        service.engine.submit(jobs)
+    except Busy as e:
+        raise ApiError(429, f"the server is busy ({e}); retry shortly", "requests", code="rate_limit_exceeded",
+                       headers={"Retry-After": "1"}) from None  # fmt: skip
+    except Closed as e:
+        raise ApiError(503, str(e), "server_error", code="shutting_down") from None
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": service.card.id}  # fmt: skip
+    prompt_tokens = sum(len(service.engine.vocab.encode(text)) for text in completion.prompts)
+    if completion.stream:
+        events = _events(service, completion, jobs, pieces, head, prompt_tokens)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return await _whole(service, request, completion, jobs, pieces, head, prompt_tokens)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+
+
+def _choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
+    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+
+
+def _prompt_of(completion: Completion, index: int) -> str:
+    return completion.prompts[index // completion.sampling.num_samples]
+
+
+def _failed(piece: Piece) -> ApiError:
+    if piece.error == INTERNAL:
+        return ApiError(500, piece.error, "server_error")
+    return ApiError(503, piece.error or "", "server_error", code="shutting_down")
+
+
+async def _whole(service: Service, request: Request, completion: Completion, jobs: list[Job],
+                 pieces: asyncio.Queue[Piece], head: dict[str, Any], prompt_tokens: int) -> Response:  # fmt: skip
+    texts = [_prompt_of(completion, j.index) if completion.echo else "" for j in jobs]
+    finish: list[str | None] = [None] * len(jobs)
+    tokens = [0] * len(jobs)
+    try:
+        while None in finish:
+            try:
+                piece = await asyncio.wait_for(pieces.get(), DISCONNECT_POLL)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return Response(status_code=499)  # nobody reads it; counted as such
+                continue
+            if piece.error:
+                raise _failed(piece)
+            texts[piece.index] += piece.text
+            tokens[piece.index] = piece.tokens
+            finish[piece.index] = piece.finish
+    finally:
+        for job in jobs:
+            job.cancelled = True  # those finished have left already; the rest leave at the next step
+    choices = [_choice(i, text, reason) for i, (text, reason) in enumerate(zip(texts, finish, strict=True))]
+    return JSONResponse({**head, "choices": choices, "usage": _usage(prompt_tokens, sum(tokens))})
+
+
+async def _events(service: Service, completion: Completion, jobs: list[Job], pieces: asyncio.Queue[Piece],
+                  head: dict[str, Any], prompt_tokens: int) -> AsyncIterator[str]:  # fmt: skip
+    """Server-sent events: chunks of text as they come, then ``data: [DONE]``. A client that goes
+    away cancels this generator, and its jobs leave the engine at the next step."""
+
+    def event(payload: dict[str, Any]) -> str:
+        return f"data: {json.dumps(payload)}\n\n"
+
+    left, tokens = len(jobs), [0] * len(jobs)
+    try:
+        if completion.echo:
+            for job in jobs:
+                yield event({**head, "choices": [_choice(job.index, _prompt_of(completion, job.index), None)]})
+        while left:
+            piece = await pieces.get()
+            if piece.error:
+                yield event(_failed(piece).body())
+                break
+            tokens[piece.index] = piece.tokens
+            left -= piece.finish is not None
+            yield event({**head, "choices": [_choice(piece.index, piece.text, piece.finish)]})
+        else:
+            if completion.include_usage:
+                yield event({**head, "choices": [], "usage": _usage(prompt_tokens, sum(tokens))})
+        yield "data: [DONE]\n\n"
+    finally:
+        for job in jobs:
+            job.cancelled = True
+
+
+def _model_entry(card: ModelCard) -> dict[str, Any]:
+    facts = {k: v for k, v in asdict(card).items() if k not in ("id", "created")}
+    return {"id": card.id, "object": "model", "created": card.created, "owned_by": "charlstm", "charlstm": facts}
+
+
+def _page(service: Service) -> str:
+    html = resources.files("charlstm.serving").joinpath("playground.html").read_text("utf-8")
+    facts = {**asdict(service.card), "key_required": service.config.api_key is not None,
+             "max_tokens": service.config.max_tokens}  # fmt: skip
+    data = json.dumps(facts).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return html.replace("/*MODEL*/null", data, 1)
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    if status == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    elif status == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return _error_response(ApiError(status, message, code={404: "not_found", 405: "method_not_allowed"}.get(status),
+                                    headers=dict(exc.headers or {})))  # fmt: skip
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(ApiError(500, "internal server error; the server log has the details", "server_error"))
+
+
+class _CountStatuses:
+    """Counts every answer by its status code (``charlstm_requests_total``)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: list[int] = []
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                self.metrics.answered(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send=counting)
+        except Exception:
+            if not status:
+                self.metrics.answered(500)
+            raise

@@ -1,0 +1,292 @@
+"""The engine behind ``charlstm serve``: continuous batching of completions in one worker thread.
+
+Every choice of every request is a :class:`Job`. Jobs wait in a bounded queue; between two
+steps the worker primes waiting prompts (a few at a time, so that a burst does not stall the
+streams running) and gives each a slot; then every job in a slot draws its next token and all
+of them advance in one compiled step (:class:`~charlstm.sampling.slots.Slots`). A job that
+reaches its length or a stop sequence, or whose client went away, leaves its slot at once.
+
+Each job has its own random generator (from the request's seed and the choice's index) and its
+numbers do not depend on the other slots, so a request gives the same text whatever else the
+server is doing. New text goes out through the job's ``deliver`` callback, called on the worker
+thread: the first token at once, then every few tokens; text that might be the start of a stop
+sequence is held back until it is known not to be, so streamed pieces add up to exactly the text
+of the same request without streaming.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from charlstm.choices import FinishReason
+from charlstm.data.vocab import CharVocab, TextDecoder
+from charlstm.net.model import State
+from charlstm.sampling.draw import SamplingRule, priming_ids
+from charlstm.sampling.slots import Slots
+from charlstm.sampling.stepper import Stepper, StepState
+
+log = logging.getLogger("charlstm.serve")
+
+FLUSH_TOKENS = 8  # a stream's new text goes out at least every this many tokens (its first at once)
+RANDOM_BLOCK = 256  # uniforms drawn ahead for each stream
+ADMIT_PER_STEP = 8  # prompts primed between two steps
+SHUTTING_DOWN = "the server is shutting down"
+INTERNAL = "internal error while generating; the server log has the details"
+
+
+class Busy(Exception):
+    """The queue is full: try again shortly."""
+
+
+class Closed(Exception):
+    """The engine is shutting down and takes no new jobs."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """New text of one choice, as the engine hands it out."""
+
+    index: int  # the choice's index in its request
+    text: str  # the text since the last piece
+    tokens: int  # tokens generated so far (at the end: those the final text holds)
+    finish: FinishReason | None = None  # set on the choice's last piece
+    error: str | None = None  # the server ended the choice early (shutting down, an internal fault)
+
+
+@dataclass(eq=False)
+class Prompt:
+    """A prompt as the model reads it, primed once for all the choices that continue it."""
+
+    ids: list[int]
+    state: StepState | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """One choice of one request."""
+
+    index: int
+    prompt: Prompt
+    rule: SamplingRule
+    seed: int
+    max_tokens: int
+    stops: tuple[str, ...]
+    deliver: Callable[[Piece], None]  # called on the worker thread
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # set by the request's side when its client goes away
+    # The worker's own:
+    tokens: int = 0
+    text: str = ""
+    sent: int = 0  # characters of ``text`` handed out
+    pending: list[int] = field(default_factory=list)
+    decoder: TextDecoder | None = None
+    rng: np.random.Generator | None = None
+    first_token: float | None = None
+
+
+class Meter:
+    """What the engine reports as it runs (the server's metrics); these do nothing."""
+
+    def generated(self, tokens: int) -> None: ...
+
+    def first_token(self, seconds: float) -> None: ...
+
+    def finished(self, tokens: int, seconds: float) -> None: ...
+
+    def load(self, active: int, queued: int) -> None: ...
+
+
+class Engine:
+    """Continuous batching over one model's ``Stepper`` with ``capacity`` slots and a queue of
+    at most ``max_queue`` waiting jobs. Call :meth:`start`, then :meth:`submit` from any thread."""
+
+    def __init__(
+        self,
+        stepper: Stepper,
+        vocab: CharVocab,
+        start: State | None,
+        capacity: int,
+        max_queue: int,
+        meter: Meter | None = None,
+    ):
+        self.stepper, self.vocab, self.start_state = stepper, vocab, start
+        self.slots = Slots(stepper, capacity)
+        self.max_queue, self.meter = max_queue, meter or Meter()
+        self._queue: deque[Job] = deque()
+        self._jobs: list[Job] = []  # by slot
+        self._u = np.ones((self.slots.xh.shape[1], RANDOM_BLOCK))
+        self._upos = np.zeros(self.slots.xh.shape[1], np.int64)
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="charlstm-engine", daemon=True)
+
+    @property
+    def active(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def warm_up(self) -> None:
+        """Compile (or load from Numba's cache) the kernels the slots run, before the first request."""
+        _, primed = self.stepper.prime(torch.tensor([priming_ids(self.vocab, "")]), self.start_state)
+        self.slots.add(primed, SamplingRule(1.0, 2, 0.9))
+        self.slots.step(self.slots.draw(np.ones(1)))
+        self.slots.remove(0)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Take no more jobs, end those in flight (their last piece says why) and stop the worker."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue a request's jobs, all or none: raises :class:`Busy` when the queue cannot take them."""
+        with self._wake:
+            if self._closing:
+                raise Closed(SHUTTING_DOWN)
+            if len(self._queue) + len(jobs) > self.max_queue + self.slots.free:
+                raise Busy(f"{len(self._queue)} completions are waiting for a slot")
+            self._queue.extend(jobs)
+            self._wake.notify()
+        self.meter.load(self.active, self.queued)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._queue and not self._jobs:
+                    self._wake.wait()
+                if self._closing:
+                    break
+            try:
+                self._admit()
+                if self._jobs:
+                    self._advance()
+            except Exception:  # a fault of ours: end what is in flight, say so, keep serving
+                log.exception("generation failed; ending the completions in flight")
+                self._end_all(INTERNAL)
+            self.meter.load(self.active, self.queued)
+        self._end_all(SHUTTING_DOWN)
+
+    def _end_all(self, error: str) -> None:
+        with self._wake:
+            waiting, self._queue = list(self._queue), deque()
+        for job in [*self._jobs, *waiting]:
+            _safely(job.deliver, Piece(job.index, "", job.tokens, error=error))
+        self._jobs.clear()
+        self.slots.count = 0
+
+    def _admit(self) -> None:
+        for _ in range(min(self.slots.free, ADMIT_PER_STEP)):
+            with self._wake:
+                if not self._queue:
+                    return
+                job = self._queue.popleft()
+            if job.cancelled:
+                continue
+            job.decoder, job.rng = self.vocab.decoder(), _rng(job.seed, job.index)
+            if job.max_tokens == 0:
+                _safely(job.deliver, Piece(job.index, "", 0, FinishReason.LENGTH))
+                continue
+            if job.prompt.state is None:
+                _, job.prompt.state = self.stepper.prime(torch.tensor([job.prompt.ids]), self.start_state)
+            i = self.slots.add(job.prompt.state, job.rule)
+            self._jobs.append(job)
+            self._u[i], self._upos[i] = 1.0 - job.rng.random(RANDOM_BLOCK), 0
+
+    def _advance(self) -> None:
+        """Every job in a slot draws a token; those done leave; the others step together."""
+        count = self.slots.count
+        u = self._u[np.arange(count), self._upos[:count]]
+        self._upos[:count] += 1
+        ids = self.slots.draw(u)
+        now, done = time.perf_counter(), []
+        for i, (job, token) in enumerate(zip(self._jobs, ids.tolist(), strict=True)):
+            if job.cancelled:
+                done.append(i)
+                continue
+            job.pending.append(token)
+            job.tokens += 1
+            if job.first_token is None:
+                job.first_token = now
+                self.meter.first_token(now - job.submitted)
+            if (job.tokens == 1 or len(job.pending) >= FLUSH_TOKENS or job.tokens >= job.max_tokens) and _flush(job):
+                self.meter.finished(job.tokens, time.perf_counter() - job.first_token)
+                done.append(i)
+            elif self._upos[i] == RANDOM_BLOCK:
+                self._u[i], self._upos[i] = 1.0 - job.rng.random(RANDOM_BLOCK), 0
+        self.meter.generated(count)
+        for i in reversed(done):  # from the end: a job moved into a freed slot is never a done one
+            moved = self.slots.remove(i)
+            if moved is not None:
+                self._jobs[i], ids[i] = self._jobs[moved], ids[moved]
+                self._u[i], self._upos[i] = self._u[moved], self._upos[moved]
+            self._jobs.pop()
+        if self.slots.count:
+            self.slots.step(ids[: self.slots.count])
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of choice ``index`` of a request with ``seed``: its own, whatever else runs."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+
+
+def _flush(job: Job) -> bool:
+    """Decode the job's pending tokens and hand out what is certain; True when the job is done."""
+    finish = None
+    if job.stops:
+        searched = max(0, len(job.text) - max(map(len, job.stops)) + 1)
+        spent = job.tokens - len(job.pending)
+        for used, token in enumerate(job.pending, 1):
+            job.text += job.decoder([token])
+            at = _first_stop(job.text, job.stops, searched)
+            if at is not None:
+                job.text, job.tokens, finish = job.text[:at], spent + used, FinishReason.STOP
+                break
+    else:
+        job.text += job.decoder(job.pending)
+    job.pending.clear()
+    if finish is None and job.tokens >= job.max_tokens:
+        finish = FinishReason.LENGTH
+    end = len(job.text) if finish else len(job.text) - _held_back(job.text, job.stops)
+    if end > job.sent or finish:
+        piece = Piece(job.index, job.text[job.sent : end], job.tokens, finish)
+        job.sent = end
+        _safely(job.deliver, piece)
+    return finish is not None
+
+
+def _first_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
+    found = [at for at in (text.find(stop, start) for stop in stops) if at >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of ``text`` could begin a stop sequence."""
+    for size in range(min(len(text), max(map(len, stops), default=1) - 1), 0, -1):
+        tail = text[-size:]
+        if any(stop.startswith(tail) for stop in stops):
+            return size
+    return 0
+
+
+def _safely(deliver: Callable[[Piece], None], piece: Piece) -> None:
+    """Hand out a piece; a receiver that fails (its event loop closed) must not stop the others."""
+    try:
+        deliver(piece)
+    except Exception:
+        log.debug("a piece could not be delivered", exc_info=True)

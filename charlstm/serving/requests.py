@@ -1,0 +1,159 @@
+"""What a completion request asks for, read and checked as OpenAI's ``/v1/completions`` defines
+it, and the errors in OpenAI's shape.
+
+The sampling fields are the sampling options of ``charlstm sample`` (``SampleConfig``) under
+OpenAI's names (``max_tokens`` is ``--length``, ``n`` is ``--num-samples``): their defaults and
+their checks are those options' own; only this server's limits are added here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from charlstm.config import SampleConfig, ServeConfig
+from charlstm.data.vocab import CharVocab
+from charlstm.errors import UserError
+from charlstm.options import declared, option
+
+# OpenAI's name of each sampling option (``top_k`` is an extension, as in vLLM and llama.cpp).
+SAMPLING_FIELDS = {
+    "max_tokens": "length",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "seed": "seed",
+    "n": "num_samples",
+}
+DEFAULTS = {
+    name: d.default for d in declared(SampleConfig) for name, field in SAMPLING_FIELDS.items() if d.name == field
+}
+# Fields OpenAI defines that this server takes only at their neutral value.
+NEUTRAL = {"logprobs": (None,), "suffix": (None, ""), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+           "logit_bias": (None, {}), "best_of": (None, 1)}  # fmt: skip
+OTHER_FIELDS = {"model", "prompt", "stream", "stream_options", "stop", "echo", "user"}
+MAX_STOPS = 4  # as OpenAI
+
+
+class ApiError(Exception):
+    """An answer other than success, in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A checked completion request."""
+
+    prompts: tuple[str, ...]
+    sampling: SampleConfig  # length, temperature, top_k, top_p, seed (None: random) and n
+    stops: tuple[str, ...]
+    stream: bool
+    echo: bool
+    include_usage: bool  # stream_options.include_usage: a last chunk with the usage
+
+    @property
+    def choices(self) -> int:
+        return len(self.prompts) * self.sampling.num_samples
+
+
+def read_completion(body: Any, vocab: CharVocab, limits: ServeConfig, model_id: str) -> Completion:
+    """The request in ``body`` (parsed JSON), or :class:`ApiError` (400, or 404 for another model)."""
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object")
+    unknown = sorted(set(body) - OTHER_FIELDS - set(SAMPLING_FIELDS) - set(NEUTRAL))
+    if unknown:
+        raise bad(f"unrecognized request argument supplied: {unknown[0]}", unknown[0])
+    for name, neutral in NEUTRAL.items():
+        if name in body and not any(_same(body[name], value) for value in neutral):
+            raise bad(f"{name} is not supported by this server (a character model); leave it out", name)
+    model = body.get("model")
+    if model is not None and model != model_id:
+        raise ApiError(404, f"the model {model!r} does not exist; this server has {model_id!r}", param="model",
+                       code="model_not_found")  # fmt: skip
+    prompts = _prompts(body.get("prompt", ""), vocab, limits)
+    sampling = _sampling(body)
+    if sampling.length > limits.max_tokens:
+        raise bad(f"max_tokens {sampling.length} is more than this server allows ({limits.max_tokens})", "max_tokens")
+    if len(prompts) * sampling.num_samples > limits.max_streams:
+        raise bad(f"n times the number of prompts is {len(prompts) * sampling.num_samples}; this server generates at"
+                  f" most {limits.max_streams} at once", "n")  # fmt: skip
+    stream, echo = _flag(body, "stream"), _flag(body, "echo")
+    options = body.get("stream_options")
+    if options is not None and not (isinstance(options, dict) and set(options) <= {"include_usage"}):
+        raise bad("stream_options must be an object with at most include_usage", "stream_options")
+    include_usage = bool(options and _flag(options, "include_usage"))
+    if include_usage and not stream:
+        raise bad("stream_options is only allowed with stream: true", "stream_options")
+    return Completion(prompts, sampling, _stops(body.get("stop")), stream, echo, include_usage)
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    if neutral is None or isinstance(value, bool):
+        return value is neutral
+    return value == neutral
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad(f"{name} must be true or false, not {value!r}", name)
+    return value
+
+
+def _prompts(prompt: Any, vocab: CharVocab, limits: ServeConfig) -> tuple[str, ...]:
+    if isinstance(prompt, str):
+        prompts = (prompt,)
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = tuple(prompt)
+    else:
+        raise bad("prompt must be a string or a non-empty list of strings (token ids are not taken)", "prompt")
+    for text in prompts:
+        if len(text) > limits.max_prompt:
+            raise bad(f"the prompt has {len(text):,} characters; this server takes at most {limits.max_prompt:,}",
+                      "prompt", "prompt_too_long")  # fmt: skip
+        try:
+            vocab.check_known(text, "the prompt", "use only characters of the model's training text")
+        except UserError as e:
+            raise bad(str(e), "prompt", "unknown_characters") from None
+    return prompts
+
+
+def _sampling(body: dict[str, Any]) -> SampleConfig:
+    """The sampling options, checked by ``SampleConfig``; its messages name OpenAI's fields."""
+    given = {SAMPLING_FIELDS[name]: body[name] for name in SAMPLING_FIELDS if body.get(name) is not None}
+    for name, value in given.items():  # JSON's numbers: a float that is whole is fine where an int is wanted
+        if isinstance(value, float) and name in ("length", "top_k", "seed", "num_samples") and value.is_integer():
+            given[name] = int(value)
+    try:
+        return SampleConfig(**given)
+    except UserError as e:
+        message = str(e)
+        for name, field in SAMPLING_FIELDS.items():
+            if message.startswith(option(field) + " "):
+                raise bad(name + message[len(option(field)) :], name) from None
+        raise bad(message) from None
+    except (TypeError, ValueError) as e:
+        raise bad(f"a sampling field has a value of the wrong type: {e}") from None
+
+
+def _stops(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
+        raise bad(f"stop must be a non-empty string or a list of at most {MAX_STOPS} of them", "stop")
+    return tuple(stops)

@@ -1,0 +1,313 @@
+"""``charlstm serve`` through the real OpenAI client, as users call it: completions, streaming,
+n, stop, echo, seeds under concurrency, every error status, the key, metrics, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from tests.serving import Server
+
+KEY = "sk-test-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server(shared_run):
+    s = Server(shared_run, "--max-streams", "16", "--max-tokens", "600", "--max-prompt", "1000")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def model_id(client):
+    return client.models.list().data[0].id
+
+
+def complete(client, model_id, **kw):
+    return client.completions.create(model=model_id, **{"prompt": "KING:", "max_tokens": 40, **kw})
+
+
+def streamed(client, model_id, **kw):
+    """The text of each choice, joined from the stream's chunks, and the finish reasons."""
+    texts, finish = {}, {}
+    for chunk in complete(client, model_id, stream=True, **kw):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    return texts, finish
+
+
+def test_the_model_list_names_the_run_and_its_facts(client, shared_run):
+    models = client.models.list().data
+    assert [m.id for m in models] == [shared_run.name]
+    facts = models[0].model_extra["charlstm"]
+    assert facts["hidden"] == 16 and facts["layers"] == 2 and facts["corpus"] == "play.txt"
+    assert client.models.retrieve(shared_run.name).id == shared_run.name
+
+
+def test_a_completion_has_openais_shape_and_its_length(client, model_id):
+    r = complete(client, model_id, max_tokens=50, seed=3)
+    assert r.object == "text_completion" and r.id.startswith("cmpl-") and r.model == model_id
+    (choice,) = r.choices
+    assert len(choice.text) == 50 and choice.finish_reason == "length" and choice.logprobs is None
+    assert r.usage.prompt_tokens == len("KING:") and r.usage.completion_tokens == 50
+    assert r.usage.total_tokens == 55
+
+
+def test_a_stream_gives_exactly_the_text_of_the_same_request(client, model_id):
+    whole = complete(client, model_id, max_tokens=300, seed=11, temperature=1.0)
+    texts, finish = streamed(client, model_id, max_tokens=300, seed=11, temperature=1.0)
+    assert texts == {0: whole.choices[0].text} and finish == {0: "length"}
+
+
+def test_the_same_seed_gives_the_same_text_and_another_seed_another(client, model_id):
+    a, b, c = (complete(client, model_id, seed=s, temperature=1.0).choices[0].text for s in (5, 5, 6))
+    assert a == b and a != c
+
+
+def test_n_and_several_prompts_give_a_choice_each_in_order(client, model_id):
+    r = complete(client, model_id, prompt=["KING:", "FOOL:"], n=3, seed=2, temperature=1.0, max_tokens=30)
+    assert [c.index for c in r.choices] == list(range(6))
+    assert len({c.text for c in r.choices}) == 6  # each choice has its own random numbers
+    texts, _ = streamed(client, model_id, prompt=["KING:", "FOOL:"], n=3, seed=2, temperature=1.0, max_tokens=30)
+    assert [texts[i] for i in range(6)] == [c.text for c in r.choices]
+
+
+def test_stop_ends_the_text_before_the_first_stop_sequence(client, model_id):
+    full = complete(client, model_id, max_tokens=200, seed=9, temperature=1.0).choices[0].text
+    stop = full[60:62]
+    expected = full[: full.find(stop)]
+    r = complete(client, model_id, max_tokens=200, seed=9, temperature=1.0, stop=[stop, "\x00never"])
+    assert r.choices[0].text == expected and r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == len(expected) + len(stop)
+    texts, finish = streamed(client, model_id, max_tokens=200, seed=9, temperature=1.0, stop=stop)
+    assert texts == {0: expected} and finish == {0: "stop"}
+
+
+def test_echo_puts_the_prompt_first(client, model_id):
+    plain = complete(client, model_id, seed=4).choices[0].text
+    echoed = complete(client, model_id, seed=4, echo=True).choices[0].text
+    assert echoed == "KING:" + plain
+    texts, _ = streamed(client, model_id, seed=4, echo=True)
+    assert texts == {0: "KING:" + plain}
+
+
+def test_greedy_is_temperature_zero_and_top_k_is_taken(client, model_id):
+    a = complete(client, model_id, temperature=0).choices[0].text
+    b = complete(client, model_id, temperature=0, seed=1).choices[0].text
+    assert a == b
+    one = complete(client, model_id, temperature=1.0, seed=8, extra_body={"top_k": 1}).choices[0].text
+    assert one == a  # the single likeliest character each time: greedy
+
+
+def test_stream_options_add_a_usage_chunk(client, model_id):
+    chunks = list(complete(client, model_id, stream=True, max_tokens=20, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
+
+
+def test_each_request_gets_its_own_text_whatever_runs_beside_it(client, model_id):
+    asks = [dict(prompt=["KING:", "QUEEN:", "FOOL:", ""][i % 4], seed=100 + i, temperature=0.9,
+                 max_tokens=120 + 7 * i, stream=bool(i % 2)) for i in range(32)]  # fmt: skip
+
+    def ask(kw):
+        if kw["stream"]:
+            return streamed(client, model_id, **{k: v for k, v in kw.items() if k != "stream"})[0][0]
+        return complete(client, model_id, **kw).choices[0].text
+
+    alone = [ask(kw) for kw in asks]
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(ask, asks))
+    assert together == alone
+    assert len(set(alone)) == 32
+
+
+def raw(server, method="POST", path="/v1/completions", **kw):
+    return httpx.request(method, server.url + path, timeout=30, **kw)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", -1),
+        ("max_tokens", 601),
+        ("max_tokens", "ten"),
+        ("temperature", -0.5),
+        ("top_p", 0),
+        ("top_p", 1.5),
+        ("n", 0),
+        ("n", 17),
+        ("seed", -3),
+        ("stop", ["a", "b", "c", "d", "e"]),
+        ("stop", ""),
+        ("prompt", "x" * 1001),
+        ("prompt", "caf\u00e9"),
+        ("prompt", [1, 2, 3]),
+        ("logprobs", 2),
+        ("stream", "yes"),
+        ("colour", "red"),
+    ],
+)
+def test_a_bad_value_is_a_400_naming_the_field(client, model_id, field, value):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=model_id, prompt="KING:", max_tokens=5, extra_body={field: value})
+    error = caught.value.body
+    assert caught.value.status_code == 400 and error["type"] == "invalid_request_error"
+    assert error["param"] == field and error["message"]
+
+
+def test_nan_temperature_and_bad_json_are_400s(server):
+    r = raw(server, content=b'{"prompt": "KING:", "temperature": NaN}', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+    r = raw(server, content=b'{"prompt": ', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    r = raw(server, json=["KING:"])
+    assert r.status_code == 400
+
+
+def test_unknown_paths_methods_models_and_big_bodies(client, server):
+    r = raw(server, "GET", "/v2/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = raw(server, "GET", "/v1/completions")
+    assert r.status_code == 405 and "GET" in r.json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+    assert caught.value.body["code"] == "model_not_found"
+    r = raw(server, json={"prompt": "x" * (1 << 20)})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert server.health()["status"] == "ok"
+
+
+def test_metrics_count_requests_tokens_and_latency(server, client, model_id):
+    complete(client, model_id, max_tokens=10)
+    raw(server, "GET", "/v2/nothing")
+    text = raw(server, "GET", "/metrics").text
+    assert 'charlstm_requests_total{status="200"}' in text and 'charlstm_requests_total{status="404"}' in text
+    tokens = float(
+        next(line.split()[1] for line in text.splitlines() if line.startswith("charlstm_tokens_generated_total"))
+    )
+    assert tokens >= 10
+    assert "charlstm_active_streams" in text and "charlstm_queue_length" in text
+    assert "charlstm_time_to_first_token_seconds_bucket" in text and "charlstm_tokens_per_second_bucket" in text
+
+
+def test_the_page_is_self_contained_and_describes_the_model(server, shared_run):
+    r = raw(server, "GET", "/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert shared_run.name in page and "Generate" in page and "Stop" in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page and "src=" not in page
+
+
+def test_the_key_is_required_when_set_and_compared(shared_run):
+    s = Server(shared_run, env={"CHARLSTM_API_KEY": KEY})
+    try:
+        assert "API key required" in s.output
+        good = openai.OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0)
+        assert good.completions.create(model=shared_run.name, prompt="KING:", max_tokens=5).choices[0].text
+        for key in ("wrong", KEY + "x", KEY[:-1]):
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0).models.list()
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(s.url + "/health").status_code == 200  # health and the page stay open
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_full_queue_is_a_429_with_retry_after(wide_run):
+    s = Server(wide_run, "--max-streams", "1", "--max-queue", "1")
+    release = threading.Event()
+
+    def hold(body):  # one stream generating, one waiting in the queue: both kept open until released
+        with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=60) as r:
+            release.wait(30)
+            return r.status_code
+
+    try:
+        slow = {"prompt": "KING:", "max_tokens": 4000, "stream": True}
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(hold, slow) for _ in range(2)]
+            deadline = time.monotonic() + 20
+            while s.health()["queued"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            r = httpx.post(s.url + "/v1/completions", json={"prompt": "KING:", "max_tokens": 5}, timeout=30)
+            release.set()
+            assert r.status_code == 429 and r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "rate_limit_exceeded"
+            assert [f.result() for f in held] == [200, 200]
+        assert s.wait_idle()["active"] == 0
+    finally:
+        release.set()
+        s.stop()
+
+
+def _read_stream_start(url, body):
+    """Read the first event of a streamed completion, then hang up."""
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                return json.loads(line[6:])
+    return None
+
+
+def test_sigterm_ends_the_streams_in_flight_and_exits_0(wide_run):
+    s = Server(wide_run)
+    with httpx.stream("POST", s.url + "/v1/completions", json={"prompt": "KING:", "max_tokens": 4096, "stream": True},
+                      timeout=60) as r:  # fmt: skip
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        started = time.monotonic()
+        s.proc.terminate()
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"  # ended cleanly, the last piece saying why
+    assert "shutting down" in rest[-2]
+    assert s.proc.wait(15) == 0
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in s.output
+
+
+def test_a_client_that_goes_away_frees_its_place(server):
+    _read_stream_start(server.url, {"prompt": "KING:", "max_tokens": 600, "stream": True})
+    assert server.wait_idle()["active"] == 0
+
+
+def test_without_the_extra_serve_says_how_to_install_it(shared_run, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from charlstm.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    result = CliRunner().invoke(app, ["serve", str(shared_run)])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        "error: serving needs the serve extra (uvicorn is not installed): pip install 'charlstm[serve]'"
+    ]
+
+
+def test_the_app_mounts_in_another(shared_run):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    import charlstm
+
+    outer = Starlette(routes=[Mount("/lm", charlstm.serve_app(shared_run, max_streams=4))])
+    with TestClient(outer) as http:
+        r = http.post("/lm/v1/completions", json={"prompt": "KING:", "max_tokens": 12, "seed": 1})
+        assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 12
+        assert http.get("/lm/health").json()["status"] == "ok"
