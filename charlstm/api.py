@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib.util
 import itertools
 import os
@@ -240,16 +241,13 @@ def serve(
 
     ``options`` are the command's (``host``, ``port``, ``api_key``, ``max_streams``, ...);
     ``CHARLSTM_API_KEY`` is the key when none is given. ``on_start(url, card)`` is called once
-    the socket listens, with the model's facts.
+    the server answers (from another thread), with the model's facts.
     """
     server, service = _service(checkpoint, options)
     sock = server.bind(service.config.host, service.config.port)
-    if on_start is not None:
-        on_start(
-            server.url_of(sock),
-            {**dataclasses.asdict(service.card), "key_required": service.config.api_key is not None},
-        )
-    server.serve_forever(service, sock)
+    card = {**dataclasses.asdict(service.card), "key_required": service.config.api_key is not None}
+    ready = None if on_start is None else functools.partial(on_start, server.url_of(sock), card)
+    server.serve_forever(service, sock, ready)
 
 
 def sample(checkpoint: str | Path, config: SampleConfig) -> Samples:

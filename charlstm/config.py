@@ -257,6 +257,7 @@ class ServeConfig(DictRoundTrip):
     precision: str = opt(
         Precision.AUTO.value, "Weights the step reads: fp32, bf16, or auto (the precision the model trained in)."
     )
+    quiet: bool = opt(False, "Leave out the log line of each request.")
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:

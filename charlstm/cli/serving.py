@@ -27,11 +27,15 @@ def serve(checkpoint: CheckpointArg, **options: Any) -> None:
         key = "API key required" if card["key_required"] else "no API key"
         err.print(
             f"serving [bold]{card['id']}[/bold] ({card['corpus']}, {card['cell']} {card['layers']}x{card['hidden']},"
-            f" {card['params']:,} parameters{loss}) at [bold]{url}[/bold]; {key}; playground at {url}/"
+            f" {card['params']:,} parameters{loss}) at [bold]{url}[/bold]; {key}; playground at {url}/",
+            soft_wrap=True,
         )
         if not card["key_required"] and options["host"] not in LOOPBACK:
-            err.print(f"[yellow]warning:[/yellow] listening on {options['host']} without an API key: anyone who can"
-                      " reach this machine can use the model; pass --api-key or set CHARLSTM_API_KEY")  # fmt: skip
+            err.print(
+                f"[yellow]warning:[/yellow] listening on {options['host']} without an API key: anyone who can reach"
+                " this machine can use the model; pass --api-key or set CHARLSTM_API_KEY",
+                soft_wrap=True,
+            )
 
     api.check_serve_extra()
     with render.Waiting(err, "loading the model and its sampling kernels") as waiting:

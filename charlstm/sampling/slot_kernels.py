@@ -132,3 +132,17 @@ def draw_each(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, to
     for b in range(u.shape[0]):
         out[b] = draw(logits[b], temperature[b], top_k[b], top_p[b], u[b], z)
     return out
+
+
+@numba.njit(**_JIT)
+def run_streams(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: np.ndarray, logits: np.ndarray,
+                tokens: np.ndarray, streams: int, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,
+                u: np.ndarray, start: np.ndarray, out: np.ndarray) -> None:  # fmt: skip
+    """``out.shape[1]`` tokens for each of the first ``out.shape[0]`` streams: each draws by its
+    rule with ``u[b, start[b] + j]``, then all of them step on what they drew; and again."""
+    z = np.empty(logits.shape[1])
+    for j in range(out.shape[1]):
+        for b in range(out.shape[0]):
+            out[b, j] = draw(logits[b], temperature[b], top_k[b], top_p[b], u[b, start[b] + j], z)
+            tokens[b] = out[b, j]
+        step_streams(arrays, xh, c, g, act, logits, tokens, streams)

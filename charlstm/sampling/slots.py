@@ -73,6 +73,17 @@ class Slots:
         head = slice(0, self.count)
         return slot_kernels.draw_each(self.logits, self.temperature[head], self.top_k[head], self.top_p[head], u)
 
+    def run(self, u: np.ndarray, start: np.ndarray, tokens: int) -> np.ndarray:
+        """``tokens`` ids for every stream in use -> (count, tokens): each draws by its rule with its
+        uniforms ``u[i, start[i]:]`` (in (0, 1]), then they all step on what they drew, in one call."""
+        out = np.empty((self.count, tokens), np.int64)
+        streams = -(-self.count // TILE_STREAMS) * TILE_STREAMS
+        self.tokens[self.count : streams] = 0
+        rule = self.temperature, self.top_k, self.top_p
+        s = self.xh, self.c, self.gates, self.act, self.logits, self.tokens
+        slot_kernels.run_streams(self.stepper.arrays, *s, streams, *rule, u, start, out)
+        return out
+
     def step(self, ids: np.ndarray) -> None:
         """Every stream in use reads its id: the logits of its next step replace its current ones."""
         self.tokens[: self.count] = ids

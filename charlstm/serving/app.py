@@ -62,12 +62,9 @@ class Service:
 
     def __init__(self, engine: Engine, card: ModelCard, config: ServeConfig, metrics: Metrics):
         self.engine, self.card, self.config, self.metrics = engine, card, config, metrics
-        self._started = False
 
     def start(self) -> None:
-        if not self._started:  # on the first request too: a mounted app gets no lifespan events
-            self._started = True
-            self.engine.start()
+        self.engine.start()  # on the first request too: a mounted app gets no lifespan events
 
     def check_key(self, request: Request) -> None:
         key = self.config.api_key

@@ -30,12 +30,17 @@ from charlstm.choices import FinishReason
 from charlstm.data.vocab import CharVocab, TextDecoder
 from charlstm.net.model import State
 from charlstm.sampling.draw import SamplingRule, priming_ids
+from charlstm.sampling.slot_kernels import TILE_STREAMS
 from charlstm.sampling.slots import Slots
 from charlstm.sampling.stepper import Stepper, StepState
 
 log = logging.getLogger("charlstm.serve")
 
-FLUSH_TOKENS = 8  # a stream's new text goes out at least every this many tokens (its first at once)
+FLUSH_SECONDS = 0.1  # a stream's new text goes out this often (its first token at once)
+CALL_SECONDS = 0.012  # tokens per compiled call: as many as take about this long (a new job waits for one call)
+MAX_TOKENS_PER_CALL = 64
+WARM_UP_TOKENS = 16
+SHORT_PROMPT = 256  # tokens: a prompt up to this long is read by the compiled step, a longer one by torch
 RANDOM_BLOCK = 256  # uniforms drawn ahead for each stream
 ADMIT_PER_STEP = 8  # prompts primed between two steps
 SHUTTING_DOWN = "the server is shutting down"
@@ -90,6 +95,7 @@ class Job:
     decoder: TextDecoder | None = None
     rng: np.random.Generator | None = None
     first_token: float | None = None
+    flushed: float = 0.0  # when its text last went out
 
 
 class Meter:
@@ -126,6 +132,9 @@ class Engine:
         self._upos = np.zeros(self.slots.xh.shape[1], np.int64)
         self._wake = threading.Condition()
         self._closing = False
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._step_seconds = 1e-3  # of one token for every slot, as measured (``warm_up`` guesses it first)
         self._thread = threading.Thread(target=self._run, name="charlstm-engine", daemon=True)
 
     @property
@@ -137,14 +146,26 @@ class Engine:
         return len(self._queue)
 
     def start(self) -> None:
-        self._thread.start()
+        """Start the worker; returns once it has run its kernels once (they are then ready)."""
+        with self._wake:
+            if self._thread.ident is None:
+                self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise RuntimeError("the engine could not run its kernels") from self._failure
 
-    def warm_up(self) -> None:
-        """Compile (or load from Numba's cache) the kernels the slots run, before the first request."""
-        _, primed = self.stepper.prime(torch.tensor([priming_ids(self.vocab, "")]), self.start_state)
-        self.slots.add(primed, SamplingRule(1.0, 2, 0.9))
-        self.slots.step(self.slots.draw(np.ones(1)))
-        self.slots.remove(0)
+    def _warm_up(self) -> None:
+        """Compile (or load from Numba's cache) the kernels the slots run and run them once on the
+        worker's own thread (the first parallel call from a thread sets up its threads: 0.3 s here)."""
+        primed = self._prime(priming_ids(self.vocab, ""))
+        for _ in range(min(TILE_STREAMS, self.slots.capacity)):
+            self.slots.add(primed, SamplingRule(1.0, 2, 0.9))
+        u, start = np.ones((TILE_STREAMS, WARM_UP_TOKENS)), np.zeros(TILE_STREAMS, np.int64)
+        self.slots.run(u, start, 1)
+        started = time.perf_counter()
+        self.slots.run(u, start, WARM_UP_TOKENS)
+        self._step_seconds = (time.perf_counter() - started) / WARM_UP_TOKENS  # a first guess for one tile
+        self.slots.count = 0
 
     def close(self, timeout: float = 5.0) -> None:
         """Take no more jobs, end those in flight (their last piece says why) and stop the worker."""
@@ -166,6 +187,13 @@ class Engine:
         self.meter.load(self.active, self.queued)
 
     def _run(self) -> None:
+        try:
+            self._warm_up()
+        except BaseException as e:  # raised again by ``start``, in the caller's thread
+            self._failure = e
+            return
+        finally:
+            self._ready.set()
         while True:
             with self._wake:
                 while not self._closing and not self._queue and not self._jobs:
@@ -203,41 +231,54 @@ class Engine:
                 _safely(job.deliver, Piece(job.index, "", 0, FinishReason.LENGTH))
                 continue
             if job.prompt.state is None:
-                _, job.prompt.state = self.stepper.prime(torch.tensor([job.prompt.ids]), self.start_state)
+                job.prompt.state = self._prime(job.prompt.ids)
             i = self.slots.add(job.prompt.state, job.rule)
             self._jobs.append(job)
             self._u[i], self._upos[i] = 1.0 - job.rng.random(RANDOM_BLOCK), 0
 
+    def _prime(self, ids: list[int]) -> StepState:
+        """A prompt read alone: token by token when short, else as one sequence through torch
+        (which one depends on the prompt alone, so its text does not change with the load)."""
+        if len(ids) <= SHORT_PROMPT:
+            return self.stepper.read(ids, self.start_state)
+        return self.stepper.prime(torch.tensor([ids]), self.start_state)[1]
+
     def _advance(self) -> None:
-        """Every job in a slot draws a token; those done leave; the others step together."""
+        """Every job in a slot draws and reads a few tokens in one call; those done leave."""
         count = self.slots.count
-        u = self._u[np.arange(count), self._upos[:count]]
-        self._upos[:count] += 1
-        ids = self.slots.draw(u)
-        now, done = time.perf_counter(), []
-        for i, (job, token) in enumerate(zip(self._jobs, ids.tolist(), strict=True)):
+        tokens = max(1, min(MAX_TOKENS_PER_CALL, int(CALL_SECONDS / self._step_seconds)))
+        tokens = min(tokens, min(job.max_tokens - job.tokens for job in self._jobs))  # none goes past its length
+        for i in np.flatnonzero(self._upos[:count] + tokens > RANDOM_BLOCK):  # keep each job's uniforms in order
+            self._u[i] = np.concatenate([self._u[i, self._upos[i] :], 1.0 - self._jobs[i].rng.random(self._upos[i])])
+            self._upos[i] = 0
+        started = time.perf_counter()
+        ids = self.slots.run(self._u, self._upos, tokens)
+        now = time.perf_counter()
+        self._step_seconds = 0.5 * self._step_seconds + 0.5 * (now - started) / tokens
+        self._upos[:count] += tokens
+        done = []
+        for i, (job, row) in enumerate(zip(self._jobs, ids.tolist(), strict=True)):
             if job.cancelled:
                 done.append(i)
                 continue
-            job.pending.append(token)
-            job.tokens += 1
+            job.pending.extend(row)
+            job.tokens += len(row)
             if job.first_token is None:
-                job.first_token = now
+                job.first_token = job.flushed = now
                 self.meter.first_token(now - job.submitted)
-            if (job.tokens == 1 or len(job.pending) >= FLUSH_TOKENS or job.tokens >= job.max_tokens) and _flush(job):
+            elif job.tokens < job.max_tokens and now - job.flushed < FLUSH_SECONDS:
+                continue
+            job.flushed = now
+            if _flush(job):
                 self.meter.finished(job.tokens, time.perf_counter() - job.first_token)
                 done.append(i)
-            elif self._upos[i] == RANDOM_BLOCK:
-                self._u[i], self._upos[i] = 1.0 - job.rng.random(RANDOM_BLOCK), 0
-        self.meter.generated(count)
+        self.meter.generated(count * tokens)
         for i in reversed(done):  # from the end: a job moved into a freed slot is never a done one
             moved = self.slots.remove(i)
             if moved is not None:
-                self._jobs[i], ids[i] = self._jobs[moved], ids[moved]
+                self._jobs[i] = self._jobs[moved]
                 self._u[i], self._upos[i] = self._u[moved], self._upos[moved]
             self._jobs.pop()
-        if self.slots.count:
-            self.slots.step(ids[: self.slots.count])
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:

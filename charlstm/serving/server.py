@@ -8,9 +8,14 @@ and the process exits 0.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import socket
+import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -25,6 +30,10 @@ from charlstm.store.checkpoint import Checkpoint
 
 DRAIN_SECONDS = 2.0  # what a completion in flight gets to finish once the server is told to stop
 KEEP_ALIVE_SECONDS = 5  # an idle connection is closed after this
+# The worker thread and the event loop pass Python's lock between them at every compiled call:
+# a short interval keeps the worker from waiting 5 ms (Python's default) to take it back.
+SWITCH_SECONDS = 0.0005
+WARM_UP_TOKENS = 8
 
 
 def run_name(path: str | os.PathLike[str], checkpoint: Checkpoint) -> str:
@@ -51,19 +60,21 @@ def model_card(model_id: str, checkpoint: Checkpoint, module: CharLSTM, precisio
 def make_service(
     path: str | os.PathLike[str], checkpoint: Checkpoint, module: CharLSTM, config: ServeConfig
 ) -> Service:
-    """The engine over a loaded model, with its card and metrics (the engine starts with the app)."""
+    """The engine over a loaded model (started: its kernels ready), with its card and metrics."""
     precision = resolve_precision(config.precision, checkpoint.progress.precision)
     stepper = Stepper(module, precision)
     metrics = Metrics()
     engine = Engine(stepper, checkpoint.vocab, checkpoint.warm_state(), config.max_streams, config.max_queue, metrics)
-    engine.warm_up()
+    engine.start()
     return Service(engine, model_card(run_name(path, checkpoint), checkpoint, module, precision), config, metrics)
 
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host`` (IPv4 or IPv6) and ``port`` (0: any free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    sock = socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it: small writes go at once
+    return sock
 
 
 def url_of(sock: socket.socket) -> str:
@@ -89,12 +100,35 @@ class _Server(uvicorn.Server):
             timer.start()
 
 
-def serve_forever(service: Service, sock: socket.socket, log_level: str = "info") -> None:
-    """Serve until SIGTERM or Ctrl-C (or the ASGI server otherwise stops)."""
+def serve_forever(service: Service, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM or Ctrl-C (or the ASGI server otherwise stops); ``on_ready`` is called
+    once the server has answered its own warm-up request (a short streamed completion: the first
+    one through a fresh process costs some 0.3 s of set-up that no user should wait for)."""
+    sys.setswitchinterval(SWITCH_SECONDS)
     config = uvicorn.Config(
         build_app(service),
-        log_level=log_level,
+        access_log=not service.config.quiet,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=int(DRAIN_SECONDS + 3),
     )
-    _Server(config, service).run(sockets=[sock])
+    server = _Server(config, service)
+    threading.Thread(target=_warm_up, args=(server, sock, on_ready), name="charlstm-warm-up", daemon=True).start()
+    server.run(sockets=[sock])
+
+
+def _warm_up(server: uvicorn.Server, sock: socket.socket, on_ready: Callable[[], None] | None) -> None:
+    while not server.started and not server.should_exit:
+        time.sleep(0.01)
+    host, port = sock.getsockname()[:2]
+    key = server.service.config.api_key  # type: ignore[attr-defined]
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    body = json.dumps({"prompt": "", "max_tokens": WARM_UP_TOKENS, "stream": True})
+    try:
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        connection.request("POST", "/v1/completions", body, headers)
+        connection.getresponse().read()
+        connection.close()
+    except OSError:  # the server stopped meanwhile: nothing to warm
+        return
+    if on_ready is not None and not server.should_exit:
+        on_ready()
