@@ -1,0 +1,81 @@
+"""The playground page in headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven
+by Selenium): type a prompt, press Generate, see the text stream in, press Stop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.serving import Server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and DRIVER):  # .ci/run installs both
+    pytest.skip("needs chromium and chromium-driver (apt-get install chromium chromium-driver)", allow_module_level=True)
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2}})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(condition, seconds: float = 20.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_generate_streams_text_in_and_stop_ends_it(browser, wide_run):
+    from selenium.webdriver.common.by import By
+
+    server = Server(wide_run, "--quiet")
+    try:
+        browser.get(server.url + "/")
+        assert "1x1024" in browser.find_element(By.ID, "facts").text
+        prompt = browser.find_element(By.ID, "prompt")
+        prompt.clear()
+        prompt.send_keys("KING:")
+        length = browser.find_element(By.ID, "max_tokens")
+        length.clear()
+        length.send_keys("4000")
+        output = browser.find_element(By.ID, "output")
+        browser.find_element(By.ID, "generate").click()
+        first = wait_for(lambda: len(output.text) > len("KING:") + 20 and len(output.text))
+        grown = wait_for(lambda: len(output.text) > first and len(output.text))
+        assert output.text.startswith("KING:") and grown > first  # more text arrived while we watched
+        assert browser.find_element(By.ID, "generate").get_attribute("disabled")
+        browser.find_element(By.ID, "stop").click()
+        wait_for(lambda: "stopped" in browser.find_element(By.ID, "status").text)
+        stopped = len(output.text)
+        time.sleep(0.5)
+        assert len(output.text) == stopped < len("KING:") + 4000  # nothing after Stop
+        assert not browser.find_element(By.ID, "generate").get_attribute("disabled")
+        assert wait_for(lambda: server.health()["active"] == 0, 10)  # the server let the stream go
+        width, screen = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert screen == 390 and width <= screen  # a phone's width: nothing wider than the screen
+        shot = os.environ.get("CHARLSTM_SCREENSHOT")
+        if shot:  # docs/img/playground.png is made this way, with a trained model
+            Path(shot).parent.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(shot)
+    finally:
+        server.stop()
