@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from charlstm.cli.options import shown_default
-from charlstm.config import EvalConfig, ExplainConfig, SampleConfig, train_options
+from charlstm.config import EvalConfig, ExplainConfig, SampleConfig, ServeConfig, train_options
 from charlstm.options import Declared, declared
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "options.md"
@@ -55,6 +55,7 @@ def page() -> str:
         ("charlstm sample", declared(SampleConfig), False),
         ("charlstm eval", declared(EvalConfig), False),
         ("charlstm explain", declared(ExplainConfig), False),
+        ("charlstm serve", declared(ServeConfig), False),
     ]
     for title, options, training in sections:
         parts.append(f"## `{title}`\n")

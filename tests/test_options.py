@@ -14,7 +14,16 @@ from typer.testing import CliRunner
 from charlstm import api
 from charlstm.cli import app
 from charlstm.cli.options import shown_default
-from charlstm.config import TRAINING, EvalConfig, ExplainConfig, ModelConfig, SampleConfig, TrainConfig, train_options
+from charlstm.config import (
+    TRAINING,
+    EvalConfig,
+    ExplainConfig,
+    ModelConfig,
+    SampleConfig,
+    ServeConfig,
+    TrainConfig,
+    train_options,
+)
 from charlstm.errors import UserError
 from charlstm.options import Panel, declared, split
 from charlstm.store import configfile
@@ -47,6 +56,7 @@ def plain(text: str) -> str:
         (("sample",), declared(SampleConfig)),
         (("eval",), declared(EvalConfig)),
         (("explain",), declared(ExplainConfig)),
+        (("serve",), declared(ServeConfig)),
     ],
 )
 def test_help_lists_exactly_the_declared_options_with_their_help_and_default(command, options):

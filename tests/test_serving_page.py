@@ -15,7 +15,9 @@ from tests.serving import Server
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 if not (CHROMIUM and DRIVER):  # .ci/run installs both
-    pytest.skip("needs chromium and chromium-driver (apt-get install chromium chromium-driver)", allow_module_level=True)
+    pytest.skip(
+        "needs chromium and chromium-driver (apt-get install chromium chromium-driver)", allow_module_level=True
+    )
 
 pytestmark = pytest.mark.browser
 
@@ -25,11 +27,14 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    assert CHROMIUM and DRIVER, "the browser tests need chromium and chromium-driver (apt-get install both)"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
         options.add_argument(flag)
-    options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2}})
+    options.add_experimental_option(
+        "mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2}}
+    )
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     yield driver
     driver.quit()
