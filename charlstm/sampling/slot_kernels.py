@@ -69,80 +69,70 @@ def _tile_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, b: int, r
         out[b, r + 1], out[b + 1, r + 1], out[b + 2, r + 1], out[b + 3, r + 1] = c0, c1, c2, c3
 
 
-@numba.njit(parallel=True, **_JIT)
-def _product_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, streams: int) -> None:
-    blocks = (w.shape[0] + _TILE_ROWS_BLOCK - 1) // _TILE_ROWS_BLOCK
-    for i in numba.prange(blocks):
-        first, last = i * _TILE_ROWS_BLOCK, min(w.shape[0], (i + 1) * _TILE_ROWS_BLOCK)
-        for b in range(0, streams, TILE_STREAMS):
-            for r in range(first, last, 2):
-                _tile_f32(w, x, k0, out, b, r, r + 1 < last)
+@numba.njit(**_JIT)
+def _product_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: int, last: int) -> None:
+    for r0 in range(0, w.shape[0], _TILE_ROWS_BLOCK):
+        r1 = min(w.shape[0], r0 + _TILE_ROWS_BLOCK)
+        for b in range(first, last, TILE_STREAMS):
+            for r in range(r0, r1, 2):
+                _tile_f32(w, x, k0, out, b, r, r + 1 < r1)
 
 
-@numba.njit(parallel=True, **_JIT)
-def _product_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, streams: int) -> None:
-    blocks = (w.shape[0] + _TILE_ROWS_BLOCK - 1) // _TILE_ROWS_BLOCK
-    for i in numba.prange(blocks):
-        first, last = i * _TILE_ROWS_BLOCK, min(w.shape[0], (i + 1) * _TILE_ROWS_BLOCK)
-        for b in range(0, streams, TILE_STREAMS):
-            for r in range(first, last, 2):
-                _tile_bf16(w, x, k0, out, b, r, r + 1 < last)
+@numba.njit(**_JIT)
+def _product_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: int, last: int) -> None:
+    for r0 in range(0, w.shape[0], _TILE_ROWS_BLOCK):
+        r1 = min(w.shape[0], r0 + _TILE_ROWS_BLOCK)
+        for b in range(first, last, TILE_STREAMS):
+            for r in range(r0, r1, 2):
+                _tile_bf16(w, x, k0, out, b, r, r + 1 < r1)
 
 
-def tiled_product(w, x, k0, out, streams):  # noqa: ANN001, ANN201
-    """out[:streams] = x[:streams, k0 : k0 + K] @ w.T for w fp32 (R, K) or bf16 pairs (R, K/2)
-    (x then needs an even width past k0: ``Slots`` pads it); ``streams`` a multiple of
-    TILE_STREAMS. Every element is the same sum in the same order whatever ``streams`` is."""
+def tiled_product(w, x, k0, out, first, last):  # noqa: ANN001, ANN201
+    """out[first:last] = x[first:last, k0 : k0 + K] @ w.T for w fp32 (R, K) or bf16 pairs (R, K/2)
+    (x then needs an even width past k0: ``Slots`` pads it); ``first`` and ``last`` multiples of
+    TILE_STREAMS. Every element is the same sum in the same order whatever the range is."""
 
 
 @overload(tiled_product)
-def _tiled_product_impl(w, x, k0, out, streams):  # noqa: ANN001, ANN202
+def _tiled_product_impl(w, x, k0, out, first, last):  # noqa: ANN001, ANN202
     if w.dtype == types.uint32:
-        return lambda w, x, k0, out, streams: _product_bf16(w, x, k0, out, streams)
-    return lambda w, x, k0, out, streams: _product_f32(w, x, k0, out, streams)
+        return lambda w, x, k0, out, first, last: _product_bf16(w, x, k0, out, first, last)
+    return lambda w, x, k0, out, first, last: _product_f32(w, x, k0, out, first, last)
 
 
 @numba.njit(**_JIT)
 def step_streams(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: np.ndarray,
-                 logits: np.ndarray, tokens: np.ndarray, streams: int) -> None:  # fmt: skip
-    """The first ``streams`` (a multiple of TILE_STREAMS) of xh (L, B, 2H) and c read ``tokens``
-    (B,): one step of every layer and the head into logits (B, V), through ``tiled_product``."""
+                 logits: np.ndarray, tokens: np.ndarray, first: int, last: int) -> None:  # fmt: skip
+    """Streams ``first`` to ``last`` (multiples of TILE_STREAMS) of xh (L, B, 2H) and c read
+    ``tokens`` (B,): one step of every layer and the head into logits (B, V). No thread of its
+    own and no Python lock: callers step disjoint ranges on threads of their own."""
     kind, table, w0, ws, biases, peep, head_w, head_b, _ = arrays
     n = xh.shape[2] // 2
     for layer in range(xh.shape[0]):
         x = xh[layer]
         if layer == 0:
-            tiled_product(w0, x, n, g, streams)
+            tiled_product(w0, x, n, g, first, last)
         else:
-            x[:streams, :n] = xh[layer - 1, :streams, n : 2 * n]
-            tiled_product(ws[layer - 1], x, 0, g, streams)
-        for b in range(streams):
+            x[first:last, :n] = xh[layer - 1, first:last, n : 2 * n]
+            tiled_product(ws[layer - 1], x, 0, g, first, last)
+        for b in range(first, last):
             bias = table[tokens[b]] if layer == 0 else biases[layer - 1]
             cell(kind, g[b], bias, peep[layer], c[layer, b], x[b, n : 2 * n], act)
-    tiled_product(head_w, xh[xh.shape[0] - 1], n, logits, streams)
-    for b in range(streams):
+    tiled_product(head_w, xh[xh.shape[0] - 1], n, logits, first, last)
+    for b in range(first, last):
         logits[b] += head_b
 
 
 @numba.njit(**_JIT)
-def draw_each(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,
-              u: np.ndarray) -> np.ndarray:  # fmt: skip
-    """``draw`` for each of the first len(u) rows of logits with its own rule and u -> ids."""
-    z, out = np.empty(logits.shape[1]), np.empty(u.shape[0], np.int64)
-    for b in range(u.shape[0]):
-        out[b] = draw(logits[b], temperature[b], top_k[b], top_p[b], u[b], z)
-    return out
-
-
-@numba.njit(**_JIT)
 def run_streams(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: np.ndarray, logits: np.ndarray,
-                tokens: np.ndarray, streams: int, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,
-                u: np.ndarray, start: np.ndarray, out: np.ndarray) -> None:  # fmt: skip
-    """``out.shape[1]`` tokens for each of the first ``out.shape[0]`` streams: each draws by its
-    rule with ``u[b, start[b] + j]``, then all of them step on what they drew; and again."""
+                tokens: np.ndarray, first: int, last: int, count: int, temperature: np.ndarray, top_k: np.ndarray,
+                top_p: np.ndarray, u: np.ndarray, start: np.ndarray, out: np.ndarray) -> None:  # fmt: skip
+    """``out.shape[1]`` tokens for each of streams ``first`` to ``last`` (those from ``count`` on
+    are spare places, which read token 0): each draws by its rule with ``u[b, start[b] + j]``,
+    then they all step on what they drew; and again."""
     z = np.empty(logits.shape[1])
     for j in range(out.shape[1]):
-        for b in range(out.shape[0]):
+        for b in range(first, min(last, count)):
             out[b, j] = draw(logits[b], temperature[b], top_k[b], top_p[b], u[b, start[b] + j], z)
             tokens[b] = out[b, j]
-        step_streams(arrays, xh, c, g, act, logits, tokens, streams)
+        step_streams(arrays, xh, c, g, act, logits, tokens, first, last)

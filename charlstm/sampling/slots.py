@@ -10,18 +10,21 @@ ones and a step reads only those (rounded up to a tile of ``TILE_STREAMS``).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from charlstm.sampling import slot_kernels
+from charlstm.sampling import kernels, slot_kernels
 from charlstm.sampling.draw import SamplingRule
 from charlstm.sampling.slot_kernels import TILE_STREAMS
 from charlstm.sampling.stepper import Stepper, StepState
 
 
 class Slots:
-    """``capacity`` stream places over one model (its ``Stepper``'s weights and precision)."""
+    """``capacity`` stream places over one model (its ``Stepper``'s weights and precision), stepped
+    by ``threads`` threads (Numba's thread count by default)."""
 
-    def __init__(self, stepper: Stepper, capacity: int):
+    def __init__(self, stepper: Stepper, capacity: int, threads: int | None = None):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
         cfg = stepper.model.config
@@ -32,7 +35,9 @@ class Slots:
         self.xh = np.zeros((cfg.layers, places, 2 * n + 1), np.float32)
         self.c = np.zeros((cfg.layers, places, 0 if cfg.cell == "gru" else n), np.float32)
         self.gates = np.zeros((places, 4 * n), np.float32)
-        self.act = np.zeros(4 * n, np.float32)
+        threads = max(1, threads if threads is not None else kernels.threads())
+        self._act = [np.zeros(4 * n, np.float32) for _ in range(threads)]  # scratch of each thread
+        self._helpers = [ThreadPoolExecutor(1, thread_name_prefix="charlstm-slots") for _ in range(threads - 1)]
         self.logits = np.zeros((places, vocab), np.float32)
         self.tokens = np.zeros(places, np.int64)
         self.temperature = np.zeros(places, np.float64)
@@ -68,26 +73,32 @@ class Slots:
             a[i] = a[last]
         return last
 
-    def draw(self, u: np.ndarray) -> np.ndarray:
-        """The next id of every stream in use from its logits, each by its rule and its u in (0, 1]."""
-        head = slice(0, self.count)
-        return slot_kernels.draw_each(self.logits, self.temperature[head], self.top_k[head], self.top_p[head], u)
-
     def run(self, u: np.ndarray, start: np.ndarray, tokens: int) -> np.ndarray:
         """``tokens`` ids for every stream in use -> (count, tokens): each draws by its rule with its
-        uniforms ``u[i, start[i]:]`` (in (0, 1]), then they all step on what they drew, in one call."""
+        uniforms ``u[i, start[i]:]`` (in (0, 1]), then they all step on what they drew. The streams
+        are shared out in whole tiles between this thread and the slots' helper threads; the
+        compiled code holds no Python lock, so the parts run side by side."""
         out = np.empty((self.count, tokens), np.int64)
         streams = -(-self.count // TILE_STREAMS) * TILE_STREAMS
         self.tokens[self.count : streams] = 0
-        rule = self.temperature, self.top_k, self.top_p
-        s = self.xh, self.c, self.gates, self.act, self.logits, self.tokens
-        slot_kernels.run_streams(self.stepper.arrays, *s, streams, *rule, u, start, out)
+        tiles = streams // TILE_STREAMS
+        parts = min(len(self._helpers) + 1, tiles)
+        bounds = [TILE_STREAMS * (tiles * i // parts) for i in range(parts + 1)]
+
+        def part(i: int) -> None:
+            s = self.xh, self.c, self.gates, self._act[i], self.logits, self.tokens
+            rule = self.temperature, self.top_k, self.top_p
+            slot_kernels.run_streams(
+                self.stepper.arrays, *s, bounds[i], bounds[i + 1], self.count, *rule, u, start, out
+            )
+
+        helped = [self._helpers[i - 1].submit(part, i) for i in range(1, parts)]
+        part(0)
+        for done in helped:
+            done.result()
         return out
 
-    def step(self, ids: np.ndarray) -> None:
-        """Every stream in use reads its id: the logits of its next step replace its current ones."""
-        self.tokens[: self.count] = ids
-        streams = -(-self.count // TILE_STREAMS) * TILE_STREAMS
-        self.tokens[self.count : streams] = 0  # the tile's spare places read any valid id
-        s = self.xh, self.c, self.gates, self.act, self.logits, self.tokens
-        slot_kernels.step_streams(self.stepper.arrays, *s, streams)
+    def close(self) -> None:
+        """Stop the helper threads."""
+        for helper in self._helpers:
+            helper.shutdown(wait=False)

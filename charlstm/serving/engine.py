@@ -209,6 +209,7 @@ class Engine:
                 self._end_all(INTERNAL)
             self.meter.load(self.active, self.queued)
         self._end_all(SHUTTING_DOWN)
+        self.slots.close()
 
     def _end_all(self, error: str) -> None:
         with self._wake:

@@ -1,0 +1,95 @@
+"""Slots: streams that come and go, stepped together. A stream's numbers are those of the model
+(the per-character step's) and do not depend on the other streams, their places or the threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from charlstm.config import ModelConfig
+from charlstm.net.model import CharLSTM
+from charlstm.sampling.draw import SamplingRule
+from charlstm.sampling.slots import Slots
+from charlstm.sampling.stepper import Stepper
+
+CAPACITY = 24
+
+
+def stepper(cell: str, precision: str, hidden: int = 33) -> Stepper:
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(vocab_size=67, embedding=16, hidden=hidden, layers=2, cell=cell)).eval()
+    return Stepper(model, precision)
+
+
+def one_stream(st: Stepper, others: int, threads: int, tokens: int = 40, calls: int = 2):
+    """The ids and final logits of one stream (prompt 1 2 3 4, top-k 5, top-p 0.9) placed after
+    ``others`` streams of other prompts and rules; drawn in ``calls`` calls."""
+    slots = Slots(st, CAPACITY, threads)
+    try:
+        for j in range(others):
+            slots.add(st.read([j % 60 + 5, 3]), SamplingRule(0.5 + j / 10, j % 4, 1.0))
+        me = slots.add(st.read([1, 2, 3, 4]), SamplingRule(1.0, 5, 0.9))
+        u = np.full((CAPACITY, tokens * calls), 0.5)
+        u[me] = 1.0 - np.random.default_rng(0).random(tokens * calls)
+        start = np.zeros(CAPACITY, np.int64)
+        ids = []
+        for _ in range(calls):
+            ids.append(slots.run(u, start, tokens)[me])
+            start += tokens
+        return np.concatenate(ids), slots.logits[me].copy()
+    finally:
+        slots.close()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stream_is_the_same_whatever_runs_beside_it(cell, precision):
+    st = stepper(cell, precision)
+    ids, logits = one_stream(st, 0, 1)
+    for others, threads in ((3, 1), (7, 2), (18, 3), (CAPACITY - 1, 2)):
+        other_ids, other_logits = one_stream(st, others, threads)
+        assert np.array_equal(ids, other_ids) and np.array_equal(logits, other_logits), (others, threads)
+    # how many calls the tokens come in does not matter either
+    in_one = one_stream(st, 5, 2, tokens=80, calls=1)
+    assert np.array_equal(ids, in_one[0]) and np.array_equal(logits, in_one[1])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+def test_the_step_is_the_models_own(cell):
+    st = stepper(cell, "fp32")
+    tokens = [1, 2, 3, 4, 9, 11]
+    slots = Slots(st, 8, 2)
+    for _ in range(5):
+        slots.add(st.read(tokens[:1]), SamplingRule(0.0))
+    try:
+        ids = slots.run(np.ones((8, 8)), np.zeros(8, np.int64), 5)
+    finally:
+        slots.close()
+    prompt = torch.tensor([tokens[:1] + list(ids[0, :5])])
+    logits, _ = st.model(prompt)
+    greedy = logits[0, :-1].argmax(-1).tolist()[: len(ids[0])]
+    assert ids[0].tolist() == greedy[:5]  # greedy: each id is the model's argmax after the previous ones
+    assert np.allclose(slots.logits[0], logits[0, -1].detach().numpy(), atol=1e-4)
+    assert (ids == ids[0]).all()  # the same prompt and rule in every place: the same text
+
+
+def test_removing_a_stream_moves_the_last_one_into_its_place():
+    st = stepper("lstm", "fp32")
+    slots = Slots(st, 6, 1)
+    for j in range(4):
+        slots.add(st.read([j + 1]), SamplingRule(0.0))
+    before = slots.logits[3].copy()
+    assert slots.remove(1) == 3 and slots.count == 3
+    assert np.array_equal(slots.logits[1], before)
+    assert slots.remove(2) is None and slots.free == 4
+    slots.close()
+
+
+def test_the_state_read_token_by_token_is_the_prompt_read_at_once():
+    st = stepper("lstm", "fp32")
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    _, primed = st.prime(torch.tensor([ids]))
+    read = st.read(ids)
+    assert np.allclose(read.logits, primed.logits, atol=1e-5)
+    assert np.allclose(read.xh[:, :, 33:], primed.xh[:, :, 33:], atol=1e-6)
