@@ -217,18 +217,21 @@ def _serve_config(options: dict[str, Any]) -> ServeConfig:
     return ServeConfig(**options)
 
 
-def _service(checkpoint: str | Path, options: dict[str, Any]) -> Any:
-    server, config = _serving(), _serve_config(options)
+def _service(server: Any, checkpoint: str | Path, config: ServeConfig) -> Any:
     compile_kernels()
     model = load(checkpoint)
-    return server, server.make_service(checkpoint, model.checkpoint, model.module, config)
+    return server.make_service(checkpoint, model.checkpoint, model.module, config)
 
 
 def serve_app(checkpoint: str | Path, **options: Any) -> Any:
     """The ASGI app of ``charlstm serve`` for a checkpoint, to mount in your own application
     (Starlette's ``Mount("/charlstm", app)``, FastAPI's ``app.mount``) or run with any ASGI server.
     ``options`` are those of ``charlstm serve`` but host and port (``api_key``, ``max_streams``, ...)."""
-    _, service = _service(checkpoint, options)
+    given = sorted({"host", "port"} & options.keys())
+    if given:
+        raise UserError(f"serve_app takes no {given[0]!r}: the ASGI server that runs the app listens")
+    server = _serving()
+    service = _service(server, checkpoint, _serve_config(options))
     from charlstm.serving.app import build_app
 
     return build_app(service)
@@ -243,8 +246,13 @@ def serve(
     ``CHARLSTM_API_KEY`` is the key when none is given. ``on_start(url, card)`` is called once
     the server answers (from another thread), with the model's facts.
     """
-    server, service = _service(checkpoint, options)
-    sock = server.bind(service.config.host, service.config.port)
+    server, config = _serving(), _serve_config(options)
+    sock = server.bind(config.host, config.port)  # first: a port in use is said before the model loads
+    try:
+        service = _service(server, checkpoint, config)
+    except BaseException:
+        sock.close()
+        raise
     card = {**dataclasses.asdict(service.card), "key_required": service.config.api_key is not None}
     ready = None if on_start is None else functools.partial(on_start, server.url_of(sock), card)
     server.serve_forever(service, sock, ready)

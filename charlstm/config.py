@@ -264,8 +264,10 @@ class ServeConfig(DictRoundTrip):
             raise fail("host", self.host, "an address such as 127.0.0.1")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise fail("port", self.port, "a port number from 0 to 65535")
-        if self.api_key is not None and not self.api_key.strip():
-            raise fail("api_key", self.api_key, "a non-empty key")
+        if self.api_key is not None and (
+            not isinstance(self.api_key, str) or not self.api_key or self.api_key != self.api_key.strip()
+        ):
+            raise fail("api_key", self.api_key, "a key without spaces at either end")
         positive_int(self, "max_streams", "max_queue", "max_tokens", "max_prompt")
         choice(self, "precision", Precision)
 

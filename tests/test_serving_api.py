@@ -278,11 +278,6 @@ def test_sigterm_ends_the_streams_in_flight_and_exits_0(wide_run):
     assert "Traceback" not in s.output
 
 
-def test_a_client_that_goes_away_frees_its_place(server):
-    _read_stream_start(server.url, {"prompt": "KING:", "max_tokens": 600, "stream": True})
-    assert server.wait_idle()["active"] == 0
-
-
 def test_without_the_extra_serve_says_how_to_install_it(shared_run, monkeypatch):
     import importlib.util
 
@@ -311,3 +306,74 @@ def test_the_app_mounts_in_another(shared_run):
         r = http.post("/lm/v1/completions", json={"prompt": "KING:", "max_tokens": 12, "seed": 1})
         assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 12
         assert http.get("/lm/health").json()["status"] == "ok"
+
+
+def test_an_internal_fault_is_a_500_in_openais_shape_and_the_server_goes_on(shared_run, monkeypatch, caplog):
+    from starlette.testclient import TestClient
+
+    import charlstm
+    from charlstm.sampling.slots import Slots
+    from charlstm.serving import app as serving_app
+
+    app = charlstm.serve_app(shared_run, max_streams=4)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        monkeypatch.setattr(serving_app, "read_completion", lambda *a: 1 / 0)
+        r = http.post("/v1/completions", json={"prompt": "KING:"})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        assert "ZeroDivisionError" not in r.text and "Traceback" not in r.text
+        monkeypatch.undo()
+
+        real_run = Slots.run
+        monkeypatch.setattr(Slots, "run", lambda *a: (_ for _ in ()).throw(RuntimeError("a fault")))
+        r = http.post("/v1/completions", json={"prompt": "KING:", "max_tokens": 5})
+        assert r.status_code == 500 and "server log" in r.json()["error"]["message"]
+        events = http.post("/v1/completions", json={"prompt": "KING:", "max_tokens": 5, "stream": True}).text
+        assert '"type": "server_error"' in events and events.rstrip().endswith("data: [DONE]")
+        monkeypatch.setattr(Slots, "run", real_run)
+        r = http.post("/v1/completions", json={"prompt": "KING:", "max_tokens": 5})
+        assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 5
+        assert http.get("/health").json()["active"] == 0
+    assert "generation failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"prompt": "KING:", "temperature": ' + b"9" * 400 + b"}", "temperature"),  # an int too large for a float
+        (b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),  # nested past the parser's depth
+        (b'{"prompt": "KING:\\ud800"}', "prompt"),  # a lone surrogate
+        (b'{"prompt": ["KING:", "FOOL:"], "n": 9}', "prompt"),  # 18 choices, 16 places
+        (b'{"prompt": "KING:", "stream_options": {"include_usage": true}}', "stream_options"),
+        (b'{"prompt": "KING:", "model": 3}', "model"),
+        (b'{"prompt": "KING:", "n": 2.5}', "n"),
+        (b'{"prompt": "KING:", "max_tokens": true}', "max_tokens"),
+        (b'{"prompt": []}', "prompt"),
+        (b'{"prompt": "KING:", "stop": ["a", 3]}', "stop"),
+    ],
+)
+def test_odd_bodies_are_400s_not_faults(server, body, param):
+    r = raw(server, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_the_request_fields_are_the_sampling_options():
+    from charlstm.config import SampleConfig
+    from charlstm.options import declared
+    from charlstm.serving.requests import SAMPLING_FIELDS
+
+    names = {d.name for d in declared(SampleConfig)}
+    assert set(SAMPLING_FIELDS.values()) <= names
+    assert {"prompt", "unknown", "precision"} == names - set(SAMPLING_FIELDS.values())  # the server's own
+
+
+def test_a_streaming_client_that_hangs_up_frees_its_place_at_once(wide_run):
+    s = Server(wide_run, "--quiet")
+    try:
+        started = time.monotonic()
+        first = _read_stream_start(s.url, {"prompt": "KING:", "max_tokens": 4096, "stream": True})
+        assert first["choices"][0]["index"] == 0
+        assert s.wait_idle(5)["active"] == 0
+        assert time.monotonic() - started < 5  # far less than the 4,096 tokens would take
+    finally:
+        s.stop()

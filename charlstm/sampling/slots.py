@@ -1,5 +1,5 @@
 """Slots: a fixed number of places for streams that come and go (a server's requests), each with
-its own sampling rule, all stepped together by one compiled call per character.
+its own sampling rule, all stepped together: a few tokens of every stream per compiled call.
 
 A stream's text depends only on its own prompt, rule and random numbers: priming reads the
 prompt alone (``Stepper.prime``, one stream), and every step computes each stream's numbers with

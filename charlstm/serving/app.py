@@ -23,7 +23,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +37,7 @@ from charlstm.serving.requests import ApiError, Completion, bad, read_completion
 log = logging.getLogger("charlstm.serve")
 
 MAX_BODY = 1 << 20  # bytes of a request body
+BODY_SECONDS = 30  # for a request's body to arrive
 DISCONNECT_POLL = 0.5  # seconds between checks that a client waiting for a whole completion is still there
 
 
@@ -61,10 +62,7 @@ class Service:
     """The engine, its model's card, the limits and the metrics, shared by the routes."""
 
     def __init__(self, engine: Engine, card: ModelCard, config: ServeConfig, metrics: Metrics):
-        self.engine, self.card, self.config, self.metrics = engine, card, config, metrics
-
-    def start(self) -> None:
-        self.engine.start()  # on the first request too: a mounted app gets no lifespan events
+        self.engine, self.card, self.config, self.metrics = engine, card, config, metrics  # the engine started
 
     def check_key(self, request: Request) -> None:
         key = self.config.api_key
@@ -74,7 +72,7 @@ class Service:
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "missing API key: send the header 'Authorization: Bearer KEY'", code="invalid_api_key")
-        if not hmac.compare_digest(token.strip().encode(), key.encode()):
+        if not hmac.compare_digest(token.strip().encode("latin-1"), key.encode()):  # headers arrive as latin-1
             raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
 
 
@@ -82,7 +80,6 @@ def build_app(service: Service) -> Starlette:
     """The ASGI app over ``service``; mount it in another app, or run it with uvicorn."""
 
     async def completions(request: Request) -> Response:
-        service.start()
         service.check_key(request)
         completion = read_completion(await _read_json(request), service.engine.vocab, service.config, service.card.id)
         return await _complete(service, request, completion)
@@ -98,8 +95,9 @@ def build_app(service: Service) -> Starlette:
         return JSONResponse(_model_entry(service.card))
 
     async def health(request: Request) -> Response:
-        service.start()
         engine = service.engine
+        if not engine.running:
+            return JSONResponse({"status": "error", "active": 0, "queued": 0}, status_code=503)
         return JSONResponse({"status": "ok", "active": engine.active, "queued": engine.queued})
 
     async def metrics(request: Request) -> Response:
@@ -107,11 +105,10 @@ def build_app(service: Service) -> Starlette:
         return Response(service.metrics.text(), media_type=CONTENT_TYPE)
 
     async def page(request: Request) -> Response:
-        return HTMLResponse(_page(service))
+        return HTMLResponse(_page(service, request.scope.get("root_path", "")))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        service.start()
         try:
             yield
         finally:
@@ -137,13 +134,22 @@ async def _read_json(request: Request) -> Any:
     if length.isdigit() and int(length) > MAX_BODY:
         raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes", code="request_too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes", code="request_too_large")
+
+    async def read() -> None:
+        async for chunk in request.stream():  # a client gone meanwhile: ClientDisconnect, answered below
+            body.extend(chunk)
+            if len(body) > MAX_BODY:
+                raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes", code="request_too_large")
+
+    try:
+        await asyncio.wait_for(read(), BODY_SECONDS)
+    except ClientDisconnect:
+        raise ApiError(400, "the client went away before its request arrived", code="client_disconnected") from None
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {BODY_SECONDS} s", code="timeout") from None
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise bad("the request body is not valid JSON") from None
 
 
@@ -210,7 +216,7 @@ async def _whole(service: Service, request: Request, completion: Completion, job
         while None in finish:
             try:
                 piece = await asyncio.wait_for(pieces.get(), DISCONNECT_POLL)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not yet the built-in TimeoutError on Python 3.10
                 if await request.is_disconnected():
                     return Response(status_code=499)  # nobody reads it; counted as such
                 continue
@@ -261,10 +267,11 @@ def _model_entry(card: ModelCard) -> dict[str, Any]:
     return {"id": card.id, "object": "model", "created": card.created, "owned_by": "charlstm", "charlstm": facts}
 
 
-def _page(service: Service) -> str:
+def _page(service: Service, root: str) -> str:
+    """The playground, with the model's facts and where the API is (under a mount, its path)."""
     html = resources.files("charlstm.serving").joinpath("playground.html").read_text("utf-8")
     facts = {**asdict(service.card), "key_required": service.config.api_key is not None,
-             "max_tokens": service.config.max_tokens}  # fmt: skip
+             "max_tokens": service.config.max_tokens, "root": root}  # fmt: skip
     data = json.dumps(facts).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return html.replace("/*MODEL*/null", data, 1)
 

@@ -9,7 +9,7 @@ reaches its length or a stop sequence, or whose client went away, leaves its slo
 Each job has its own random generator (from the request's seed and the choice's index) and its
 numbers do not depend on the other slots, so a request gives the same text whatever else the
 server is doing. New text goes out through the job's ``deliver`` callback, called on the worker
-thread: the first token at once, then every few tokens; text that might be the start of a stop
+thread: the first token at once, then every ``FLUSH_SECONDS``; text that might be the start of a stop
 sequence is held back until it is known not to be, so streamed pieces add up to exactly the text
 of the same request without streaming.
 """
@@ -39,7 +39,7 @@ log = logging.getLogger("charlstm.serve")
 FLUSH_SECONDS = 0.1  # a stream's new text goes out this often (its first token at once)
 CALL_SECONDS = 0.012  # tokens per compiled call: as many as take about this long (a new job waits for one call)
 MAX_TOKENS_PER_CALL = 64
-WARM_UP_TOKENS = 16
+TIMING_TOKENS = 16
 SHORT_PROMPT = 256  # tokens: a prompt up to this long is read by the compiled step, a longer one by torch
 RANDOM_BLOCK = 256  # uniforms drawn ahead for each stream
 ADMIT_PER_STEP = 8  # prompts primed between two steps
@@ -138,6 +138,11 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="charlstm-engine", daemon=True)
 
     @property
+    def running(self) -> bool:
+        """The worker is alive and takes jobs."""
+        return self._thread.is_alive() and not self._closing
+
+    @property
     def active(self) -> int:
         return len(self._jobs)
 
@@ -160,11 +165,11 @@ class Engine:
         primed = self._prime(priming_ids(self.vocab, ""))
         for _ in range(min(TILE_STREAMS, self.slots.capacity)):
             self.slots.add(primed, SamplingRule(1.0, 2, 0.9))
-        u, start = np.ones((TILE_STREAMS, WARM_UP_TOKENS)), np.zeros(TILE_STREAMS, np.int64)
+        u, start = np.ones((TILE_STREAMS, TIMING_TOKENS)), np.zeros(TILE_STREAMS, np.int64)
         self.slots.run(u, start, 1)
         started = time.perf_counter()
-        self.slots.run(u, start, WARM_UP_TOKENS)
-        self._step_seconds = (time.perf_counter() - started) / WARM_UP_TOKENS  # a first guess for one tile
+        self.slots.run(u, start, TIMING_TOKENS)
+        self._step_seconds = (time.perf_counter() - started) / TIMING_TOKENS  # a first guess for one tile
         self.slots.count = 0
 
     def close(self, timeout: float = 5.0) -> None:
@@ -178,8 +183,10 @@ class Engine:
     def submit(self, jobs: Sequence[Job]) -> None:
         """Queue a request's jobs, all or none: raises :class:`Busy` when the queue cannot take them."""
         with self._wake:
-            if self._closing:
+            if self._closing or not self._thread.is_alive():
                 raise Closed(SHUTTING_DOWN)
+            if any(job.cancelled for job in self._queue):  # clients gone while waiting hold no place
+                self._queue = deque(job for job in self._queue if not job.cancelled)
             if len(self._queue) + len(jobs) > self.max_queue + self.slots.free:
                 raise Busy(f"{len(self._queue)} completions are waiting for a slot")
             self._queue.extend(jobs)
@@ -227,15 +234,23 @@ class Engine:
                 job = self._queue.popleft()
             if job.cancelled:
                 continue
-            job.decoder, job.rng = self.vocab.decoder(), _rng(job.seed, job.index)
-            if job.max_tokens == 0:
-                _safely(job.deliver, Piece(job.index, "", 0, FinishReason.LENGTH))
-                continue
-            if job.prompt.state is None:
-                job.prompt.state = self._prime(job.prompt.ids)
-            i = self.slots.add(job.prompt.state, job.rule)
-            self._jobs.append(job)
-            self._u[i], self._upos[i] = 1.0 - job.rng.random(RANDOM_BLOCK), 0
+            try:
+                self._place(job)
+            except Exception:  # this job fails alone, and says so
+                log.exception("could not start a completion")
+                _safely(job.deliver, Piece(job.index, "", 0, error=INTERNAL))
+
+    def _place(self, job: Job) -> None:
+        """Prime the job's prompt (once for all its request's choices) and give it a slot."""
+        job.decoder, job.rng = self.vocab.decoder(), _rng(job.seed, job.index)
+        if job.max_tokens == 0:
+            _safely(job.deliver, Piece(job.index, "", 0, FinishReason.LENGTH))
+            return
+        if job.prompt.state is None:
+            job.prompt.state = self._prime(job.prompt.ids)
+        i = self.slots.add(job.prompt.state, job.rule)
+        self._jobs.append(job)
+        self._u[i], self._upos[i] = 1.0 - job.rng.random(RANDOM_BLOCK), 0
 
     def _prime(self, ids: list[int]) -> StepState:
         """A prompt read alone: token by token when short, else as one sequence through torch

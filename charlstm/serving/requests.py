@@ -14,7 +14,7 @@ from typing import Any
 from charlstm.config import SampleConfig, ServeConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
-from charlstm.options import declared, option
+from charlstm.options import option
 
 # OpenAI's name of each sampling option (``top_k`` is an extension, as in vLLM and llama.cpp).
 SAMPLING_FIELDS = {
@@ -24,9 +24,6 @@ SAMPLING_FIELDS = {
     "top_k": "top_k",
     "seed": "seed",
     "n": "num_samples",
-}
-DEFAULTS = {
-    name: d.default for d in declared(SampleConfig) for name, field in SAMPLING_FIELDS.items() if d.name == field
 }
 # Fields OpenAI defines that this server takes only at their neutral value.
 NEUTRAL = {"logprobs": (None,), "suffix": (None, ""), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
@@ -79,23 +76,29 @@ def read_completion(body: Any, vocab: CharVocab, limits: ServeConfig, model_id: 
         if name in body and not any(_same(body[name], value) for value in neutral):
             raise bad(f"{name} is not supported by this server (a character model); leave it out", name)
     model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad("model must be a string", "model")
     if model is not None and model != model_id:
         raise ApiError(404, f"the model {model!r} does not exist; this server has {model_id!r}", param="model",
                        code="model_not_found")  # fmt: skip
-    prompts = _prompts(body.get("prompt", ""), vocab, limits)
+    prompt = "" if body.get("prompt") is None else body["prompt"]
     sampling = _sampling(body)
     if sampling.length > limits.max_tokens:
         raise bad(f"max_tokens {sampling.length} is more than this server allows ({limits.max_tokens})", "max_tokens")
-    if len(prompts) * sampling.num_samples > limits.max_streams:
-        raise bad(f"n times the number of prompts is {len(prompts) * sampling.num_samples}; this server generates at"
-                  f" most {limits.max_streams} at once", "n")  # fmt: skip
+    count = len(prompt) if isinstance(prompt, list) else 1
+    if count * sampling.num_samples > limits.max_streams:  # before reading every prompt
+        raise bad(f"n times the number of prompts is {count * sampling.num_samples}; this server generates at"
+                  f" most {limits.max_streams} at once", "n" if count == 1 else "prompt")  # fmt: skip
+    prompts = _prompts(prompt, vocab, limits)
     stream, echo = _flag(body, "stream"), _flag(body, "echo")
     options = body.get("stream_options")
-    if options is not None and not (isinstance(options, dict) and set(options) <= {"include_usage"}):
-        raise bad("stream_options must be an object with at most include_usage", "stream_options")
-    include_usage = bool(options and _flag(options, "include_usage"))
-    if include_usage and not stream:
+    if options is not None and not stream:
         raise bad("stream_options is only allowed with stream: true", "stream_options")
+    usage = options.get("include_usage", False) if isinstance(options, dict) else None
+    if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}
+                                or not isinstance(usage, bool)):  # fmt: skip
+        raise bad("stream_options must be an object with at most include_usage: true or false", "stream_options")
+    include_usage = bool(usage)
     return Completion(prompts, sampling, _stops(body.get("stop")), stream, echo, include_usage)
 
 
@@ -122,6 +125,10 @@ def _prompts(prompt: Any, vocab: CharVocab, limits: ServeConfig) -> tuple[str, .
     else:
         raise bad("prompt must be a string or a non-empty list of strings (token ids are not taken)", "prompt")
     for text in prompts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, which JSON can carry and text cannot
+            raise bad("the prompt is not valid Unicode text (it holds a lone surrogate)", "prompt") from None
         if len(text) > limits.max_prompt:
             raise bad(f"the prompt has {len(text):,} characters; this server takes at most {limits.max_prompt:,}",
                       "prompt", "prompt_too_long")  # fmt: skip

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from charlstm.config import ServeConfig
+from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM
 from charlstm.sampling.stepper import Stepper, resolve_precision
 from charlstm.serving.app import ModelCard, Service, build_app
@@ -28,12 +29,11 @@ from charlstm.serving.engine import Engine
 from charlstm.serving.metrics import Metrics
 from charlstm.store.checkpoint import Checkpoint
 
+log = logging.getLogger("charlstm.serve")
+
 DRAIN_SECONDS = 2.0  # what a completion in flight gets to finish once the server is told to stop
 KEEP_ALIVE_SECONDS = 5  # an idle connection is closed after this
-# The worker thread and the event loop pass Python's lock between them at every compiled call:
-# a short interval keeps the worker from waiting 5 ms (Python's default) to take it back.
-SWITCH_SECONDS = 0.0005
-WARM_UP_TOKENS = 8
+WARM_UP_REQUEST_TOKENS = 8
 
 
 def run_name(path: str | os.PathLike[str], checkpoint: Checkpoint) -> str:
@@ -70,9 +70,15 @@ def make_service(
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host`` (IPv4 or IPv6) and ``port`` (0: any free one)."""
+    """A listening socket on ``host`` (IPv4 or IPv6) and ``port`` (0: any free one); a host or
+    port that cannot be had is a ``UserError``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    try:
+        sock = socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    except OSError as e:  # in use, not this machine's, not an address
+        raise UserError(
+            f"cannot listen on {host} port {port}: {e.strerror or e}; choose another --host or --port"
+        ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it: small writes go at once
     return sock
 
@@ -93,7 +99,9 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: object) -> None:  # type: ignore[override]
         first = not self.should_exit
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
-        self._captured_signals.clear()  # handled: the process ends normally
+        captured = getattr(self, "_captured_signals", None)  # uvicorn raises them again at its end
+        if isinstance(captured, list):
+            captured.clear()  # handled: the process ends normally
         if first:
             timer = threading.Timer(DRAIN_SECONDS, self.service.engine.close)
             timer.daemon = True
@@ -104,7 +112,6 @@ def serve_forever(service: Service, sock: socket.socket, on_ready: Callable[[], 
     """Serve until SIGTERM or Ctrl-C (or the ASGI server otherwise stops); ``on_ready`` is called
     once the server has answered its own warm-up request (a short streamed completion: the first
     one through a fresh process costs some 0.3 s of set-up that no user should wait for)."""
-    sys.setswitchinterval(SWITCH_SECONDS)
     config = uvicorn.Config(
         build_app(service),
         access_log=not service.config.quiet,
@@ -116,19 +123,24 @@ def serve_forever(service: Service, sock: socket.socket, on_ready: Callable[[], 
     server.run(sockets=[sock])
 
 
-def _warm_up(server: uvicorn.Server, sock: socket.socket, on_ready: Callable[[], None] | None) -> None:
+def _warm_up(server: _Server, sock: socket.socket, on_ready: Callable[[], None] | None) -> None:
     while not server.started and not server.should_exit:
         time.sleep(0.01)
     host, port = sock.getsockname()[:2]
-    key = server.service.config.api_key  # type: ignore[attr-defined]
+    key = server.service.config.api_key
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    body = json.dumps({"prompt": "", "max_tokens": WARM_UP_TOKENS, "stream": True})
+    body = json.dumps({"prompt": "", "max_tokens": WARM_UP_REQUEST_TOKENS, "stream": True})
     try:
         connection = http.client.HTTPConnection(host, port, timeout=30)
         connection.request("POST", "/v1/completions", body, headers)
-        connection.getresponse().read()
+        response = connection.getresponse()
+        response.read()
         connection.close()
-    except OSError:  # the server stopped meanwhile: nothing to warm
+    except (OSError, http.client.HTTPException):  # the server stopped meanwhile: nothing to warm
+        return
+    if response.status != 200:
+        log.error("the warm-up request got %s; the server does not answer completions", response.status)
+        server.should_exit = True
         return
     if on_ready is not None and not server.should_exit:
         on_ready()
