@@ -377,3 +377,23 @@ def test_a_streaming_client_that_hangs_up_frees_its_place_at_once(wide_run):
         assert time.monotonic() - started < 5  # far less than the 4,096 tokens would take
     finally:
         s.stop()
+
+
+def test_the_start_line_says_the_model_and_the_key_and_warns_on_an_open_host(monkeypatch, shared_run):
+    from typer.testing import CliRunner
+
+    from charlstm import api
+    from charlstm.cli import app
+
+    card = {"id": "run", "corpus": "play.txt", "cell": "lstm", "layers": 2, "hidden": 16, "params": 4790,
+            "val_loss": 1.25, "key_required": False}  # fmt: skip
+
+    def fake_serve(checkpoint, *, on_start, **options):  # no socket: 0.0.0.0 is never bound in tests
+        on_start(f"http://{options['host']}:8000", card)
+
+    monkeypatch.setattr(api, "serve", fake_serve)
+    out = CliRunner().invoke(app, ["serve", str(shared_run), "--host", "0.0.0.0"]).output
+    assert "serving run (play.txt, lstm 2x16, 4,790 parameters, val loss 1.2500) at http://0.0.0.0:8000" in out
+    assert "no API key" in out and "warning: listening on 0.0.0.0 without an API key" in out
+    out = CliRunner().invoke(app, ["serve", str(shared_run)]).output
+    assert "warning" not in out

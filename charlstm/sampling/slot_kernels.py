@@ -69,35 +69,27 @@ def _tile_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, b: int, r
         out[b, r + 1], out[b + 1, r + 1], out[b + 2, r + 1], out[b + 3, r + 1] = c0, c1, c2, c3
 
 
-@numba.njit(**_JIT)
-def _product_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: int, last: int) -> None:
-    for r0 in range(0, w.shape[0], _TILE_ROWS_BLOCK):
-        r1 = min(w.shape[0], r0 + _TILE_ROWS_BLOCK)
-        for b in range(first, last, TILE_STREAMS):
-            for r in range(r0, r1, 2):
-                _tile_f32(w, x, k0, out, b, r, r + 1 < r1)
+def _tile(w, x, k0, out, b, r, pair):  # noqa: ANN001, ANN202
+    """One tile: ``_tile_f32`` or ``_tile_bf16``, by the weights' dtype."""
+
+
+@overload(_tile, inline="always")
+def _tile_impl(w, x, k0, out, b, r, pair):  # noqa: ANN001, ANN202
+    if w.dtype == types.uint32:
+        return lambda w, x, k0, out, b, r, pair: _tile_bf16(w, x, k0, out, b, r, pair)
+    return lambda w, x, k0, out, b, r, pair: _tile_f32(w, x, k0, out, b, r, pair)
 
 
 @numba.njit(**_JIT)
-def _product_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: int, last: int) -> None:
-    for r0 in range(0, w.shape[0], _TILE_ROWS_BLOCK):
-        r1 = min(w.shape[0], r0 + _TILE_ROWS_BLOCK)
-        for b in range(first, last, TILE_STREAMS):
-            for r in range(r0, r1, 2):
-                _tile_bf16(w, x, k0, out, b, r, r + 1 < r1)
-
-
-def tiled_product(w, x, k0, out, first, last):  # noqa: ANN001, ANN201
+def tiled_product(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: int, last: int) -> None:
     """out[first:last] = x[first:last, k0 : k0 + K] @ w.T for w fp32 (R, K) or bf16 pairs (R, K/2)
     (x then needs an even width past k0: ``Slots`` pads it); ``first`` and ``last`` multiples of
     TILE_STREAMS. Every element is the same sum in the same order whatever the range is."""
-
-
-@overload(tiled_product)
-def _tiled_product_impl(w, x, k0, out, first, last):  # noqa: ANN001, ANN202
-    if w.dtype == types.uint32:
-        return lambda w, x, k0, out, first, last: _product_bf16(w, x, k0, out, first, last)
-    return lambda w, x, k0, out, first, last: _product_f32(w, x, k0, out, first, last)
+    for r0 in range(0, w.shape[0], _TILE_ROWS_BLOCK):
+        r1 = min(w.shape[0], r0 + _TILE_ROWS_BLOCK)
+        for b in range(first, last, TILE_STREAMS):
+            for r in range(r0, r1, 2):
+                _tile(w, x, k0, out, b, r, r + 1 < r1)
 
 
 @numba.njit(**_JIT)
