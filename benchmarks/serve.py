@@ -7,11 +7,12 @@ to first token (from sending the request to the first text) p50 and p99. Beside 
 of ``charlstm sample --num-samples N --length TOKENS`` for the same model, in this process
 (the same code the command runs, after its kernels are compiled), and the ratio.
 
-The clients are one asyncio loop (httpx) in this process, so they take little of the CPU the
-server needs. Nothing leaves 127.0.0.1; every loop is bounded.
+The clients are one asyncio loop (httpx) in this process that parses each stream only up to its
+first text and then counts the tokens from the final usage chunk, so they take little of the CPU
+the server needs. Nothing leaves 127.0.0.1; every loop is bounded.
 
     python benchmarks/serve.py RUN_DIR
-    python benchmarks/serve.py RUN_DIR --clients 8,64 --tokens 500 --requests 3 --repeats 3
+    python benchmarks/serve.py RUN_DIR --clients 1,8,64 --tokens 2000 --requests 5 --repeats 3
 """
 
 from __future__ import annotations
@@ -33,22 +34,26 @@ from tests.serving import Server  # noqa: E402
 
 
 async def _client(http: httpx.AsyncClient, url: str, index: int, requests: int, tokens: int) -> tuple[int, list[float]]:
+    """One client's completions, streamed one after another. It reads events only until the first
+    text (the time to first token), then bytes, and takes the count from the final usage chunk:
+    a load generator should leave the two cores to the server."""
     got, ttft = 0, []
     for r in range(requests):
-        body = {"prompt": "ROMEO:", "max_tokens": tokens, "stream": True, "seed": index * 1000 + r}
-        sent = time.perf_counter()
-        first = None
+        body = {"prompt": "ROMEO:", "max_tokens": tokens, "stream": True, "seed": index * 1000 + r,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+        sent, first, head, tail = time.perf_counter(), None, b"", b""
         async with http.stream("POST", url + "/v1/completions", json=body) as response:
             response.raise_for_status()
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                text = "".join(c["text"] for c in chunk.get("choices", []))
-                if text and first is None:
-                    first = time.perf_counter()
-                    ttft.append(first - sent)
-                got += len(text)
+            async for chunk in response.aiter_bytes():
+                if first is None:
+                    head += chunk
+                    events = [e[6:] for e in head.split(b"\n\n") if e.startswith(b"data: {")]
+                    if any(c["text"] for e in events for c in json.loads(e)["choices"]):
+                        first = time.perf_counter()
+                        ttft.append(first - sent)
+                tail = (tail + chunk)[-4096:]
+        usage = [e for e in tail.split(b"\n\n") if e.startswith(b"data: {") and b'"usage"' in e]
+        got += json.loads(usage[-1][6:])["usage"]["completion_tokens"]
     return got, ttft
 
 
@@ -82,7 +87,7 @@ def main() -> None:
     parser.add_argument("run", help="a run directory or checkpoint")
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--tokens", type=int, default=500, help="tokens per completion")
-    parser.add_argument("--requests", type=int, default=3, help="completions per client, one after another")
+    parser.add_argument("--requests", type=int, default=5, help="completions per client, one after another")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each phase; medians are printed")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]

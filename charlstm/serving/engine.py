@@ -1,7 +1,7 @@
 """The engine behind ``charlstm serve``: continuous batching of completions in one worker thread.
 
 Every choice of every request is a :class:`Job`. Jobs wait in a bounded queue; between two
-steps the worker primes waiting prompts (a few at a time, so that a burst does not stall the
+steps the worker primes waiting prompts (for a few milliseconds at most, so that a burst does not stall the
 streams running) and gives each a slot; then every job in a slot draws its next token and all
 of them advance in one compiled step (:class:`~charlstm.sampling.slots.Slots`). A job that
 reaches its length or a stop sequence, or whose client went away, leaves its slot at once.
@@ -42,7 +42,8 @@ MAX_TOKENS_PER_CALL = 64
 TIMING_TOKENS = 16
 SHORT_PROMPT = 256  # tokens: a prompt up to this long is read by the compiled step, a longer one by torch
 RANDOM_BLOCK = 256  # uniforms drawn ahead for each stream
-ADMIT_PER_STEP = 8  # prompts primed between two steps
+ADMIT_SECONDS = 0.005  # priming waiting prompts between two calls stops after this long
+JOINING_CALL_SECONDS = 0.002  # a call while jobs wait for a free slot: they join sooner
 SHUTTING_DOWN = "the server is shutting down"
 INTERNAL = "internal error while generating; the server log has the details"
 
@@ -227,7 +228,8 @@ class Engine:
         self.slots.count = 0
 
     def _admit(self) -> None:
-        for _ in range(min(self.slots.free, ADMIT_PER_STEP)):
+        started = time.perf_counter()
+        while self.slots.free and time.perf_counter() - started < ADMIT_SECONDS:
             with self._wake:
                 if not self._queue:
                     return
@@ -262,7 +264,9 @@ class Engine:
     def _advance(self) -> None:
         """Every job in a slot draws and reads a few tokens in one call; those done leave."""
         count = self.slots.count
-        tokens = max(1, min(MAX_TOKENS_PER_CALL, int(CALL_SECONDS / self._step_seconds)))
+        joining = self._queue and self.slots.free  # more to prime: a short call, then admit again
+        seconds = JOINING_CALL_SECONDS if joining else CALL_SECONDS
+        tokens = max(1, min(MAX_TOKENS_PER_CALL, int(seconds / self._step_seconds)))
         tokens = min(tokens, min(job.max_tokens - job.tokens for job in self._jobs))  # none goes past its length
         for i in np.flatnonzero(self._upos[:count] + tokens > RANDOM_BLOCK):  # keep each job's uniforms in order
             self._u[i] = np.concatenate([self._u[i, self._upos[i] :], 1.0 - self._jobs[i].rng.random(self._upos[i])])
