@@ -3,8 +3,9 @@ sampling rule, stepped together. Every product element is computed by the same c
 the number of streams, their order or the threads, so that a stream's text depends on nothing
 but itself (BLAS picks its kernels by the matrices' shapes, and rounds differently for each). A
 tile of four streams by two weight rows reads each loaded value more than once, which brings
-these products close to BLAS's speed. (With ``kernels.py``, the only sampling code that imports
-Numba.)
+these products close to BLAS's speed. Nothing here starts threads or takes Python's lock:
+``Slots`` shares the streams out in whole tiles between threads of its own. (With
+``kernels.py``, the only sampling code that imports Numba.)
 """
 
 from __future__ import annotations
