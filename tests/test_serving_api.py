@@ -397,3 +397,19 @@ def test_the_start_line_says_the_model_and_the_key_and_warns_on_an_open_host(mon
     assert "no API key" in out and "warning: listening on 0.0.0.0 without an API key" in out
     out = CliRunner().invoke(app, ["serve", str(shared_run)]).output
     assert "warning" not in out
+
+
+def test_an_export_served_in_bf16_is_named_after_its_file():
+    from tests.conftest import FIXTURES
+
+    s = Server(FIXTURES / "v3" / "v3_export.safetensors", "--precision", "bf16", "--quiet")
+    try:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        (model,) = client.models.list().data
+        assert model.id == "v3_export" and model.model_extra["charlstm"]["precision"] == "bf16"
+        a, b = (
+            client.completions.create(model=model.id, prompt="", max_tokens=30, seed=2).choices[0].text for _ in "ab"
+        )
+        assert len(a) == 30 and a == b
+    finally:
+        assert s.stop() == 0
