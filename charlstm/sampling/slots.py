@@ -28,7 +28,7 @@ class Slots:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
         cfg = stepper.model.config
-        places = -(-capacity // TILE_STREAMS) * TILE_STREAMS
+        places = _whole_tiles(capacity)
         n, vocab = cfg.hidden, cfg.vocab_size
         self.stepper, self.capacity, self.count = stepper, capacity, 0
         # [x | h] of each layer, and a zero column: bf16 weight pairs read the h half in pairs.
@@ -60,6 +60,10 @@ class Slots:
         self.count += 1
         return i
 
+    def clear(self) -> None:
+        """Free every place."""
+        self.count = 0
+
     def remove(self, i: int) -> int | None:
         """Free place ``i``: the last stream moves into it. Returns the index it had (None if it was
         the last one): whoever keeps the indices renumbers it to ``i``."""
@@ -79,7 +83,7 @@ class Slots:
         are shared out in whole tiles between this thread and the slots' helper threads; the
         compiled code holds no Python lock, so the parts run side by side."""
         out = np.empty((self.count, tokens), np.int64)
-        streams = -(-self.count // TILE_STREAMS) * TILE_STREAMS
+        streams = _whole_tiles(self.count)
         self.tokens[self.count : streams] = 0
         tiles = streams // TILE_STREAMS
         parts = min(len(self._helpers) + 1, tiles)
@@ -102,3 +106,8 @@ class Slots:
         """Stop the helper threads."""
         for helper in self._helpers:
             helper.shutdown(wait=False)
+
+
+def _whole_tiles(streams: int) -> int:
+    """``streams`` rounded up to whole tiles of TILE_STREAMS."""
+    return -(-streams // TILE_STREAMS) * TILE_STREAMS

@@ -171,7 +171,7 @@ class Engine:
         started = time.perf_counter()
         self.slots.run(u, start, TIMING_TOKENS)
         self._step_seconds = (time.perf_counter() - started) / TIMING_TOKENS  # a first guess for one tile
-        self.slots.count = 0
+        self.slots.clear()
 
     def close(self, timeout: float = 5.0) -> None:
         """Take no more jobs, end those in flight (their last piece says why) and stop the worker."""
@@ -225,7 +225,7 @@ class Engine:
         for job in [*self._jobs, *waiting]:
             _safely(job.deliver, Piece(job.index, "", job.tokens, error=error))
         self._jobs.clear()
-        self.slots.count = 0
+        self.slots.clear()
 
     def _admit(self) -> None:
         started = time.perf_counter()
