@@ -11,6 +11,7 @@ import torch
 
 from charlstm.choices import Cell
 from charlstm.config import ModelConfig
+from charlstm.data.batches import StreamBatches
 from charlstm.net.model import CharLSTM
 from charlstm.net.peephole import PeepholeLSTM
 from charlstm.store.checkpoint import load_checkpoint
@@ -95,6 +96,6 @@ def test_peephole_on_the_gpu_matches_the_cpu():
 def test_the_speed_probe_times_the_gpu():
     device = torch.device("cuda")
     model = CharLSTM(ModelConfig(vocab_size=65, embedding=32, hidden=128, layers=1)).to(device)
-    batch = (torch.randint(0, 65, (32, 64)), torch.randint(0, 65, (32, 64)))
-    chars_per_second = training_speed(model, batch, device, "bf16")
-    assert chars_per_second > 0
+    batches = StreamBatches(np.random.default_rng(0).integers(0, 65, 40_000), 32, 64)
+    reading = training_speed(model, batches, device, "bf16")
+    assert reading.chars_per_s > 0 and len(reading.passes) == 3

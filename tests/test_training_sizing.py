@@ -16,6 +16,7 @@ from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import UserError
 from charlstm.training import presets, sizing, words
 from charlstm.training.events import Progress
+from charlstm.training.probe import SpeedReading
 from charlstm.training.run import new_run
 
 SIZED = frozenset(presets.SIZED)
@@ -165,11 +166,14 @@ def _train(corpus: Path, out: Path, **options) -> api.TrainResult:
 
 def test_a_time_budget_long_for_the_text_trains_the_larger_regularised_model(corpus_file, tmp_path, monkeypatch):
     # at 180,000 chars/s, 3 s pass over the 18,000 training characters 30 times: medium
-    monkeypatch.setattr(sizing, "training_speed", lambda *args: 180_000.0)
+    monkeypatch.setattr(
+        sizing, "training_speed", lambda *args: SpeedReading(180_000.0, (170_000.0, 180_000.0, 190_000.0), 4)
+    )
     _train(corpus_file, tmp_path / "run", max_time=3, hidden=16)
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     saved = ckpt["progress"]["sizing"]
     assert saved["preset"] == "medium" and saved["chars_per_s"] == 180_000.0
+    assert saved["speed_passes"] == [170_000.0, 180_000.0, 190_000.0]
     assert saved["kept"] == ["hidden", "seq_len", "batch_size", "eval_every"]
     assert saved["passes"] == pytest.approx(3 * 180_000 / 18_000)
     mcfg = ModelConfig.from_dict(ckpt["model_config"])
@@ -179,7 +183,7 @@ def test_a_time_budget_long_for_the_text_trains_the_larger_regularised_model(cor
 
 def test_a_short_time_budget_trains_on_the_presets_chunk_as_if_given(corpus_file, tmp_path, monkeypatch):
     # at 1,000 chars/s, 60 s buy the small model 60,000 characters: micro, on chunks of 32 x 64
-    monkeypatch.setattr(sizing, "training_speed", lambda *args: 1_000.0)
+    monkeypatch.setattr(sizing, "training_speed", lambda *args: SpeedReading(1_000.0, (1_000.0,) * 3, 1))
     probed = []
 
     def precision_on(name, model, batch, device):

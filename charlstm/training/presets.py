@@ -119,10 +119,11 @@ class Sizing(DictRoundTrip):
     preset: str
     chosen_by: str  # a ChosenBy
     passes: float | None  # what the budget buys with the small model (auto only)
-    chars_per_s: float | None  # the small model's measured speed, for a time budget
+    chars_per_s: float | None  # the small model's measured speed, for a time budget: the median pass
     applied: dict[str, Any] = field(default_factory=dict)  # options set from the preset
     kept: list[str] = field(default_factory=list)  # sized options the user set, which win
     default_budget: bool = False  # no budget was given: the default epochs
+    speed_passes: list[float] = field(default_factory=list)  # each timed pass of the probe, chars/s
 
 
 def fillable(tcfg: TrainConfig, unset: frozenset[str]) -> frozenset[str]:

@@ -5,20 +5,40 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from charlstm.data.batches import StreamBatches
 from charlstm.device import autocast, bf16_supported, synchronize
 from charlstm.errors import UserError
-from charlstm.net.model import CharLSTM
+from charlstm.net.model import CharLSTM, State
+from charlstm.training.step import Learner, make_optimizer, train_step
 
 PROBE_STEPS = 32  # characters per stream in the precision probe: enough to time, quick to run
-# A forward and backward pass is this share of a training step's time: the rest is the optimizer,
-# clipping, batches and evaluations (measured: docs/sweep.md, the presets).
-STEP_SHARE = 0.8
 BF16_MARGIN = 0.9  # bf16 must be at least 10% faster to be chosen: it rounds, so it must pay
+# The speed probe: whole training steps (forward, backward, clipping, AdamW) on the run's own
+# chunks, from a carried state, after steps that warm the kernels and the memory up; then a few
+# timed passes, of which the median counts. The first two steps of a fresh model run 1.3-2x
+# slower than the steady state on CPU (oneDNN sets its kernels up, the heap grows to a step's size).
+WARMUP_STEPS = 2
+TIMED_PASSES = 3
+PASS_SECONDS = 0.3  # a timed pass takes at least about this long ...
+MAX_PASS_STEPS = 8  # ... and at most this many steps
+
+
+@dataclass(frozen=True)
+class SpeedReading:
+    """What the speed probe measured: characters per second of a training step (the median pass),
+    each timed pass's figure, and the steps each took."""
+
+    chars_per_s: float
+    passes: tuple[float, ...]
+    steps_per_pass: int
 
 
 def _forked_rng(device: torch.device) -> contextlib.AbstractContextManager:
@@ -42,15 +62,33 @@ def _time_steps(model: CharLSTM, x: torch.Tensor, y: torch.Tensor, device: torch
 
 
 def training_speed(
-    model: CharLSTM, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, precision: str
-) -> float:
-    """Characters per second a training step of ``model`` would take on ``batch`` (a whole chunk):
-    a measured forward and backward pass, less the share of time the rest of a step takes."""
+    model: CharLSTM, batches: StreamBatches, device: torch.device, precision: str, grad_clip: float = 1.0
+) -> SpeedReading:
+    """Characters per second training ``model`` on ``batches`` runs at, as the training log will
+    read it: whole steps, timed in the steady state, on a copy of the model with an optimizer of its
+    own (the model and the run's random generators are left as they were)."""
     probe = copy.deepcopy(model).train()
-    x, y = (t.to(device) for t in batch)
+    learner = Learner.of(probe, make_optimizer(probe, 1e-3, 0.0, device), precision, grad_clip)
+    chars = batches.streams * batches.seq_len
+    state: State | None = None
+    chunk = 0
+
+    def steps(n: int) -> float:
+        nonlocal state, chunk
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            x, y = (t.to(device) for t in batches.batch(chunk % len(batches)))
+            _, state = train_step(learner, x, y, state, 1e-3)
+            chunk += 1
+        synchronize(device)
+        return time.perf_counter() - t0
+
     with _forked_rng(device):
-        seconds = _time_steps(probe, x, y, device, precision)
-    return x.numel() / seconds * STEP_SHARE
+        warm = steps(WARMUP_STEPS) / WARMUP_STEPS
+        n = max(1, min(MAX_PASS_STEPS, math.ceil(PASS_SECONDS / max(warm, 1e-9))))
+        passes = tuple(n * chars / steps(n) for _ in range(TIMED_PASSES))
+    return SpeedReading(statistics.median(passes), passes, n)
 
 
 def choose_precision(name: str, model: CharLSTM, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> str:

@@ -5,7 +5,7 @@ changes them (the rule itself is ``presets.py``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -14,7 +14,7 @@ from charlstm.data.batches import StreamBatches
 from charlstm.net.model import CharLSTM
 from charlstm.training.distributed import Processes, max_all, on_main
 from charlstm.training.presets import Sizing, apply, choose, needs_speed
-from charlstm.training.probe import choose_precision, training_speed
+from charlstm.training.probe import SpeedReading, choose_precision, training_speed
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,10 @@ def sized_model(
     built, speed = None, None
     if needs_speed(tcfg, unset):
         built = _seeded_model(tcfg, mcfg, batches, device, procs)
-        speed = _run_speed(*built, batches, device, procs)
-    sizing = choose(tcfg, unset, len(batches.tokens), speed, procs.world)
+        speed = _run_speed(*built, batches, device, procs, tcfg.grad_clip)
+    sizing = choose(tcfg, unset, len(batches.tokens), speed and speed.chars_per_s, procs.world)
+    if speed is not None and sizing.chars_per_s is not None:
+        sizing = replace(sizing, speed_passes=[round(p, 1) for p in speed.passes])
     sized_t, sized_m = apply(sizing, tcfg, mcfg)
     rechunked = (sized_t.batch_size, sized_t.seq_len) != (tcfg.batch_size, tcfg.seq_len)
     if rechunked:
@@ -65,10 +67,12 @@ def _seeded_model(
 
 
 def _run_speed(
-    model: CharLSTM, precision: str, batches: StreamBatches, device: torch.device, procs: Processes
-) -> float:
-    """Characters per second of the whole run: every process times its share of the streams at
-    once (so processes that share cores slow each other, as they will in training), and a step
-    goes at the pace of the slowest."""
-    seconds_per_char = 1 / training_speed(model, batches.batch(0), device, precision)
-    return procs.world / max_all(procs, [seconds_per_char])[0]
+    model: CharLSTM, precision: str, batches: StreamBatches, device: torch.device, procs: Processes, grad_clip: float
+) -> SpeedReading:
+    """The speed of the whole run: every process times its share of the streams at once (so
+    processes that share cores slow each other, as they will in training), and a step goes at the
+    pace of the slowest, whose passes are kept."""
+    reading = training_speed(model, batches, device, precision, grad_clip)
+    slowest = max_all(procs, [1 / reading.chars_per_s])[0]
+    scale = procs.world / slowest / reading.chars_per_s
+    return SpeedReading(reading.chars_per_s * scale, tuple(p * scale for p in reading.passes), reading.steps_per_pass)

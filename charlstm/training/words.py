@@ -55,7 +55,8 @@ def sizing(s: Sizing) -> str:
         budget = f"the default {DEFAULT_EPOCHS:g} epochs" if s.default_budget else "the budget"
         why = f"{budget} buys about {shown} passes over the text with the small preset"
         if s.chars_per_s:
-            why += f", measured at {s.chars_per_s / 1000:.0f}k chars/s here"
+            timed = f", the median of {len(s.speed_passes)} timed passes" if s.speed_passes else ""
+            why += f", measured at {s.chars_per_s / 1000:.0f}k chars/s here{timed}"
     kept = "".join(f"; {option(k)} as you set" for k in s.kept)
     return f"sized {s.preset}: {values} ({why}{kept})"
 
