@@ -92,6 +92,12 @@ class TrainConfig(DictRoundTrip):
     lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True)
     weight_decay: float = opt(0.2, "AdamW weight decay on weight matrices.", OPTIM, sized=True)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0: off).", OPTIM)
+    average: float = opt(  # averaged weights for evaluation (AWD-LSTM): training/average.py
+        0.0,
+        "Also evaluate an average of the weights over about this share of the run's last steps, and keep"
+        " it in best.pt when it evaluates better (0: off).",
+        OPTIM,
+    )
     schedule: str = opt(Schedule.COSINE.value, "Learning-rate schedule: cosine, step, plateau or constant.", OPTIM)
     warmup_steps: int = opt(50, "Steps of linear learning-rate warm-up.", OPTIM)
     min_lr_ratio: float = opt(0.05, "Floor of the cosine/plateau schedule, as a fraction of --lr.", OPTIM)
@@ -139,6 +145,8 @@ class TrainConfig(DictRoundTrip):
         choice(self, "preset", PresetName)
         if not finite(self.lr) or self.lr <= 0:
             raise fail("lr", self.lr, "a learning rate greater than 0")
+        if not finite(self.average) or not 0 <= self.average <= 1:
+            raise fail("average", self.average, "a share of the run in [0, 1] (0 turns it off)")
         for name in ("weight_decay", "grad_clip"):
             if not finite(getattr(self, name)) or getattr(self, name) < 0:
                 raise fail(name, getattr(self, name), "a number >= 0 (0 turns it off)")

@@ -34,7 +34,7 @@ def saved(tmp_path):
 def test_round_trip_writes_exactly_the_listed_keys(saved):
     path, original = saved
     raw = torch.load(path, weights_only=True)
-    assert tuple(raw) == Checkpoint.KEYS and raw["format_version"] == ckpt.FORMAT_VERSION == 4
+    assert tuple(raw) == Checkpoint.KEYS and raw["format_version"] == ckpt.FORMAT_VERSION == 5
     loaded = load_checkpoint(path)
     assert loaded.vocab == original.vocab and loaded.model_config == original.model_config
     assert loaded.path == path and loaded.file_version == ckpt.FORMAT_VERSION and not loaded.resumable
@@ -74,7 +74,7 @@ def test_not_a_checkpoint_and_newer_versions(tmp_path, saved):
     _, checkpoint = saved
     future = tmp_path / "future.pt"
     torch.save({**checkpoint.to_dict(), "format_version": 99}, future)
-    with pytest.raises(UserError, match="format version 99, expected 4 or older.*upgrade charlstm"):
+    with pytest.raises(UserError, match="format version 99, expected 5 or older.*upgrade charlstm"):
         load_checkpoint(future)
     damaged = tmp_path / "damaged.pt"
     torch.save({**checkpoint.to_dict(), "model_config": {"hidden": -3}}, damaged)
@@ -119,7 +119,7 @@ def test_run_state_tolerates_fields_added_or_dropped(run_copy, monkeypatch):
     assert load_checkpoint(run_copy / "last.pt").progress.step == 44
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_an_older_run_loads_samples_evaluates_and_resumes(old_folder, version):
     """Each fixture was written by the last charlstm to write its format; see tests/fixtures/vN/README.md."""
     old = load_checkpoint(f"v{version}_run/last.pt")
@@ -142,7 +142,7 @@ def test_an_older_run_loads_samples_evaluates_and_resumes(old_folder, version):
     assert resumed.progress.metrics_lines == len(lines) - 1 and resumed.progress.passes == pytest.approx(12 / 168)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_an_older_export_loads_and_samples_as_before(old_folder, version):
     model = charlstm.load(f"v{version}_export.safetensors")
     assert model.checkpoint.file_version == version and model.checkpoint.optimizer is None
@@ -186,7 +186,7 @@ def test_export_round_trip(shared_run, tmp_path):
 
 def test_describe(shared_run):
     report = load_checkpoint(shared_run).describe()
-    assert report["step"] == 40 and report["format_version"] == 4 and report["val_loss"] > 0
+    assert report["step"] == 40 and report["format_version"] == 5 and report["val_loss"] > 0
     assert report["resume"] == f"charlstm train --resume {shared_run}"
     assert report["params"] == sum(t.numel() for t in load_checkpoint(shared_run).model.values())
     json.dumps(report)  # JSON-ready

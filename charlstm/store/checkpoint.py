@@ -1,14 +1,17 @@
 """The checkpoint format, owned here alone: :class:`Checkpoint` turns what a run saves into the
 dict written to disk and back, and every reader and writer goes through it.
 
-A checkpoint is one ``torch.save`` dict of tensors and plain Python values (format 4)::
+A checkpoint is one ``torch.save`` dict of tensors and plain Python values (format 5)::
 
     format_version  int                FORMAT_VERSION
     model_config    dict               ModelConfig.to_dict()
     train_config    dict               TrainConfig.to_dict()
     vocab           str                the characters with their own token, sorted; id i is vocab[i]
     byte_fallback   bool               whether byte tokens follow (see vocab.py), for other characters
-    model           dict[str, Tensor]  CharLSTM state dict
+    model           dict[str, Tensor]  CharLSTM state dict: in best.pt, the averaged weights when
+                                       they evaluated best (progress "best_averaged")
+    averaged        dict | None        the running average of the weights (--average), a CharLSTM
+                                       state dict in fp32; None without averaging
     optimizer       dict | None        AdamW state dict (None in exports)
     progress        dict               RunState.to_dict(): step, cursor (epoch, chunk, chunks_per_epoch),
                                        time, losses, how many lines of metrics.jsonl it has seen
@@ -46,7 +49,7 @@ from charlstm.files import atomic_path, output_file
 from charlstm.net.model import CharLSTM, State, first_stream
 from charlstm.validate import DictRoundTrip
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 BEST, LAST = "best.pt", "last.pt"
 WARM_H, WARM_C = "sampling.warm_h", "sampling.warm_c"  # safetensors names of the warm start state
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "model")
@@ -87,6 +90,8 @@ class RunState(DictRoundTrip):
     loss_count: int = 0  # characters predicted since the last log line
     precision: str = "fp32"
     sizing: dict[str, Any] = field(default_factory=dict)  # the preset chosen at the start (presets.Sizing)
+    averaged_val_loss: float = math.inf  # the averaged weights' loss at the last evaluation of them
+    best_averaged: bool = False  # whether the best loss so far is the averaged weights'
     metrics_lines: int = 0  # records of metrics.jsonl written up to this state: resume cuts the log there
 
     @property
@@ -140,7 +145,17 @@ def _v3_to_v4(payload: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "format_version": 4, "progress": progress}
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 4 had no averaged weights: its runs trained without them."""
+    return {**payload, "format_version": 5, "averaged": None}
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+}
 
 
 @dataclass
@@ -156,6 +171,7 @@ class Checkpoint:
     rng: dict[str, torch.Tensor] | None = None
     hidden: State | None = None
     corpus: dict[str, Any] | None = None
+    averaged: dict[str, torch.Tensor] | None = None
     path: Path | None = None  # not saved: the file it was read from
     file_version: int = FORMAT_VERSION  # not saved: the format that file was written in
 
@@ -171,6 +187,7 @@ class Checkpoint:
         "rng",
         "hidden",
         "corpus",
+        "averaged",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +204,7 @@ class Checkpoint:
             "rng": self.rng,
             "hidden": list(self.hidden) if self.hidden is not None else None,
             "corpus": self.corpus,
+            "averaged": self.averaged,
         }
 
     @classmethod
@@ -207,6 +225,7 @@ class Checkpoint:
                 rng=payload.get("rng"),
                 hidden=tuple(hidden) if hidden else None,
                 corpus=payload.get("corpus"),
+                averaged=dict(payload["averaged"]) if payload.get("averaged") else None,
                 path=path,
                 file_version=version,
             )
@@ -257,6 +276,8 @@ class Checkpoint:
             "elapsed": p.elapsed,
             "val_loss": finite(p.best_val_loss),
             "last_val_loss": finite(p.last_val_loss),
+            "averaged_val_loss": finite(p.averaged_val_loss),
+            "best_averaged": p.best_averaged,
             "params": sum(t.numel() for t in self.model.values()),
             "vocab_size": len(self.vocab),
             "vocab": self.vocab.to_string(),

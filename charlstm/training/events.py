@@ -65,6 +65,8 @@ class Evaluated:
     is_best: bool
     sample: str
     elapsed: float | None = None  # seconds the run had trained when it was evaluated
+    averaged_loss: float | None = None  # the averaged weights' loss, when they were evaluated too
+    best_averaged: bool = False  # the best so far is the averaged weights'
 
 
 @dataclass

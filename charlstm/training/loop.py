@@ -17,14 +17,15 @@ import torch
 from charlstm.choices import StopReason
 from charlstm.config import SampleConfig
 from charlstm.errors import UserError
-from charlstm.net.model import first_stream
+from charlstm.net.model import CharLSTM, first_stream
 from charlstm.options import option
 from charlstm.sampling.draw import compile_kernels, draw_samples
 from charlstm.sampling.stepper import Stepper
 from charlstm.store.checkpoint import BEST, LAST, resume_command
 from charlstm.store.metrics import end_record
+from charlstm.training.average import decay
 from charlstm.training.distributed import max_all, sum_all
-from charlstm.training.evaluate import EvalInterrupted, evaluate
+from charlstm.training.evaluate import EvalInterrupted, EvalResult, evaluate
 from charlstm.training.events import Compiling, Evaluated, EventFn, Finished, Progress, Started, TrainResult, VocabStats
 from charlstm.training.presets import Sizing
 from charlstm.training.run import Run, log_metric, save, target_epochs
@@ -33,6 +34,9 @@ from charlstm.training.step import train_step
 from charlstm.validate import MAX_SEED
 
 PREVIEW_TEMPERATURE = 0.8
+# The averaged weights are evaluated from this share of the budget on: before it, with a horizon
+# of a share of the run, they are mostly the weights of a model still learning fast.
+AVERAGED_FROM = 0.5
 
 
 @dataclass
@@ -119,38 +123,52 @@ def preview(run: Run) -> str:
     return "".join(pieces[0] for pieces in samples.pieces)
 
 
-def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None) -> bool:
-    """Evaluate (a spread of ``--eval-chars`` of) the validation split, update best/last, write
-    checkpoints and a metrics line. A stop requested meanwhile ends it early: returns False."""
+def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None, final: bool = False) -> bool:
+    """Evaluate (a spread of ``--eval-chars`` of) the validation split, and the averaged weights
+    too once they have something to show (from ``AVERAGED_FROM`` of the budget, and at the end);
+    update best/last, write checkpoints and a metrics line. A stop requested meanwhile ends it
+    early: returns False."""
     st, started = run.state, time.perf_counter()
+    averaged = run.averager is not None and (final or run.fraction() >= AVERAGED_FROM)
     try:
-        result = evaluate(
-            run.learner.model,
-            run.data.val_tokens,
-            run.tcfg.seq_len,
-            run.learner.device,
-            st.precision,
-            char_starts=run.data.corpus.vocab.char_starts(),
-            max_chars=run.tcfg.eval_chars,
-            should_stop=lambda: stop is not None and stop.signum is not None,
-            procs=run.procs,
-        )
+        result = _evaluate(run, run.learner.model, stop)
+        average = _evaluate(run, run.averager.model, stop) if averaged else None  # type: ignore[union-attr]
     except EvalInterrupted:  # every process stops at the same chunk; each keeps the signal that stopped them
         if stop is not None and run.procs.many:
             stop.signum = int(max_all(run.procs, [float(stop.signum or 0)])[0]) or stop.signum
         return False
     seconds = time.perf_counter() - started
-    is_best = result.loss < st.best_val_loss
+    loss = result.loss if average is None else min(result.loss, average.loss)
+    is_best = loss < st.best_val_loss
     if run.tcfg.schedule == "plateau" and math.isfinite(st.best_val_loss):
         st.plateau_scale = plateau_update(st.plateau_scale, result.loss, st.best_val_loss)
     st.last_val_loss = result.loss
-    st.best_val_loss = min(st.best_val_loss, result.loss)
+    if is_best:
+        st.best_val_loss, st.best_averaged = loss, average is not None and average.loss < result.loss
     record = {"type": "eval", "step": st.step, "epoch": round(run.epoch_float, 4), "val_loss": result.loss}
+    if average is not None:
+        st.averaged_val_loss = average.loss
+        record["averaged_val_loss"] = average.loss
     record.update(val_bpc=result.bpc, best=is_best, elapsed=round(st.elapsed, 3))
     log_metric(run, {**record, "eval_chars": result.chars, "eval_seconds": round(seconds, 3)})
     save(run, (LAST, BEST) if is_best else (LAST,))
-    on_event(Evaluated(st.step, result.loss, is_best, preview(run), st.elapsed))
+    averaged_loss = None if average is None else average.loss
+    on_event(Evaluated(st.step, result.loss, is_best, preview(run), st.elapsed, averaged_loss, st.best_averaged))
     return True
+
+
+def _evaluate(run: Run, model: CharLSTM, stop: StopFlag | None) -> EvalResult:
+    return evaluate(
+        model,
+        run.data.val_tokens,
+        run.tcfg.seq_len,
+        run.learner.device,
+        run.state.precision,
+        char_starts=run.data.corpus.vocab.char_starts(),
+        max_chars=run.tcfg.eval_chars,
+        should_stop=lambda: stop is not None and stop.signum is not None,
+        procs=run.procs,
+    )
 
 
 @dataclass
@@ -269,7 +287,7 @@ def _close(run: Run, session: _Session, reason: StopReason) -> StopReason:
     if reason is StopReason.NAN or not math.isfinite(_fold_loss(run, session.window)):
         return StopReason.NAN
     if reason is not StopReason.SIGNAL and session.evaluated_at != run.state.step:
-        if run_eval(run, session.on_event, session.stop):
+        if run_eval(run, session.on_event, session.stop, final=True):
             return reason
         reason = StopReason.SIGNAL  # stopped during the final evaluation
     if session.saved_at != run.state.step:
@@ -329,6 +347,8 @@ def _train(run: Run, on_event: EventFn, stop: StopFlag | None) -> TrainResult:
         session.window.loss += summed
         st.step, st.chunk = st.step + 1, st.chunk + 1
         session.tick(run)
+        if run.averager is not None:
+            run.averager.update(run.learner.model, decay(st.step, run.fraction(), run.tcfg.average))
         reason = _after_step(run, session, lr)
         session.tick(run)
         reason = reason or stop_reason(run, stop)

@@ -27,6 +27,7 @@ from charlstm.store import configfile, metrics
 from charlstm.store.checkpoint import BEST, LAST, Checkpoint, RunState, load_checkpoint
 from charlstm.store.configfile import CONFIG
 from charlstm.store.metrics import METRICS
+from charlstm.training.average import Averager
 from charlstm.training.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
 from charlstm.training.sizing import sized_model
 from charlstm.training.step import Learner, make_optimizer
@@ -59,6 +60,7 @@ class Run:
     procs: Processes = SINGLE
     hidden: State | None = None  # carried from chunk to chunk, each (layers, B, H) for this process's streams
     saved_world: int | None = None  # resumed from a run saved by this other number of processes
+    averager: Averager | None = None  # the averaged weights, under --average
 
     @property
     def epoch_float(self) -> float:
@@ -159,6 +161,7 @@ def new_run(
     learner = Learner.of(model, optimizer, sized.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
     state = RunState(chunks_per_epoch=len(batches), precision=sized.precision, sizing=sized.sizing.to_dict())
     run = Run(tcfg, mcfg, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs)
+    run.averager = Averager(model) if tcfg.average else None
     on_main(procs, lambda: write_config(run))
     return run
 
@@ -205,6 +208,7 @@ def resume_run(
     state.chunks_per_epoch = len(batches)  # the same text and chunk: what a migrated checkpoint may not know
     learner = Learner.of(model, optimizer, state.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
     run = Run(tcfg, ckpt.model_config, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs, hidden)
+    run.averager = Averager(model, ckpt.averaged) if tcfg.average else None
     run.saved_world = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
     on_main(procs, lambda: (remove_stale_temporaries(run_dir), write_config(run)))
     run.state.metrics_lines = on_main(procs, lambda: rewrite_metrics(run))  # every process counts the same lines
@@ -266,8 +270,9 @@ def restore_rng(rng: dict[str, Any], device: torch.device, procs: Processes, fre
     return None
 
 
-def to_checkpoint(run: Run) -> Checkpoint:
+def to_checkpoint(run: Run, best: bool = False) -> Checkpoint:
     """The run as a checkpoint: tensors on the CPU, everything needed to sample, evaluate and resume.
+    ``best``: as ``best.pt`` keeps it, whose model is the averaged weights when they evaluated best.
     With several processes every one must call it: the carried states and random states of all
     are gathered (the checkpoint then looks like a single process's, with a random state per rank)."""
     procs, corpus, learner = run.procs, run.data.corpus, run.learner
@@ -279,16 +284,19 @@ def to_checkpoint(run: Run) -> Checkpoint:
         if "cuda" in rng:
             rng["cuda_ranks"] = gather_objects(procs, rng["cuda"])
     hidden = None if run.hidden is None else tuple(gather_rows(procs, t.detach(), 1).cpu() for t in run.hidden)
+    averaged = run.averager.state_dict() if run.averager is not None else None
+    model = {k: v.detach().cpu() for k, v in learner.model.state_dict().items()}
     return Checkpoint(
         model_config=run.mcfg,
         vocab=corpus.vocab,
-        model={k: v.detach().cpu() for k, v in learner.model.state_dict().items()},
+        model=averaged if best and averaged is not None and run.state.best_averaged else model,
         train_config=run.tcfg,
         progress=run.state,
         optimizer=_on_cpu(learner.optimizer.state_dict()),
         rng=rng,
         hidden=hidden,
         corpus=corpus.record(),
+        averaged=averaged,
     )
 
 
@@ -317,11 +325,12 @@ def _writing(run: Run, name: str) -> Iterator[None]:
 def save(run: Run, names: tuple[str, ...]) -> None:
     """Write the run's checkpoint under each of ``names`` in its run directory (the main process)."""
     checkpoint = to_checkpoint(run)
+    best = to_checkpoint(run, best=True) if BEST in names and run.state.best_averaged else checkpoint
 
     def write() -> None:
         for name in names:
             with _writing(run, name):
-                checkpoint.save(run.run_dir / name)
+                (best if name == BEST else checkpoint).save(run.run_dir / name)
 
     on_main(run.procs, write)
 

@@ -107,9 +107,14 @@ def progress(event: Progress) -> str:
 
 
 def evaluated(event: Evaluated) -> str:
-    """ "step 500: val loss 1.6021 (best), 1m02s trained"."""
+    """ "step 500: val loss 1.6021 (best), 1m02s trained", with "averaged 1.5987 (best)" after the
+    loss when the averaged weights were evaluated too."""
     when = f", {seconds(event.elapsed)} trained" if event.elapsed is not None else ""
-    return f"step {event.step}: val loss {event.val_loss:.4f}{BEST if event.is_best else ''}{when}"
+    best = BEST if event.is_best and not event.best_averaged else ""
+    loss = f"val loss {event.val_loss:.4f}{best}"
+    if event.averaged_loss is not None:
+        loss += f", averaged {event.averaged_loss:.4f}{BEST if event.is_best and event.best_averaged else ''}"
+    return f"step {event.step}: {loss}{when}"
 
 
 def stopped_by(result: TrainResult) -> str:
