@@ -9,11 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from charlstm.cli import render
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM
 from charlstm.store.checkpoint import load_checkpoint
-from charlstm.training import loop
+from charlstm.training import loop, words
 from charlstm.training.average import Averager, decay
 from charlstm.training.events import Evaluated, Progress
 from charlstm.training.loop import StopFlag, train
@@ -96,6 +97,19 @@ def test_best_pt_holds_the_averaged_weights_when_they_evaluate_better(tiny_train
     assert not all(torch.equal(last.model[k], last.averaged[k]) for k in last.averaged)  # last.pt trains on
     shown = [e for e in events if isinstance(e, Evaluated)][-1]
     assert shown.best_averaged and shown.is_best
+    line = f"step 40: val loss {shown.val_loss:.4f}, averaged {shown.averaged_loss:.4f} (best), "
+    assert words.evaluated(shown).startswith(line)  # the best is the averaged weights', and said so
+    report = best.describe()
+    assert report["best_averaged"] is True and report["averaged_val_loss"] == shown.averaged_loss
+    rows = {row: cells for row, cells in _rows(render.info_table(report))}
+    assert rows["best_averaged"] == "True" and rows["averaged_val_loss"].startswith(f"{shown.averaged_loss:.4f}")
+    plain = load_checkpoint(tmp_path / "run" / "best.pt").describe() | {"averaged_val_loss": None}
+    assert "best_averaged" not in dict(_rows(render.info_table(plain)))  # a run without the average shows neither
+
+
+def _rows(table) -> list[tuple[str, str]]:
+    keys, values = (list(column.cells) for column in table.columns)
+    return list(zip(keys, values, strict=True))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])

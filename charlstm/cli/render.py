@@ -115,6 +115,8 @@ INFO_ROWS = (
     "elapsed",
     "val_loss",
     "last_val_loss",
+    "averaged_val_loss",
+    "best_averaged",
     "params",
     "vocab_size",
     "own_tokens",
@@ -125,7 +127,8 @@ INFO_ROWS = (
     "resume",
 )
 COUNTS = ("step", "params", "vocab_size", "own_tokens")  # shown with thousands separators
-LOSSES = ("val_loss", "last_val_loss")
+LOSSES = ("val_loss", "last_val_loss", "averaged_val_loss")
+AVERAGED = ("averaged_val_loss", "best_averaged")  # rows of a run with --average
 
 
 def info_table(report: dict[str, Any]) -> Table:
@@ -133,6 +136,8 @@ def info_table(report: dict[str, Any]) -> Table:
     (``--json`` keeps the raw numbers)."""
     table = Table(title=f"charlstm info: {report['path']}", show_header=False)
     for key in INFO_ROWS:
+        if key in AVERAGED and report.get("averaged_val_loss") is None:
+            continue  # a run without --average (or before its average was evaluated)
         table.add_row(key, _info_value(key, report.get(key)))
     sizing = words.sizing(Sizing.from_dict(report["sizing"])) if report.get("sizing") else ""
     if sizing:

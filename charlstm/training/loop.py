@@ -141,7 +141,7 @@ def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None, final: b
     loss = result.loss if average is None else min(result.loss, average.loss)
     is_best = loss < st.best_val_loss
     if run.tcfg.schedule == "plateau" and math.isfinite(st.best_val_loss):
-        st.plateau_scale = plateau_update(st.plateau_scale, result.loss, st.best_val_loss)
+        st.plateau_scale = plateau_update(st.plateau_scale, loss, st.best_val_loss)  # the better of the two
     st.last_val_loss = result.loss
     if is_best:
         st.best_val_loss, st.best_averaged = loss, average is not None and average.loss < result.loss
