@@ -16,6 +16,7 @@ from charlstm.net.model import CharLSTM
 from charlstm.store.checkpoint import load_checkpoint
 from charlstm.training import loop, words
 from charlstm.training.average import Averager, decay
+from charlstm.training.evaluate import evaluate
 from charlstm.training.events import Evaluated, Progress
 from charlstm.training.loop import StopFlag, train
 from charlstm.training.run import new_run, resume_run
@@ -73,8 +74,6 @@ def test_a_run_evaluates_the_averaged_weights_from_half_its_budget_and_keeps_the
     if winner is not None:  # best.pt's model is the average it had then
         assert all(torch.equal(best.model[k], winner[k]) for k in winner)
     # whichever won, best.pt evaluates to the loss it records
-    from charlstm.training.evaluate import evaluate
-
     tcfg = last.train_config
     val = new_run(replace(tcfg, out=str(tmp_path / "check")), model_cfg).data.val_tokens
     loss = evaluate(best.build_model(), val, tcfg.seq_len, max_chars=tcfg.eval_chars, char_starts=None).loss

@@ -35,13 +35,11 @@ class Averager:
             p.requires_grad_(False)
         if weights is not None:
             self.model.load_state_dict(weights)
-        self._mine = [p for _, p in sorted(self.model.named_parameters())]
 
     def update(self, source: CharLSTM, weight_of_old: float) -> None:
         """Move the average towards ``source``'s weights: avg = d * avg + (1 - d) * weights."""
-        theirs = [p.detach() for _, p in sorted(source.named_parameters())]
-        with torch.no_grad():
-            for mine, new in zip(self._mine, theirs, strict=True):
+        with torch.no_grad():  # a deep copy lists its parameters in the model's order
+            for mine, new in zip(self.model.parameters(), source.parameters(), strict=True):
                 mine.lerp_(new, 1.0 - weight_of_old)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

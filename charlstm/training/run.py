@@ -7,7 +7,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +270,8 @@ def restore_rng(rng: dict[str, Any], device: torch.device, procs: Processes, fre
     return None
 
 
-def to_checkpoint(run: Run, best: bool = False) -> Checkpoint:
+def to_checkpoint(run: Run) -> Checkpoint:
     """The run as a checkpoint: tensors on the CPU, everything needed to sample, evaluate and resume.
-    ``best``: as ``best.pt`` keeps it, whose model is the averaged weights when they evaluated best.
     With several processes every one must call it: the carried states and random states of all
     are gathered (the checkpoint then looks like a single process's, with a random state per rank)."""
     procs, corpus, learner = run.procs, run.data.corpus, run.learner
@@ -284,19 +283,17 @@ def to_checkpoint(run: Run, best: bool = False) -> Checkpoint:
         if "cuda" in rng:
             rng["cuda_ranks"] = gather_objects(procs, rng["cuda"])
     hidden = None if run.hidden is None else tuple(gather_rows(procs, t.detach(), 1).cpu() for t in run.hidden)
-    averaged = run.averager.state_dict() if run.averager is not None else None
-    model = {k: v.detach().cpu() for k, v in learner.model.state_dict().items()}
     return Checkpoint(
         model_config=run.mcfg,
         vocab=corpus.vocab,
-        model=averaged if best and averaged is not None and run.state.best_averaged else model,
+        model={k: v.detach().cpu() for k, v in learner.model.state_dict().items()},
         train_config=run.tcfg,
         progress=run.state,
         optimizer=_on_cpu(learner.optimizer.state_dict()),
         rng=rng,
         hidden=hidden,
         corpus=corpus.record(),
-        averaged=averaged,
+        averaged=run.averager.state_dict() if run.averager is not None else None,
     )
 
 
@@ -323,9 +320,11 @@ def _writing(run: Run, name: str) -> Iterator[None]:
 
 
 def save(run: Run, names: tuple[str, ...]) -> None:
-    """Write the run's checkpoint under each of ``names`` in its run directory (the main process)."""
+    """Write the run's checkpoint under each of ``names`` in its run directory (the main process);
+    ``best.pt``'s model is the averaged weights when they evaluated best."""
     checkpoint = to_checkpoint(run)
-    best = to_checkpoint(run, best=True) if BEST in names and run.state.best_averaged else checkpoint
+    averaged_best = run.state.best_averaged and checkpoint.averaged is not None
+    best = replace(checkpoint, model=checkpoint.averaged) if averaged_best else checkpoint
 
     def write() -> None:
         for name in names:
