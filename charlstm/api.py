@@ -37,7 +37,7 @@ from charlstm.config import (
 )
 from charlstm.data.sources import ProgressFn
 from charlstm.data.vocab import CharVocab
-from charlstm.device import resolve_device
+from charlstm.device import allocator_as_found, resolve_device
 from charlstm.errors import UserError
 from charlstm.insight.explain import ExplainReport, explain_checkpoint
 from charlstm.net.model import CharLSTM
@@ -309,9 +309,10 @@ def train(
     distributed.start(procs)
     finished = False
     try:
-        run = _run_to_train(given, resume, overwrite, on_reading, procs)
-        with _signals_stop(StopFlag()) as flag:
-            result = train_loop(run, _broadcast([fn for fn in (on_event, bar) if fn is not None]), flag)
+        with allocator_as_found():  # training keeps freed memory on CPU; the caller's process gets it back
+            run = _run_to_train(given, resume, overwrite, on_reading, procs)
+            with _signals_stop(StopFlag()) as flag:
+                result = train_loop(run, _broadcast([fn for fn in (on_event, bar) if fn is not None]), flag)
         finished = True
     finally:
         if bar is not None:

@@ -62,3 +62,61 @@ def test_kept_memory_lets_training_steps_reuse_their_buffers_without_page_faults
     assert took == "True"
     assert int(default) > 10_000  # the gates alone are 8,192 pages of 4 KiB, mapped afresh each step
     assert int(kept) < int(default) / 8  # 0-1,000 measured, against 38,000-51,000
+
+
+# glibc's view of a large block (mapped on its own, or from the heap) and of the heap's free top
+# after many small blocks are freed, before and after charlstm.train() in the same process.
+ALLOCATOR_SCRIPT = """
+import ctypes, sys
+from pathlib import Path
+
+import charlstm
+
+libc = ctypes.CDLL(None)
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+
+def allocator():
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(64 << 20)
+    mapped = libc.mallinfo2().hblks > before  # glibc maps a 64 MB block on its own by default
+    libc.free(block)
+    blocks = [libc.malloc(100_000) for _ in range(600)]  # 60 MB of heap, under the mmap threshold
+    for b in reversed(blocks):
+        libc.free(b)
+    return mapped, libc.mallinfo2().fordblks < (32 << 20)  # the free top handed back (trimmed)
+
+print(*allocator())
+Path(sys.argv[1]).write_text("to be or not to be, that is the question. " * 400)
+charlstm.train(sys.argv[1], out=sys.argv[2], max_steps=2, hidden=16, embedding=8, seq_len=16, batch_size=4,
+               precision="fp32", sample_chars=0, device="cpu")
+print(*allocator())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_training_through_the_api_leaves_the_process_allocator_as_it_found_it(tmp_path):
+    """A notebook that trains once must not keep mmap off and the heap's peak for the rest of its life."""
+    command = [sys.executable, "-c", ALLOCATOR_SCRIPT, str(tmp_path / "c.txt"), str(tmp_path / "run")]
+    before, after = subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()
+    assert before == "True True"  # glibc's defaults, in a fresh process
+    assert after == before
+
+
+def test_glibc_settings_are_read_from_the_environment_as_glibc_reads_them(monkeypatch):
+    from charlstm.device import glibc_setting
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert glibc_setting("TRIM_THRESHOLD", "trim_threshold", 131072) == 131072
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4096")
+    assert glibc_setting("TRIM_THRESHOLD", "trim_threshold", 131072) == 4096
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_max=7:glibc.malloc.trim_threshold=0x2000")
+    assert glibc_setting("TRIM_THRESHOLD", "trim_threshold", 131072) == 0x2000  # the tunable wins
+    assert glibc_setting("MMAP_MAX", "mmap_max", 65536) == 7
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "lots")
+    monkeypatch.setenv("GLIBC_TUNABLES", "")
+    assert glibc_setting("TRIM_THRESHOLD", "trim_threshold", 131072) == 131072  # not a number: the default

@@ -23,7 +23,7 @@ from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
 from charlstm.net.model import CharLSTM, State
 from charlstm.options import option
-from charlstm.store import configfile, metrics
+from charlstm.store import configfile, metrics, tensorboard
 from charlstm.store.checkpoint import BEST, LAST, Checkpoint, RunState, load_checkpoint
 from charlstm.store.configfile import CONFIG
 from charlstm.store.metrics import METRICS
@@ -61,6 +61,7 @@ class Run:
     hidden: State | None = None  # carried from chunk to chunk, each (layers, B, H) for this process's streams
     saved_world: int | None = None  # resumed from a run saved by this other number of processes
     averager: Averager | None = None  # the averaged weights, under --average
+    event_log: tensorboard.EventLog | None = None  # this session's, under --tensorboard (the main process)
 
     @property
     def epoch_float(self) -> float:
@@ -113,6 +114,8 @@ def make_run_dir(run_dir: Path) -> None:
     """Create the run directory afresh: earlier run files and stale temporaries removed."""
     for name in (BEST, LAST, METRICS, CONFIG):
         (run_dir / name).unlink(missing_ok=True)
+    for events in run_dir.glob(tensorboard.EVENTS):  # an earlier run's TensorBoard log would show as this run's
+        events.unlink()
     remove_stale_temporaries(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +143,8 @@ def new_run(
     cleared only after. With
     several processes, the main one checks and clears it and each machine's first fills the
     token cache before the others read it."""
+    if tcfg.tensorboard:
+        tensorboard.require()
     source = main_first(procs, lambda: resolve_corpus(tcfg.corpus, progress=progress), local=True)
     run_dir = Path(tcfg.out) if tcfg.out else default_run_dir(source)
     on_main(procs, lambda: check_run_dir(run_dir, overwrite))
@@ -168,7 +173,7 @@ def new_run(
 
 def training_device(tcfg: TrainConfig, procs: Processes) -> torch.device:
     """The device this process trains on; on CPU, with freed memory kept for the next step (the
-    corpus, read before, keeps its own mappings)."""
+    corpus, read before, keeps its own mappings) until training returns (``allocator_as_found``)."""
     device = resolve_device(tcfg.device, procs.local_rank)
     if device.type == "cpu":
         keep_freed_memory()
@@ -194,6 +199,8 @@ def resume_run(
     ckpt = on_main(procs, lambda: _resumable(load_checkpoint(path, prefer=LAST)))
     run_dir = ckpt.path.parent
     tcfg = _resumed_config(ckpt, options, run_dir)
+    if tcfg.tensorboard:  # every process: they stop together
+        tensorboard.require()
     corpus = main_first(procs, lambda: _same_corpus(tcfg, ckpt, progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     batches = rank_batches(train_tokens, tcfg, procs)
@@ -327,6 +334,8 @@ def save(run: Run, names: tuple[str, ...]) -> None:
     best = replace(checkpoint, model=checkpoint.averaged) if averaged_best else checkpoint
 
     def write() -> None:
+        if run.event_log is not None:
+            run.event_log.flush()
         for name in names:
             with _writing(run, name):
                 (best if name == BEST else checkpoint).save(run.run_dir / name)
@@ -340,6 +349,17 @@ def log_metric(run: Run, record: dict[str, Any]) -> None:
     if run.procs.main:
         with _writing(run, METRICS):
             metrics.append(run.run_dir, record)
+        if run.event_log is not None:
+            run.event_log.record(record)
+
+
+def open_event_log(run: Run) -> None:
+    """Start this session's TensorBoard log under --tensorboard (the main process): a resumed
+    run's from the step after its checkpoint, as metrics.jsonl is."""
+    if run.tcfg.tensorboard and run.procs.main:
+        run.event_log = tensorboard.EventLog(
+            run.run_dir, run.state.step, metrics.read(run.run_dir) if run.state.step else ()
+        )
 
 
 def rewrite_metrics(run: Run) -> int:
