@@ -1,11 +1,13 @@
 import hashlib
 import http.server
+import lzma
 import os
 import threading
+import urllib.request
 
 import pytest
 
-from charlstm.data.sources import KnownCorpus, resolve_corpus
+from charlstm.data.sources import KNOWN_CORPORA, KnownCorpus, resolve_corpus, unpack
 from charlstm.errors import UserError
 
 
@@ -125,3 +127,35 @@ def test_folders_and_globs_read_files_in_the_same_order(tmp_path, monkeypatch):
     folder, matched = resolve_corpus("set"), resolve_corpus("set/**/*.txt")
     assert [p.as_posix() for p in folder.files] == [p.as_posix() for p in matched.files]
     assert [p.relative_to(folder.root).as_posix() for p in folder.files] == ["a-b/x.txt", "a.txt", "a/z.txt"]
+
+
+def test_tiny_shakespeare_comes_from_the_package_without_the_network(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the packaged corpus must not be downloaded")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    source = resolve_corpus("tinyshakespeare", tmp_path / "corpora")
+    path = source.files[0]
+    assert path == tmp_path / "corpora" / "tinyshakespeare.txt" and source.name == "tinyshakespeare"
+    assert source.sha256 == KNOWN_CORPORA["tinyshakespeare"].sha256 and path.stat().st_size == 1_115_394
+    assert path.read_text().startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+    assert [p.name for p in path.parent.iterdir()] == ["tinyshakespeare.txt"]  # no temporary file left
+    path.write_text("my own copy")  # the corpora/ folder is a cache: a file there is used as it is
+    assert resolve_corpus("tinyshakespeare", tmp_path / "corpora").files[0].read_text() == "my own copy"
+
+
+def test_a_damaged_packaged_copy_is_refused_and_nothing_written(tmp_path):
+    target = tmp_path / "corpora" / "toy.txt"
+    with pytest.raises(UserError, match="damaged.*reinstall charlstm"):
+        unpack(b"not xz at all", target, "0" * 64)
+    with pytest.raises(UserError, match="sha256 .*, expected 0{64}; reinstall charlstm"):
+        unpack(lzma.compress(b"other text"), target, "0" * 64)
+    assert not target.exists() and not any(tmp_path.rglob("*.tmp"))
+    unpack(lzma.compress(b"the text"), target, hashlib.sha256(b"the text").hexdigest())
+    assert target.read_bytes() == b"the text"
+
+
+def test_a_known_corpus_the_package_does_not_ship_is_still_downloaded(tmp_path, http_server):
+    sha = hashlib.sha256(_Handler.body).hexdigest()
+    known = {"toy": KnownCorpus(f"{http_server}/input.txt", sha, "toy.txt", packaged="not-shipped.txt.xz")}
+    assert resolve_corpus("toy", tmp_path / "corpora", known).files[0].read_bytes() == _Handler.body

@@ -1,5 +1,6 @@
 """Where a corpus comes from: a text file, a folder of them, a glob, or a known corpus name
-(downloaded once and checked by sha256). Resolving gives the files in reading order and a
+(unpacked from the copy shipped inside the package, or downloaded, once, and checked by sha256:
+tiny Shakespeare is shipped, so the first run needs no network). Resolving gives the files in reading order and a
 hash of their contents, which names the token cache and lets a resumed run check its text."""
 
 from __future__ import annotations
@@ -7,12 +8,14 @@ from __future__ import annotations
 import glob
 import hashlib
 import http.client
+import lzma
 import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 
 from charlstm.errors import UserError
@@ -26,8 +29,9 @@ class KnownCorpus:
     """A corpus that can be named instead of given as a path."""
 
     url: str
-    sha256: str
+    sha256: str  # of the text itself
     filename: str
+    packaged: str | None = None  # an xz-compressed copy in charlstm/data/packaged/, read before any download
 
 
 KNOWN_CORPORA: dict[str, KnownCorpus] = {
@@ -35,6 +39,7 @@ KNOWN_CORPORA: dict[str, KnownCorpus] = {
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
         filename="tinyshakespeare.txt",
+        packaged="tinyshakespeare.txt.xz",  # 364 KB (xz -9e) for 1.1 MB: a first run works offline
     ),
 }
 DEFAULT_CORPUS_DIR = Path("corpora")
@@ -142,10 +147,31 @@ def _check_readable(path: Path, spec: str) -> None:
 
 
 def _known_file(entry: KnownCorpus, corpus_dir: Path, progress: ProgressFn | None) -> Path:
+    """The known corpus's file in ``corpus_dir``, put there from the package's copy (or, for a
+    corpus the package does not ship, downloaded) the first time it is asked for."""
     target = corpus_dir / entry.filename
     if not target.exists():
-        download(entry.url, target, entry.sha256, progress)
+        shipped = resources.files(__package__).joinpath("packaged", entry.packaged) if entry.packaged else None
+        if shipped is not None and shipped.is_file():
+            unpack(shipped.read_bytes(), target, entry.sha256)
+        else:
+            download(entry.url, target, entry.sha256, progress)
     return target
+
+
+def unpack(compressed: bytes, target: Path, sha256: str) -> None:
+    """Write the xz-compressed text ``compressed`` to ``target`` atomically, once its sha256 is checked."""
+    try:
+        text = lzma.decompress(compressed)
+    except lzma.LZMAError as e:
+        raise UserError(f"charlstm's packaged copy of {target.name} is damaged ({e}); reinstall charlstm") from None
+    found = hashlib.sha256(text).hexdigest()
+    if found != sha256:
+        raise UserError(
+            f"charlstm's packaged copy of {target.name} has sha256 {found}, expected {sha256}; reinstall charlstm"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, lambda f: f.write(text))
 
 
 def download(url: str, target: Path, sha256: str, progress: ProgressFn | None = None) -> None:
