@@ -44,7 +44,8 @@ from charlstm.net.model import CharLSTM
 from charlstm.options import declared
 from charlstm.sampling.draw import Samples, compile_kernels, draw_samples
 from charlstm.sampling.stepper import Stepper, resolve_precision
-from charlstm.store.checkpoint import Checkpoint, export_safetensors, load_checkpoint
+from charlstm.store import metrics
+from charlstm.store.checkpoint import BEST, LAST, Checkpoint, export_safetensors, load_checkpoint
 from charlstm.training import distributed, words
 from charlstm.training.distributed import Processes
 from charlstm.training.evaluate import EvalResult, evaluate, evaluate_checkpoint
@@ -264,8 +265,13 @@ def sample(checkpoint: str | Path, config: SampleConfig) -> Samples:
 
 
 def describe(checkpoint: str | Path) -> dict[str, Any]:
-    """What a checkpoint holds, JSON-ready: ``charlstm info``."""
-    return load_checkpoint(checkpoint).describe()
+    """What a checkpoint holds, JSON-ready: ``charlstm info``. For a run directory's ``best.pt`` or
+    ``last.pt``, also the run's last validation loss and its step from ``metrics.jsonl``
+    (``run_last_val_loss``, ``run_last_eval_step``; None where the log has none)."""
+    ckpt = load_checkpoint(checkpoint)
+    last = metrics.last_eval(ckpt.path.parent) if ckpt.path is not None and ckpt.path.name in (BEST, LAST) else None
+    run_last = {"run_last_val_loss": last["val_loss"], "run_last_eval_step": last.get("step")} if last else {}
+    return {**ckpt.describe(), "run_last_val_loss": None, "run_last_eval_step": None, **run_last}
 
 
 def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:

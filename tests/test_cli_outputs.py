@@ -65,14 +65,39 @@ def test_a_target_that_is_a_folder_is_one_line(shared_run, tmp_path):
 
 
 def test_info_speaks_in_units_and_json_keeps_the_raw_numbers(shared_run):
-    table = invoke("info", shared_run).stdout
-    rows = {
-        line.split("│")[1].strip(): line.split("│")[2].strip() for line in table.splitlines() if line.count("│") >= 3
-    }
+    rows = info_rows(shared_run)
     raw = json.loads(invoke("info", shared_run, "--json").stdout)
     assert rows["params"] == f"{raw['params']:,}" and "," in rows["params"]
     assert rows["step"] == f"{raw['step']:,}"
     assert rows["epoch"] == f"{raw['epoch']:.2f}"
     assert re.fullmatch(r"(\d+m\d\ds|\d+s)", rows["elapsed"])
-    assert rows["val_loss"].startswith(f"{raw['val_loss']:.4f} nats/char (") and rows["val_loss"].endswith(" bpc)")
+    assert rows["best val loss"].startswith(f"{raw['val_loss']:.4f} nats/char (")
+    assert rows["best val loss"].endswith(" bpc)")
     assert isinstance(raw["elapsed"], float) and isinstance(raw["params"], int)
+
+
+def info_rows(*args):
+    table = invoke("info", *args).stdout
+    return {
+        line.split("│")[1].strip(): line.split("│")[2].strip() for line in table.splitlines() if line.count("│") >= 3
+    }
+
+
+def test_info_names_the_checkpoints_loss_and_shows_the_runs_last_one(run_copy):
+    """best.pt's last evaluation is the best one; the run may have evaluated worse after it."""
+    best = json.loads(invoke("info", run_copy, "--json").stdout)
+    records = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    last_eval = [r for r in records if r["type"] == "eval"][-1]
+    assert (best["run_last_val_loss"], best["run_last_eval_step"]) == (last_eval["val_loss"], last_eval["step"])
+    later = {**last_eval, "step": last_eval["step"] + 50, "val_loss": best["val_loss"] + 0.25, "best": False}
+    with open(run_copy / "metrics.jsonl", "a") as f:  # a later, worse evaluation, as long runs have
+        f.write(json.dumps(later) + "\n")
+    rows = info_rows(run_copy)
+    assert rows["val loss when saved"].startswith(f"{best['last_val_loss']:.4f} nats/char")
+    assert rows["run's last val loss"].startswith(f"{later['val_loss']:.4f} nats/char")
+    assert rows["run's last val loss"].endswith(f"at step {later['step']:,}")
+    assert "last_val_loss" not in rows and "val_loss" not in rows  # every loss row says what it is
+    copied = run_copy / "elsewhere.pt"  # a checkpoint outside its run directory: the run is not known
+    copied.write_bytes((run_copy / "best.pt").read_bytes())
+    alone = json.loads(invoke("info", copied, "--json").stdout)
+    assert alone["run_last_val_loss"] is None and "run's last val loss" not in info_rows(copied)

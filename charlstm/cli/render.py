@@ -115,6 +115,7 @@ INFO_ROWS = (
     "elapsed",
     "val_loss",
     "last_val_loss",
+    "run_last_val_loss",
     "averaged_val_loss",
     "best_averaged",
     "params",
@@ -128,6 +129,12 @@ INFO_ROWS = (
 )
 COUNTS = ("step", "params", "vocab_size", "own_tokens")  # shown with thousands separators
 LOSSES = ("val_loss", "last_val_loss", "averaged_val_loss")
+# What each loss figure is: best.pt's last evaluation is not the run's last (issue 29, point 11).
+LABELS = {
+    "val_loss": "best val loss",
+    "last_val_loss": "val loss when saved",
+    "run_last_val_loss": "run's last val loss",
+}
 AVERAGED = ("averaged_val_loss", "best_averaged")  # rows of a run with --average
 
 
@@ -138,7 +145,11 @@ def info_table(report: dict[str, Any]) -> Table:
     for key in INFO_ROWS:
         if key in AVERAGED and report.get("averaged_val_loss") is None:
             continue  # a run without --average (or before its average was evaluated)
-        table.add_row(key, _info_value(key, report.get(key)))
+        if key == "run_last_val_loss":
+            if report.get(key) is not None:  # known from the run's metrics.jsonl
+                table.add_row(LABELS[key], f"{words.nats(report[key])} at step {report['run_last_eval_step']:,}")
+            continue
+        table.add_row(LABELS.get(key, key), _info_value(key, report.get(key)))
     sizing = words.sizing(Sizing.from_dict(report["sizing"])) if report.get("sizing") else ""
     if sizing:
         table.add_row("sizing", sizing)

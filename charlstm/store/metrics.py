@@ -56,6 +56,14 @@ def read(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def last_eval(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's last ``eval`` record, or None where the folder has no log or the log no evaluation."""
+    if not (Path(run_dir).expanduser() / METRICS).is_file():
+        return None
+    evals = [r for r in read(run_dir) if r.get("type") == "eval" and isinstance(r.get("val_loss"), (int, float))]
+    return evals[-1] if evals else None
+
+
 def end_record(
     step: int, elapsed: float, stopped_by: str, signum: int | None = None, error: str | None = None
 ) -> dict[str, Any]:
