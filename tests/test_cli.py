@@ -146,13 +146,16 @@ def test_train_sample_eval_info_export_end_to_end(corpus_file, tmp_path):
     parts = three.stdout.split("\n" + "-" * 40 + "\n")  # drawn side by side, printed one after another
     assert len(parts) == 3 and all(p.startswith("KING:") and len(p) == 5 + 20 + 1 for p in parts)
     assert re.search(r"seed \d+ \(pass --seed \d+ to repeat this text\)", three.stderr)
+    for greedy in (["--temperature", 0], ["--top-k", 1]):  # no seed changes the text: none is offered
+        first, second = (invoke("sample", out, "--prompt", "KING:", "--length", 20, *greedy) for _ in range(2))
+        assert first.exit_code == 0 and first.stdout == second.stdout and "seed" not in first.stderr
     report = json.loads(invoke("eval", out, "--corpus", corpus_file, "--json").stdout)
     assert set(report) == {"loss", "bpc", "perplexity", "chars"} and report["chars"] == 19_999
     table = invoke("eval", out)
     assert table.exit_code == 0 and "(val)" in table.stdout and "nats/char" in table.stdout
     info = json.loads(invoke("info", out, "--json").stdout)
     assert info["step"] == 20 and info["resume"] == f"charlstm train --resume {out}"
-    assert "val_loss" in invoke("info", out).stdout
+    assert "best val loss" in invoke("info", out).stdout
     exported = invoke("export", out, tmp_path / "m.safetensors")
     assert exported.exit_code == 0 and "sample, eval and info accept it" in exported.stderr
     again = invoke("sample", tmp_path / "m.safetensors", "--prompt", "KING:", "--length", 50, "--seed", 7)

@@ -35,6 +35,11 @@ class SamplingRule:
     def of(cls, cfg: SampleConfig) -> SamplingRule:
         return cls(cfg.temperature, cfg.top_k, cfg.top_p)
 
+    @property
+    def greedy(self) -> bool:
+        """Whether every draw is the likeliest character, so that no seed changes the text."""
+        return self.temperature == 0 or self.top_k == 1
+
     def args(self) -> KernelRule:
         """The rule as the compiled kernels take it."""
         top_k = min(int(self.top_k or 0), 1 << 31)  # any k past the vocabulary keeps everything
