@@ -101,3 +101,33 @@ def test_info_names_the_checkpoints_loss_and_shows_the_runs_last_one(run_copy):
     copied.write_bytes((run_copy / "best.pt").read_bytes())
     alone = json.loads(invoke("info", copied, "--json").stdout)
     assert alone["run_last_val_loss"] is None and "run's last val loss" not in info_rows(copied)
+
+
+def test_runs_never_cut_a_runs_name_and_fit_the_terminal():
+    """'tinyshakes / peare' at 80 columns: the names are what other commands take, so the corpus
+    column shrinks and the least needed columns go before a name is broken."""
+    from rich.console import Console
+
+    from charlstm.cli.render import RUN_COLUMNS, RUNS_DROPPED_FIRST, runs_table
+    from charlstm.insight.runs import RunSummary
+
+    names = ["tinyshakespeare", "tinyshakespeare-h256-again", "h256"]
+    facts = dict(corpus="corpora/tinyshakespeare.txt", cell="lstm", layers=1, hidden=512, params=1_216_577)
+    facts |= dict(steps=1454, elapsed=120.4, best_val_loss=1.4254, last_val_loss=1.4301, state="finished")
+    facts |= dict(stopped_by="max_time", detail=None, last_change=1000.0)
+    runs = [RunSummary(name=name, path=f"checkpoints/{name}", **facts) for name in names]
+    for width in (120, 100, 80, 60, 40):
+        console = Console(width=width, record=True, color_system=None)
+        console.print(runs_table(runs, "checkpoints", 1060.0, width))
+        lines = console.export_text().splitlines()
+        assert all(len(line) <= width for line in lines)
+        header = next(line for line in lines if line.startswith("run "))
+        shown = header.split()
+        assert shown == [c for c in RUN_COLUMNS if c in shown]  # in their order, none renamed or cut
+        assert set(RUN_COLUMNS) - set(shown) == set(RUNS_DROPPED_FIRST[: len(RUN_COLUMNS) - len(shown)])
+        for name in names:  # each name whole, at the start of its own row
+            assert any(line.split()[0] == name for line in lines if line.strip()), (width, lines)
+        if width >= 120:
+            assert shown == list(RUN_COLUMNS)
+        if width == 80:
+            assert {"model", "best", "last", "state"} <= set(shown)

@@ -56,7 +56,8 @@ def list_runs(
     elif not found:
         err.print(f"no run directories in {folder}")
     else:
-        Console().print(render.runs_table(found, folder, now))
+        console = Console()
+        console.print(render.runs_table(found, folder, now, console.width))
 
 
 @app.command(cls=_Command)

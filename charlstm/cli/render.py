@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
@@ -188,34 +189,58 @@ RUNS_CAPTION = (
 RUN_COLUMNS = ("run", "corpus", "model", "params", "steps", "time", "best", "last", "state", "changed")
 
 
-def runs_table(runs: list[Any], folder: str, now: float) -> Table:
-    """``charlstm runs``: one row per run directory; only the names wrap in a narrow terminal."""
+# The columns a narrow terminal leaves out first, so that a run's name is never cut (issue 29, 13).
+RUNS_DROPPED_FIRST = ("changed", "corpus", "params", "time", "steps", "last", "model", "state", "best")
+MIN_CORPUS = 6  # the corpus column's least width (its names end in an ellipsis below their own)
+
+
+def runs_table(runs: list[Any], folder: str, now: float, width: int = 80) -> Table:
+    """``charlstm runs``: one row per run directory, within ``width`` columns. A run's name is what
+    the other commands take, so it is never wrapped nor cut: in a narrow terminal the corpus
+    names shrink to an ellipsis, then the least needed columns are left out."""
+    rows = [_run_row(run, now) for run in runs]
+    columns = list(RUN_COLUMNS)
+
+    def needed(shown: list[str]) -> int:  # the least width: each column and the one space after it
+        widths = {c: max([cell_len(c)] + [cell_len(row[c]) for row in rows]) for c in shown}
+        if "corpus" in widths:
+            widths["corpus"] = min(widths["corpus"], MIN_CORPUS)
+        return sum(widths.values()) + len(shown)
+
+    for column in RUNS_DROPPED_FIRST:
+        if needed(columns) <= width:
+            break
+        columns.remove(column)
     table = Table(title=f"charlstm runs: {folder}", caption=RUNS_CAPTION, caption_justify="left", box=None)
-    table.padding = (0, 1, 0, 0)  # one space between columns, none at the edges: the table fits 80 columns
-    for column in RUN_COLUMNS:
-        left, wraps = column in ("run", "corpus", "model", "state"), column in ("run", "corpus")
-        overflow = "fold" if column == "run" else "ellipsis"  # a run's name is shown whole, on several lines if need be
-        table.add_column(
+    table.padding = (0, 1, 0, 0)
+    for column in columns:
+        left = column in ("run", "corpus", "model", "state")
+        table.add_column(  # only the corpus column gives way (rich narrows the columns that may wrap)
             column,
             justify="left" if left else "right",
-            no_wrap=not wraps,
-            min_width=_run_width(runs) if column == "run" else 6 if wraps else None,
-            overflow=overflow,
+            no_wrap=column != "corpus",
+            overflow="ellipsis" if column == "corpus" else "fold",  # a name folds only past the terminal's width
+            min_width=MIN_CORPUS if column == "corpus" else None,
         )
-    for run in runs:
-        table.add_row(
-            run.name,
-            Path(run.corpus).name if run.corpus else "-",
-            f"{run.cell} {run.layers}x{run.hidden}" if run.layers else "-",
-            _count(run.params),
-            f"{run.steps:,}",
-            words.seconds(run.elapsed),
-            words.loss(_or_nan(run.best_val_loss)),
-            words.loss(_or_nan(run.last_val_loss)),
-            (run.detail or "signal") if run.state == "signal" else run.state,
-            _ago(now - run.last_change),
-        )
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
     return table
+
+
+def _run_row(run: Any, now: float) -> dict[str, str]:
+    """One run's cells, by column."""
+    return {
+        "run": run.name,
+        "corpus": Path(run.corpus).name if run.corpus else "-",
+        "model": f"{run.cell} {run.layers}x{run.hidden}" if run.layers else "-",
+        "params": _count(run.params),
+        "steps": f"{run.steps:,}",
+        "time": words.seconds(run.elapsed),
+        "best": words.loss(_or_nan(run.best_val_loss)),
+        "last": words.loss(_or_nan(run.last_val_loss)),
+        "state": (run.detail or "signal") if run.state == "signal" else run.state,
+        "changed": _ago(now - run.last_change),
+    }
 
 
 def _or_nan(value: float | None) -> float:
@@ -238,8 +263,3 @@ def _ago(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
     return f"{max(int(seconds), 0)}s ago"
-
-
-def _run_width(runs: list[Any]) -> int:
-    """The run column's least width: its longest name, up to what 80 columns leave beside the rest."""
-    return min(max((len(run.name) for run in runs), default=6), 10)
