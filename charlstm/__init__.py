@@ -1,4 +1,4 @@
-"""charlstm: train a stacked character-level LSTM on any text and sample from it.
+"""charlstm: train a character-level LSTM (one layer, or stacked with ``layers=N``) on any text and sample from it.
 
 The Python API (``load``, ``train``, ``Model``) lives in :mod:`charlstm.api`; it is imported on
 first use, so that ``charlstm --help`` does not wait for torch.

@@ -72,7 +72,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Train a stacked character-level LSTM on any text and generate text in its style.",
+    help="Train a character-level LSTM (one layer by default, stacked with --layers N) on any text and generate"
+    " text in its style.",
 )
 
 
