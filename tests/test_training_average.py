@@ -8,12 +8,16 @@ from dataclasses import replace
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+import charlstm
 from charlstm.cli import render
+from charlstm.cli.app import app
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import UserError
-from charlstm.net.model import CharLSTM
+from charlstm.net.model import CharLSTM, first_stream
 from charlstm.store.checkpoint import load_checkpoint
+from charlstm.training import evaluate as evaluate_module
 from charlstm.training import loop, words
 from charlstm.training.average import Averager, decay
 from charlstm.training.evaluate import evaluate
@@ -51,28 +55,30 @@ def test_average_is_a_share_of_the_run():
 
 
 def _averaged(tiny_train: TrainConfig, out, **changes) -> TrainConfig:
-    return replace(tiny_train, out=str(out), average=0.2, max_steps=40, eval_every=10, save_every=10, **changes)
+    settings = {"out": str(out), "average": 0.2, "max_steps": 40, "eval_every": 10, "save_every": 10}
+    return replace(tiny_train, **{**settings, **changes})
 
 
-def test_a_run_evaluates_the_averaged_weights_from_half_its_budget_and_keeps_the_better(tiny_train, tmp_path):
+def test_a_run_evaluates_the_averaged_weights_from_a_share_of_its_budget_and_keeps_the_better(
+    tiny_train, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(loop, "AVERAGED_FROM", 0.6)  # of 40 steps: evaluations at 30 and 40, not at 10 and 20
     events = []
     model_cfg = ModelConfig(embedding=8, hidden=16, layers=2, dropout=0.2)
     result = train(new_run(_averaged(tiny_train, tmp_path / "run"), model_cfg), events.append)
     evals = [e for e in events if isinstance(e, Evaluated)]
-    assert [(e.step, e.averaged_loss is None) for e in evals] == [(10, True), (20, False), (30, False), (40, False)]
-    assert loop.AVERAGED_FROM == 0.5
+    assert [(e.step, e.averaged_loss is None) for e in evals] == [(10, True), (20, True), (30, False), (40, False)]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     logged = [r.get("averaged_val_loss") for r in records if r["type"] == "eval"]
-    assert logged == [None] + [e.averaged_loss for e in evals[1:]]
-    every = [e.val_loss for e in evals] + [e.averaged_loss for e in evals[1:]]
+    assert logged == [e.averaged_loss for e in evals]
+    every = [e.val_loss for e in evals] + [e.averaged_loss for e in evals[2:]]
     assert result.best_val_loss == min(every)
     best, last = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
     assert last.averaged is not None and best.progress.best_val_loss == min(every)
-    averaged_won = best.progress.best_averaged
-    assert averaged_won == (min(every) in [e.averaged_loss for e in evals[1:]])
-    winner = best.averaged if averaged_won else None
-    if winner is not None:  # best.pt's model is the average it had then
-        assert all(torch.equal(best.model[k], winner[k]) for k in winner)
+    averaged_won = min(every) in [e.averaged_loss for e in evals[2:]]
+    assert best.progress.best_averaged == averaged_won
+    # best.pt's model is the average it kept beside it exactly when the average won
+    assert all(torch.equal(best.model[k], best.averaged[k]) for k in best.averaged) == averaged_won
     # whichever won, best.pt evaluates to the loss it records
     tcfg = last.train_config
     val = new_run(replace(tcfg, out=str(tmp_path / "check")), model_cfg).data.val_tokens
@@ -80,14 +86,32 @@ def test_a_run_evaluates_the_averaged_weights_from_half_its_budget_and_keeps_the
     assert loss == pytest.approx(best.progress.best_val_loss, abs=1e-5)
 
 
-def test_best_pt_holds_the_averaged_weights_when_they_evaluate_better(tiny_train, tmp_path, monkeypatch):
+def _favouring(monkeypatch, averaged: bool) -> None:
+    """Make every evaluation of the averaged weights (``averaged``) or of the trained ones win by
+    far: the other's loss reads 1 nat higher than measured."""
     real = loop._evaluate
 
-    def averaged_better(run, model, stop):  # the averaged copy is the model that is not the learner's
+    def rigged(run, model, stop):  # the averaged copy is the model that is not the learner's
         result = real(run, model, stop)
-        return replace(result, loss=result.loss - 1.0) if model is not run.learner.model else result
+        loses = (model is run.learner.model) == averaged
+        return replace(result, loss=result.loss + 1.0) if loses else result
 
-    monkeypatch.setattr(loop, "_evaluate", averaged_better)
+    monkeypatch.setattr(loop, "_evaluate", rigged)
+
+
+def _first_piece_state(model: CharLSTM, run_cfg: TrainConfig, model_cfg: ModelConfig, scratch) -> tuple:
+    """The state ``model`` reaches reading the first piece of the run's evaluation, from zero: the
+    validation split's first ``stream_len`` tokens, as ``evaluate`` cuts it."""
+    val = new_run(replace(run_cfg, out=str(scratch)), model_cfg).data.val_tokens
+    pieces = evaluate_module._pieces(val, evaluate_module.EVAL_STREAMS, run_cfg.seq_len, run_cfg.eval_chars)
+    x = torch.from_numpy(val[: pieces.stream_len].astype("int64"))[None]  # (1, stream_len)
+    with torch.no_grad():
+        _, state = model(x)
+    return first_stream(state)
+
+
+def test_best_pt_holds_the_averaged_weights_when_they_evaluate_better(tiny_train, tmp_path, monkeypatch):
+    _favouring(monkeypatch, averaged=True)
     events = []
     train(new_run(_averaged(tiny_train, tmp_path / "run"), ModelConfig(embedding=8, hidden=16)), events.append)
     best, last = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
@@ -104,6 +128,40 @@ def test_best_pt_holds_the_averaged_weights_when_they_evaluate_better(tiny_train
     assert rows["best_averaged"] == "True" and rows["averaged_val_loss"].startswith(f"{shown.averaged_loss:.4f}")
     plain = load_checkpoint(tmp_path / "run" / "best.pt").describe() | {"averaged_val_loss": None}
     assert "best_averaged" not in dict(_rows(render.info_table(plain)))  # a run without the average shows neither
+
+
+def test_best_pt_of_averaged_weights_samples_from_their_own_state(tiny_train, tmp_path, monkeypatch):
+    """The averaged weights never read the training text: best.pt keeps, as their warm start, the
+    state they reached in the evaluation that chose them, not the state the trained weights carried."""
+    _favouring(monkeypatch, averaged=True)
+    model_cfg = ModelConfig(embedding=8, hidden=16, layers=2)
+    run_cfg = _averaged(tiny_train, tmp_path / "run")
+    train(new_run(run_cfg, model_cfg))
+    best, last = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
+    assert best.progress.best_averaged and last.hidden[0].shape[1] == run_cfg.batch_size
+    warm = best.warm_state()
+    assert [tuple(t.shape) for t in warm] == [(2, 1, 16)] * 2 and all(t.dtype == torch.float32 for t in warm)
+    torch.testing.assert_close(warm, _first_piece_state(best.build_model(), run_cfg, model_cfg, tmp_path / "c"))
+    assert not torch.allclose(warm[0], last.warm_state()[0], atol=1e-3)  # not the trained weights' state
+    model = charlstm.load(tmp_path / "run")  # the run directory means best.pt
+    assert all(torch.equal(a, b) for a, b in zip(model.checkpoint.warm_state(), warm, strict=True))
+    text = model.generate("KING:", length=40, seed=3)
+    assert text.startswith("KING:") and len(text) == len("KING:") + 40
+    assert set(text) <= set(best.vocab.chars)
+    printed = CliRunner().invoke(
+        app, ["sample", str(tmp_path / "run"), "--length", "40", "--seed", "3", "--prompt", "KING:"]
+    )
+    assert printed.exit_code == 0 and printed.stdout == text + "\n"
+
+
+def test_best_pt_of_trained_weights_keeps_the_state_training_carried(tiny_train, tmp_path, monkeypatch):
+    _favouring(monkeypatch, averaged=False)
+    run_cfg = _averaged(tiny_train, tmp_path / "run", eval_every=40)  # one evaluation, at the end
+    train(new_run(run_cfg, ModelConfig(embedding=8, hidden=16, layers=2)))
+    best, last = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
+    assert not best.progress.best_averaged and best.progress.step == last.progress.step == 40
+    assert all(torch.equal(best.model[k], v) for k, v in last.model.items())
+    assert all(torch.equal(a, b) for a, b in zip(best.hidden, last.hidden, strict=True))  # every stream's
 
 
 def _rows(table) -> list[tuple[str, str]]:
@@ -130,3 +188,4 @@ def test_an_averaged_run_resumes_bitwise(tiny_train, tmp_path, cell):
         for part in ("model", "averaged"):
             assert all(torch.equal(getattr(whole, part)[k], getattr(split, part)[k]) for k in whole.model), (name, part)
         assert whole.progress.best_val_loss == split.progress.best_val_loss
+        assert all(torch.equal(a, b) for a, b in zip(whole.hidden, split.hidden, strict=True)), name

@@ -9,7 +9,7 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values (form
     vocab           str                the characters with their own token, sorted; id i is vocab[i]
     byte_fallback   bool               whether byte tokens follow (see vocab.py), for other characters
     model           dict[str, Tensor]  CharLSTM state dict: in best.pt, the averaged weights when
-                                       they evaluated best (progress "best_averaged")
+                                       they evaluated best (progress "best_averaged"), with their own hidden
     averaged        dict | None        the running average of the weights (--average), a CharLSTM
                                        state dict in fp32; None without averaging
     optimizer       dict | None        AdamW state dict (None in exports)

@@ -8,6 +8,10 @@ as a step budget does). Until as many steps as the horizon have passed, it is th
 every step's weights so far (the decay at step t is at most 1 - 1/t), so the starting weights do
 not linger in it. The average is part of the run: ``last.pt`` keeps it, and a resumed run goes on
 from it exactly.
+
+The averaged weights never read the training text, so the state training carries is another
+model's. When ``best.pt`` holds them, it keeps their own warm start for sampling instead: the
+state they reached in the evaluation that chose them, reading the validation split from its start.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import copy
 
 import torch
 
-from charlstm.net.model import CharLSTM
+from charlstm.net.model import CharLSTM, State
 
 
 def decay(step: int, fraction: float, share: float) -> float:
@@ -31,6 +35,7 @@ class Averager:
 
     def __init__(self, model: CharLSTM, weights: dict[str, torch.Tensor] | None = None):
         self.model = copy.deepcopy(model).eval().float()
+        self.warm: State | None = None  # the state of their last evaluation's first piece, on the CPU
         for p in self.model.parameters():
             p.requires_grad_(False)
         if weights is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from charlstm.data.corpus import Reading, TokenizedCorpus, load_corpus, load_in_
 from charlstm.data.sources import resolve_corpus
 from charlstm.device import autocast
 from charlstm.errors import UserError
-from charlstm.net.model import CharLSTM, State
+from charlstm.net.model import CharLSTM, State, first_stream
 from charlstm.store.checkpoint import Checkpoint, load_checkpoint
 from charlstm.training.distributed import SINGLE, Processes, max_all, sum_all
 
@@ -27,10 +27,12 @@ EVAL_STREAMS = 64  # evaluation splits the text into this many carried-state str
 
 @dataclass
 class EvalResult:
-    """Mean loss over ``chars`` predicted characters."""
+    """Mean loss over ``chars`` predicted characters, and the state the model reached reading
+    the first piece of the text (see :func:`evaluate`)."""
 
     loss: float  # nats per character
     chars: int
+    first_state: State | None = field(default=None, repr=False, compare=False)
 
     @property
     def bpc(self) -> float:
@@ -88,6 +90,11 @@ def evaluate(
     begin a character (see ``CharVocab.char_starts``): the loss is divided by those, not by
     tokens. ``should_stop`` is asked between chunks; when it says yes, ``EvalInterrupted``.
     Several processes share the pieces out and add up their sums.
+
+    The result keeps ``first_state``: the state at the end of the first piece, which reads the
+    text from its start, from zero (``tokens[:stream_len]``, as the first chunks of a pass do
+    in training): (layers, 1, H) each, fp32 on the CPU; None in processes other than the first.
+    It is a warm start for sampling from this model (best.pt keeps the averaged weights' own).
     """
     if len(tokens) < 2:
         raise UserError(f"the text to measure has {len(tokens)} characters, expected at least 2")
@@ -105,12 +112,13 @@ def evaluate(
             state = scorer.score(*mine.batch(i), state) if mine.streams else None
             if on_progress is not None:
                 on_progress(i + 1, len(whole))
+        first = tuple(t.cpu() for t in first_stream(state)) if state is not None and procs.main else None
         if whole.tiled and holds_last:
             scorer.score_rest(tokens, whole.streams * whole.stream_len, state)
     finally:
         model.train(was_training)
     total, chars = sum_all(procs, [float(scorer.total), float(scorer.count)])
-    return EvalResult(loss=total / max(chars, 1), chars=int(chars))
+    return EvalResult(loss=total / max(chars, 1), chars=int(chars), first_state=first)
 
 
 class _Scorer:

@@ -148,6 +148,7 @@ def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None, final: b
     record = {"type": "eval", "step": st.step, "epoch": round(run.epoch_float, 4), "val_loss": result.loss}
     if average is not None:
         st.averaged_val_loss = average.loss
+        run.averager.warm = average.first_state  # type: ignore[union-attr]  # best.pt keeps it with them
         record["averaged_val_loss"] = average.loss
     record.update(val_bpc=result.bpc, best=is_best, elapsed=round(st.elapsed, 3))
     log_metric(run, {**record, "eval_chars": result.chars, "eval_seconds": round(seconds, 3)})

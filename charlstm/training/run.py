@@ -328,10 +328,11 @@ def _writing(run: Run, name: str) -> Iterator[None]:
 
 def save(run: Run, names: tuple[str, ...]) -> None:
     """Write the run's checkpoint under each of ``names`` in its run directory (the main process);
-    ``best.pt``'s model is the averaged weights when they evaluated best."""
+    ``best.pt``'s model and state are the averaged weights' when they evaluated best."""
     checkpoint = to_checkpoint(run)
-    averaged_best = run.state.best_averaged and checkpoint.averaged is not None
-    best = replace(checkpoint, model=checkpoint.averaged) if averaged_best else checkpoint
+    averager = run.averager if run.state.best_averaged else None
+    # the averaged weights sample from their own state (average.py), never from the one training carried
+    best = replace(checkpoint, model=checkpoint.averaged, hidden=averager.warm) if averager else checkpoint
 
     def write() -> None:
         if run.event_log is not None:
