@@ -4,6 +4,7 @@ config is saved as."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, fields
 from typing import Any
@@ -12,9 +13,55 @@ from charlstm.choices import Choice
 from charlstm.errors import UserError
 from charlstm.options import option
 
+SHOWN_CHARS = 60  # of a value in a message: enough to recognise it, never a megabyte echoed back
+SHOWN_DEPTH = 2  # levels of a nested value shown; deeper ones are [...] or {...}
+SHOWN_ITEMS = 3  # items of a list or dict shown, then ...
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``value`` as a message shows it: its ``repr`` when that is short, else a form cut to about
+    ``limit`` characters. It looks at most ``SHOWN_DEPTH`` levels into a list or dict and at a
+    few items of each, so a value nested 950 deep (which JSON carries, and whose ``repr`` passes
+    the recursion limit) or a string of a megabyte costs as little to show as ``0``."""
+    text = _shown(value, SHOWN_DEPTH, limit)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: object, depth: int, limit: int) -> str:
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        try:
+            digits = str(value)
+        except ValueError:  # past Python's limit on the digits of a str(int)
+            return f"<a whole number of {value.bit_length():,} bits>"
+        return digits if len(digits) <= limit else f"{digits[: limit // 2]}... ({len(digits):,} digits)"
+    if isinstance(value, (str, bytes)):
+        if len(value) <= limit:
+            return repr(value[:])  # [:]: a str subclass (a Choice) shown as its text
+        return f"{value[: limit // 2]!r}... ({len(value):,} {'characters' if isinstance(value, str) else 'bytes'})"
+    if isinstance(value, (list, tuple, dict)):
+        opening, closing = "{}" if isinstance(value, dict) else "()" if isinstance(value, tuple) else "[]"
+        if not value:
+            return opening + closing
+        if depth == 0:
+            return f"{opening}...{closing}"
+        if isinstance(value, dict):
+            pairs = itertools.islice(value.items(), SHOWN_ITEMS)
+            parts = [f"{_shown(k, depth - 1, limit)}: {_shown(v, depth - 1, limit)}" for k, v in pairs]
+        else:
+            parts = [_shown(item, depth - 1, limit) for item in itertools.islice(value, SHOWN_ITEMS)]
+        lone = "," if isinstance(value, tuple) and len(value) == 1 else ""  # (1,), as repr shows it
+        return opening + ", ".join(parts + ["..."] * (len(value) > SHOWN_ITEMS)) + lone + closing
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails, or recurses without end, is no reason for a message to fail
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 def fail(name: str, value: object, accepted: str) -> UserError:
-    return UserError(f"{option(name)} {value!r} is not valid, expected {accepted}")
+    return UserError(f"{option(name)} {shown(value)} is not valid, expected {accepted}")
 
 
 def positive_int(cfg: object, *names: str) -> None:

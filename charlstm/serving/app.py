@@ -33,6 +33,7 @@ from charlstm.sampling.draw import SamplingRule, choose_seed, priming_ids
 from charlstm.serving.engine import INTERNAL, Busy, Closed, Engine, Job, Piece, Prompt
 from charlstm.serving.metrics import CONTENT_TYPE, Metrics
 from charlstm.serving.requests import ApiError, Completion, bad, read_completion
+from charlstm.validate import shown
 
 log = logging.getLogger("charlstm.serve")
 
@@ -90,8 +91,9 @@ def build_app(service: Service) -> Starlette:
 
     async def model(request: Request) -> Response:
         service.check_key(request)
-        if request.path_params["model"] != service.card.id:
-            raise ApiError(404, f"the model {request.path_params['model']!r} does not exist", code="model_not_found")
+        name = request.path_params["model"]
+        if name != service.card.id:
+            raise ApiError(404, f"the model {shown(name)} does not exist", code="model_not_found")
         return JSONResponse(_model_entry(service.card))
 
     async def health(request: Request) -> Response:
@@ -289,9 +291,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     status = exc.status_code
     if status == 404:
-        message = f"no such endpoint: {request.method} {request.url.path}"
+        message = f"no such endpoint: {request.method} {shown(request.url.path)}"
     elif status == 405:
-        message = f"{request.method} is not allowed on {request.url.path}"
+        message = f"{request.method} is not allowed on {shown(request.url.path)}"
     else:
         message = str(exc.detail)
     return _error_response(ApiError(status, message, code={404: "not_found", 405: "method_not_allowed"}.get(status),

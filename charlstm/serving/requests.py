@@ -15,6 +15,7 @@ from charlstm.config import SampleConfig, ServeConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
 from charlstm.options import option
+from charlstm.validate import SHOWN_CHARS, shown
 
 # OpenAI's name of each sampling option (``top_k`` is an extension, as in vLLM and llama.cpp).
 SAMPLING_FIELDS = {
@@ -70,8 +71,8 @@ def read_completion(body: Any, vocab: CharVocab, limits: ServeConfig, model_id: 
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
     unknown = sorted(set(body) - OTHER_FIELDS - set(SAMPLING_FIELDS) - set(NEUTRAL))
-    if unknown:
-        raise bad(f"unrecognized request argument supplied: {unknown[0]}", unknown[0])
+    if unknown:  # a name may be a megabyte long: the message and param carry its start
+        raise bad(f"unrecognized request argument supplied: {shown(unknown[0])}", unknown[0][:SHOWN_CHARS])
     for name, neutral in NEUTRAL.items():
         if name in body and not any(_same(body[name], value) for value in neutral):
             raise bad(f"{name} is not supported by this server (a character model); leave it out", name)
@@ -79,8 +80,8 @@ def read_completion(body: Any, vocab: CharVocab, limits: ServeConfig, model_id: 
     if model is not None and not isinstance(model, str):
         raise bad("model must be a string", "model")
     if model is not None and model != model_id:
-        raise ApiError(404, f"the model {model!r} does not exist; this server has {model_id!r}", param="model",
-                       code="model_not_found")  # fmt: skip
+        raise ApiError(404, f"the model {shown(model)} does not exist; this server has {shown(model_id)}",
+                       param="model", code="model_not_found")  # fmt: skip
     prompt = "" if body.get("prompt") is None else body["prompt"]
     sampling = _sampling(body)
     if sampling.length > limits.max_tokens:
@@ -113,7 +114,7 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise bad(f"{name} must be true or false, not {value!r}", name)
+        raise bad(f"{name} must be true or false, not {shown(value)}", name)
     return value
 
 
