@@ -133,6 +133,14 @@ class TrainConfig(DictRoundTrip):
     )
     log_every: int = opt(10, "Report training loss and speed every N steps.", OUTPUT, resumable=True)
     sample_chars: int = opt(200, "Characters of sample shown at each evaluation (0: none).", OUTPUT, resumable=True)
+    tensorboard: bool = opt(  # a resume may turn it on: the log then starts with the run's metrics so far
+        False,
+        "Also write the metrics and the previews into the run directory as a TensorBoard log (needs the"
+        " tensorboard extra).",
+        OUTPUT,
+        shown="off",
+        resumable=True,
+    )
     seed: int = opt(1337, "Random seed: the same seed repeats a CPU run.", HW)
     device: str = opt(DeviceName.AUTO.value, "auto, cpu, cuda or mps.", HW, resumable=True)
     precision: str = opt(Precision.AUTO.value, "auto (measured: the faster of the two), fp32 or bf16.", HW)

@@ -28,7 +28,7 @@ from charlstm.training.distributed import max_all, sum_all
 from charlstm.training.evaluate import EvalInterrupted, EvalResult, evaluate
 from charlstm.training.events import Compiling, Evaluated, EventFn, Finished, Progress, Started, TrainResult, VocabStats
 from charlstm.training.presets import Sizing
-from charlstm.training.run import Run, log_metric, save, target_epochs
+from charlstm.training.run import Run, log_metric, open_event_log, save, target_epochs
 from charlstm.training.schedule import get_lr, plateau_update
 from charlstm.training.step import train_step
 from charlstm.validate import MAX_SEED
@@ -154,7 +154,10 @@ def run_eval(run: Run, on_event: EventFn, stop: StopFlag | None = None, final: b
     log_metric(run, {**record, "eval_chars": result.chars, "eval_seconds": round(seconds, 3)})
     save(run, (LAST, BEST) if is_best else (LAST,))
     averaged_loss = None if average is None else average.loss
-    on_event(Evaluated(st.step, result.loss, is_best, preview(run), st.elapsed, averaged_loss, st.best_averaged))
+    sample = preview(run)
+    if run.event_log is not None:
+        run.event_log.sample(st.step, sample)
+    on_event(Evaluated(st.step, result.loss, is_best, sample, st.elapsed, averaged_loss, st.best_averaged))
     return True
 
 
@@ -301,6 +304,7 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
     run's log ends with a record of how the session ended, whether it returns or raises."""
     on_event = on_event or (lambda event: None)
     _announce(run, on_event, stop)
+    open_event_log(run)  # once the run is sure to train: a refused resume leaves no file
     try:
         result = _train(run, on_event, stop)
     except BaseException as e:
@@ -314,11 +318,15 @@ def train(run: Run, on_event: EventFn | None = None, stop: StopFlag | None = Non
 
 
 def _log_end(run: Run, reason: StopReason, signum: int | None, error: str | None) -> None:
-    """Append the end record; a log that cannot be written then (a full disk) is left as it is."""
+    """Append the end record, and close the TensorBoard log; a log that cannot be written then (a
+    full disk) is left as it is."""
     try:
         log_metric(run, end_record(run.state.step, run.state.elapsed, reason, signum, error))
     except (OSError, UserError):
         pass
+    with contextlib.suppress(OSError):
+        if run.event_log is not None:
+            run.event_log.close()
 
 
 def _compile_sampling(on_event: EventFn) -> None:
