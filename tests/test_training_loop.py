@@ -1,5 +1,6 @@
 import json
 import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,13 +91,41 @@ def test_epoch_budget_stops_after_whole_passes(tiny_train, tiny_model):
     assert result.stopped_by == "epochs" and result.step == 2 * len(run.data.batches)
 
 
-def test_time_budget_stops_and_anneals(tiny_train, tiny_model):
-    tcfg = replace(tiny_train, max_steps=None, max_time=1.5, eval_every=1000, save_every=1000)
+class SteppedClock:
+    """The loop's ``time`` module, with a clock that moves only when a test moves it: budgets and
+    durations come out exact, whatever else the machine is doing."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> object:  # the rest of the time module
+        return getattr(time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> SteppedClock:
+    stepped = SteppedClock()
+    monkeypatch.setattr(training, "time", stepped)
+    return stepped
+
+
+def test_time_budget_stops_at_the_first_step_past_it_and_anneals(tiny_train, tiny_model, clock, monkeypatch):
+    step_seconds, real_step = 0.125, training.train_step  # a power of two: the sums are exact
+
+    def timed(*args):
+        clock.now += step_seconds
+        return real_step(*args)
+
+    monkeypatch.setattr(training, "train_step", timed)
+    tcfg = replace(tiny_train, max_steps=None, max_time=1.5, eval_every=1000, save_every=1000, log_every=1)
     events = []
     result = train(new_run(tcfg, tiny_model), events.append)
-    assert result.stopped_by == "max_time" and 1.5 <= result.elapsed < 10
+    assert result.stopped_by == "max_time" and result.elapsed == 1.5 and result.step == 1.5 / step_seconds
     lrs = [e.lr for e in events if isinstance(e, Progress)]
-    assert lrs[-1] < 0.2 * max(lrs)
+    assert len(lrs) == result.step and lrs[-1] < 0.2 * max(lrs)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(tiny_train, tiny_model, monkeypatch):
@@ -138,11 +167,18 @@ def test_the_largest_seed_still_previews(tiny_train, tiny_model):
     assert all(len(e.sample) == 20 for e in events if isinstance(e, Evaluated))
 
 
-def test_evaluations_record_what_they_read_and_how_long(tiny_train, tiny_model):
+def test_evaluations_record_what_they_read_and_how_long(tiny_train, tiny_model, clock, monkeypatch):
+    eval_seconds, real_evaluate = 0.25, training.evaluate
+
+    def timed(*args, **kwargs):
+        clock.now += eval_seconds
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", timed)
     train(new_run(replace(tiny_train, max_steps=6, eval_every=6, eval_chars=500), tiny_model))
     lines = [json.loads(line) for line in (Path(tiny_train.out) / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in lines if m["type"] == "eval"]
-    assert len(evals) == 1 and 450 <= evals[0]["eval_chars"] <= 500 and 0 < evals[0]["eval_seconds"] < 30
+    assert len(evals) == 1 and 450 <= evals[0]["eval_chars"] <= 500 and evals[0]["eval_seconds"] == eval_seconds
 
 
 def test_a_stop_during_an_evaluation_saves_the_last_step_and_stops(tiny_train, tiny_model):
@@ -238,9 +274,12 @@ def test_processes_stop_on_the_signal_they_exchanged_not_on_one_landing_after(ti
     assert training.stop_reason(run, flag) == "signal" and flag.signum == signal.SIGTERM  # at the next one
 
 
-def test_a_first_compile_is_announced_before_training_and_not_counted_in_its_time(tiny_train, tiny_model, monkeypatch):
+def test_a_first_compile_is_announced_before_training_and_not_counted_in_its_time(
+    tiny_train, tiny_model, clock, monkeypatch
+):
     def slow_compile(on_slow=None):
         on_slow()
+        clock.now += 12.5  # the only time that passes in this run
         return 12.5
 
     monkeypatch.setattr(training, "compile_kernels", slow_compile)
@@ -249,4 +288,4 @@ def test_a_first_compile_is_announced_before_training_and_not_counted_in_its_tim
     kinds = [type(e).__name__ for e in seen]
     assert kinds[:3] == ["Started", "Compiling", "Compiling"] and "Progress" in kinds[3:]
     assert seen[1].done is False and (seen[2].done, seen[2].seconds) == (True, 12.5)
-    assert seen[-1].result.elapsed < 12.5
+    assert seen[-1].result.elapsed == 0
