@@ -141,7 +141,8 @@ def test_best_pt_of_averaged_weights_samples_from_their_own_state(tiny_train, tm
     assert best.progress.best_averaged and last.hidden[0].shape[1] == run_cfg.batch_size
     warm = best.warm_state()
     assert [tuple(t.shape) for t in warm] == [(2, 1, 16)] * 2 and all(t.dtype == torch.float32 for t in warm)
-    torch.testing.assert_close(warm, _first_piece_state(best.build_model(), run_cfg, model_cfg, tmp_path / "c"))
+    expected = _first_piece_state(best.build_model(), run_cfg, model_cfg, tmp_path / "c")
+    torch.testing.assert_close(warm, expected, atol=1e-4, rtol=0)  # read in chunks there, at once here
     assert not torch.allclose(warm[0], last.warm_state()[0], atol=1e-3)  # not the trained weights' state
     model = charlstm.load(tmp_path / "run")  # the run directory means best.pt
     assert all(torch.equal(a, b) for a, b in zip(model.checkpoint.warm_state(), warm, strict=True))
