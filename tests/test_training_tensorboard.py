@@ -10,6 +10,7 @@ import pytest
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli import TINY, assert_user_error, invoke
+from test_training_distributed import torchrun
 
 import charlstm
 from charlstm.store import metrics
@@ -98,6 +99,15 @@ def test_a_resume_turns_the_log_on_with_the_run_so_far(corpus_file, tmp_path):
     assert list(samples_of(read_log(out))) == [15]  # the earlier previews were never kept
     assert load_checkpoint(out / "last.pt").train_config.tensorboard  # and a later resume keeps it on
     assert "tensorboard = true" in (out / "config.toml").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_with_two_processes_only_the_main_one_writes_the_log(corpus_file, tmp_path):
+    out = tmp_path / "run"
+    torchrun("train", "--corpus", corpus_file, "--out", out, "--max-steps", 8, *TINY, "--tensorboard")
+    assert len(list(out.glob(EVENTS))) == 1
+    assert_log_matches_metrics(out)
 
 
 @pytest.fixture
