@@ -397,6 +397,30 @@ def test_the_start_line_says_the_model_and_the_key_and_warns_on_an_open_host(mon
     assert "no API key" in out and "warning: listening on 0.0.0.0 without an API key" in out
     out = CliRunner().invoke(app, ["serve", str(shared_run)]).output
     assert "warning" not in out
+    for host in ("::1", "[::1]", "127.0.0.2", "127.255.255.254", "::ffff:127.0.0.1", "localhost"):  # loopback
+        out = CliRunner().invoke(app, ["serve", str(shared_run), "--host", host]).output
+        assert "serving run" in out and "warning" not in out, (host, out)
+    for host in ("::", "0.0.0.0", "192.168.1.5", "2001:db8::1"):  # every interface, or another machine's
+        out = CliRunner().invoke(app, ["serve", str(shared_run), "--host", host]).output
+        assert f"warning: listening on {host} without an API key" in out, (host, out)
+
+
+def test_a_name_is_loopback_when_every_address_it_resolves_to_is(monkeypatch):
+    import socket
+
+    from charlstm.config import ServeConfig
+
+    def resolve(answers):
+        def getaddrinfo(host, *args, **kw):
+            if answers is None:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return [(socket.AF_INET6 if ":" in a else socket.AF_INET, 1, 6, "", (a, 0)) for a in answers]
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    for answers, loopback in ((["127.0.0.1", "::1"], True), (["127.0.0.1", "10.0.0.2"], False), (None, False)):
+        resolve(answers)
+        assert ServeConfig(host="box.example").loopback is loopback, answers
 
 
 def test_an_export_served_in_bf16_is_named_after_its_file():

@@ -12,8 +12,6 @@ from charlstm.config import ServeConfig
 from charlstm.options import declared
 from charlstm.training import words
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
 
 @app.command(cls=_Command)
 @declares(with_default(d) for d in declared(ServeConfig))
@@ -30,7 +28,7 @@ def serve(checkpoint: CheckpointArg, **options: Any) -> None:
             f" {card['params']:,} parameters{loss}) at [bold]{url}[/bold]; {key}; playground at {url}/",
             soft_wrap=True,
         )
-        if not card["key_required"] and options["host"] not in LOOPBACK:
+        if not card["key_required"] and not config.loopback:
             err.print(
                 f"[yellow]warning:[/yellow] listening on {options['host']} without an API key: anyone who can reach"
                 " this machine can use the model; pass --api-key or set CHARLSTM_API_KEY",
@@ -38,6 +36,7 @@ def serve(checkpoint: CheckpointArg, **options: Any) -> None:
             )
 
     api.check_serve_extra()
+    config = ServeConfig(**options)  # a bad value is said before the model loads
     with render.Waiting(err, "loading the model and its sampling kernels") as waiting:
         waiting.start()
         api.serve(checkpoint, on_start=started, **options)

@@ -40,6 +40,7 @@ log = logging.getLogger("charlstm.serve")
 MAX_BODY = 1 << 20  # bytes of a request body
 BODY_SECONDS = 30  # for a request's body to arrive
 DISCONNECT_POLL = 0.5  # seconds between checks that a client waiting for a whole completion is still there
+STOP_POLL = 0.1  # seconds between checks, while a body arrives, that the server is not stopping
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Service:
 
     def __init__(self, engine: Engine, card: ModelCard, config: ServeConfig, metrics: Metrics):
         self.engine, self.card, self.config, self.metrics = engine, card, config, metrics  # the engine started
+        self.stopping = False  # set when the server is told to stop (a plain flag: set from a signal handler)
 
     def check_key(self, request: Request) -> None:
         key = self.config.api_key
@@ -82,7 +84,9 @@ def build_app(service: Service) -> Starlette:
 
     async def completions(request: Request) -> Response:
         service.check_key(request)
-        completion = read_completion(await _read_json(request), service.engine.vocab, service.config, service.card.id)
+        completion = read_completion(
+            await _read_json(service, request), service.engine.vocab, service.config, service.card.id
+        )
         return await _complete(service, request, completion)
 
     async def models(request: Request) -> Response:
@@ -131,7 +135,7 @@ def build_app(service: Service) -> Starlette:
     return app
 
 
-async def _read_json(request: Request) -> Any:
+async def _read_json(service: Service, request: Request) -> Any:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_BODY:
         raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes", code="request_too_large")
@@ -143,12 +147,20 @@ async def _read_json(request: Request) -> Any:
             if len(body) > MAX_BODY:
                 raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes", code="request_too_large")
 
+    reading = asyncio.ensure_future(read())
+    deadline = time.monotonic() + BODY_SECONDS
     try:
-        await asyncio.wait_for(read(), BODY_SECONDS)
+        while not reading.done():  # a body sent at once is done at the first look
+            if service.stopping:  # else uvicorn would cancel this read at its shutdown: a 500
+                raise ApiError(503, "the server is shutting down", "server_error", code="shutting_down")
+            if time.monotonic() > deadline:
+                raise ApiError(408, f"the request body did not arrive within {BODY_SECONDS} s", code="timeout")
+            await asyncio.wait({reading}, timeout=STOP_POLL)
+        reading.result()
     except ClientDisconnect:
         raise ApiError(400, "the client went away before its request arrived", code="client_disconnected") from None
-    except asyncio.TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {BODY_SECONDS} s", code="timeout") from None
+    finally:
+        reading.cancel()
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep

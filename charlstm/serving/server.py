@@ -25,6 +25,7 @@ from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM
 from charlstm.sampling.stepper import Stepper, resolve_precision
 from charlstm.serving.app import ModelCard, Service, build_app
+from charlstm.serving.connections import allow_open_files, connection_class
 from charlstm.serving.engine import Engine
 from charlstm.serving.metrics import Metrics
 from charlstm.store.checkpoint import Checkpoint
@@ -103,6 +104,7 @@ class _Server(uvicorn.Server):
         if isinstance(captured, list):
             captured.clear()  # handled: the process ends normally
         if first:
+            self.service.stopping = True  # a request still sending its body is answered 503 at once
             timer = threading.Timer(DRAIN_SECONDS, self.service.engine.close)
             timer.daemon = True
             timer.start()
@@ -112,9 +114,12 @@ def serve_forever(service: Service, sock: socket.socket, on_ready: Callable[[], 
     """Serve until SIGTERM or Ctrl-C (or the ASGI server otherwise stops); ``on_ready`` is called
     once the server has answered its own warm-up request (a short streamed completion: the first
     one through a fresh process costs some 0.3 s of set-up that no user should wait for)."""
+    limits = service.config
+    allow_open_files(limits.max_connections)
     config = uvicorn.Config(
         build_app(service),
-        access_log=not service.config.quiet,
+        http=connection_class(limits.header_timeout, limits.max_connections),
+        access_log=not limits.quiet,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=int(DRAIN_SECONDS + 3),
     )
