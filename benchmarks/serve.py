@@ -9,10 +9,17 @@ of ``charlstm sample --num-samples N --length TOKENS`` for the same model, in th
 
 The clients are one asyncio loop (httpx) in this process that parses each stream only up to its
 first text and then counts the tokens from the final usage chunk, so they take little of the CPU
-the server needs. Nothing leaves 127.0.0.1; every loop is bounded.
+the server needs. The server's resident memory after each phase is printed too (a leak shows as
+growth from one repeat to the next). Nothing leaves 127.0.0.1; every loop is bounded.
+
+``--flood SILENT,UNFINISHED`` measures the connection bounds instead: it opens SILENT connections
+that send nothing and UNFINISHED ones that send part of a request head, times a completion before
+and during them, and how long after opening each one the server closed it (``--header-timeout``);
+then it holds ``--max-connections`` connections and times how fast one more is refused.
 
     python benchmarks/serve.py RUN_DIR
     python benchmarks/serve.py RUN_DIR --clients 1,8,64 --tokens 2000 --requests 5 --repeats 3
+    python benchmarks/serve.py RUN_DIR --flood 200,50 --header-timeout 2 --max-connections 300
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import asyncio
 import json
 import platform
+import socket
 import statistics
 import sys
 import time
@@ -82,6 +90,67 @@ def sample_speed(run: str, streams: int, tokens: int) -> float:
     return sum(len(t) - len("ROMEO:") for t in texts) / seconds
 
 
+def _completion_ms(url: str) -> float:
+    started = time.perf_counter()
+    r = httpx.post(url + "/v1/completions", json={"prompt": "", "max_tokens": 50, "seed": 1}, timeout=60)
+    r.raise_for_status()
+    return (time.perf_counter() - started) * 1e3
+
+
+def _closed_after(sock: socket.socket, opened: float, limit: float) -> float | None:
+    """Seconds from ``opened`` until the server closed ``sock``, or None if it was still open at ``limit``."""
+    sock.settimeout(max(0.01, opened + limit - time.perf_counter()))
+    try:
+        sock.recv(1)
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return None
+    return time.perf_counter() - opened
+
+
+def flood(run: str, silent: int, unfinished: int, head_seconds: float, cap: int) -> None:
+    """The connection bounds under a flood of connections that never send a whole head."""
+    server = Server(Path(run), "--header-timeout", str(head_seconds), "--max-connections", str(cap), "--quiet")
+    held: list[socket.socket] = []
+    try:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        alone = statistics.median(_completion_ms(server.url) for _ in range(5))
+        opened = time.perf_counter()
+        held = [socket.create_connection((host, int(port))) for _ in range(silent + unfinished)]
+        for sock in held[silent:]:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        during = statistics.median(_completion_ms(server.url) for _ in range(5))
+        closed = [_closed_after(sock, opened, head_seconds + 30) for sock in held]
+        late = [t for t in closed if t is not None]
+        print(f"# {platform.processor() or platform.machine()}, model {run}, --header-timeout {head_seconds}")
+        print(
+            f"{silent} silent and {unfinished} unfinished connections: {len(late)} closed, the last after"
+            f" {max(late):.2f} s (median {statistics.median(late):.2f} s); {len(closed) - len(late)} still open"
+        )
+        print(f"a 50-token completion: {alone:.1f} ms alone, {during:.1f} ms while they were open (median of 5)")
+        for sock in held:
+            sock.close()
+        held = [socket.create_connection((host, int(port))) for _ in range(cap)]
+        time.sleep(0.5)  # the server takes them
+        waits = []
+        for _ in range(20):
+            started = time.perf_counter()
+            with socket.create_connection((host, int(port))) as probe:
+                probe.settimeout(5)
+                answer = probe.recv(100)
+            waits.append((time.perf_counter() - started) * 1e3)
+        status = answer.decode("latin-1").split("\r\n")[0]
+        print(
+            f"past --max-connections {cap}: {status} after"
+            f" {statistics.median(waits):.2f} ms (median of 20, from connecting)"
+        )
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run directory or checkpoint")
@@ -89,18 +158,27 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500, help="tokens per completion")
     parser.add_argument("--requests", type=int, default=5, help="completions per client, one after another")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each phase; medians are printed")
+    parser.add_argument("--flood", help="SILENT,UNFINISHED: measure the connection bounds instead")
+    parser.add_argument("--header-timeout", type=float, default=2.0, help="with --flood")
+    parser.add_argument("--max-connections", type=int, default=300, help="with --flood")
     args = parser.parse_args()
+    if args.flood:
+        silent, unfinished = (int(c) for c in args.flood.split(","))
+        flood(args.run, silent, unfinished, args.header_timeout, args.max_connections)
+        return
     counts = [int(c) for c in args.clients.split(",")]
     print(f"# {platform.processor() or platform.machine()}, model {args.run}, {args.tokens} tokens per completion")
     print(
         f"{'clients':>7} {'serve tok/s':>12} {'ttft p50 ms':>12} {'ttft p99 ms':>12} {'sample tok/s':>13} {'ratio':>6}"
+        f" {'server MB':>13}"
     )
     for n in counts:
-        rates, p50s, p99s, samples = [], [], [], []
+        rates, p50s, p99s, samples, memory = [], [], [], [], []
         for _ in range(args.repeats):
             server = Server(Path(args.run), "--max-streams", str(max(counts)), "--quiet")
             try:
                 rate, ttft = asyncio.run(_load(server.url, n, args.requests, args.tokens))
+                memory.append(server.rss() / 1024)
             finally:
                 server.stop()
             rates.append(rate)
@@ -108,8 +186,9 @@ def main() -> None:
             p99s.append(_percentile(ttft, 0.99) * 1e3)
             samples.append(sample_speed(args.run, n, args.tokens))
         rate, sample = statistics.median(rates), statistics.median(samples)
+        mb = f"{memory[0]:,.0f}-{memory[-1]:,.0f}"  # the first repeat's and the last's
         print(f"{n:>7} {rate:>12,.0f} {statistics.median(p50s):>12.1f} {statistics.median(p99s):>12.1f}"
-              f" {sample:>13,.0f} {rate / sample:>6.2f}", flush=True)  # fmt: skip
+              f" {sample:>13,.0f} {rate / sample:>6.2f} {mb:>13}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
