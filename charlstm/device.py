@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
-from collections.abc import Callable, Iterator
 
 import torch
 
 from charlstm.errors import UserError
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 KEPT_TOP = 2**30  # bytes of free memory at the top of the heap before glibc hands any back
-# glibc's own defaults (malloc/malloc.c): 128 KiB thresholds and up to 65,536 mapped blocks.
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 128 * 1024, 65536
 
 
 def mps_available() -> bool:
@@ -37,71 +33,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
-class _Allocator:
-    """glibc's malloc settings that training changes, which belong to the whole process: whether
-    charlstm changed them, so that :func:`allocator_as_found` can put them back."""
-
-    changed = False
-
-
-def _mallopt() -> Callable[[int, int], int] | None:
-    try:
-        return ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows)
-        return None
-
-
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep the memory a training step frees for the steps after it. By default
     each of the step's large buffers (a 64 x 128 chunk of the small preset's gates is 33-67 MB) is
     mapped afresh, faulted in page by page and handed back at its end: some 35,000 page faults a
     step, a third of its time on CPU (``docs/sweep.md``, memory). With mmap off and the heap
-    kept, the next step reuses the same pages. The process keeps its peak memory until
-    :func:`allocator_as_found` ends; returns whether the C library took the settings (glibc only:
-    elsewhere this does nothing)."""
-    mallopt = _mallopt()
-    if mallopt is None:
+    kept, the next step reuses the same pages. The process keeps its peak memory, and glibc's
+    self-adjusting mmap threshold is off for good (glibc can neither report nor restore it), so
+    only a process that is there to train asks for this: ``charlstm train`` does, a library caller
+    only with ``keep_freed_memory=True``. Returns whether the C library took the settings (glibc
+    only: elsewhere this does nothing)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
         return False
-    _Allocator.changed = True
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEPT_TOP))
-
-
-def glibc_setting(name: str, tunable: str, default: int) -> int:
-    """What glibc started this process with for one malloc setting: the ``MALLOC_<NAME>_``
-    variable, the ``glibc.malloc.<tunable>`` entry of ``GLIBC_TUNABLES`` (which wins), or its default."""
-    value = os.environ.get(f"MALLOC_{name}_", "")
-    for entry in os.environ.get("GLIBC_TUNABLES", "").split(":"):
-        key, _, given = entry.partition("=")
-        if key == f"glibc.malloc.{tunable}":
-            value = given
-    try:
-        return int(value, 0) if value else default
-    except ValueError:
-        return default
-
-
-@contextlib.contextmanager
-def allocator_as_found() -> Iterator[None]:
-    """Put glibc's malloc settings back at the end of the block if :func:`keep_freed_memory` changed
-    them in it, so that a long-lived process (a notebook) that trains once does not keep the
-    changed allocator, nor the peak of the heap, for the rest of its life.
-
-    glibc has no call that reads a setting, so the values restored are those it started with
-    (:func:`glibc_setting`). Its dynamic mmap threshold, which grows with the blocks a program
-    frees, stays off once any of these is set: the thresholds are then glibc's static defaults,
-    as in a process started with ``MALLOC_TRIM_THRESHOLD_=131072``."""
-    was = _Allocator.changed
-    _Allocator.changed = False
-    try:
-        yield
-    finally:
-        mallopt = _mallopt()
-        if _Allocator.changed and mallopt is not None:
-            mallopt(M_MMAP_MAX, glibc_setting("MMAP_MAX", "mmap_max", DEFAULT_MMAP_MAX))
-            mallopt(M_MMAP_THRESHOLD, glibc_setting("MMAP_THRESHOLD", "mmap_threshold", DEFAULT_MMAP_THRESHOLD))
-            mallopt(M_TRIM_THRESHOLD, glibc_setting("TRIM_THRESHOLD", "trim_threshold", DEFAULT_TRIM_THRESHOLD))
-            ctypes.CDLL(None).malloc_trim(0)  # and hand back the heap's free top, as glibc would have
-        _Allocator.changed = was
 
 
 def bf16_supported(device: torch.device) -> bool:

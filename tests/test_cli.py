@@ -82,9 +82,10 @@ def test_train_passes_exactly_the_given_options(monkeypatch, tmp_path):
     monkeypatch.setattr(api, "train", fake_train)
     result = invoke("train", "--corpus", "my.txt", "--hidden", "32", "--max-time", "5", "--dropout", "0.1")
     assert result.exit_code == 0, result.output
-    options = {k: v for k, v in seen.items() if k not in ("on_event", "on_reading")}
+    options = {k: v for k, v in seen.items() if k not in ("on_event", "on_reading", "keep_freed_memory")}
     assert options == {"corpus": "my.txt", "hidden": 32, "max_time": 5.0, "dropout": 0.1, "overwrite": False}
     assert callable(seen["on_event"]) and callable(seen["on_reading"])
+    assert seen["keep_freed_memory"] is True  # the command's process is there to train (device.py)
     seen.clear()
     invoke("train", "--resume", "runs/a", "--overwrite")
     assert seen["resume"] == "runs/a" and seen["overwrite"] is True and "corpus" not in seen

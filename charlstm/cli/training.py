@@ -45,6 +45,7 @@ def train(
     given = {name: value for name, value in options.items() if value is not None}
     options = {**(ctx.default_map or {}), **given}  # and options of the file that this command does not declare
     with train_view(err) as view:
-        result = api.train(**options, on_event=view.on_event, on_reading=view.reading)
+        # this process is there to train: glibc may keep freed memory for the next step (device.py)
+        result = api.train(**options, on_event=view.on_event, on_reading=view.reading, keep_freed_memory=True)
     if result.stopped_by == "signal":  # the view has shown the resume command
         raise typer.Exit(130 if result.signal == signal.SIGINT else 143)

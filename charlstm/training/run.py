@@ -135,8 +135,10 @@ def new_run(
     progress: ProgressFn | None = None,
     procs: Processes = SINGLE,
     unset: frozenset[str] = frozenset(),
+    keep_memory: bool = False,
 ) -> Run:
-    """Build a fresh run: corpus, splits, model, optimizer, run directory. The options in
+    """Build a fresh run: corpus, splits, model, optimizer, run directory (``keep_memory``: see
+    :func:`training_device`). The options in
     ``unset`` (left to charlstm) take the values of the preset the budget calls for
     (``presets.py``; under ``auto`` with ``--max-steps``, the chunk and cadence stay as they
     are). The directory is checked before the corpus is read (which can take a while) and
@@ -151,7 +153,7 @@ def new_run(
     corpus = main_first(procs, lambda: load_corpus(source, Reading.of(tcfg), progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     tcfg, mcfg = training_configs({"vocab_size": len(corpus.vocab), "out": str(run_dir)}, (tcfg, mcfg))
-    device = training_device(tcfg, procs)
+    device = training_device(tcfg, procs, keep_memory)
 
     def batches_for(cfg: TrainConfig) -> StreamBatches:
         check_trainable(train_tokens, val_tokens, cfg.batch_size, cfg.seq_len)
@@ -171,11 +173,12 @@ def new_run(
     return run
 
 
-def training_device(tcfg: TrainConfig, procs: Processes) -> torch.device:
-    """The device this process trains on; on CPU, with freed memory kept for the next step (the
-    corpus, read before, keeps its own mappings) until training returns (``allocator_as_found``)."""
+def training_device(tcfg: TrainConfig, procs: Processes, keep_memory: bool = False) -> torch.device:
+    """The device this process trains on; on CPU with ``keep_memory`` (a process that is there to
+    train, such as ``charlstm train``'s), with freed memory kept for the next step for the rest of
+    the process (``device.keep_freed_memory``; the corpus, read before, keeps its own mappings)."""
     device = resolve_device(tcfg.device, procs.local_rank)
-    if device.type == "cpu":
+    if device.type == "cpu" and keep_memory:
         keep_freed_memory()
     return device
 
@@ -191,7 +194,11 @@ def rank_batches(tokens: np.ndarray, tcfg: TrainConfig, procs: Processes) -> Str
 
 
 def resume_run(
-    path: str | Path, options: dict[str, Any], progress: ProgressFn | None = None, procs: Processes = SINGLE
+    path: str | Path,
+    options: dict[str, Any],
+    progress: ProgressFn | None = None,
+    procs: Processes = SINGLE,
+    keep_memory: bool = False,
 ) -> Run:
     """Rebuild a run from its ``last.pt`` exactly as it was saved; ``options`` are those the user
     gave again, of which only the budget and logging ones may differ from the run's. With several
@@ -204,7 +211,7 @@ def resume_run(
     corpus = main_first(procs, lambda: _same_corpus(tcfg, ckpt, progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     batches = rank_batches(train_tokens, tcfg, procs)
-    device = training_device(tcfg, procs)
+    device = training_device(tcfg, procs, keep_memory)
     model = CharLSTM(ckpt.model_config).to(device).train()
     model.load_state_dict(ckpt.model)
     optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, device)
