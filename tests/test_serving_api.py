@@ -268,13 +268,11 @@ def test_sigterm_ends_the_streams_in_flight_and_exits_0(wide_run):
                       timeout=60) as r:  # fmt: skip
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
-        started = time.monotonic()
         s.proc.terminate()
         rest = [line for line in lines if line.startswith("data: ")]
-    assert rest[-1] == "data: [DONE]"  # ended cleanly, the last piece saying why
-    assert "shutting down" in rest[-2]
-    assert s.proc.wait(15) == 0
-    assert time.monotonic() - started < 10
+    assert rest[-1] == "data: [DONE]"  # ended cleanly, the last piece saying why: ended by the drain's end,
+    assert "shutting down" in rest[-2]  # not run to its 4,096 tokens (no wall-clock bound: CI machines are busy)
+    assert s.proc.wait(30) == 0
     assert "Traceback" not in s.output
 
 
@@ -367,14 +365,21 @@ def test_the_request_fields_are_the_sampling_options():
     assert {"prompt", "unknown", "precision"} == names - set(SAMPLING_FIELDS.values())  # the server's own
 
 
+def generated(server) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=30).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("charlstm_tokens_generated")))
+
+
 def test_a_streaming_client_that_hangs_up_frees_its_place_at_once(wide_run):
     s = Server(wide_run, "--quiet")
     try:
-        started = time.monotonic()
+        before = generated(s)  # the warm-up's
         first = _read_stream_start(s.url, {"prompt": "KING:", "max_tokens": 4096, "stream": True})
         assert first["choices"][0]["index"] == 0
-        assert s.wait_idle(5)["active"] == 0
-        assert time.monotonic() - started < 5  # far less than the 4,096 tokens would take
+        assert s.wait_idle(60)["active"] == 0
+        # Counted, not timed: the completion left the engine long before its 4,096 tokens (within
+        # 0.1 s of the hang-up: some hundreds of tokens of this model on a fast machine).
+        assert generated(s) - before < 4096 / 2
     finally:
         s.stop()
 

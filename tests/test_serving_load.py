@@ -1,7 +1,9 @@
 """A load test of ``charlstm serve`` on 127.0.0.1, bounded in count and time: two rounds of 200
 requests from 64 concurrent clients (some streaming, some hanging up part way, some malformed).
 Every good request gets its full text, every bad one its 400; the streams in flight return to
-0, the server stays up and its memory does not grow by more than 10% from one round to the next."""
+0 and the server stays up. (Its memory from round to round is a figure of ``benchmarks/serve.py``,
+not a check here: a resident size moves with the allocator and the machine's load, and a leak of a
+few kB a request would hide in a margin wide enough never to fail on a busy machine.)"""
 
 from __future__ import annotations
 
@@ -52,7 +54,6 @@ def test_two_rounds_of_200_requests_from_64_clients(shared_run):
     server = Server(shared_run, "--max-streams", "64", "--max-tokens", "600", "--quiet")
     try:
         model = shared_run.name
-        memory = []
         for _ in range(2):
             with ThreadPoolExecutor(CLIENTS) as pool:
                 outcomes = list(pool.map(lambda i: one_request(server.url, model, i), range(REQUESTS)))
@@ -60,8 +61,6 @@ def test_two_rounds_of_200_requests_from_64_clients(shared_run):
             state = server.wait_idle(15)
             assert (state["active"], state["queued"]) == (0, 0)
             assert server.proc.poll() is None and state["status"] == "ok"
-            memory.append(server.rss())
-        assert memory[1] <= 1.10 * memory[0], memory
         metrics = httpx.get(server.url + "/metrics").text
         assert 'charlstm_requests_total{status="400"}' in metrics
         assert "charlstm_active_streams 0.0" in metrics
