@@ -137,3 +137,26 @@ def test_a_run_started_afresh_drops_the_earlier_runs_log(tmp_path):
     (tmp_path / "events.out.tfevents.1700000000.host.1.0").write_bytes(b"old")
     make_run_dir(tmp_path)
     assert not list(tmp_path.glob(EVENTS))
+
+
+def test_a_session_without_the_log_leaves_no_gap_once_it_is_on_again(corpus_file, tmp_path):
+    out = tmp_path / "run"
+    options = dict(out=str(out), eval_every=4, save_every=4, log_every=2, sample_chars=0, **TINY_RUN)
+    charlstm.train(str(corpus_file), tensorboard=True, max_steps=4, **options)
+    charlstm.train(resume=out, max_steps=8, tensorboard=False)  # steps 5-8 not logged
+    charlstm.train(resume=out, max_steps=12, tensorboard=True)  # on again: from the run's metrics so far
+    assert_log_matches_metrics(out)
+    assert [p.step for p in read_log(out).Scalars("val/loss")] == [4, 8, 12]
+
+
+def test_a_log_that_cannot_be_written_is_one_clear_error(corpus_file, tmp_path, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "flush", full)  # the first flush: before the first checkpoint
+    out = tmp_path / "run"
+    with pytest.raises(charlstm.UserError, match=r"could not write the TensorBoard log in .*No space left on device"):
+        charlstm.train(str(corpus_file), out=str(out), tensorboard=True, max_steps=8, eval_every=4, **TINY_RUN)
+    assert metrics.ending(metrics.read(out))["stopped_by"] == "error"  # the run says how it ended

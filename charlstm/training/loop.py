@@ -324,7 +324,7 @@ def _log_end(run: Run, reason: StopReason, signum: int | None, error: str | None
         log_metric(run, end_record(run.state.step, run.state.elapsed, reason, signum, error))
     except (OSError, UserError):
         pass
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, UserError):
         if run.event_log is not None:
             run.event_log.close()
 

@@ -62,6 +62,7 @@ class Run:
     saved_world: int | None = None  # resumed from a run saved by this other number of processes
     averager: Averager | None = None  # the averaged weights, under --average
     event_log: tensorboard.EventLog | None = None  # this session's, under --tensorboard (the main process)
+    logged: bool = False  # whether the session that saved the checkpoint wrote the TensorBoard log
 
     @property
     def epoch_float(self) -> float:
@@ -223,6 +224,7 @@ def resume_run(
     learner = Learner.of(model, optimizer, state.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
     run = Run(tcfg, ckpt.model_config, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs, hidden)
     run.averager = Averager(model, ckpt.averaged) if tcfg.average else None
+    run.logged = ckpt.train_config.tensorboard
     run.saved_world = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
     on_main(procs, lambda: (remove_stale_temporaries(run_dir), write_config(run)))
     run.state.metrics_lines = on_main(procs, lambda: rewrite_metrics(run))  # every process counts the same lines
@@ -342,7 +344,7 @@ def save(run: Run, names: tuple[str, ...]) -> None:
     best = replace(checkpoint, model=checkpoint.averaged, hidden=averager.warm) if averager else checkpoint
 
     def write() -> None:
-        if run.event_log is not None:
+        if run.event_log is not None:  # first: the log holds every step the checkpoint does
             run.event_log.flush()
         for name in names:
             with _writing(run, name):
@@ -363,11 +365,11 @@ def log_metric(run: Run, record: dict[str, Any]) -> None:
 
 def open_event_log(run: Run) -> None:
     """Start this session's TensorBoard log under --tensorboard (the main process): a resumed
-    run's from the step after its checkpoint, as metrics.jsonl is."""
+    run's from the step after its checkpoint, as metrics.jsonl is; where the session before did
+    not log (a resume that turns it on), from the run's metrics so far."""
     if run.tcfg.tensorboard and run.procs.main:
-        run.event_log = tensorboard.EventLog(
-            run.run_dir, run.state.step, metrics.read(run.run_dir) if run.state.step else ()
-        )
+        earlier = metrics.read(run.run_dir) if run.state.step else ()
+        run.event_log = tensorboard.EventLog(run.run_dir, run.state.step, earlier, kept=run.logged)
 
 
 def rewrite_metrics(run: Run) -> int:
