@@ -207,7 +207,8 @@ def test_the_page_is_self_contained_and_describes_the_model(server, shared_run):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     page = r.text
     assert shared_run.name in page and "Generate" in page and "Stop" in page
-    assert "http://" not in page and "https://" not in page and "<link" not in page and "src=" not in page
+    assert "http://" not in page and "https://" not in page and "src=" not in page
+    assert page.count("<link") == page.count('<link rel="icon" href="data:,">') == 1  # no /favicon.ico asked for
 
 
 def test_the_key_is_required_when_set_and_compared(shared_run):

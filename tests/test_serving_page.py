@@ -84,3 +84,18 @@ def test_generate_streams_text_in_and_stop_ends_it(browser, wide_run):
             browser.save_screenshot(shot)
     finally:
         server.stop()
+
+
+def test_loading_the_page_asks_for_nothing_that_is_not_there(browser, shared_run):
+    import httpx
+
+    server = Server(shared_run)
+    try:
+        browser.get(server.url + "/")
+        wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
+        time.sleep(1.0)  # a browser asks for /favicon.ico after the load
+        metrics = httpx.get(server.url + "/metrics", timeout=30).text
+        assert 'status="404"' not in metrics
+        assert "favicon" not in server.output  # the access log: no request for it at all
+    finally:
+        server.stop()
