@@ -93,7 +93,7 @@ def test_info_names_the_checkpoints_loss_and_shows_the_runs_last_one(run_copy):
     with open(run_copy / "metrics.jsonl", "a") as f:  # a later, worse evaluation, as long runs have
         f.write(json.dumps(later) + "\n")
     rows = info_rows(run_copy)
-    assert rows["val loss when saved"].startswith(f"{best['last_val_loss']:.4f} nats/char")
+    assert rows["last eval's val loss"].startswith(f"{best['last_val_loss']:.4f} nats/char")
     assert rows["run's last val loss"].startswith(f"{later['val_loss']:.4f} nats/char")
     assert rows["run's last val loss"].endswith(f"at step {later['step']:,}")
     assert "last_val_loss" not in rows and "val_loss" not in rows  # every loss row says what it is

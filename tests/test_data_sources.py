@@ -159,3 +159,10 @@ def test_a_known_corpus_the_package_does_not_ship_is_still_downloaded(tmp_path, 
     sha = hashlib.sha256(_Handler.body).hexdigest()
     known = {"toy": KnownCorpus(f"{http_server}/input.txt", sha, "toy.txt", packaged="not-shipped.txt.xz")}
     assert resolve_corpus("toy", tmp_path / "corpora", known).files[0].read_bytes() == _Handler.body
+
+
+def test_a_corpus_folder_that_cannot_be_made_is_one_clear_line(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")  # as a read-only folder would, for root too
+    with pytest.raises(UserError, match="could not write .*tinyshakespeare.txt .*--corpus PATH") as info:
+        resolve_corpus("tinyshakespeare", tmp_path / "a-file" / "corpora")
+    assert "\n" not in str(info.value)

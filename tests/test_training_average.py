@@ -125,7 +125,7 @@ def test_best_pt_holds_the_averaged_weights_when_they_evaluate_better(tiny_train
     report = best.describe()
     assert report["best_averaged"] is True and report["averaged_val_loss"] == shown.averaged_loss
     rows = {row: cells for row, cells in _rows(render.info_table(report))}
-    assert rows["best_averaged"] == "True" and rows["averaged_val_loss"].startswith(f"{shown.averaged_loss:.4f}")
+    assert rows["best_averaged"] == "True" and rows["averaged val loss"].startswith(f"{shown.averaged_loss:.4f}")
     plain = load_checkpoint(tmp_path / "run" / "best.pt").describe() | {"averaged_val_loss": None}
     assert "best_averaged" not in dict(_rows(render.info_table(plain)))  # a run without the average shows neither
 

@@ -133,8 +133,9 @@ LOSSES = ("val_loss", "last_val_loss", "averaged_val_loss")
 # What each loss figure is: best.pt's last evaluation is not the run's last (issue 29, point 11).
 LABELS = {
     "val_loss": "best val loss",
-    "last_val_loss": "val loss when saved",
+    "last_val_loss": "last eval's val loss",  # of the trained weights, before this file was written
     "run_last_val_loss": "run's last val loss",
+    "averaged_val_loss": "averaged val loss",
 }
 AVERAGED = ("averaged_val_loss", "best_averaged")  # rows of a run with --average
 
@@ -148,7 +149,8 @@ def info_table(report: dict[str, Any]) -> Table:
             continue  # a run without --average (or before its average was evaluated)
         if key == "run_last_val_loss":
             if report.get(key) is not None:  # known from the run's metrics.jsonl
-                table.add_row(LABELS[key], f"{words.nats(report[key])} at step {report['run_last_eval_step']:,}")
+                step = report.get("run_last_eval_step")
+                table.add_row(LABELS[key], words.nats(report[key]) + (f" at step {step:,}" if step is not None else ""))
             continue
         table.add_row(LABELS.get(key, key), _info_value(key, report.get(key)))
     sizing = words.sizing(Sizing.from_dict(report["sizing"])) if report.get("sizing") else ""

@@ -170,8 +170,14 @@ def unpack(compressed: bytes, target: Path, sha256: str) -> None:
         raise UserError(
             f"charlstm's packaged copy of {target.name} has sha256 {found}, expected {sha256}; reinstall charlstm"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, lambda f: f.write(text))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda f: f.write(text))
+    except OSError as e:  # a read-only folder, a full disk
+        raise UserError(
+            f"could not write {target} ({e.strerror or e}); run from a folder you can write to, or pass "
+            f"--corpus PATH to a local text file"
+        ) from None
 
 
 def download(url: str, target: Path, sha256: str, progress: ProgressFn | None = None) -> None:
