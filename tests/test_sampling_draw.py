@@ -45,6 +45,16 @@ def test_temperature_zero_is_greedy():
     assert text == VOCAB.decode(ids[-20:])
 
 
+@pytest.mark.parametrize("rule, seeded", [({"temperature": 0.0}, False), ({"top_k": 1}, False), ({}, True)])
+def test_samples_say_whether_the_seed_decides_the_text(rule, seeded):
+    """Greedy rules draw the likeliest character whatever the seed: nobody is told to keep one."""
+    samples = draw_samples(Stepper(MODEL), VOCAB, SampleConfig(prompt="a", length=10, **rule))
+    assert samples.seeded is seeded
+    if not seeded:
+        again = draw_samples(Stepper(MODEL), VOCAB, SampleConfig(prompt="a", length=10, seed=samples.seed + 1, **rule))
+        assert list(samples.pieces) == list(again.pieces)
+
+
 def test_many_samples_side_by_side_in_chunks(monkeypatch):
     monkeypatch.setattr(sampling, "PIECE_TOKENS", 7)  # several chunks, and a short last one
     cfg = SampleConfig(prompt="A", length=30, num_samples=4, seed=1)

@@ -23,7 +23,6 @@ from charlstm.training.events import Compiling
 def sample(checkpoint: CheckpointArg, **options: Any) -> None:
     """Generate text from a trained model; characters stream to stdout as they are made."""
     from charlstm import api
-    from charlstm.sampling.draw import SamplingRule
 
     cfg = SampleConfig(**options)
     with render.Waiting(err, words.compiling(Compiling())) as waiting:
@@ -31,7 +30,7 @@ def sample(checkpoint: CheckpointArg, **options: Any) -> None:
     samples = api.sample(checkpoint, cfg)
     if samples.dropped:
         err.print(f"warning: dropped prompt characters the model never saw: {', '.join(map(repr, samples.dropped))}")
-    if cfg.seed is None and not SamplingRule.of(cfg).greedy:  # first, so even an interrupted sample can be repeated
+    if cfg.seed is None and samples.seeded:  # shown first, so that even an interrupted sample can be repeated
         err.print(f"[dim]seed {samples.seed} (pass --seed {samples.seed} to repeat this text)[/dim]")
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")  # generated text is UTF-8 whatever the locale says

@@ -54,6 +54,7 @@ class Samples:
     prompt: str  # the prompt as the model reads it (characters it never saw dropped under "skip")
     dropped: list[str]  # prompt characters dropped
     pieces: Iterator[list[str]]  # the next piece of every sample, up to PIECE_TOKENS characters each
+    seeded: bool = True  # whether the seed decides the text (not under a greedy rule)
 
 
 def choose_seed(seed: int | None) -> int:
@@ -109,7 +110,7 @@ def draw_samples(stepper: Stepper, vocab: CharVocab, cfg: SampleConfig, start: S
     ids = _ids_after(stepper, prime, cfg.length, SamplingRule.of(cfg), np.random.default_rng(seed), start)
     decoders = [vocab.decoder() for _ in range(cfg.num_samples)]  # a character may span two chunks
     pieces = ([decode(row) for decode, row in zip(decoders, chunk, strict=True)] for chunk in ids)
-    return Samples(seed, prompt, dropped, pieces)
+    return Samples(seed, prompt, dropped, pieces, seeded=not SamplingRule.of(cfg).greedy)
 
 
 def compile_kernels(on_slow: Callable[[], None] | None = None) -> float:
