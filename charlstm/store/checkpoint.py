@@ -17,7 +17,8 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values (form
                                        time, losses, how many lines of metrics.jsonl it has seen
     rng             dict | None        {"torch": ByteTensor, "cuda": ByteTensor on CUDA runs}; with several
                                        processes also "ranks" and "cuda_ranks", one state each
-    hidden          list | None        carried state: [h, c] ([h] for a GRU), each (layers, B, H)
+    hidden          list | None        carried state: [h, c] ([h] for a GRU), each (layers, B, H); (layers, 1, H)
+                                       in a best.pt of averaged weights (their own state)
     corpus          dict | None        the training text: "path" (as given), "sha256", and what
                                        reading found: "chars", "tokens", "distinct", "own_coverage",
                                        "files", "skipped_files", "dropped_chars"
