@@ -205,3 +205,20 @@ def test_bad_connection_bounds_are_one_line_and_exit_2(shared_run, flag, value, 
 
     result = CliRunner().invoke(app, ["serve", str(shared_run), "--port", "0", flag, value])
     assert result.exit_code == 2 and result.output.splitlines() == [message]
+
+
+def test_without_httptools_serve_says_how_to_install_it(shared_run, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from charlstm.cli import app
+
+    monkeypatch.setitem(sys.modules, "httptools", None)  # import httptools fails
+    for name in ("uvicorn.protocols.http.httptools_impl", "charlstm.serving.connections", "charlstm.serving.server"):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # imported afresh, then put back
+    result = CliRunner().invoke(app, ["serve", str(shared_run)])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        "error: serving needs the serve extra (httptools is not installed): pip install 'charlstm[serve]'"
+    ]

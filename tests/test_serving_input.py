@@ -77,6 +77,9 @@ def test_long_values_and_names_are_shown_cut_short(server):
         status = 404 if "model" in body else 400
         assert r.status_code == status and len(r.text) < 1000, (r.status_code, r.text[:300])
         assert r.json()["error"]["param"] == param
+    for body in (b'{"\\ud800x": 1}', b'{"prompt": "KING:", "model": "\\udfff"}'):  # lone surrogates
+        r = post(server, body)
+        assert r.status_code in (400, 404) and r.json()["error"]["param"] in ("\\ud800x", "model"), r.text
     r = httpx.get(server.url + "/v1/models/" + "m" * 60_000, timeout=30)
     assert r.status_code == 404 and len(r.text) < 1000
     r = httpx.get(server.url + "/" + "p" * 60_000, timeout=30)

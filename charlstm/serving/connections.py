@@ -21,9 +21,14 @@ import asyncio
 import json
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
-
 from charlstm.errors import UserError
+
+try:  # uvicorn[standard] brings httptools; plain uvicorn does not
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+except ImportError:
+    raise UserError(
+        "serving needs the serve extra (httptools is not installed): pip install 'charlstm[serve]'"
+    ) from None
 
 REFUSED_LINGER = 1.0  # seconds a refused connection may take to read its 503 and hang up
 REFUSED_LINGERING = 64  # refused connections waiting so at once; past that, more are closed at once

@@ -39,11 +39,16 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict[str, str] | None = None):  # fmt: skip
         super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-        self.headers = headers or {}
+        self.status, self.kind, self.code, self.headers = status, kind, code, headers or {}
+        self.message, self.param = _encodable(message), None if param is None else _encodable(param)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def _encodable(text: str) -> str:
+    """``text`` with any lone surrogate (a JSON string may hold one; UTF-8 cannot) written as ``\\udXXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
