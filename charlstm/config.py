@@ -10,8 +10,6 @@ rebuilt with ``from_dict``, which tolerates fields added or dropped between vers
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -294,23 +292,6 @@ class ServeConfig(DictRoundTrip):
         if not finite(self.header_timeout) or self.header_timeout <= 0:
             raise fail("header_timeout", self.header_timeout, "a number of seconds greater than 0")
         choice(self, "precision", Precision)
-
-    @property
-    def loopback(self) -> bool:
-        """Whether ``host`` reaches only this machine: a loopback address (127.0.0.0/8, ::1, or
-        127.x written as IPv6), or a name (``localhost``) whose every address is one. 0.0.0.0 and
-        :: are every interface, and a name that does not resolve is not known to be loopback."""
-        host = self.host.strip("[]")
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:  # a name: what it resolves to (localhost: from /etc/hosts, no DNS)
-            try:
-                found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-            except (OSError, UnicodeError):
-                return False
-            addresses = [ipaddress.ip_address(info[4][0]) for info in found]
-        mapped = [getattr(a, "ipv4_mapped", None) or a for a in addresses]  # ::ffff:127.0.0.1 is 127.0.0.1
-        return bool(mapped) and all(a.is_loopback for a in mapped)
 
 
 @dataclass(frozen=True)

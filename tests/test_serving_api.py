@@ -4,6 +4,7 @@ n, stop, echo, seeds under concurrency, every error status, the key, metrics, SI
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -395,7 +396,8 @@ def test_the_start_line_says_the_model_and_the_key_and_warns_on_an_open_host(mon
             "val_loss": 1.25, "key_required": False}  # fmt: skip
 
     def fake_serve(checkpoint, *, on_start, **options):  # no socket: 0.0.0.0 is never bound in tests
-        on_start(f"http://{options['host']}:8000", card)
+        address = socket.getaddrinfo(options["host"].strip("[]"), None)[0][4][0]  # what binding would use
+        on_start(f"http://[{address}]:8000" if ":" in address else f"http://{address}:8000", card)
 
     monkeypatch.setattr(api, "serve", fake_serve)
     out = CliRunner().invoke(app, ["serve", str(shared_run), "--host", "0.0.0.0"]).output
@@ -411,22 +413,13 @@ def test_the_start_line_says_the_model_and_the_key_and_warns_on_an_open_host(mon
         assert f"warning: listening on {host} without an API key" in out, (host, out)
 
 
-def test_a_name_is_loopback_when_every_address_it_resolves_to_is(monkeypatch):
-    import socket
+def test_loopback_is_decided_on_the_bound_address():
+    from charlstm.cli.serving import loopback
 
-    from charlstm.config import ServeConfig
-
-    def resolve(answers):
-        def getaddrinfo(host, *args, **kw):
-            if answers is None:
-                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-            return [(socket.AF_INET6 if ":" in a else socket.AF_INET, 1, 6, "", (a, 0)) for a in answers]
-
-        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-
-    for answers, loopback in ((["127.0.0.1", "::1"], True), (["127.0.0.1", "10.0.0.2"], False), (None, False)):
-        resolve(answers)
-        assert ServeConfig(host="box.example").loopback is loopback, answers
+    for url in ("http://127.0.0.1:1", "http://127.9.8.7:1", "http://[::1]:1", "http://[::ffff:127.0.0.1]:1"):
+        assert loopback(url), url
+    for url in ("http://0.0.0.0:1", "http://[::]:1", "http://10.0.0.2:1", "http://[2001:db8::1]:1", "http://box:1"):
+        assert not loopback(url), url
 
 
 def test_an_export_served_in_bf16_is_named_after_its_file():

@@ -212,13 +212,33 @@ def test_without_httptools_serve_says_how_to_install_it(shared_run, monkeypatch)
 
     from typer.testing import CliRunner
 
+    import charlstm.serving
     from charlstm.cli import app
 
     monkeypatch.setitem(sys.modules, "httptools", None)  # import httptools fails
     for name in ("uvicorn.protocols.http.httptools_impl", "charlstm.serving.connections", "charlstm.serving.server"):
         monkeypatch.delitem(sys.modules, name, raising=False)  # imported afresh, then put back
+    for name in ("connections", "server"):  # else `from charlstm.serving import server` finds the attribute
+        monkeypatch.delattr(charlstm.serving, name, raising=False)
     result = CliRunner().invoke(app, ["serve", str(shared_run)])
     assert result.exit_code == 2
     assert result.output.splitlines() == [
         "error: serving needs the serve extra (httptools is not installed): pip install 'charlstm[serve]'"
     ]
+
+
+def test_the_open_files_limit_is_raised_to_what_the_cap_needs_or_the_cap_refused(monkeypatch):
+    import resource
+
+    from charlstm.errors import UserError
+    from charlstm.serving import connections
+
+    limits = {"now": (1024, 4096)}
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, value: limits.update(now=value))
+    connections.allow_open_files(512)  # fits in 1,024
+    assert limits["now"] == (1024, 4096)
+    connections.allow_open_files(2000)
+    assert limits["now"] == (2000 + connections.REFUSED_LINGERING + connections.OTHER_FILES, 4096)
+    with pytest.raises(UserError, match=r"^--max-connections 5,000 needs 5,128 open files, .* to 3,968$"):
+        connections.allow_open_files(5000)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 from charlstm.cli import render
 from charlstm.cli.app import CheckpointArg, _Command, app, err
@@ -28,7 +30,7 @@ def serve(checkpoint: CheckpointArg, **options: Any) -> None:
             f" {card['params']:,} parameters{loss}) at [bold]{url}[/bold]; {key}; playground at {url}/",
             soft_wrap=True,
         )
-        if not card["key_required"] and not config.loopback:
+        if not card["key_required"] and not loopback(url):
             err.print(
                 f"[yellow]warning:[/yellow] listening on {options['host']} without an API key: anyone who can reach"
                 " this machine can use the model; pass --api-key or set CHARLSTM_API_KEY",
@@ -36,7 +38,18 @@ def serve(checkpoint: CheckpointArg, **options: Any) -> None:
             )
 
     api.check_serve_extra()
-    config = ServeConfig(**options)  # a bad value is said before the model loads
+    ServeConfig(**options)  # a bad value is said before the model loads
     with render.Waiting(err, "loading the model and its sampling kernels") as waiting:
         waiting.start()
         api.serve(checkpoint, on_start=started, **options)
+
+
+def loopback(url: str) -> bool:
+    """Whether the server at ``url`` reaches only this machine. Its host is the address it bound, an
+    IP (binding resolved a name such as localhost, and one that does not resolve cannot be bound):
+    127.0.0.0/8, ::1, and 127.x written as IPv6 are loopback; 0.0.0.0 and :: are every interface."""
+    try:
+        address = ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:  # not an address: not known to be loopback
+        return False
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback

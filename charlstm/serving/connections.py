@@ -31,7 +31,7 @@ except ImportError:
     ) from None
 
 REFUSED_LINGER = 1.0  # seconds a refused connection may take to read its 503 and hang up
-REFUSED_LINGERING = 64  # refused connections waiting so at once; past that, more are closed at once
+REFUSED_LINGERING = 64  # refused connections lingering at once; past that, more are reset without the 503
 OTHER_FILES = 64  # files the process holds beside its connections (measured: 14 once serving)
 
 
@@ -137,7 +137,9 @@ class Connection(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_waiting()
         super().on_headers_complete()
-        if type(self.cycle) is RequestResponseCycle:  # uvicorn makes it; only its send changes
+        # uvicorn builds the cycle inside the method above: giving it our subclass (which adds no
+        # state, only a send) is the way to change its send without copying uvicorn's method.
+        if type(self.cycle) is RequestResponseCycle:
             self.cycle.__class__ = _Cycle
 
     def on_response_complete(self) -> None:
