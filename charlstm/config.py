@@ -40,7 +40,7 @@ class ModelConfig(DictRoundTrip):
 
     vocab_size: int = 65  # follows from the corpus: not an option
     cell: str = opt(Cell.LSTM.value, "Recurrent cell: lstm, gru or peephole (an LSTM whose gates read c).", MODEL)
-    layers: int = opt(1, "Stacked recurrent layers.", MODEL, sized=True)
+    layers: int = opt(1, "Recurrent layers, stacked (every preset has one; see docs/sweep.md).", MODEL, sized=True)
     hidden: int = opt(512, "Units per layer.", MODEL, sized=True)
     embedding: int = opt(64, "Character embedding size.", MODEL)
     dropout: float = opt(0.0, "Dropout between layers and before the head, in [0, 1).", MODEL, sized=True)
