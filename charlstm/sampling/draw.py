@@ -19,7 +19,7 @@ from charlstm.data.vocab import CharVocab
 from charlstm.net.model import CharLSTM, State
 from charlstm.sampling.stepper import KernelRule, Stepper
 
-COMPILE_PATIENCE = 3.0  # seconds: Numba loads its cached kernels in about 1 s here; a first compile takes 12-20 s
+COMPILE_PATIENCE = 3.0  # seconds: Numba loads its cached kernels in about 1 s; a first compile takes 25-30 s
 PIECE_TOKENS = 256  # characters per sample drawn per call: text still streams out, calls stay few
 
 
