@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from charlstm.data.sources import resolve_corpus
 from charlstm.device import bf16_supported
 
 WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|')*")  # letters and apostrophes, starting with a letter
@@ -49,10 +50,11 @@ def charlstm(*args: str, capture: bool = False) -> str:
 
 
 def corpus_file(spec: str, scratch: Path) -> Path:
-    """The corpus as one file: a file as it is, a folder's files joined."""
+    """The corpus as one file: a file as it is (a known name's, unpacked into corpora/ if need
+    be), a folder's files joined."""
     path = Path(spec)
     if not path.is_dir():
-        return path
+        return resolve_corpus(spec).files[0]
     parts = [p.read_bytes().decode("utf-8", errors="replace") for p in sorted(path.rglob("*")) if p.is_file()]
     joined = scratch / f"{path.name}.txt"
     joined.write_text("\n".join(part.rstrip("\n") for part in parts) + "\n", encoding="utf-8")
@@ -151,7 +153,7 @@ def plain_loss(model: PlainLSTM, ids: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-time", default="120")
-    parser.add_argument("--corpus", default="corpora/tinyshakespeare.txt", help="a text file or a folder")
+    parser.add_argument("--corpus", default="tinyshakespeare", help="a text file, a folder or a known corpus name")
     parser.add_argument("--runs", type=int, default=1, help="runs of charlstm (the median is printed)")
     parser.add_argument("--baseline", action="store_true", help="also train the plain nn.LSTM loop")
     parser.add_argument("--out", help="folder for the run directories (default: a new temporary one)")
