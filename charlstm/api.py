@@ -203,7 +203,8 @@ def check_serve_extra() -> None:
 
 def _serving() -> Any:
     """The serving package, or one line saying how to install what it needs."""
-    missing = [name for name in ("starlette", "uvicorn", "prometheus_client") if importlib.util.find_spec(name) is None]
+    needed = ("starlette", "uvicorn", "httptools", "prometheus_client")  # httptools: serving/connections.py
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise UserError(f"serving needs the serve extra ({missing[0]} is not installed): {SERVE_EXTRA}")
     from charlstm.serving import server
