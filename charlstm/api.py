@@ -270,9 +270,9 @@ def describe(checkpoint: str | Path) -> dict[str, Any]:
     ``last.pt``, also the run's last validation loss and its step from ``metrics.jsonl``
     (``run_last_val_loss``, ``run_last_eval_step``; None where the log has none)."""
     ckpt = load_checkpoint(checkpoint)
-    last = metrics.last_eval(ckpt.path.parent) if ckpt.path is not None and ckpt.path.name in (BEST, LAST) else None
-    run_last = {"run_last_val_loss": last["val_loss"], "run_last_eval_step": last.get("step")} if last else {}
-    return {**ckpt.describe(), "run_last_val_loss": None, "run_last_eval_step": None, **run_last}
+    in_run = ckpt.path is not None and ckpt.path.name in (BEST, LAST)
+    last = (metrics.last_eval(ckpt.path.parent) if in_run else None) or {}
+    return {**ckpt.describe(), "run_last_val_loss": last.get("val_loss"), "run_last_eval_step": last.get("step")}
 
 
 def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -308,10 +308,9 @@ def train(
     ``UserError`` after the run's files are saved. Started by ``torchrun``, every process calls
     this and together they train one model; only the main process reports.
 
-    ``keep_freed_memory=True`` lets training on the CPU set glibc's malloc for the whole process
-    so that each step reuses the memory the last one freed (about a third faster a step; the
-    process keeps its peak memory, and the setting lasts as long as it). ``charlstm train``
-    passes it; a notebook or a server that trains once should leave it off.
+    ``keep_freed_memory=True`` sets glibc's malloc, for the rest of the process, to keep what a
+    CPU step frees for the next (faster steps; the process keeps its peak memory): ``charlstm
+    train`` passes it; a notebook or a server that trains once leaves it off (``device.py``).
     """
     given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in {"corpus": corpus, **options}.items()}
     given = {k: v for k, v in given.items() if v is not None}

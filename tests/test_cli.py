@@ -561,7 +561,7 @@ def test_config_file_options_and_the_command_line_wins(monkeypatch, tmp_path):
     settings.write_text('max-time = 60\nhidden = 32\nlr = 0.01\noverwrite = true\ncell = "gru"\ncorpus = "a.txt"\n')
     result = invoke("train", "--config", settings, "--hidden", "64", "--no-overwrite")
     assert result.exit_code == 0, result.output
-    options = {k: v for k, v in seen.items() if k not in ("on_event", "on_reading")}
+    options = {k: v for k, v in seen.items() if k not in ("on_event", "on_reading", "keep_freed_memory")}
     assert options == {"max_time": 60.0, "hidden": 64, "lr": 0.01, "overwrite": False, "cell": "gru", "corpus": "a.txt"}
     seen.clear()
     invoke("train", "--max-steps", 3, "--config", settings)  # wherever --config stands
