@@ -53,7 +53,8 @@ from charlstm.training.events import Compiling, Evaluated, Event, EventFn, Finis
 from charlstm.training.loop import StopFlag, stop_on_signals
 from charlstm.training.loop import train as train_loop
 from charlstm.training.presets import SIZED
-from charlstm.training.run import Run, new_run, resume_run
+from charlstm.training.resume import resume_run
+from charlstm.training.run import Run, new_run
 
 __all__ = [
     "Model",

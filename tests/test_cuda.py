@@ -19,7 +19,8 @@ from charlstm.training.evaluate import evaluate
 from charlstm.training.events import Progress
 from charlstm.training.loop import StopFlag, train
 from charlstm.training.probe import training_speed
-from charlstm.training.run import new_run, resume_run
+from charlstm.training.resume import resume_run
+from charlstm.training.run import new_run
 
 CELLS = Cell.values()
 

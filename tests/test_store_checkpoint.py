@@ -14,8 +14,9 @@ from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM
 from charlstm.store import checkpoint as ckpt
 from charlstm.store.checkpoint import Checkpoint, RunState, load_checkpoint
+from charlstm.store.migrations import MIGRATIONS
 from charlstm.training.loop import train
-from charlstm.training.run import resume_run
+from charlstm.training.resume import resume_run
 
 
 def tiny_checkpoint() -> Checkpoint:
@@ -179,14 +180,14 @@ def test_an_older_export_loads_and_samples_as_before(old_folder, version):
 
 def test_version_3_keeps_a_count_of_its_log_and_the_size_of_a_pass_in_format_4():
     v3 = {"format_version": 3, "epoch": 2.25, "progress": {"epoch": 2, "chunk": 10, "metrics": [{}, {}, {}]}}
-    v4 = ckpt.MIGRATIONS[3](v3)
+    v4 = MIGRATIONS[3](v3)
     assert v4 == {
         "format_version": 4,
         "progress": {"epoch": 2, "chunk": 10, "chunks_per_epoch": 40, "metrics_lines": 3},
     }
     worded = {"format_version": 3, "progress": {"sizing": {"preset": "small", "budget": "the default 10 epochs"}}}
-    assert ckpt.MIGRATIONS[3](worded)["progress"]["sizing"] == {"preset": "small", "default_budget": True}
-    at_a_pass = ckpt.MIGRATIONS[3]({"format_version": 3, "epoch": 1.0, "progress": {"epoch": 1, "chunk": 0}})
+    assert MIGRATIONS[3](worded)["progress"]["sizing"] == {"preset": "small", "default_budget": True}
+    at_a_pass = MIGRATIONS[3]({"format_version": 3, "epoch": 1.0, "progress": {"epoch": 1, "chunk": 0}})
     assert ckpt.RunState.from_dict(at_a_pass["progress"]).passes == 1.0
 
 
@@ -218,7 +219,7 @@ def test_describe(shared_run):
 
 def test_version_2_models_trained_without_the_dropouts_format_3_added():
     v2 = {"format_version": 2, "model_config": {"hidden": 32, "dropout": 0.1}}
-    v3 = ckpt.MIGRATIONS[2](v2)
+    v3 = MIGRATIONS[2](v2)
     assert v3["format_version"] == 3
     assert v3["model_config"] == {"hidden": 32, "dropout": 0.1, "weight_drop": 0.0, "embed_dropout": 0.0}
     assert ModelConfig.from_dict(v3["model_config"]).weight_drop == 0 < ModelConfig().weight_drop
@@ -227,11 +228,11 @@ def test_version_2_models_trained_without_the_dropouts_format_3_added():
 def test_version_1_migration_moves_metrics_and_the_corpus_hash():
     progress = {"step": 3, "corpus_sha256": "ab" * 32, "loss_sum": 3.0, "loss_count": 2}
     v1 = {"format_version": 1, "progress": progress, "metrics": [{"step": 3}], "vocab": "abc"}
-    v2 = ckpt.MIGRATIONS[1]({**v1, "device_type": "cpu", "model": {}, "train_config": {"batch_size": 2, "seq_len": 5}})
+    v2 = MIGRATIONS[1]({**v1, "device_type": "cpu", "model": {}, "train_config": {"batch_size": 2, "seq_len": 5}})
     assert v2["format_version"] == 2 and v2["corpus"] == {"sha256": "ab" * 32} and "device_type" not in v2
     assert v2["progress"] == {"step": 3, "metrics": [{"step": 3}], "loss_sum": 30.0, "loss_count": 20}
     assert "metrics" not in v2 and v2["train_config"]["max_vocab"] == 3  # every character had its own token
-    with_corpus = ckpt.MIGRATIONS[1]({**v1, "corpus": {"path": "t.txt", "sha256": "cd" * 32, "chars": 9}})
+    with_corpus = MIGRATIONS[1]({**v1, "corpus": {"path": "t.txt", "sha256": "cd" * 32, "chars": 9}})
     assert with_corpus["corpus"]["path"] == "t.txt"  # a checkpoint's own record wins
 
 

@@ -23,7 +23,8 @@ from charlstm.training.average import Averager, decay
 from charlstm.training.evaluate import evaluate
 from charlstm.training.events import Evaluated, Progress
 from charlstm.training.loop import StopFlag, train
-from charlstm.training.run import new_run, resume_run
+from charlstm.training.resume import resume_run
+from charlstm.training.run import new_run
 
 
 def test_the_average_is_the_plain_mean_until_its_horizon_then_exponential():

@@ -17,7 +17,8 @@ from charlstm.training import words
 from charlstm.training.distributed import Processes
 from charlstm.training.events import Evaluated, Finished, Progress, Started
 from charlstm.training.loop import StopFlag, train
-from charlstm.training.run import new_run, resume_run
+from charlstm.training.resume import resume_run
+from charlstm.training.run import new_run
 
 CELLS = Cell.values()
 

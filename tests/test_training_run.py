@@ -9,7 +9,8 @@ from charlstm.data.sources import resolve_corpus
 from charlstm.errors import UserError
 from charlstm.store.checkpoint import load_checkpoint
 from charlstm.training.loop import train
-from charlstm.training.run import default_run_dir, new_run, resume_run
+from charlstm.training.resume import resume_run
+from charlstm.training.run import default_run_dir, new_run
 
 
 def test_new_run_fills_in_the_vocabulary_and_run_directory(tiny_train, tiny_model):

@@ -14,27 +14,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, train_options, training_configs
+from charlstm.config import DEFAULT_EPOCHS, ModelConfig, TrainConfig, training_configs
 from charlstm.data.batches import StreamBatches, check_trainable, split_tokens
-from charlstm.data.corpus import Reading, TokenizedCorpus, load_corpus, load_in_vocab
+from charlstm.data.corpus import Reading, TokenizedCorpus, load_corpus
 from charlstm.data.sources import CorpusSource, ProgressFn, resolve_corpus
 from charlstm.device import keep_freed_memory, resolve_device
 from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
-from charlstm.net.model import CharLSTM, State
-from charlstm.options import option
+from charlstm.net.model import State
 from charlstm.store import configfile, metrics, tensorboard
-from charlstm.store.checkpoint import BEST, LAST, Checkpoint, RunState, load_checkpoint
+from charlstm.store.checkpoint import BEST, LAST, Checkpoint, RunState
 from charlstm.store.configfile import CONFIG
 from charlstm.store.metrics import METRICS
 from charlstm.training.average import Averager
 from charlstm.training.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
 from charlstm.training.sizing import sized_model
 from charlstm.training.step import Learner, make_optimizer
-
-# Options that may change when a run is resumed; any other differing value is refused.
-RESUMABLE_CHANGES = frozenset(d.name for d in train_options() if d.option.resumable)
-MAY_CHANGE = ", ".join(d.flag for d in train_options() if d.option.resumable)  # in the order of --help
 
 
 @dataclass(frozen=True)
@@ -90,7 +85,7 @@ def default_run_dir(source: CorpusSource) -> Path:
     return Path("checkpoints") / source.name
 
 
-def _char_starts(corpus: TokenizedCorpus, device: torch.device) -> torch.Tensor | None:
+def char_starts(corpus: TokenizedCorpus, device: torch.device) -> torch.Tensor | None:
     """Which ids begin a character (V,) on ``device``; None without byte tokens, where every id does."""
     vocab = corpus.vocab
     return torch.from_numpy(vocab.char_starts()).to(device) if vocab.byte_fallback else None
@@ -166,7 +161,7 @@ def new_run(
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
     optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, device)
-    learner = Learner.of(model, optimizer, sized.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
+    learner = Learner.of(model, optimizer, sized.precision, tcfg.grad_clip, char_starts(corpus, device), procs)
     state = RunState(chunks_per_epoch=len(batches), precision=sized.precision, sizing=sized.sizing.to_dict())
     run = Run(tcfg, mcfg, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs)
     run.averager = Averager(model) if tcfg.average else None
@@ -192,98 +187,6 @@ def rank_batches(tokens: np.ndarray, tcfg: TrainConfig, procs: Processes) -> Str
         return whole
     starts = whole.starts[rows, 0]
     return StreamBatches(tokens, len(starts), tcfg.seq_len, starts=starts, stream_len=whole.stream_len)
-
-
-def resume_run(
-    path: str | Path,
-    options: dict[str, Any],
-    progress: ProgressFn | None = None,
-    procs: Processes = SINGLE,
-    keep_memory: bool = False,
-) -> Run:
-    """Rebuild a run from its ``last.pt`` exactly as it was saved; ``options`` are those the user
-    gave again, of which only the budget and logging ones may differ from the run's. With several
-    processes, the main one reads the checkpoint and gives it to the others."""
-    ckpt = on_main(procs, lambda: _resumable(load_checkpoint(path, prefer=LAST)))
-    run_dir = ckpt.path.parent
-    tcfg = _resumed_config(ckpt, options, run_dir)
-    if tcfg.tensorboard:  # every process: they stop together
-        tensorboard.require()
-    corpus = main_first(procs, lambda: _same_corpus(tcfg, ckpt, progress), local=True)
-    train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
-    batches = rank_batches(train_tokens, tcfg, procs)
-    device = training_device(tcfg, procs, keep_memory)
-    model = CharLSTM(ckpt.model_config).to(device).train()
-    model.load_state_dict(ckpt.model)
-    optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, device)
-    optimizer.load_state_dict(ckpt.optimizer)
-    rows, hidden = procs.shard(tcfg.batch_size), ckpt.hidden  # saved for every stream: this process takes its share
-    hidden = None if hidden is None else tuple(t[:, rows].to(device) for t in hidden)
-    state = ckpt.progress
-    state.chunks_per_epoch = len(batches)  # the same text and chunk: what a migrated checkpoint may not know
-    learner = Learner.of(model, optimizer, state.precision, tcfg.grad_clip, _char_starts(corpus, device), procs)
-    run = Run(tcfg, ckpt.model_config, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs, hidden)
-    run.averager = Averager(model, ckpt.averaged) if tcfg.average else None
-    run.logged = ckpt.train_config.tensorboard
-    run.saved_world = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
-    on_main(procs, lambda: (remove_stale_temporaries(run_dir), write_config(run)))
-    run.state.metrics_lines = on_main(procs, lambda: rewrite_metrics(run))  # every process counts the same lines
-    return run
-
-
-def _resumable(ckpt: Checkpoint) -> Checkpoint:
-    if not ckpt.resumable:
-        raise UserError(
-            f"{str(ckpt.path)!r} cannot be resumed (only a run's {LAST} holds the optimizer, RNG and data "
-            f"position), expected the run directory or its {LAST}"
-        )
-    return ckpt
-
-
-def _resumed_config(ckpt: Checkpoint, options: dict[str, Any], run_dir: Path) -> TrainConfig:
-    """The run's own training config with the allowed changes applied; any other change is refused."""
-    stored = {**ckpt.train_config.to_dict(), **ckpt.model_config.to_dict()}
-    for key, value in options.items():
-        if key not in RESUMABLE_CHANGES and key in stored and stored[key] != value:
-            raise UserError(
-                f"{option(key)} {value!r} differs from the run's {stored[key]!r}; a resumed run keeps its "
-                f"architecture, data and optimiser settings (only {MAY_CHANGE} may change), so drop the "
-                f"option or start a new run with --out"
-            )
-    changes = {k: v for k, v in options.items() if k in RESUMABLE_CHANGES}
-    return TrainConfig.from_dict({**ckpt.train_config.to_dict(), **changes, "out": str(run_dir)})
-
-
-def _same_corpus(tcfg: TrainConfig, ckpt: Checkpoint, progress: ProgressFn | None) -> TokenizedCorpus:
-    """The run's corpus in the run's own vocabulary, refusing a text that changed since the run started."""
-    source = resolve_corpus(tcfg.corpus, progress=progress)
-    expected = (ckpt.corpus or {}).get("sha256")
-    if not expected:
-        raise UserError(
-            f"{str(ckpt.path)!r} records no corpus hash, so resuming cannot check the text; start a new run"
-        )
-    if source.sha256 != expected:
-        raise UserError(
-            f"the corpus {tcfg.corpus!r} has changed since the run started (sha256 {source.sha256[:12]}... "
-            f"instead of {expected[:12]}...); resume needs the same text"
-        )
-    return load_in_vocab(source, Reading.of(tcfg), ckpt.vocab, progress)
-
-
-def restore_rng(rng: dict[str, Any], device: torch.device, procs: Processes, fresh_seed: int) -> int | None:
-    """Each process's random state as saved. A run saved by another number of processes keeps
-    its data position, but its random streams cannot be shared out again: each process starts a
-    new one (from ``fresh_seed`` and its rank), and the number of processes that saved it is
-    returned (None when it is this one's)."""
-    states = rng.get("ranks", [rng["torch"]])
-    if len(states) != procs.world:
-        torch.manual_seed(fresh_seed * 1000 + procs.rank)
-        return len(states)
-    torch.set_rng_state(states[procs.rank])
-    cuda = rng.get("cuda_ranks", [rng["cuda"]] if "cuda" in rng else [])
-    if device.type == "cuda" and len(cuda) == procs.world:
-        torch.cuda.set_rng_state(cuda[procs.rank], device)
-    return None
 
 
 def to_checkpoint(run: Run) -> Checkpoint:
