@@ -299,7 +299,8 @@ def train(
     keep_freed_memory: bool = False,
     **options: Any,
 ) -> TrainResult:
-    """Train a model, or continue one with ``resume=RUN_DIR``; returns how the run ended.
+    """Train a model (from a trained one with ``init_from=BASE``: fine-tuning), or continue one with
+    ``resume=RUN_DIR``; returns how the run ended.
 
     ``options`` are the training options by their command-line names (``out``, ``max_time``,
     ``hidden``, ``lr``, ...; see ``charlstm train --help``). ``progress=True`` shows a
@@ -309,9 +310,8 @@ def train(
     ``UserError`` after the run's files are saved. Started by ``torchrun``, every process calls
     this and together they train one model; only the main process reports.
 
-    ``keep_freed_memory=True`` sets glibc's malloc, for the rest of the process, to keep what a
-    CPU step frees for the next (faster steps; the process keeps its peak memory): ``charlstm
-    train`` passes it; a notebook or a server that trains once leaves it off (``device.py``).
+    ``keep_freed_memory=True`` sets glibc's malloc, for the rest of the process, to keep what a CPU step
+    frees for the next (faster steps, peak memory kept): ``charlstm train`` passes it (``device.py``).
     """
     given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in {"corpus": corpus, **options}.items()}
     given = {k: v for k, v in given.items() if v is not None}
@@ -348,7 +348,7 @@ def _run_to_train(
         return resume_run(resume, given, progress=on_reading, procs=procs, keep_memory=keep_memory)
     tcfg, mcfg = training_configs(given)
     unset = frozenset(SIZED) - given.keys()  # left to the preset the budget calls for
-    return new_run(tcfg, mcfg, overwrite, on_reading, procs, unset, keep_memory)
+    return new_run(tcfg, mcfg, overwrite, on_reading, procs, unset, keep_memory, frozenset(given))
 
 
 def _broadcast(listeners: list[EventFn]) -> EventFn:
@@ -362,8 +362,7 @@ def _broadcast(listeners: list[EventFn]) -> EventFn:
 
 
 def _check_option_names(given: dict[str, Any]) -> None:
-    names = {d.name for d in declared(*TRAINING)}
-    _refuse_unknown(given, names, "training")
+    _refuse_unknown(given, {d.name for d in declared(*TRAINING)}, "training")
 
 
 def _signals_stop(flag: StopFlag) -> contextlib.AbstractContextManager[StopFlag]:

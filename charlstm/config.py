@@ -27,8 +27,10 @@ from charlstm.choices import (
 )
 from charlstm.errors import UserError
 from charlstm.options import Declared, Panel, by_panel, declared, opt, split
-from charlstm.validate import DictRoundTrip, check_seed, choice, fail, finite, optional_positive, positive_int
+from charlstm.validate import DictRoundTrip, check_seed, choice, fail, finite, optional_positive, positive_int, whole
 
+# The defaults of a fine-tuning run (--init-from), chosen by measurement: docs/sweep.md (fine-tuning).
+FINE_TUNE_LR, FINE_TUNE_WARMUP, FINE_TUNE_FREEZE = 1e-3, 20, 0.0
 DEFAULT_MAX_VOCAB = 128  # characters with their own token; chosen by measurement, see docs/sweep.md
 MAX_SAMPLES = 100_000
 DATA, MODEL, OPTIM, BUDGET, OUTPUT, HW = Panel
@@ -39,10 +41,14 @@ class ModelConfig(DictRoundTrip):
     """Shape of the network: embedding -> stacked recurrent cells -> linear head over the vocabulary."""
 
     vocab_size: int = 65  # follows from the corpus: not an option
-    cell: str = opt(Cell.LSTM.value, "Recurrent cell: lstm, gru or peephole (an LSTM whose gates read c).", MODEL)
-    layers: int = opt(1, "Recurrent layers, stacked (every preset has one; see docs/sweep.md).", MODEL, sized=True)
-    hidden: int = opt(512, "Units per layer.", MODEL, sized=True)
-    embedding: int = opt(64, "Character embedding size.", MODEL)
+    cell: str = opt(
+        Cell.LSTM.value, "Recurrent cell: lstm, gru or peephole (an LSTM whose gates read c).", MODEL, from_base=True
+    )
+    layers: int = opt(
+        1, "Recurrent layers, stacked (every preset has one; see docs/sweep.md).", MODEL, sized=True, from_base=True
+    )
+    hidden: int = opt(512, "Units per layer.", MODEL, sized=True, from_base=True)
+    embedding: int = opt(64, "Character embedding size.", MODEL, from_base=True)
     dropout: float = opt(0.0, "Dropout between layers and before the head, in [0, 1).", MODEL, sized=True)
     weight_drop: float = opt(  # DropConnect on the recurrent weights, one mask per chunk (AWD-LSTM)
         0.25,
@@ -74,6 +80,13 @@ class TrainConfig(DictRoundTrip):
         ByteFallback.AUTO.value, "Byte tokens for other characters: auto (when some are left out) or on.", DATA
     )
     val_fraction: float = opt(0.1, "Contiguous tail of the corpus held out for validation.", DATA)
+    init_from: str | None = opt(  # a fine-tuning run: training/finetune.py
+        None,
+        "Start a new run from this trained model (a run directory, .pt or .safetensors): its shape and weights,"
+        " its characters and the corpus's.",
+        MODEL,
+        shown="none",
+    )
     preset: str = opt(  # model size and regularisation for the budget: training/presets.py
         PresetName.AUTO.value,
         "Model, regularisation and chunk: auto (sized for the budget, corpus and machine speed),"
@@ -89,7 +102,7 @@ class TrainConfig(DictRoundTrip):
     batch_size: int = opt(
         64, "Parallel contiguous streams per batch (auto keeps {default} under --max-steps).", OPTIM, sized=True
     )
-    lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True)
+    lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True, fine_tune=FINE_TUNE_LR)
     weight_decay: float = opt(0.2, "AdamW weight decay on weight matrices.", OPTIM, sized=True)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0: off).", OPTIM)
     average: float = opt(  # averaged weights for evaluation (AWD-LSTM): training/average.py
@@ -99,7 +112,13 @@ class TrainConfig(DictRoundTrip):
         OPTIM,
     )
     schedule: str = opt(Schedule.COSINE.value, "Learning-rate schedule: cosine, step, plateau or constant.", OPTIM)
-    warmup_steps: int = opt(50, "Steps of linear learning-rate warm-up.", OPTIM)
+    warmup_steps: int = opt(50, "Steps of linear learning-rate warm-up.", OPTIM, fine_tune=FINE_TUNE_WARMUP)
+    freeze_embedding: float = opt(
+        0.0,
+        "Keep the character embedding as it is for this share of the run (0: never).",
+        OPTIM,
+        fine_tune=FINE_TUNE_FREEZE,
+    )
     min_lr_ratio: float = opt(0.05, "Floor of the cosine/plateau schedule, as a fraction of --lr.", OPTIM)
     max_steps: int | None = opt(None, "Stop after this many optimizer steps.", BUDGET, shown="none", resumable=True)
     epochs: float | None = opt(
@@ -158,25 +177,22 @@ class TrainConfig(DictRoundTrip):
         for name in ("weight_decay", "grad_clip"):
             if not finite(getattr(self, name)) or getattr(self, name) < 0:
                 raise fail(name, getattr(self, name), "a number >= 0 (0 turns it off)")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int):
-            raise fail("warmup_steps", self.warmup_steps, "a whole number >= 0")
-        if self.warmup_steps < 0:
-            raise fail("warmup_steps", self.warmup_steps, "a whole number >= 0")
+        whole(self, "warmup_steps", "sample_chars")
+        if not finite(self.freeze_embedding) or not 0 <= self.freeze_embedding <= 1:
+            raise fail("freeze_embedding", self.freeze_embedding, "a share of the run in [0, 1] (0 turns it off)")
         if not finite(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
             raise fail("min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
         optional_positive(self, "max_steps", "epochs", "max_time")
         if self.max_steps is not None and int(self.max_steps) != self.max_steps:
             raise fail("max_steps", self.max_steps, "a whole number greater than 0")
-        if isinstance(self.sample_chars, bool) or not isinstance(self.sample_chars, int):
-            raise fail("sample_chars", self.sample_chars, "a whole number >= 0")
-        if self.sample_chars < 0:
-            raise fail("sample_chars", self.sample_chars, "a whole number >= 0")
         check_seed(self)
         choice(self, "schedule", Schedule)
         choice(self, "device", DeviceName)
         choice(self, "precision", Precision)
         if not self.corpus:
             raise fail("corpus", self.corpus, "a corpus name or a path to a UTF-8 text file")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise fail("init_from", self.init_from, "a run directory or a checkpoint file")
 
     @property
     def has_budget(self) -> bool:
@@ -239,14 +255,11 @@ class SampleConfig(DictRoundTrip):
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 0:
-            raise fail("length", self.length, "a whole number >= 0")
+        whole(self, "length")
         if not finite(self.temperature) or self.temperature < 0:
             raise fail("temperature", self.temperature, "a number >= 0 (0 means greedy)")
-        if self.top_k is not None and (
-            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0
-        ):
-            raise fail("top_k", self.top_k, "a whole number >= 0 (0 turns it off)")
+        if self.top_k is not None:
+            whole(self, "top_k")
         if self.top_p is not None and (not finite(self.top_p) or not 0 < self.top_p <= 1):
             raise fail("top_p", self.top_p, "a number in (0, 1]")
         positive_int(self, "num_samples")

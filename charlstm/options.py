@@ -43,6 +43,8 @@ class Option:
     resumable: bool = False  # a resumed run may change it (the budget, the cadence, the device)
     sized: bool = False  # a preset sets it when the user leaves it unset
     negatable: bool = False  # an on/off switch given as --x/--no-x (otherwise a switch is --x alone)
+    from_base: bool = False  # the model's shape: a fine-tuning run (--init-from) takes it from its base
+    fine_tune: Any = None  # the default of a fine-tuning run, where it differs (docs/sweep.md, fine-tuning)
 
 
 def opt(default: Any, help: str, panel: Panel | None = None, **properties: Any) -> Any:  # noqa: A002

@@ -71,6 +71,14 @@ def positive_int(cfg: object, *names: str) -> None:
             raise fail(name, value, "a whole number greater than 0")
 
 
+def whole(cfg: object, *names: str) -> None:
+    """Refuse any of ``names`` that is not a whole number >= 0."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise fail(name, value, "a whole number >= 0")
+
+
 def optional_positive(cfg: object, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)

@@ -145,8 +145,8 @@ def test_options_are_checked_when_called(shared_run):
 def poisoned_step(real_step):
     """A training step whose loss comes out NaN."""
 
-    def step(learner, x, y, state, lr):
-        loss, state = real_step(learner, x, y, state, lr)
+    def step(learner, x, y, state, lr, *frozen):
+        loss, state = real_step(learner, x, y, state, lr, *frozen)
         return loss * float("nan"), state
 
     return step

@@ -116,10 +116,10 @@ def test_help_lists_every_option_with_its_default_and_flags_take_no_value():
         assert page.exit_code == 0 and "<bool>" not in page.stdout, command
     train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
     for option, default in [
-        ("--hidden", "by --preset: 256 micro, 384 tiny, 512 small, 768 medium"),
+        ("--hidden", "by --preset: 256 micro, 384 tiny, 512 small, 768 medium; the base's with --init-from"),
         ("--weight-drop", "by --preset: 0.25 micro/tiny/small, 0.4 medium"),
         ("--batch-size", "by --preset: 32 micro/tiny, 64 small/medium"),
-        ("--lr", "0.03"),
+        ("--lr", "0.03; 0.001 with --init-from"),
         ("--preset", "auto"),
         ("--schedule", "cosine"),
         ("--seed", "1337"),
@@ -650,8 +650,8 @@ def test_plot_and_runs_errors_are_one_line_exit_2(shared_run, tmp_path, monkeypa
 def poisoned_step(real_step):
     """A training step whose loss comes out NaN."""
 
-    def step(learner, x, y, state, lr):
-        loss, state = real_step(learner, x, y, state, lr)
+    def step(learner, x, y, state, lr, *frozen):
+        loss, state = real_step(learner, x, y, state, lr, *frozen)
         return loss * float("nan"), state
 
     return step

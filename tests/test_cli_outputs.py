@@ -116,18 +116,25 @@ def test_runs_never_cut_a_runs_name_and_fit_the_terminal():
     facts |= dict(steps=1454, elapsed=120.4, best_val_loss=1.4254, last_val_loss=1.4301, state="finished")
     facts |= dict(stopped_by="max_time", detail=None, last_change=1000.0)
     runs = [RunSummary(name=name, path=f"checkpoints/{name}", **facts) for name in names]
-    for width in (120, 100, 80, 60, 40):
-        console = Console(width=width, record=True, color_system=None)
-        console.print(runs_table(runs, "checkpoints", 1060.0, width))
-        lines = console.export_text().splitlines()
-        assert all(len(line) <= width for line in lines)
-        header = next(line for line in lines if line.startswith("run "))
-        shown = header.split()
-        assert shown == [c for c in RUN_COLUMNS if c in shown]  # in their order, none renamed or cut
-        assert set(RUN_COLUMNS) - set(shown) == set(RUNS_DROPPED_FIRST[: len(RUN_COLUMNS) - len(shown)])
-        for name in names:  # each name whole, at the start of its own row
-            assert any(line.split()[0] == name for line in lines if line.strip()), (width, lines)
-        if width >= 120:
-            assert shown == list(RUN_COLUMNS)
-        if width == 80:
-            assert {"model", "best", "last", "state"} <= set(shown)
+    lineage = {"path": "checkpoints/tinyshakespeare/best.pt", "sha256": "ab" * 32, "steps": 1454, "base": None}
+    for tuned in (False, True):  # the base column only where some run has a base
+        if tuned:
+            runs[1].lineage = lineage
+        columns = [c for c in RUN_COLUMNS if tuned or c != "base"]
+        dropped = [c for c in RUNS_DROPPED_FIRST if c in columns]
+        for width in (140, 120, 100, 80, 60, 40):
+            console = Console(width=width, record=True, color_system=None)
+            console.print(runs_table(runs, "checkpoints", 1060.0, width))
+            lines = console.export_text().splitlines()
+            assert all(len(line) <= width for line in lines)
+            header = next(line for line in lines if line.startswith("run "))
+            shown = header.split()
+            assert shown == [c for c in columns if c in shown]  # in their order, none renamed or cut
+            assert set(columns) - set(shown) == set(dropped[: len(columns) - len(shown)])
+            for name in names:  # each name whole, at the start of its own row
+                assert any(line.split()[0] == name for line in lines if line.strip()), (width, lines)
+            if width >= 120:
+                row = next(line for line in lines if line.startswith("tinyshakespeare-h256-again "))
+                assert shown == columns and (not tuned or row.split()[2] == "tinyshakespeare")
+            if width == 80:
+                assert {"model", "best", "last", "state"} <= set(shown)

@@ -156,6 +156,8 @@ def info_table(report: dict[str, Any]) -> Table:
     sizing = words.sizing(Sizing.from_dict(report["sizing"])) if report.get("sizing") else ""
     if sizing:
         table.add_row("sizing", sizing)
+    if report.get("lineage"):
+        table.add_row("started from", words.lineage(report["lineage"]))
     table.add_row("vocabulary", repr(report["vocab"]))
     for section, values in report["config"].items():
         table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))
@@ -188,11 +190,11 @@ RUNS_CAPTION = (
     "best, last: validation loss in nats/char. state: finished (budget spent), a signal's name (stopped by it), "
     "error, running (changed in the last 5 minutes), unknown (no end record: killed?)"
 )
-RUN_COLUMNS = ("run", "corpus", "model", "params", "steps", "time", "best", "last", "state", "changed")
+RUN_COLUMNS = ("run", "corpus", "base", "model", "params", "steps", "time", "best", "last", "state", "changed")
 
 
 # The columns a narrow terminal leaves out first, so that a run's name is never cut (issue 29, 13).
-RUNS_DROPPED_FIRST = ("changed", "corpus", "params", "time", "steps", "last", "model", "state", "best")
+RUNS_DROPPED_FIRST = ("changed", "base", "corpus", "params", "time", "steps", "last", "model", "state", "best")
 MIN_CORPUS = 6  # the corpus column's least width (its names end in an ellipsis below their own)
 
 
@@ -201,7 +203,7 @@ def runs_table(runs: list[Any], folder: str, now: float, width: int = 80) -> Tab
     the other commands take, so it is never wrapped nor cut: in a narrow terminal the corpus
     names shrink to an ellipsis, then the least needed columns are left out."""
     rows = [_run_row(run, now) for run in runs]
-    columns = list(RUN_COLUMNS)
+    columns = [c for c in RUN_COLUMNS if c != "base" or any(run.lineage for run in runs)]  # fine-tuned runs only
 
     def needed(shown: list[str]) -> int:  # the least width: each column and the one space after it
         widths = {c: max([cell_len(c)] + [cell_len(row[c]) for row in rows]) for c in shown}
@@ -212,11 +214,12 @@ def runs_table(runs: list[Any], folder: str, now: float, width: int = 80) -> Tab
     for column in RUNS_DROPPED_FIRST:
         if needed(columns) <= width:
             break
-        columns.remove(column)
+        if column in columns:
+            columns.remove(column)
     table = Table(title=f"charlstm runs: {folder}", caption=RUNS_CAPTION, caption_justify="left", box=None)
     table.padding = (0, 1, 0, 0)
     for column in columns:
-        left = column in ("run", "corpus", "model", "state")
+        left = column in ("run", "corpus", "base", "model", "state")
         table.add_column(  # only the corpus column gives way (rich narrows the columns that may wrap)
             column,
             justify="left" if left else "right",
@@ -234,6 +237,7 @@ def _run_row(run: Any, now: float) -> dict[str, str]:
     return {
         "run": run.name,
         "corpus": Path(run.corpus).name if run.corpus else "-",
+        "base": words.base_name(run.lineage),
         "model": f"{run.cell} {run.layers}x{run.hidden}" if run.layers else "-",
         "params": _count(run.params),
         "steps": f"{run.steps:,}",

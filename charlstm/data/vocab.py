@@ -90,6 +90,26 @@ class CharVocab:
         starts[len(self.chars) :] = (np.array(self.byte_values, dtype=np.int64) & 0xC0) != 0x80  # not a continuation
         return starts
 
+    def merged(self, other: CharVocab) -> CharVocab:
+        """A vocabulary that knows every character of both, with byte tokens if either has them: a
+        base model's vocabulary grown by a new corpus's (a fine-tuning run)."""
+        return CharVocab(self.chars + other.chars, self.byte_fallback or other.byte_fallback)
+
+    def sources_in(self, base: CharVocab) -> list[tuple[int, ...]]:
+        """For each id, the ids of ``base`` that write the same text: the one token of a character
+        or byte ``base`` has; the byte tokens of a character's UTF-8 form where ``base`` writes it
+        with bytes; none where ``base`` cannot write it."""
+        sources: list[tuple[int, ...]] = []
+        for c in self.chars:
+            known = base.index.get(c)
+            if known is not None:
+                sources.append((known,))
+            else:
+                sources.append(tuple(int(base.byte_ids[b]) for b in c.encode("utf-8")) if base.byte_fallback else ())
+        for b in self.byte_values:
+            sources.append((int(base.byte_ids[b]),) if base.byte_ids[b] >= 0 else ())
+        return sources
+
     @property
     def dtype(self) -> np.dtype:
         """Smallest unsigned dtype that holds every id."""

@@ -45,6 +45,7 @@ class RunSummary:
     stopped_by: str | None  # the end record's reason: max_steps, epochs, max_time, signal, nan, error
     detail: str | None  # the signal's name or the error's message
     last_change: float  # the newest modification time of its files, seconds since the epoch
+    lineage: dict[str, Any] | None = None  # the base it started from (--init-from), and that base's
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, the time of the last change in ISO 8601 with the local offset."""
@@ -93,6 +94,7 @@ def read_run(run_dir: Path, name: str, now: float) -> RunSummary:
         name=name,
         path=str(run_dir),
         corpus=ckpt.train_config.corpus if ckpt else None,
+        lineage=ckpt.lineage if ckpt else None,
         cell=getattr(ckpt.model_config, "cell", "lstm") if ckpt else None,
         layers=ckpt.model_config.layers if ckpt else None,
         hidden=ckpt.model_config.hidden if ckpt else None,

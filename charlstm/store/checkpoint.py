@@ -22,6 +22,10 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values (form
     corpus          dict | None        the training text: "path" (as given), "sha256", and what
                                        reading found: "chars", "tokens", "distinct", "own_coverage",
                                        "files", "skipped_files", "dropped_chars"
+    lineage         dict | None        the base of a run started with --init-from: "path", "sha256"
+                                       (of the file), "corpus", "corpus_sha256", "steps", and "base"
+                                       (its own lineage, or None); None for a run from scratch. Files
+                                       written before fine-tuning existed lack the key: None
 
 Files are read with ``torch.load(weights_only=True)``: anything but tensors and plain types is
 refused and nothing in a file runs. Older formats are read through explicit migrations
@@ -42,13 +46,14 @@ from typing import Any, ClassVar
 
 import torch
 
+from charlstm.choices import Cell
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
 from charlstm.files import atomic_path, output_file
 from charlstm.net.model import CharLSTM, State, first_stream
 from charlstm.store.migrations import MIGRATIONS
-from charlstm.validate import DictRoundTrip
+from charlstm.validate import DictRoundTrip, shown
 
 FORMAT_VERSION = 5
 BEST, LAST = "best.pt", "last.pt"
@@ -66,7 +71,7 @@ EXPORTED_PROGRESS = (
 )
 # JSON metadata of an export, beside "format" and "format_version" (format 1 had model_config,
 # train_config, vocab and progress); formats 2 and 3 also wrote "epoch", which migrates into progress
-EXPORTED_METADATA = ("model_config", "train_config", "vocab", "byte_fallback", "progress", "corpus")
+EXPORTED_METADATA = ("model_config", "train_config", "vocab", "byte_fallback", "progress", "corpus", "lineage")
 READ_METADATA = (*EXPORTED_METADATA, "epoch")
 
 
@@ -114,6 +119,7 @@ class Checkpoint:
     hidden: State | None = None
     corpus: dict[str, Any] | None = None
     averaged: dict[str, torch.Tensor] | None = None
+    lineage: dict[str, Any] | None = None  # the base of a fine-tuning run (training/finetune.py)
     path: Path | None = None  # not saved: the file it was read from
     file_version: int = FORMAT_VERSION  # not saved: the format that file was written in
 
@@ -130,6 +136,7 @@ class Checkpoint:
         "hidden",
         "corpus",
         "averaged",
+        "lineage",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +154,7 @@ class Checkpoint:
             "hidden": list(self.hidden) if self.hidden is not None else None,
             "corpus": self.corpus,
             "averaged": self.averaged,
+            "lineage": self.lineage,
         }
 
     @classmethod
@@ -156,6 +164,12 @@ class Checkpoint:
         while payload["format_version"] < FORMAT_VERSION:
             payload = MIGRATIONS[payload["format_version"]](payload)
         hidden = payload.get("hidden")
+        cell = (payload.get("model_config") or {}).get("cell", Cell.LSTM.value)
+        if cell not in Cell.values():
+            raise UserError(
+                f"{str(path)!r} holds a model with a cell this version of charlstm does not know ({shown(cell)}, "
+                f"expected one of {', '.join(Cell.values())}); upgrade charlstm to read it"
+            )
         try:
             return cls(
                 model_config=ModelConfig.from_dict(payload["model_config"]),
@@ -168,6 +182,7 @@ class Checkpoint:
                 hidden=tuple(hidden) if hidden else None,
                 corpus=payload.get("corpus"),
                 averaged=dict(payload["averaged"]) if payload.get("averaged") else None,
+                lineage=dict(payload["lineage"]) if payload.get("lineage") else None,
                 path=path,
                 file_version=version,
             )
@@ -229,6 +244,7 @@ class Checkpoint:
             "precision": p.precision,
             "sizing": p.sizing or None,  # the preset chosen for the budget (presets.Sizing)
             "corpus": self.corpus,
+            "lineage": self.lineage,
             "config": {"model": self.model_config.to_dict(), "train": self.train_config.to_dict()},
             # resume always continues from the run's last.pt, whichever file was inspected
             "resume": resume_command(self.path.parent) if self.optimizer is not None and self.path else None,

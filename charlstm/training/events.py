@@ -20,6 +20,16 @@ class VocabStats:
     own_coverage: float  # share of the text's characters that have their own token
 
 
+@dataclass(frozen=True)
+class VocabMerge:
+    """How a fine-tuning run's vocabulary came from its base's and the new corpus's."""
+
+    kept: int  # the base's characters that the new text has: their rows kept as they were
+    unused: int  # the base's characters that the new text lacks: kept too, so the model still reads them
+    added: int  # the new text's characters that the base did not have: new rows
+    added_share: float  # share of the new text's characters that are added ones
+
+
 @dataclass
 class Started:
     run_dir: Path
@@ -35,6 +45,8 @@ class Started:
     processes: int = 1  # training this model together (torchrun)
     saved_processes: int | None = None  # resumed from a run saved by this other number of processes
     sizing: Sizing | None = None  # the preset chosen for the budget (a new run only)
+    merge: VocabMerge | None = None  # a new run started from a base (--init-from)
+    base: str | None = None  # that base's file
 
 
 @dataclass

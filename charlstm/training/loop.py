@@ -260,6 +260,8 @@ def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
             processes=run.procs.world,
             saved_processes=run.saved_world,
             sizing=None if st.step or not st.sizing else Sizing.from_dict(st.sizing),
+            merge=None if st.step else run.merge,
+            base=(run.lineage or {}).get("path") if run.merge else None,
         )
     )
 
@@ -352,7 +354,8 @@ def _train(run: Run, on_event: EventFn, stop: StopFlag | None) -> TrainResult:
     while reason is None:
         lr = current_lr(run)
         x, y = next_batch(run)
-        summed, run.hidden = train_step(run.learner, x, y, run.hidden, lr)
+        frozen = run.fraction() < run.tcfg.freeze_embedding
+        summed, run.hidden = train_step(run.learner, x, y, run.hidden, lr, frozen)
         session.window.loss += summed
         st.step, st.chunk = st.step + 1, st.chunk + 1
         session.tick(run)

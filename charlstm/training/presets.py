@@ -124,6 +124,8 @@ class Sizing(DictRoundTrip):
     kept: list[str] = field(default_factory=list)  # sized options the user set, which win
     default_budget: bool = False  # no budget was given: the default epochs
     speed_passes: list[float] = field(default_factory=list)  # each timed pass of the probe, chars/s
+    from_base: dict[str, Any] = field(default_factory=dict)  # a fine-tuning run's shape, from its base
+    fine_tuned: dict[str, Any] = field(default_factory=dict)  # the fine-tuning defaults it took
 
 
 def fillable(tcfg: TrainConfig, unset: frozenset[str]) -> frozenset[str]:
@@ -138,14 +140,20 @@ def fillable(tcfg: TrainConfig, unset: frozenset[str]) -> frozenset[str]:
 
 
 def choose(
-    tcfg: TrainConfig, unset: frozenset[str], train_tokens: int, chars_per_s: float | None, world: int = 1
+    tcfg: TrainConfig,
+    unset: frozenset[str],
+    train_tokens: int,
+    chars_per_s: float | None,
+    world: int = 1,
+    fixed: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
 ) -> Sizing:
     """The preset for this run: ``--preset NAME``, or under ``auto`` the one the budget calls for;
     none when there is nothing left to fill. A chunk that ``world`` processes cannot share evenly
-    is left as it is."""
-    filled = fillable(tcfg, unset)
+    is left as it is. ``fixed``: what a fine-tuning run took from its base and its defaults,
+    which no preset changes (and the user did not set)."""
+    filled, kept = fillable(tcfg, unset), [k for k in SIZED if k not in unset and not any(k in f for f in fixed)]
     if not filled:
-        return Sizing("", ChosenBy.USER.value, None, None, {}, [k for k in SIZED if k not in unset])
+        return Sizing("", ChosenBy.USER.value, None, None, {}, kept, from_base=fixed[0], fine_tuned=fixed[1])
     if tcfg.preset != PresetName.AUTO:
         preset, passes = PRESETS[tcfg.preset], None
     else:
@@ -154,10 +162,9 @@ def choose(
     if preset.batch_size % world:
         filled -= frozenset(STEP_OPTIONS)
     applied = {k: v for k, v in preset.options().items() if k in filled}
-    kept = [k for k in SIZED if k not in unset]
     by = ChosenBy.BUDGET if tcfg.preset == PresetName.AUTO else ChosenBy.PRESET
     speed = chars_per_s if passes is not None and tcfg.max_time is not None else None
-    return Sizing(preset.name, by.value, passes, speed, applied, kept, not tcfg.has_budget)
+    return Sizing(preset.name, by.value, passes, speed, applied, kept, not tcfg.has_budget, [], *fixed)
 
 
 def apply(sizing: Sizing, tcfg: TrainConfig, mcfg: ModelConfig) -> tuple[TrainConfig, ModelConfig]:

@@ -46,6 +46,11 @@ def resume_run(
     """Rebuild a run from its ``last.pt`` exactly as it was saved; ``options`` are those the user
     gave again, of which only the budget and logging ones may differ from the run's. With several
     processes, the main one reads the checkpoint and gives it to the others."""
+    if options.get("init_from") is not None:
+        raise UserError(
+            "--init-from cannot be used with --resume: --resume continues a run, --init-from starts a new one "
+            "from a base; drop one of them"
+        )
     ckpt = on_main(procs, lambda: _resumable(load_checkpoint(path, prefer=LAST)))
     run_dir = ckpt.path.parent
     tcfg = _resumed_config(ckpt, options, run_dir)
@@ -66,7 +71,7 @@ def resume_run(
     learner = Learner.of(model, optimizer, state.precision, tcfg.grad_clip, char_starts(corpus, device), procs)
     run = Run(tcfg, ckpt.model_config, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs, hidden)
     run.averager = Averager(model, ckpt.averaged) if tcfg.average else None
-    run.logged = ckpt.train_config.tensorboard
+    run.logged, run.lineage = ckpt.train_config.tensorboard, ckpt.lineage
     run.saved_world = restore_rng(ckpt.rng, device, procs, tcfg.seed + run.state.step)
     on_main(procs, lambda: (remove_stale_temporaries(run_dir), write_config(run)))
     run.state.metrics_lines = on_main(procs, lambda: rewrite_metrics(run))  # every process counts the same lines

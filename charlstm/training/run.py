@@ -26,8 +26,10 @@ from charlstm.store import configfile, metrics, tensorboard
 from charlstm.store.checkpoint import BEST, LAST, Checkpoint, RunState
 from charlstm.store.configfile import CONFIG
 from charlstm.store.metrics import METRICS
+from charlstm.training import finetune
 from charlstm.training.average import Averager
 from charlstm.training.distributed import SINGLE, Processes, gather_objects, gather_rows, main_first, on_main
+from charlstm.training.events import VocabMerge
 from charlstm.training.sizing import sized_model
 from charlstm.training.step import Learner, make_optimizer
 
@@ -58,6 +60,8 @@ class Run:
     averager: Averager | None = None  # the averaged weights, under --average
     event_log: tensorboard.EventLog | None = None  # this session's, under --tensorboard (the main process)
     logged: bool = False  # whether the session that saved the checkpoint wrote the TensorBoard log
+    lineage: dict[str, Any] | None = None  # the base a fine-tuning run started from (finetune.py)
+    merge: VocabMerge | None = None  # how that run's vocabulary came about (a new run only)
 
     @property
     def epoch_float(self) -> float:
@@ -132,9 +136,11 @@ def new_run(
     procs: Processes = SINGLE,
     unset: frozenset[str] = frozenset(),
     keep_memory: bool = False,
+    given: frozenset[str] = frozenset(),
 ) -> Run:
     """Build a fresh run: corpus, splits, model, optimizer, run directory (``keep_memory``: see
-    :func:`training_device`). The options in
+    :func:`training_device`); with ``--init-from``, from a base (``finetune.py``; ``given``: the
+    options the user set, which the base's shape must agree with). The options in
     ``unset`` (left to charlstm) take the values of the preset the budget calls for
     (``presets.py``; under ``auto`` with ``--max-steps``, the chunk and cadence stay as they
     are). The directory is checked before the corpus is read (which can take a while) and
@@ -146,7 +152,12 @@ def new_run(
     source = main_first(procs, lambda: resolve_corpus(tcfg.corpus, progress=progress), local=True)
     run_dir = Path(tcfg.out) if tcfg.out else default_run_dir(source)
     on_main(procs, lambda: check_run_dir(run_dir, overwrite))
-    corpus = main_first(procs, lambda: load_corpus(source, Reading.of(tcfg), progress), local=True)
+    base = finetune.read_base(tcfg.init_from) if tcfg.init_from else None
+    fixed: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    if base is not None:
+        begun = finetune.start(tcfg, mcfg, given, unset, base)
+        tcfg, mcfg, unset, fixed = begun.tcfg, begun.mcfg, begun.unset, (begun.from_base, begun.fine_tuned)
+    corpus, merge = main_first(procs, lambda: _corpus(source, tcfg, base, progress), local=True)
     train_tokens, val_tokens = split_tokens(corpus.tokens, tcfg.val_fraction)
     tcfg, mcfg = training_configs({"vocab_size": len(corpus.vocab), "out": str(run_dir)}, (tcfg, mcfg))
     device = training_device(tcfg, procs, keep_memory)
@@ -155,8 +166,10 @@ def new_run(
         check_trainable(train_tokens, val_tokens, cfg.batch_size, cfg.seq_len)
         return rank_batches(train_tokens, cfg, procs)
 
-    sized = sized_model(tcfg, mcfg, unset, batches_for, device, procs)
+    sized = sized_model(tcfg, mcfg, unset, batches_for, device, procs, fixed)
     tcfg, mcfg, batches, model = sized.tcfg, sized.mcfg, sized.batches, sized.model
+    if base is not None:
+        finetune.load_base(model, base.checkpoint, corpus.vocab)
     on_main(procs, lambda: make_run_dir(run_dir))
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
@@ -165,8 +178,18 @@ def new_run(
     state = RunState(chunks_per_epoch=len(batches), precision=sized.precision, sizing=sized.sizing.to_dict())
     run = Run(tcfg, mcfg, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs)
     run.averager = Averager(model) if tcfg.average else None
+    run.lineage, run.merge = (base.lineage, merge) if base is not None else (None, None)
     on_main(procs, lambda: write_config(run))
     return run
+
+
+def _corpus(
+    source: CorpusSource, tcfg: TrainConfig, base: finetune.Base | None, progress: ProgressFn | None
+) -> tuple[TokenizedCorpus, VocabMerge | None]:
+    """A new run's corpus: in its own vocabulary, or in its base's grown by it."""
+    if base is None:
+        return load_corpus(source, Reading.of(tcfg), progress), None
+    return finetune.corpus_for(base, source, Reading.of(tcfg), progress)
 
 
 def training_device(tcfg: TrainConfig, procs: Processes, keep_memory: bool = False) -> torch.device:
@@ -213,6 +236,7 @@ def to_checkpoint(run: Run) -> Checkpoint:
         hidden=hidden,
         corpus=corpus.record(),
         averaged=run.averager.state_dict() if run.averager is not None else None,
+        lineage=run.lineage,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -36,17 +37,18 @@ def sized_model(
     batches_for: Callable[[TrainConfig], StreamBatches],
     device: torch.device,
     procs: Processes,
+    fixed: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
 ) -> SizedRun:
     """A new run's configs, batches, model, precision and sizing. Under a time budget the model of
     the given configs is built and timed first, and built again only if the preset changes it or
     the chunk it trains on (the precision is chosen on that chunk). The seed is set before each
-    build, so the weights depend only on the final configs."""
+    build, so the weights depend only on the final configs. ``fixed``: see ``presets.choose``."""
     batches = batches_for(tcfg)
     built, speed = None, None
     if needs_speed(tcfg, unset):
         built = _seeded_model(tcfg, mcfg, batches, device, procs)
         speed = _run_speed(*built, batches, device, procs, tcfg.grad_clip)
-    sizing = choose(tcfg, unset, len(batches.tokens), speed and speed.chars_per_s, procs.world)
+    sizing = choose(tcfg, unset, len(batches.tokens), speed and speed.chars_per_s, procs.world, fixed)
     if speed is not None and sizing.chars_per_s is not None:
         sizing = replace(sizing, speed_passes=[round(p, 1) for p in speed.passes])
     sized_t, sized_m = apply(sizing, tcfg, mcfg)

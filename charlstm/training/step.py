@@ -64,12 +64,13 @@ def _wrapped(model: CharLSTM, procs: Processes, device: torch.device) -> torch.n
 
 
 def train_step(
-    learner: Learner, x: torch.Tensor, y: torch.Tensor, state: State | None, lr: float
+    learner: Learner, x: torch.Tensor, y: torch.Tensor, state: State | None, lr: float, freeze_embedding: bool = False
 ) -> tuple[torch.Tensor, State]:
     """One optimizer step on chunk (x, y), each (B, T), from the carried ``state``, minimising the
     mean loss per token. Returns (2,): the loss summed over the chunk in nats and the characters
     predicted (the tokens, less the byte tokens that continue a character), so that logs are per
-    character; and the new state, detached."""
+    character; and the new state, detached. ``freeze_embedding``: the embedding gets no gradient,
+    so the optimizer leaves it as it is (no update, no weight decay, no moment change)."""
     for group in learner.optimizer.param_groups:
         group["lr"] = lr
     state = detach_state(state) if state is not None else None
@@ -78,6 +79,8 @@ def train_step(
     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
     learner.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if freeze_embedding:
+        learner.model.embed.weight.grad = None
     if learner.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(learner.model.parameters(), learner.grad_clip, foreach=True)
     learner.optimizer.step()

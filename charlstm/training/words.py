@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import signal
+from pathlib import Path
 
 from charlstm.choices import ChosenBy, StopReason
 from charlstm.config import DEFAULT_EPOCHS
@@ -44,9 +45,13 @@ def vocab(stats: VocabStats) -> str:
 def sizing(s: Sizing) -> str:
     """The preset chosen for a new run and why; empty when the preset set nothing (the user gave
     every sized option, or a checkpoint from before sizing)."""
+    base = "".join(
+        f"; {values(part)} {why}"
+        for part, why in ((s.from_base, "from the base"), (s.fine_tuned, "for fine-tuning"))
+        if part
+    )
     if not s.applied:
-        return ""
-    values = " ".join(f"{option(k)} {v:g}" for k, v in s.applied.items())
+        return f"sized from the base: {base[2:]}" if base else ""
     if s.chosen_by == ChosenBy.PRESET:
         why = "as --preset asks"
     else:
@@ -58,7 +63,14 @@ def sizing(s: Sizing) -> str:
             timed = f", the median of {len(s.speed_passes)} timed passes" if s.speed_passes else ""
             why += f", measured at {s.chars_per_s / 1000:.0f}k chars/s here{timed}"
     kept = "".join(f"; {option(k)} as you set" for k in s.kept)
-    return f"sized {s.preset}: {values} ({why}{kept})"
+    return f"sized {s.preset}: {values(s.applied)} ({why}{kept}{base})"
+
+
+def values(options: dict) -> str:
+    """Options as a command line gives them: "--hidden 768 --cell lstm"."""
+    return " ".join(
+        f"{option(k)} {v:g}" if isinstance(v, (int, float)) else f"{option(k)} {v}" for k, v in options.items()
+    )
 
 
 def start(event: Started) -> str:
@@ -72,10 +84,22 @@ def start(event: Started) -> str:
     )
 
 
+def merge(event: Started) -> str:
+    """Where a fine-tuning run's vocabulary came from; empty for any other run."""
+    m = event.merge
+    if m is None:
+        return ""
+    unused = f"; the {m.unused} of the base's that it lacks are kept too" if m.unused else ""
+    return (
+        f"started from {event.base}: {m.kept} of the text's characters known to the base, {m.added} added "
+        f"({m.added_share:.2%} of the text){unused}"
+    )
+
+
 def start_notes(event: Started) -> list[str]:
-    """The lines after the first: the sizing, the processes, a resume's new random streams, and
-    the files left out of the corpus."""
-    lines = [sizing(event.sizing)] if event.sizing else []
+    """The lines after the first: a fine-tuning run's base, the sizing, the processes, a resume's
+    new random streams, and the files left out of the corpus."""
+    lines = [merge(event), sizing(event.sizing) if event.sizing else ""]
     if event.processes > 1:
         lines.append(f"{event.processes} processes train together (torchrun)")
     if event.saved_processes is not None:
@@ -130,3 +154,23 @@ def stopped_by(result: TrainResult) -> str:
 def resume_hint(result: TrainResult) -> str:
     """What a stopped run says before its summary: the command that continues it."""
     return f"stopped by signal; resume with:\n  {result.resume_command}"
+
+
+def lineage(record: dict | None) -> str:
+    """A fine-tuning run's bases, nearest first: "checkpoints/base/best.pt (sha256 86c4e6aa9db7,
+    tinyshakespeare, 2,400 steps), which started from ..."; empty for a run from scratch."""
+    parts = []
+    while record:
+        corpus = Path(record["corpus"]).name if record.get("corpus") else "corpus unknown"
+        sha = str(record.get("sha256") or "")[:12]
+        parts.append(f"{record.get('path')} (sha256 {sha}, {corpus}, {record.get('steps', 0):,} steps)")
+        record = record.get("base")
+    return ", which started from ".join(parts)
+
+
+def base_name(record: dict | None) -> str:
+    """A run's base as a short name: its run directory's, or its file's; "-" for none."""
+    if not record or not record.get("path"):
+        return "-"
+    path = Path(record["path"])
+    return path.parent.name if path.name in ("best.pt", "last.pt") else path.name

@@ -1,0 +1,168 @@
+"""A fine-tuning run (``--init-from``): a new run whose model starts from a trained base's.
+
+The base gives the model's shape (the options declared ``from_base``); the options declared
+with a ``fine_tune`` default take it unless given; the rest (regularisation, chunk, budget,
+output) are set or sized as in any run. The vocabulary is the base's grown by the new corpus's
+(``CharVocab.merged``), and the weights are the base's, row for row where a token writes what a
+token of the base wrote; a new token's rows start from what the base knew of its text:
+
+- embedding: the mean of the base's rows for the bytes of its UTF-8 form (a base with byte
+  tokens), else the mean of all the base's rows;
+- output (head): a character the base wrote as bytes takes its first byte's row, and that byte's
+  probability is shared evenly between the byte and the new characters that begin with it (the
+  bias less log(n + 1)); for a base without byte tokens, the mean of the base's rows with the
+  rarest character's bias less log(n) for n new characters, so that together they start as
+  likely as one rare character.
+
+The run records its base (``lineage``): the file's sha256, its corpus, its steps, and its own base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from charlstm.config import ModelConfig, TrainConfig, train_options, training_configs
+from charlstm.data.corpus import Reading, TokenizedCorpus, load_corpus, load_in_vocab
+from charlstm.data.sources import CorpusSource, ProgressFn
+from charlstm.data.vocab import CharVocab
+from charlstm.errors import UserError
+from charlstm.options import option
+from charlstm.store.checkpoint import Checkpoint, load_checkpoint
+from charlstm.training.events import VocabMerge
+
+FROM_BASE = tuple(d.name for d in train_options() if d.option.from_base)  # the model's shape
+FINE_TUNE = {  # the fine-tuning defaults that differ from a run's from scratch
+    d.name: d.option.fine_tune for d in train_options() if d.option.fine_tune not in (None, d.default)
+}
+HASH_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Base:
+    """The trained model a fine-tuning run starts from, and what the run records of it."""
+
+    checkpoint: Checkpoint
+    lineage: dict[str, Any]  # path, sha256, corpus, corpus_sha256, steps, base (its own lineage, or None)
+
+
+@dataclass(frozen=True)
+class FineTuneStart:
+    """A fine-tuning run's configs, and what was set for it rather than by the user or a preset."""
+
+    tcfg: TrainConfig
+    mcfg: ModelConfig
+    unset: frozenset[str]  # the sized options a preset may still fill
+    from_base: dict[str, Any]  # the shape, from the base
+    fine_tuned: dict[str, Any]  # the fine-tuning defaults applied (options the user left unset)
+
+
+def file_sha256(path: Any) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_base(spec: str) -> Base:
+    """The base checkpoint (a run directory means its best.pt), read as any checkpoint is (older
+    formats migrated, nothing but plain data accepted); it is only ever read."""
+    ckpt = load_checkpoint(spec)
+    ckpt.build_model()  # refuse now a base whose weights do not fit its config
+    corpus = ckpt.corpus or {}
+    lineage = {
+        "path": str(ckpt.path),
+        "sha256": file_sha256(ckpt.path),
+        "corpus": corpus.get("path"),
+        "corpus_sha256": corpus.get("sha256"),
+        "steps": ckpt.progress.step,
+        "base": ckpt.lineage,
+    }
+    return Base(ckpt, lineage)
+
+
+def start(
+    tcfg: TrainConfig, mcfg: ModelConfig, given: frozenset[str], unset: frozenset[str], base: Base
+) -> FineTuneStart:
+    """The configs of a run fine-tuned from ``base``: its shape (a given option that differs is
+    refused, naming the base's value), the fine-tuning defaults for the options left unset."""
+    shape = {name: getattr(base.checkpoint.model_config, name) for name in FROM_BASE}
+    for name in sorted(given & shape.keys()):
+        if getattr(mcfg, name) != shape[name]:
+            raise UserError(
+                f"{option(name)} {getattr(mcfg, name)!r} differs from the base's {shape[name]!r}; a run started "
+                f"with --init-from keeps the base's {', '.join(option(n) for n in FROM_BASE)}, so drop the option"
+            )
+    defaults = {name: value for name, value in FINE_TUNE.items() if name not in given}
+    tcfg, mcfg = training_configs({**shape, **defaults}, (tcfg, mcfg))
+    return FineTuneStart(tcfg, mcfg, unset - shape.keys() - defaults.keys(), shape, defaults)
+
+
+def corpus_for(
+    base: Base, source: CorpusSource, reading: Reading, progress: ProgressFn | None
+) -> tuple[TokenizedCorpus, VocabMerge]:
+    """The new corpus in the base's vocabulary grown by its own (as ``reading`` would build it for
+    a run from scratch), and what the merge kept and added."""
+    own = load_corpus(source, reading, progress).vocab
+    known = base.checkpoint.vocab
+    corpus = load_in_vocab(source, reading, known.merged(own), progress)
+    vocab = corpus.vocab
+    added = [i for i, c in enumerate(vocab.chars) if c not in known.index]
+    counts = np.bincount(np.asarray(corpus.tokens), minlength=len(vocab))
+    present = [c for c in known.chars if counts[vocab.index[c]] > 0]
+    share = float(counts[added].sum()) / max(corpus.stats.chars, 1)
+    return corpus, VocabMerge(len(present), len(known.chars) - len(present), len(added), share)
+
+
+def merged_weights(base: Checkpoint, vocab: CharVocab) -> dict[str, torch.Tensor]:
+    """The base's weights for a model over ``vocab`` (the base's grown by ``CharVocab.merged``):
+    the rows of every token the base had, bitwise, and new rows as the module's docstring says."""
+    state = dict(base.model)
+    sources = vocab.sources_in(base.vocab)
+    embed, weight, bias = (state[k] for k in ("embed.weight", "head.weight", "head.bias"))
+    new_embed = embed.new_empty((len(vocab), embed.shape[1]))
+    new_weight, new_bias = weight.new_empty((len(vocab), weight.shape[1])), bias.new_empty(len(vocab))
+    own = len(base.vocab.chars)  # the base's character rows (its byte tokens follow)
+    fresh = [i for i, s in enumerate(sources) if not s]
+    leads: dict[int, int] = {}  # first byte's base id -> new characters that begin with it
+    for s in sources:
+        if len(s) > 1:
+            leads[s[0]] = leads.get(s[0], 0) + 1
+    for i, s in enumerate(sources):
+        if len(s) == 1:
+            new_embed[i], new_weight[i], new_bias[i] = embed[s[0]], weight[s[0]], bias[s[0]]
+        elif s:
+            new_embed[i] = embed[list(s)].mean(0)
+            new_weight[i], new_bias[i] = weight[s[0]], bias[s[0]] - math.log(leads[s[0]] + 1)
+        else:
+            new_embed[i], new_weight[i] = embed[:own].mean(0), weight[:own].mean(0)
+            new_bias[i] = bias[:own].min() - math.log(len(fresh))
+    for lead, n in leads.items():  # the byte keeps its share of what it stood for
+        for i, s in enumerate(sources):
+            if s == (lead,):
+                new_bias[i] = bias[lead] - math.log(n + 1)
+    state.update({"embed.weight": new_embed, "head.weight": new_weight, "head.bias": new_bias})
+    return state
+
+
+def load_base(model: torch.nn.Module, base: Checkpoint, vocab: CharVocab) -> None:
+    """Set ``model`` (built over ``vocab`` with the base's shape) to the base's merged weights."""
+    weights = merged_weights(base, vocab)
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in weights.items()})
+
+
+def described(lineage: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """A run's bases, nearest first, each without its own base (for ``info`` and ``runs``)."""
+    chain = []
+    while lineage:
+        chain.append({k: v for k, v in lineage.items() if k != "base"})
+        lineage = lineage.get("base")
+    return chain
