@@ -1,12 +1,8 @@
-"""Configuration dataclasses, one per concern, validated once when they are built.
-
-Field names match the command-line options (``seq_len`` is ``--seq-len``) and the keywords of
-the Python API, so a validation message can name the option the user typed. Each field that is
-an option declares it in its metadata (``opt``: help, panel, shown default, resumable, sized;
-see ``options.py``): the command line, config files, the API and the docs are built from these
-declarations. Every config is saved inside every checkpoint as a plain dict (``to_dict``) and
-rebuilt with ``from_dict``, which tolerates fields added or dropped between versions.
-"""
+"""Configuration dataclasses, one per concern, validated once when they are built. Field names are
+the command-line options (``seq_len`` is ``--seq-len``) and the API's keywords; each option is
+declared in its field's metadata (``opt``, see ``options.py``), from which the command line,
+config files, the API and the docs are built. Every config is saved in every checkpoint as a
+plain dict (``to_dict``), rebuilt by ``from_dict``, which tolerates fields added or dropped."""
 
 from __future__ import annotations
 
@@ -27,10 +23,18 @@ from charlstm.choices import (
 )
 from charlstm.errors import UserError
 from charlstm.options import Declared, Panel, by_panel, declared, opt, split
-from charlstm.validate import DictRoundTrip, check_seed, choice, fail, finite, optional_positive, positive_int, whole
+from charlstm.validate import (
+    DictRoundTrip,
+    cell_ids,
+    check_seed,
+    choice,
+    fail,
+    finite,
+    optional_positive,
+    positive_int,
+    whole,
+)
 
-# The defaults of a fine-tuning run (--init-from), chosen by measurement: docs/sweep.md (fine-tuning).
-FINE_TUNE_LR, FINE_TUNE_WARMUP, FINE_TUNE_FREEZE = 1e-3, 20, 0.0
 DEFAULT_MAX_VOCAB = 128  # characters with their own token; chosen by measurement, see docs/sweep.md
 MAX_SAMPLES = 100_000
 DATA, MODEL, OPTIM, BUDGET, OUTPUT, HW = Panel
@@ -55,6 +59,7 @@ class ModelConfig(DictRoundTrip):
         "DropConnect on the recurrent weights, the same connections dropped at every step of a chunk, in [0, 1).",
         MODEL,
         sized=True,
+        fine_tune=0.5,
     )
     embed_dropout: float = opt(0.0, "Drop whole characters' embeddings, a new choice each chunk, in [0, 1).", MODEL)
 
@@ -98,11 +103,16 @@ class TrainConfig(DictRoundTrip):
         "Characters per chunk of truncated backpropagation through time (auto keeps {default} under --max-steps).",
         OPTIM,
         sized=True,
+        fine_tune=64,
     )
     batch_size: int = opt(
-        64, "Parallel contiguous streams per batch (auto keeps {default} under --max-steps).", OPTIM, sized=True
+        64,
+        "Parallel contiguous streams per batch (auto keeps {default} under --max-steps).",
+        OPTIM,
+        sized=True,
+        fine_tune=32,
     )
-    lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True, fine_tune=FINE_TUNE_LR)
+    lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True, fine_tune=3e-3)
     weight_decay: float = opt(0.2, "AdamW weight decay on weight matrices.", OPTIM, sized=True)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0: off).", OPTIM)
     average: float = opt(  # averaged weights for evaluation (AWD-LSTM): training/average.py
@@ -112,12 +122,12 @@ class TrainConfig(DictRoundTrip):
         OPTIM,
     )
     schedule: str = opt(Schedule.COSINE.value, "Learning-rate schedule: cosine, step, plateau or constant.", OPTIM)
-    warmup_steps: int = opt(50, "Steps of linear learning-rate warm-up.", OPTIM, fine_tune=FINE_TUNE_WARMUP)
+    warmup_steps: int = opt(50, "Steps of linear learning-rate warm-up.", OPTIM, fine_tune=20)
     freeze_embedding: float = opt(
         0.0,
         "Keep the character embedding as it is for this share of the run (0: never).",
         OPTIM,
-        fine_tune=FINE_TUNE_FREEZE,
+        fine_tune=0.0,
     )
     min_lr_ratio: float = opt(0.05, "Floor of the cosine/plateau schedule, as a fraction of --lr.", OPTIM)
     max_steps: int | None = opt(None, "Stop after this many optimizer steps.", BUDGET, shown="none", resumable=True)
@@ -143,9 +153,10 @@ class TrainConfig(DictRoundTrip):
         OUTPUT,
         resumable=True,
         sized=True,
+        fine_tune=50,  # often enough to keep the best before a small text is memorised (docs/sweep.md)
     )
     eval_chars: int = opt(  # of the validation split, per evaluation: 3.8 s of a 1x512 model on 2 cores
-        500_000, "Tokens of the validation split each evaluation reads.", OUTPUT, resumable=True
+        500_000, "Tokens of the validation split each evaluation reads.", OUTPUT, resumable=True, fine_tune=50_000
     )
     save_every: int = opt(
         250, "Write last.pt every N steps (auto keeps {default} under --max-steps).", OUTPUT, resumable=True, sized=True
@@ -172,14 +183,13 @@ class TrainConfig(DictRoundTrip):
         choice(self, "preset", PresetName)
         if not finite(self.lr) or self.lr <= 0:
             raise fail("lr", self.lr, "a learning rate greater than 0")
-        if not finite(self.average) or not 0 <= self.average <= 1:
-            raise fail("average", self.average, "a share of the run in [0, 1] (0 turns it off)")
+        for name in ("average", "freeze_embedding"):  # shares of the run
+            if not finite(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
+                raise fail(name, getattr(self, name), "a share of the run in [0, 1] (0 turns it off)")
         for name in ("weight_decay", "grad_clip"):
             if not finite(getattr(self, name)) or getattr(self, name) < 0:
                 raise fail(name, getattr(self, name), "a number >= 0 (0 turns it off)")
         whole(self, "warmup_steps", "sample_chars")
-        if not finite(self.freeze_embedding) or not 0 <= self.freeze_embedding <= 1:
-            raise fail("freeze_embedding", self.freeze_embedding, "a share of the run in [0, 1] (0 turns it off)")
         if not finite(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
             raise fail("min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
         optional_positive(self, "max_steps", "epochs", "max_time")
@@ -379,21 +389,9 @@ class ExplainConfig:
         if self.value is not None:
             choice(self, "value", ExplainValue)
         if self.cell_ids is not None:
-            object.__setattr__(self, "cell_ids", _cell_ids(self.cell_ids))
+            object.__setattr__(self, "cell_ids", cell_ids(self.cell_ids))
 
     @property
     def blocks(self) -> int:
         """How many cells to show when the cells are found automatically."""
         return self.cells or EXPLAIN_CELLS
-
-
-def _cell_ids(given: object) -> tuple[int, ...]:
-    """Cell numbers as a tuple without repeats, from a sequence or the command line's "3,17,200"."""
-    parts = given.split(",") if isinstance(given, str) else given
-    try:
-        ids = tuple(int(p) if isinstance(given, str) else p for p in parts)  # type: ignore[attr-defined]
-    except (ValueError, TypeError):  # not a number, or not a sequence
-        ids = ()
-    if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
-        raise fail("cell_ids", given, "cell numbers >= 0, separated by commas (e.g. 3,17,200)")
-    return tuple(dict.fromkeys(ids))

@@ -44,7 +44,7 @@ class Option:
     sized: bool = False  # a preset sets it when the user leaves it unset
     negatable: bool = False  # an on/off switch given as --x/--no-x (otherwise a switch is --x alone)
     from_base: bool = False  # the model's shape: a fine-tuning run (--init-from) takes it from its base
-    fine_tune: Any = None  # the default of a fine-tuning run, where it differs (docs/sweep.md, fine-tuning)
+    fine_tune: Any = None  # its default in a run started with --init-from, as measured (docs/sweep.md, Fine-tuning)
 
 
 def opt(default: Any, help: str, panel: Panel | None = None, **properties: Any) -> Any:  # noqa: A002

@@ -140,3 +140,15 @@ class DictRoundTrip:
         dict lacks (added after it was written) take their defaults."""
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def cell_ids(given: object) -> tuple[int, ...]:
+    """Cell numbers as a tuple without repeats, from a sequence or the command line's "3,17,200"."""
+    parts = given.split(",") if isinstance(given, str) else given
+    try:
+        ids = tuple(int(p) if isinstance(given, str) else p for p in parts)  # type: ignore[attr-defined]
+    except (ValueError, TypeError):  # not a number, or not a sequence
+        ids = ()
+    if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+        raise fail("cell_ids", given, "cell numbers >= 0, separated by commas (e.g. 3,17,200)")
+    return tuple(dict.fromkeys(ids))

@@ -110,13 +110,14 @@ def test_runs_never_cut_a_runs_name_and_fit_the_terminal():
 
     from charlstm.cli.render import RUN_COLUMNS, RUNS_DROPPED_FIRST, runs_table
     from charlstm.insight.runs import RunSummary
+    from charlstm.store.checkpoint import Lineage
 
     names = ["tinyshakespeare", "tinyshakespeare-h256-again", "h256"]
     facts = dict(corpus="corpora/tinyshakespeare.txt", cell="lstm", layers=1, hidden=512, params=1_216_577)
     facts |= dict(steps=1454, elapsed=120.4, best_val_loss=1.4254, last_val_loss=1.4301, state="finished")
     facts |= dict(stopped_by="max_time", detail=None, last_change=1000.0)
     runs = [RunSummary(name=name, path=f"checkpoints/{name}", **facts) for name in names]
-    lineage = {"path": "checkpoints/tinyshakespeare/best.pt", "sha256": "ab" * 32, "steps": 1454, "base": None}
+    lineage = Lineage("checkpoints/tinyshakespeare/best.pt", "ab" * 32, 1454)
     for tuned in (False, True):  # the base column only where some run has a base
         if tuned:
             runs[1].lineage = lineage

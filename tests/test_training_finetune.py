@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import RunsCodeWhenUnpickled, play_text, tiny_train_config
-from test_cli import TINY, assert_user_error, invoke
+from test_cli import TINY, assert_user_error, invoke, runner
 
 import charlstm
 from charlstm import api
-from charlstm.config import FINE_TUNE_LR, FINE_TUNE_WARMUP, ModelConfig
+from charlstm.cli.models import app
+from charlstm.config import ModelConfig
 from charlstm.data.corpus import Reading, load_in_vocab
 from charlstm.data.sources import resolve_corpus
-from charlstm.store.checkpoint import load_checkpoint
-from charlstm.training import words
+from charlstm.store.checkpoint import Lineage, load_checkpoint
+from charlstm.training import finetune, words
 from charlstm.training.evaluate import evaluate
 from charlstm.training.events import Progress, Started
 from charlstm.training.loop import StopFlag, train
@@ -90,16 +91,19 @@ def test_known_rows_are_kept_bitwise_and_new_rows_start_as_documented(which, req
             assert torch.allclose(weights["head.weight"][i], head[:own].mean(0))
             assert math.isclose(weights["head.bias"][i], bias[:own].min() - math.log(len(new)), rel_tol=1e-6)
     else:  # the mean of its bytes' rows in; out, its first byte's share of what that byte stood for
-        c = "東"
-        ids = [int(old.byte_ids[b]) for b in c.encode()]
-        lead = sum(1 for d in new if len(d.encode()) > 1 and d.encode()[0] == c.encode()[0])
-        i = vocab.index[c]
-        assert torch.allclose(weights["embed.weight"][i], embed[ids].mean(0))
-        assert torch.equal(weights["head.weight"][i], head[ids[0]])
-        assert math.isclose(weights["head.bias"][i], bias[ids[0]] - math.log(lead + 1), rel_tol=1e-6)
-        if "{" in new:  # an ASCII character the base wrote as its byte: that byte's rows, exactly
-            j, k = vocab.index["{"], int(old.byte_ids[ord("{")])
-            assert torch.equal(weights["embed.weight"][j], embed[k]) and torch.equal(weights["head.bias"][j], bias[k])
+        wide = [c for c in new if len(c.encode()) > 1]
+        assert {"è", "û", "é", "東"} <= set(wide)
+        for c in wide:
+            ids = [int(old.byte_ids[b]) for b in c.encode()]
+            lead = sum(1 for d in wide if d.encode()[0] == c.encode()[0])  # 3 for è, û and é (0xC3)
+            i, byte = vocab.index[c], int(vocab.byte_ids[c.encode()[0]])
+            assert torch.allclose(weights["embed.weight"][i], embed[ids].mean(0))
+            assert torch.equal(weights["head.weight"][i], head[ids[0]])
+            assert math.isclose(weights["head.bias"][i], bias[ids[0]] - math.log(lead + 1), rel_tol=1e-6)
+            assert math.isclose(weights["head.bias"][byte], bias[ids[0]] - math.log(lead + 1), rel_tol=1e-6)
+        assert "{" in new  # an ASCII character the base wrote as its byte: that byte's rows, exactly
+        j, k = vocab.index["{"], int(old.byte_ids[ord("{")])
+        assert torch.equal(weights["embed.weight"][j], embed[k]) and torch.equal(weights["head.bias"][j], bias[k])
 
 
 @pytest.mark.parametrize("which", ["base", "byte_base"])
@@ -139,17 +143,18 @@ def test_a_fine_tuning_run_resumes_bitwise_and_never_writes_its_base(cell, tmp_p
     ends = [load_checkpoint(tmp_path / "b" / "new" / name / "last.pt") for name in ("straight", "halves")]
     for key, value in ends[0].model.items():
         assert torch.equal(value, ends[1].model[key]), key
-    assert ends[0].lineage == ends[1].lineage and ends[1].lineage["sha256"] == files["best.pt"][0]
+    assert ends[0].lineage == ends[1].lineage and ends[1].lineage.sha256 == files["best.pt"][0]
     assert {p.name: (sha(p), p.stat().st_mtime_ns) for p in base_dir.iterdir()} == files
 
 
 def test_a_frozen_embedding_stays_as_the_base_left_it(base, tmp_path):
     run = fine_tune(base, tmp_path, freeze_embedding=1.0, max_steps=6)
-    start = run.learner.model.embed.weight.detach().clone()
+    start = {k: v.detach().clone() for k, v in run.learner.model.state_dict().items()}
     train(run)
     after = load_checkpoint(tmp_path / "tuned" / "last.pt")
-    assert torch.equal(after.model["embed.weight"], start)
-    assert not torch.equal(after.model["head.weight"], run.learner.model.head.weight.detach() * 0)
+    assert torch.equal(after.model["embed.weight"], start["embed.weight"])
+    assert not torch.equal(after.model["head.weight"], start["head.weight"])
+    start = start["embed.weight"]
     moved = fine_tune(base, tmp_path, "moved", max_steps=6)
     train(moved)
     assert not torch.equal(load_checkpoint(tmp_path / "moved" / "last.pt").model["embed.weight"], start)
@@ -162,7 +167,10 @@ def test_the_start_reports_the_merge_and_the_defaults_for_fine_tuning(base, tmp_
         ModelConfig(),
         given=frozenset({"corpus"}),
     )
-    assert run.tcfg.lr == FINE_TUNE_LR and run.tcfg.warmup_steps == FINE_TUNE_WARMUP
+    assert finetune.FINE_TUNE.keys() >= {"lr", "warmup_steps", "batch_size", "seq_len", "weight_drop"}
+    assert all(
+        getattr(run.tcfg, k, None) == v or getattr(run.mcfg, k, None) == v for k, v in finetune.FINE_TUNE.items()
+    )
     assert (run.mcfg.hidden, run.mcfg.layers, run.mcfg.embedding) == (16, 2, 8)
     train(run, events.append)
     started = next(e for e in events if isinstance(e, Started))
@@ -190,14 +198,16 @@ def test_the_api_keyword_records_lineage_shown_by_info_and_runs(base, tmp_path):
     assert lineage["base"]["corpus"].endswith("play.txt") and second.step == 3
     shown = invoke("info", tmp_path / "runs" / "two")
     assert shown.exit_code == 0 and "│ started from" in shown.stdout
-    assert words.lineage(lineage).count("which started from") == 1 and sha(base / "best.pt")[:12] in words.lineage(
-        lineage
-    )
+    said = words.lineage(Lineage.from_dict(lineage))
+    assert said.count("which started from") == 1 and sha(base / "best.pt")[:12] in said
     listed = invoke("runs", tmp_path / "runs", "--json")
     by_name = {r["name"]: r for r in json.loads(listed.stdout)}
     assert by_name["two"]["lineage"]["path"] == str(tmp_path / "runs" / "one" / "best.pt")
-    table = invoke("runs", tmp_path / "runs")
-    assert "base" in table.stdout and "one" in table.stdout
+    table = runner.invoke(app, ["runs", str(tmp_path / "runs")], env={"COLUMNS": "200"}).stdout.splitlines()
+    header = next(line.split() for line in table if line.startswith("run "))
+    rows = {line.split()[0]: line.split() for line in table if line.split()[:1] in (["one"], ["two"])}
+    column = header.index("base")
+    assert rows["two"][column] == "one" and rows["one"][column] == "base"
 
 
 SMALL = dict(seq_len=16, batch_size=4, eval_every=3, sample_chars=0, precision="fp32", device="cpu")
@@ -206,7 +216,7 @@ SMALL = dict(seq_len=16, batch_size=4, eval_every=3, sample_chars=0, precision="
 def test_an_export_serves_as_a_base_and_keeps_the_lineage(base, tmp_path):
     exported = api.export(base, tmp_path / "base.safetensors")
     run = fine_tune(exported, tmp_path)
-    assert run.lineage["sha256"] == sha(exported)
+    assert run.lineage.sha256 == sha(exported)
     assert torch.equal(run.learner.model.rnn.weight_hh_l0, load_checkpoint(base).model["lstm.weight_hh_l0"])
     assert load_checkpoint(exported).lineage is None
     train(replace(run, tcfg=replace(run.tcfg, max_steps=2)))
@@ -218,7 +228,7 @@ def test_an_export_serves_as_a_base_and_keeps_the_lineage(base, tmp_path):
 def test_older_checkpoint_formats_are_bases_through_the_migrations(old_folder, version, tmp_path):
     old = load_checkpoint(old_folder / f"v{version}_run")
     run = fine_tune(old_folder / f"v{version}_run", tmp_path)
-    assert old.file_version == version and run.lineage["steps"] == old.progress.step
+    assert old.file_version == version and run.lineage.steps == old.progress.step
     name = next(k for k in old.model if "weight_hh_l0" in k)
     assert torch.equal(run.learner.model.state_dict()[name], old.model[name])
 
@@ -227,6 +237,7 @@ def test_bad_bases_and_shapes_are_one_line_and_write_nothing(base, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     corpus = new_corpus(tmp_path)
     out = tmp_path / "out"
+    files = {p.name: (sha(p), p.stat().st_mtime_ns) for p in base.iterdir()}
 
     def attempt(*args: str, needles: tuple[str, ...]) -> None:
         assert_user_error(invoke("train", "--corpus", corpus, "--out", out, "--max-steps", "2", *args), *needles)
@@ -245,11 +256,22 @@ def test_bad_bases_and_shapes_are_one_line_and_write_nothing(base, tmp_path, mon
     unknown["model_config"]["cell"] = "xlstm"
     torch.save(unknown, tmp_path / "future.pt")
     attempt("--init-from", tmp_path / "future.pt", needles=("cell this version of charlstm does not know", "xlstm"))
-    before = sha(base / "last.pt")
+    same = invoke("train", "--corpus", corpus, "--out", base, "--overwrite", "--max-steps", "2", "--init-from", base)
+    assert_user_error(same, "is the base's own run directory")
     assert_user_error(
         invoke("train", "--resume", base, "--init-from", base), "--init-from cannot be used with --resume"
     )
-    assert sha(base / "last.pt") == before
+    assert {p.name: (sha(p), p.stat().st_mtime_ns) for p in base.iterdir()} == files
+    attempt("--init-from", tmp_path, needles=("holds no best.pt or last.pt",))
+    broken = load_checkpoint(base).to_dict()
+    del broken["model"]["embed.weight"]
+    torch.save(broken, tmp_path / "broken.pt")
+    attempt("--init-from", tmp_path / "broken.pt", needles=("do not fit its own config",))
+    damaged = {**load_checkpoint(base).to_dict(), "model_config": "x"}
+    torch.save(damaged, tmp_path / "damaged.pt")
+    attempt("--init-from", tmp_path / "damaged.pt", needles=("damaged charlstm checkpoint",))
+    with pytest.raises(charlstm.UserError, match="--init-from 123 is not valid"):
+        charlstm.train(str(corpus), init_from=123, out=str(out), max_steps=2)
     ok = invoke("train", "--corpus", corpus, "--out", out, "--max-steps", "2", "--init-from", base, "--hidden", "16",
                 *TINY[4:])  # fmt: skip
     assert ok.exit_code == 0, ok.output

@@ -133,8 +133,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(tiny_train, tiny_mod
     run = new_run(replace(tiny_train, max_steps=40, save_every=4, eval_every=8), tiny_model)
     real_step = training.train_step
 
-    def poisoned(learner, x, y, state, lr):
-        loss, state = real_step(learner, x, y, state, lr)
+    def poisoned(learner, x, y, state, lr, *frozen):
+        loss, state = real_step(learner, x, y, state, lr, *frozen)
         if run.state.step >= 13:  # counted before the increment: the 14th step goes bad
             with torch.no_grad():
                 for p in learner.model.parameters():
@@ -239,10 +239,10 @@ def test_a_session_that_raises_still_records_how_it_ended(
     run = new_run(replace(tiny_train, max_steps=40), tiny_model)
     real_step = training.train_step
 
-    def fails_at_step_5(learner, x, y, state, lr):
+    def fails_at_step_5(learner, x, y, state, lr, *frozen):
         if run.state.step == 5:
             raise raised
-        return real_step(learner, x, y, state, lr)
+        return real_step(learner, x, y, state, lr, *frozen)
 
     monkeypatch.setattr(training, "train_step", fails_at_step_5)
     with pytest.raises(type(raised)):

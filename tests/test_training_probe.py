@@ -28,9 +28,9 @@ def test_the_probe_times_whole_steps_on_a_copy_and_leaves_the_run_as_it_was(monk
     steps = []
     real_step = probe.train_step
 
-    def counted(learner, x, y, state, lr):
+    def counted(learner, x, y, state, lr, *frozen):
         steps.append((learner.model is model, tuple(x.shape), state is None))
-        return real_step(learner, x, y, state, lr)
+        return real_step(learner, x, y, state, lr, *frozen)
 
     monkeypatch.setattr(probe, "train_step", counted)
     reading = probe.training_speed(model, batches, torch.device("cpu"), "fp32")
@@ -58,10 +58,10 @@ def test_the_probe_times_the_model_and_chunk_that_then_train(corpus_file, tmp_pa
         readings.append(real_speed(model, batches, device, precision, grad_clip))
         return readings[-1]
 
-    def first_step(learner, x, y, state, lr):
+    def first_step(learner, x, y, state, lr, *frozen):
         if not trained:
             trained.append((learner.model.config, _weights(learner.model), tuple(x.shape), learner.precision))
-        return real_step(learner, x, y, state, lr)
+        return real_step(learner, x, y, state, lr, *frozen)
 
     monkeypatch.setattr(sizing, "training_speed", timed)
     monkeypatch.setattr(loop, "train_step", first_step)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from charlstm.store.checkpoint import Lineage
 from charlstm.training import words
 from charlstm.training.presets import Sizing
 
@@ -157,7 +158,7 @@ def info_table(report: dict[str, Any]) -> Table:
     if sizing:
         table.add_row("sizing", sizing)
     if report.get("lineage"):
-        table.add_row("started from", words.lineage(report["lineage"]))
+        table.add_row("started from", words.lineage(Lineage.from_dict(report["lineage"])))
     table.add_row("vocabulary", repr(report["vocab"]))
     for section, values in report["config"].items():
         table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))

@@ -16,7 +16,7 @@ from typing import Any
 from charlstm.choices import StopReason
 from charlstm.errors import UserError
 from charlstm.store import metrics
-from charlstm.store.checkpoint import BEST, LAST, Checkpoint, load_checkpoint
+from charlstm.store.checkpoint import BEST, LAST, Checkpoint, Lineage, load_checkpoint
 from charlstm.store.metrics import METRICS
 
 RECENT = 300.0  # seconds: a run without an end record whose files changed this recently is still running
@@ -45,7 +45,7 @@ class RunSummary:
     stopped_by: str | None  # the end record's reason: max_steps, epochs, max_time, signal, nan, error
     detail: str | None  # the signal's name or the error's message
     last_change: float  # the newest modification time of its files, seconds since the epoch
-    lineage: dict[str, Any] | None = None  # the base it started from (--init-from), and that base's
+    lineage: Lineage | None = None  # the base it started from (--init-from), and that base's
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, the time of the last change in ISO 8601 with the local offset."""

@@ -40,7 +40,7 @@ import math
 import pickle
 import shlex
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -105,6 +105,34 @@ class RunState(DictRoundTrip):
         return self.epoch + (self.chunk / self.chunks_per_epoch if self.chunks_per_epoch else 0.0)
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """The base a run started from (``--init-from``), as its checkpoints record it."""
+
+    path: str  # the base file, as it was read
+    sha256: str  # of that file
+    steps: int  # the base's steps
+    corpus: str | None = None  # the base's corpus, as it was given
+    corpus_sha256: str | None = None
+    base: Lineage | None = None  # the base's own lineage, when it was fine-tuned too
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, the base's own lineage nested."""
+        return {**asdict(self), "base": self.base.to_dict() if self.base else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lineage:
+        base = data.get("base")
+        return cls(
+            str(data["path"]),
+            str(data["sha256"]),
+            int(data.get("steps") or 0),
+            data.get("corpus"),
+            data.get("corpus_sha256"),
+            cls.from_dict(base) if base else None,
+        )
+
+
 @dataclass
 class Checkpoint:
     """Everything a run saves: enough to sample, evaluate and (with optimizer and RNG) resume."""
@@ -119,7 +147,7 @@ class Checkpoint:
     hidden: State | None = None
     corpus: dict[str, Any] | None = None
     averaged: dict[str, torch.Tensor] | None = None
-    lineage: dict[str, Any] | None = None  # the base of a fine-tuning run (training/finetune.py)
+    lineage: Lineage | None = None  # the base of a fine-tuning run (training/finetune.py)
     path: Path | None = None  # not saved: the file it was read from
     file_version: int = FORMAT_VERSION  # not saved: the format that file was written in
 
@@ -154,7 +182,7 @@ class Checkpoint:
             "hidden": list(self.hidden) if self.hidden is not None else None,
             "corpus": self.corpus,
             "averaged": self.averaged,
-            "lineage": self.lineage,
+            "lineage": self.lineage.to_dict() if self.lineage else None,
         }
 
     @classmethod
@@ -164,8 +192,9 @@ class Checkpoint:
         while payload["format_version"] < FORMAT_VERSION:
             payload = MIGRATIONS[payload["format_version"]](payload)
         hidden = payload.get("hidden")
-        cell = (payload.get("model_config") or {}).get("cell", Cell.LSTM.value)
-        if cell not in Cell.values():
+        model_config = payload.get("model_config")
+        cell = model_config.get("cell", Cell.LSTM.value) if isinstance(model_config, dict) else Cell.LSTM.value
+        if not isinstance(cell, str) or cell not in Cell.values():
             raise UserError(
                 f"{str(path)!r} holds a model with a cell this version of charlstm does not know ({shown(cell)}, "
                 f"expected one of {', '.join(Cell.values())}); upgrade charlstm to read it"
@@ -182,11 +211,11 @@ class Checkpoint:
                 hidden=tuple(hidden) if hidden else None,
                 corpus=payload.get("corpus"),
                 averaged=dict(payload["averaged"]) if payload.get("averaged") else None,
-                lineage=dict(payload["lineage"]) if payload.get("lineage") else None,
+                lineage=Lineage.from_dict(payload["lineage"]) if payload.get("lineage") else None,
                 path=path,
                 file_version=version,
             )
-        except (TypeError, ValueError, AttributeError) as e:  # UserError is a ValueError
+        except (TypeError, ValueError, AttributeError, KeyError) as e:  # UserError is a ValueError
             raise UserError(f"{str(path)!r} holds a damaged charlstm checkpoint ({e})") from None
 
     def save(self, path: Path) -> None:
@@ -210,7 +239,8 @@ class Checkpoint:
         try:
             model.load_state_dict(self.model)
         except (RuntimeError, KeyError, TypeError) as e:
-            raise UserError(f"{str(self.path)!r} has weights that do not fit its own config ({e})") from None
+            reason = " ".join(str(e).split())  # torch's message spans lines: one line for the user
+            raise UserError(f"{str(self.path)!r} has weights that do not fit its own config ({reason})") from None
         return model.to(device).eval()
 
     def warm_state(self) -> State | None:
@@ -244,7 +274,7 @@ class Checkpoint:
             "precision": p.precision,
             "sizing": p.sizing or None,  # the preset chosen for the budget (presets.Sizing)
             "corpus": self.corpus,
-            "lineage": self.lineage,
+            "lineage": self.lineage.to_dict() if self.lineage else None,
             "config": {"model": self.model_config.to_dict(), "train": self.train_config.to_dict()},
             # resume always continues from the run's last.pt, whichever file was inspected
             "resume": resume_command(self.path.parent) if self.optimizer is not None and self.path else None,

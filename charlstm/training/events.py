@@ -24,10 +24,11 @@ class VocabStats:
 class VocabMerge:
     """How a fine-tuning run's vocabulary came from its base's and the new corpus's."""
 
-    kept: int  # the base's characters that the new text has: their rows kept as they were
+    kept: int  # the new text's characters that the base had a token for: their rows kept as they were
     unused: int  # the base's characters that the new text lacks: kept too, so the model still reads them
-    added: int  # the new text's characters that the base did not have: new rows
-    added_share: float  # share of the new text's characters that are added ones
+    added: int  # the new text's characters that the base had no token for: new rows
+    added_share: float  # share of the new text's characters written with new rows
+    added_bytes: int = 0  # byte tokens added (a base without them, a text that needs them)
 
 
 @dataclass

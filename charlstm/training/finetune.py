@@ -8,11 +8,13 @@ token of the base wrote; a new token's rows start from what the base knew of its
 
 - embedding: the mean of the base's rows for the bytes of its UTF-8 form (a base with byte
   tokens), else the mean of all the base's rows;
-- output (head): a character the base wrote as bytes takes its first byte's row, and that byte's
-  probability is shared evenly between the byte and the new characters that begin with it (the
-  bias less log(n + 1)); for a base without byte tokens, the mean of the base's rows with the
-  rarest character's bias less log(n) for n new characters, so that together they start as
-  likely as one rare character.
+- output (head): an ASCII character the base wrote as its byte token takes that token's rows
+  whole; a character the base wrote as several bytes takes its first byte's row, and that
+  byte's probability is shared evenly between the byte and the new characters that begin with
+  it (the bias less log(n + 1), the byte's own too); a row the base had nothing for (a base
+  without byte tokens: each new character, and each byte token when the new text needs them)
+  takes the mean of the base's character rows with the rarest character's bias less log(n) for
+  n such rows, so that together they start as likely as that one rare character.
 
 The run records its base (``lineage``): the file's sha256, its corpus, its steps, and its own base.
 """
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,7 @@ from charlstm.data.sources import CorpusSource, ProgressFn
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
 from charlstm.options import option
-from charlstm.store.checkpoint import Checkpoint, load_checkpoint
+from charlstm.store.checkpoint import Checkpoint, Lineage, find_checkpoint, load_checkpoint
 from charlstm.training.events import VocabMerge
 
 FROM_BASE = tuple(d.name for d in train_options() if d.option.from_base)  # the model's shape
@@ -42,6 +44,7 @@ FINE_TUNE = {  # the fine-tuning defaults that differ from a run's from scratch
     d.name: d.option.fine_tune for d in train_options() if d.option.fine_tune not in (None, d.default)
 }
 HASH_BLOCK = 1 << 20
+COUNT_BLOCK = 1 << 24  # tokens counted at a time
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Base:
     """The trained model a fine-tuning run starts from, and what the run records of it."""
 
     checkpoint: Checkpoint
-    lineage: dict[str, Any]  # path, sha256, corpus, corpus_sha256, steps, base (its own lineage, or None)
+    lineage: Lineage  # what the new run records of it
 
 
 @dataclass(frozen=True)
@@ -71,20 +74,24 @@ def file_sha256(path: Any) -> str:
     return digest.hexdigest()
 
 
-def read_base(spec: str) -> Base:
+def read_base(spec: str, run_dir: Path) -> Base:
     """The base checkpoint (a run directory means its best.pt), read as any checkpoint is (older
-    formats migrated, nothing but plain data accepted); it is only ever read."""
-    ckpt = load_checkpoint(spec)
+    formats migrated, nothing but plain data accepted); it is only ever read, so a new run in
+    its own run directory (``run_dir``), which would replace it, is refused. The file is hashed
+    before and after it is read, so the lineage names the weights the run starts from."""
+    path = find_checkpoint(spec)
+    if path.resolve().parent == run_dir.resolve():
+        raise UserError(
+            f"--out {str(run_dir)!r} is the base's own run directory, and a new run there would replace "
+            f"{path.name}; a run started with --init-from writes its own, so give another --out"
+        )
+    sha256 = file_sha256(path)
+    ckpt = load_checkpoint(path)
     ckpt.build_model()  # refuse now a base whose weights do not fit its config
+    if file_sha256(path) != sha256:
+        raise UserError(f"the base {str(path)!r} changed while it was read (is its run still training?); try again")
     corpus = ckpt.corpus or {}
-    lineage = {
-        "path": str(ckpt.path),
-        "sha256": file_sha256(ckpt.path),
-        "corpus": corpus.get("path"),
-        "corpus_sha256": corpus.get("sha256"),
-        "steps": ckpt.progress.step,
-        "base": ckpt.lineage,
-    }
+    lineage = Lineage(str(path), sha256, ckpt.progress.step, corpus.get("path"), corpus.get("sha256"), ckpt.lineage)
     return Base(ckpt, lineage)
 
 
@@ -113,12 +120,25 @@ def corpus_for(
     own = load_corpus(source, reading, progress).vocab
     known = base.checkpoint.vocab
     corpus = load_in_vocab(source, reading, known.merged(own), progress)
-    vocab = corpus.vocab
-    added = [i for i, c in enumerate(vocab.chars) if c not in known.index]
-    counts = np.bincount(np.asarray(corpus.tokens), minlength=len(vocab))
-    present = [c for c in known.chars if counts[vocab.index[c]] > 0]
-    share = float(counts[added].sum()) / max(corpus.stats.chars, 1)
-    return corpus, VocabMerge(len(present), len(known.chars) - len(present), len(added), share)
+    vocab, sources = corpus.vocab, corpus.vocab.sources_in(known)
+    counts = token_counts(corpus.tokens, len(vocab))
+    chars = len(vocab.chars)
+    added = [i for i in range(chars) if len(sources[i]) != 1]  # no token of the base wrote it alone
+    new_bytes = [i for i in range(chars, len(vocab)) if not sources[i]]
+    kept = sum(1 for i in range(chars) if len(sources[i]) == 1 and counts[i])
+    unused = sum(1 for c in known.chars if not counts[vocab.index[c]])
+    starts = vocab.char_starts()
+    written = counts[added].sum() + (counts[new_bytes] * starts[new_bytes]).sum()
+    share = float(written) / max(corpus.stats.chars, 1)
+    return corpus, VocabMerge(kept, unused, len(added), share, len(new_bytes))
+
+
+def token_counts(tokens: np.ndarray, size: int) -> np.ndarray:
+    """How often each id occurs, a block at a time (the tokens may be a large memory map)."""
+    counts = np.zeros(size, dtype=np.int64)
+    for start in range(0, len(tokens), COUNT_BLOCK):
+        counts += np.bincount(tokens[start : start + COUNT_BLOCK], minlength=size)
+    return counts
 
 
 def merged_weights(base: Checkpoint, vocab: CharVocab) -> dict[str, torch.Tensor]:
@@ -157,12 +177,3 @@ def load_base(model: torch.nn.Module, base: Checkpoint, vocab: CharVocab) -> Non
     weights = merged_weights(base, vocab)
     with torch.no_grad():
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in weights.items()})
-
-
-def described(lineage: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """A run's bases, nearest first, each without its own base (for ``info`` and ``runs``)."""
-    chain = []
-    while lineage:
-        chain.append({k: v for k, v in lineage.items() if k != "base"})
-        lineage = lineage.get("base")
-    return chain

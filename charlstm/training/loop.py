@@ -261,7 +261,7 @@ def _announce(run: Run, on_event: EventFn, stop: StopFlag | None) -> None:
             saved_processes=run.saved_world,
             sizing=None if st.step or not st.sizing else Sizing.from_dict(st.sizing),
             merge=None if st.step else run.merge,
-            base=(run.lineage or {}).get("path") if run.merge else None,
+            base=run.lineage.path if run.merge and run.lineage else None,
         )
     )
 

@@ -23,7 +23,7 @@ from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
 from charlstm.net.model import State
 from charlstm.store import configfile, metrics, tensorboard
-from charlstm.store.checkpoint import BEST, LAST, Checkpoint, RunState
+from charlstm.store.checkpoint import BEST, LAST, Checkpoint, Lineage, RunState
 from charlstm.store.configfile import CONFIG
 from charlstm.store.metrics import METRICS
 from charlstm.training import finetune
@@ -60,7 +60,7 @@ class Run:
     averager: Averager | None = None  # the averaged weights, under --average
     event_log: tensorboard.EventLog | None = None  # this session's, under --tensorboard (the main process)
     logged: bool = False  # whether the session that saved the checkpoint wrote the TensorBoard log
-    lineage: dict[str, Any] | None = None  # the base a fine-tuning run started from (finetune.py)
+    lineage: Lineage | None = None  # the base a fine-tuning run started from (finetune.py)
     merge: VocabMerge | None = None  # how that run's vocabulary came about (a new run only)
 
     @property
@@ -152,7 +152,7 @@ def new_run(
     source = main_first(procs, lambda: resolve_corpus(tcfg.corpus, progress=progress), local=True)
     run_dir = Path(tcfg.out) if tcfg.out else default_run_dir(source)
     on_main(procs, lambda: check_run_dir(run_dir, overwrite))
-    base = finetune.read_base(tcfg.init_from) if tcfg.init_from else None
+    base = on_main(procs, lambda: finetune.read_base(tcfg.init_from, run_dir)) if tcfg.init_from else None
     fixed: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
     if base is not None:
         begun = finetune.start(tcfg, mcfg, given, unset, base)

@@ -10,6 +10,9 @@ from pathlib import Path
 from charlstm.choices import ChosenBy, StopReason
 from charlstm.config import DEFAULT_EPOCHS
 from charlstm.options import option
+from charlstm.store.checkpoint import BEST as BEST_FILE
+from charlstm.store.checkpoint import LAST as LAST_FILE
+from charlstm.store.checkpoint import Lineage
 from charlstm.training.events import Compiling, Evaluated, Progress, Started, TrainResult, VocabStats
 from charlstm.training.presets import Sizing
 
@@ -90,8 +93,9 @@ def merge(event: Started) -> str:
     if m is None:
         return ""
     unused = f"; the {m.unused} of the base's that it lacks are kept too" if m.unused else ""
+    added = f"{m.added} added" + (f" and {m.added_bytes} byte tokens" if m.added_bytes else "")
     return (
-        f"started from {event.base}: {m.kept} of the text's characters known to the base, {m.added} added "
+        f"started from {event.base}: {m.kept} of the text's characters known to the base, {added} "
         f"({m.added_share:.2%} of the text){unused}"
     )
 
@@ -156,21 +160,20 @@ def resume_hint(result: TrainResult) -> str:
     return f"stopped by signal; resume with:\n  {result.resume_command}"
 
 
-def lineage(record: dict | None) -> str:
+def lineage(record: Lineage | None) -> str:
     """A fine-tuning run's bases, nearest first: "checkpoints/base/best.pt (sha256 86c4e6aa9db7,
-    tinyshakespeare, 2,400 steps), which started from ..."; empty for a run from scratch."""
+    tinyshakespeare.txt, 2,400 steps), which started from ..."; empty for a run from scratch."""
     parts = []
     while record:
-        corpus = Path(record["corpus"]).name if record.get("corpus") else "corpus unknown"
-        sha = str(record.get("sha256") or "")[:12]
-        parts.append(f"{record.get('path')} (sha256 {sha}, {corpus}, {record.get('steps', 0):,} steps)")
-        record = record.get("base")
+        corpus = Path(record.corpus).name if record.corpus else "corpus unknown"
+        parts.append(f"{record.path} (sha256 {record.sha256[:12]}, {corpus}, {record.steps:,} steps)")
+        record = record.base
     return ", which started from ".join(parts)
 
 
-def base_name(record: dict | None) -> str:
+def base_name(record: Lineage | None) -> str:
     """A run's base as a short name: its run directory's, or its file's; "-" for none."""
-    if not record or not record.get("path"):
+    if record is None:
         return "-"
-    path = Path(record["path"])
-    return path.parent.name if path.name in ("best.pt", "last.pt") else path.name
+    path = Path(record.path)
+    return path.parent.name if path.name in (BEST_FILE, LAST_FILE) else path.name
