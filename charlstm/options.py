@@ -81,6 +81,11 @@ class Declared:
     def help(self) -> str:
         return self.option.help.format(default=self.default)
 
+    @property
+    def fine_tuned(self) -> Any:
+        """Its default in a run started with --init-from where that differs from its own; else None."""
+        return None if self.option.fine_tune in (None, self.default) else self.option.fine_tune
+
 
 @functools.cache
 def declared(*configs: type) -> tuple[Declared, ...]:

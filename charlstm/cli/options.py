@@ -22,8 +22,8 @@ def shown_default(d: Declared) -> str | None:
     """The default ``--help`` shows for an option: its declared words, the presets' values for a
     sized one, or the field's own default, and a fine-tuning run's where it differs; None for none."""
     shown = _own_default(d)
-    if d.option.fine_tune is not None and d.option.fine_tune != d.default:
-        return f"{shown}; {d.option.fine_tune:g} with --init-from"
+    if d.fine_tuned is not None:
+        return f"{shown}; {d.fine_tuned:g} with --init-from"
     if d.option.from_base:
         return f"{shown}; the base's with --init-from"
     return shown

@@ -40,9 +40,7 @@ from charlstm.store.checkpoint import Checkpoint, Lineage, find_checkpoint, load
 from charlstm.training.events import VocabMerge
 
 FROM_BASE = tuple(d.name for d in train_options() if d.option.from_base)  # the model's shape
-FINE_TUNE = {  # the fine-tuning defaults that differ from a run's from scratch
-    d.name: d.option.fine_tune for d in train_options() if d.option.fine_tune not in (None, d.default)
-}
+FINE_TUNE = {d.name: d.fine_tuned for d in train_options() if d.fine_tuned is not None}  # where they differ
 HASH_BLOCK = 1 << 20
 COUNT_BLOCK = 1 << 24  # tokens counted at a time
 
