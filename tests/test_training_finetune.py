@@ -275,3 +275,10 @@ def test_bad_bases_and_shapes_are_one_line_and_write_nothing(base, tmp_path, mon
     ok = invoke("train", "--corpus", corpus, "--out", out, "--max-steps", "2", "--init-from", base, "--hidden", "16",
                 *TINY[4:])  # fmt: skip
     assert ok.exit_code == 0, ok.output
+    tuned = {p.name: sha(p) for p in out.iterdir() if p.is_file()}
+    again = invoke("train", "--resume", out, "--init-from", base, "--max-steps", "4")  # even its own base
+    assert_user_error(again, "--init-from cannot be used with --resume")
+    assert {p.name: sha(p) for p in out.iterdir() if p.is_file()} == tuned
+    from_file = invoke("train", "--config", base / "config.toml", "--init-from", base, "--corpus", corpus)
+    assert_user_error(from_file, "is the base's own run directory")
+    assert {p.name: (sha(p), p.stat().st_mtime_ns) for p in base.iterdir()} == files

@@ -89,7 +89,8 @@ def read_base(spec: str, run_dir: Path) -> Base:
     if file_sha256(path) != sha256:
         raise UserError(f"the base {str(path)!r} changed while it was read (is its run still training?); try again")
     corpus = ckpt.corpus or {}
-    lineage = Lineage(str(path), sha256, ckpt.progress.step, corpus.get("path"), corpus.get("sha256"), ckpt.lineage)
+    where = str(path.absolute())  # a lineage is read from anywhere
+    lineage = Lineage(where, sha256, ckpt.progress.step, corpus.get("path"), corpus.get("sha256"), ckpt.lineage)
     return Base(ckpt, lineage)
 
 

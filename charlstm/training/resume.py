@@ -46,12 +46,12 @@ def resume_run(
     """Rebuild a run from its ``last.pt`` exactly as it was saved; ``options`` are those the user
     gave again, of which only the budget and logging ones may differ from the run's. With several
     processes, the main one reads the checkpoint and gives it to the others."""
-    ckpt = on_main(procs, lambda: _resumable(load_checkpoint(path, prefer=LAST)))
-    if options.get("init_from") not in (None, ckpt.train_config.init_from):  # its own config.toml holds its base
+    if options.get("init_from") is not None:  # before anything is read: the run stays as it is
         raise UserError(
             "--init-from cannot be used with --resume: --resume continues a run, --init-from starts a new one "
             "from a base; drop one of them"
         )
+    ckpt = on_main(procs, lambda: _resumable(load_checkpoint(path, prefer=LAST)))
     run_dir = ckpt.path.parent
     tcfg = _resumed_config(ckpt, options, run_dir)
     if tcfg.tensorboard:  # every process: they stop together

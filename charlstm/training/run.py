@@ -151,8 +151,8 @@ def new_run(
         tensorboard.require()
     source = main_first(procs, lambda: resolve_corpus(tcfg.corpus, progress=progress), local=True)
     run_dir = Path(tcfg.out) if tcfg.out else default_run_dir(source)
-    on_main(procs, lambda: check_run_dir(run_dir, overwrite))
     base = on_main(procs, lambda: finetune.read_base(tcfg.init_from, run_dir)) if tcfg.init_from else None
+    on_main(procs, lambda: check_run_dir(run_dir, overwrite))  # after: a base's own directory is said as such
     fixed: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
     if base is not None:
         begun = finetune.start(tcfg, mcfg, given, unset, base)

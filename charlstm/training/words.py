@@ -54,7 +54,7 @@ def sizing(s: Sizing) -> str:
         if part
     )
     if not s.applied:
-        return f"sized from the base: {base[2:]}" if base else ""
+        return base[2:]
     if s.chosen_by == ChosenBy.PRESET:
         why = "as --preset asks"
     else:
@@ -92,7 +92,8 @@ def merge(event: Started) -> str:
     m = event.merge
     if m is None:
         return ""
-    unused = f"; the {m.unused} of the base's that it lacks are kept too" if m.unused else ""
+    unused = f"; the base's {m.unused} {'character' if m.unused == 1 else 'characters'} that it lacks kept too"
+    unused = unused if m.unused else ""
     added = f"{m.added} added" + (f" and {m.added_bytes} byte tokens" if m.added_bytes else "")
     return (
         f"started from {event.base}: {m.kept} of the text's characters known to the base, {added} "
