@@ -112,7 +112,7 @@ class TrainConfig(DictRoundTrip):
         sized=True,
         fine_tune=32,
     )
-    lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True, fine_tune=3e-3)
+    lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True, fine_tune=1e-2)
     weight_decay: float = opt(0.2, "AdamW weight decay on weight matrices.", OPTIM, sized=True)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0: off).", OPTIM)
     average: float = opt(  # averaged weights for evaluation (AWD-LSTM): training/average.py
