@@ -155,24 +155,21 @@ def merged_weights(base: Checkpoint, vocab: CharVocab) -> dict[str, torch.Tensor
         if len(s) > 1:
             leads[s[0]] = leads.get(s[0], 0) + 1
     for i, s in enumerate(sources):
-        if len(s) == 1:
-            new_embed[i], new_weight[i], new_bias[i] = embed[s[0]], weight[s[0]], bias[s[0]]
+        if len(s) == 1:  # a byte that new characters begin with keeps its share of what it stood for
+            new_embed[i], new_weight[i] = embed[s[0]], weight[s[0]]
+            new_bias[i] = bias[s[0]] - math.log(leads[s[0]] + 1) if s[0] in leads else bias[s[0]]
         elif s:
             new_embed[i] = embed[list(s)].mean(0)
             new_weight[i], new_bias[i] = weight[s[0]], bias[s[0]] - math.log(leads[s[0]] + 1)
         else:
             new_embed[i], new_weight[i] = embed[:own].mean(0), weight[:own].mean(0)
             new_bias[i] = bias[:own].min() - math.log(len(fresh))
-    for lead, n in leads.items():  # the byte keeps its share of what it stood for
-        for i, s in enumerate(sources):
-            if s == (lead,):
-                new_bias[i] = bias[lead] - math.log(n + 1)
     state.update({"embed.weight": new_embed, "head.weight": new_weight, "head.bias": new_bias})
     return state
 
 
 def load_base(model: torch.nn.Module, base: Checkpoint, vocab: CharVocab) -> None:
     """Set ``model`` (built over ``vocab`` with the base's shape) to the base's merged weights."""
-    weights = merged_weights(base, vocab)
+    weights, own = merged_weights(base, vocab), model.state_dict()
     with torch.no_grad():
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in weights.items()})
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
