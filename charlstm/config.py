@@ -60,6 +60,7 @@ class ModelConfig(DictRoundTrip):
         MODEL,
         sized=True,
         fine_tune=0.5,
+        far_text=True,
     )
     embed_dropout: float = opt(0.0, "Drop whole characters' embeddings, a new choice each chunk, in [0, 1).", MODEL)
 
@@ -112,7 +113,7 @@ class TrainConfig(DictRoundTrip):
         sized=True,
         fine_tune=32,
     )
-    lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True, fine_tune=1e-2)
+    lr: float = opt(3e-2, "Peak learning rate of AdamW.", OPTIM, sized=True, fine_tune=1e-2, far_text=True)
     weight_decay: float = opt(0.2, "AdamW weight decay on weight matrices.", OPTIM, sized=True)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0: off).", OPTIM)
     average: float = opt(  # averaged weights for evaluation (AWD-LSTM): training/average.py

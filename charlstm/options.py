@@ -45,6 +45,7 @@ class Option:
     negatable: bool = False  # an on/off switch given as --x/--no-x (otherwise a switch is --x alone)
     from_base: bool = False  # the model's shape: a fine-tuning run (--init-from) takes it from its base
     fine_tune: Any = None  # its default in a run started with --init-from, as measured (docs/sweep.md, Fine-tuning)
+    far_text: bool = False  # with --init-from, a run from scratch's value on a text far from the base's (finetune.py)
 
 
 def opt(default: Any, help: str, panel: Panel | None = None, **properties: Any) -> Any:  # noqa: A002

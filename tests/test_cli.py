@@ -117,9 +117,13 @@ def test_help_lists_every_option_with_its_default_and_flags_take_no_value():
     train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).stdout
     for option, default in [
         ("--hidden", "by --preset: 256 micro, 384 tiny, 512 small, 768 medium; the base's with --init-from"),
-        ("--weight-drop", "by --preset: 0.25 micro/tiny/small, 0.4 medium; 0.5 with --init-from"),
+        (
+            "--weight-drop",
+            "by --preset: 0.25 micro/tiny/small, 0.4 medium; 0.5 with --init-from, as from scratch on a text far from "
+            "the base's",
+        ),
         ("--batch-size", "by --preset: 32 micro/tiny, 64 small/medium; 32 with --init-from"),
-        ("--lr", "0.03; 0.01 with --init-from"),
+        ("--lr", "0.03; 0.01 with --init-from, as from scratch on a text far from the base's"),
         ("--preset", "auto"),
         ("--schedule", "cosine"),
         ("--seed", "1337"),

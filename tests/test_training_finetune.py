@@ -4,6 +4,7 @@ the new corpus's characters, its lineage recorded; the base is only ever read.""
 import hashlib
 import json
 import math
+import re
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -20,14 +21,17 @@ from charlstm.cli.models import app
 from charlstm.config import ModelConfig
 from charlstm.data.corpus import Reading, load_in_vocab
 from charlstm.data.sources import resolve_corpus
+from charlstm.data.vocab import CharVocab
 from charlstm.store.checkpoint import Lineage, load_checkpoint
 from charlstm.training import finetune, words
 from charlstm.training.evaluate import evaluate
 from charlstm.training.events import Progress, Started
 from charlstm.training.loop import StopFlag, train
+from charlstm.training.presets import SIZED, Sizing
 from charlstm.training.resume import resume_run
 from charlstm.training.run import new_run
 
+UNSET = frozenset(SIZED)  # the options a preset may size, as when the user leaves them all unset
 NEW_TEXT = "Crème brûlée {x_1} — 東京 and more.\n"  # characters a play never has, some beyond ASCII
 
 
@@ -168,9 +172,11 @@ def test_the_start_reports_the_merge_and_the_defaults_for_fine_tuning(base, tmp_
         given=frozenset({"corpus"}),
     )
     assert finetune.FINE_TUNE.keys() >= {"lr", "warmup_steps", "batch_size", "seq_len", "weight_drop"}
-    assert all(
-        getattr(run.tcfg, k, None) == v or getattr(run.mcfg, k, None) == v for k, v in finetune.FINE_TUNE.items()
-    )
+    far = finetune.Familiarity(run.state.sizing["base_loss"], run.state.sizing["guess_loss"]).far
+    moved = run.state.sizing["by_reading"]
+    assert moved.keys() == (set(finetune.FAR) if far else set())
+    expected = {**finetune.FINE_TUNE, **moved}
+    assert all(getattr(run.tcfg, k, None) == v or getattr(run.mcfg, k, None) == v for k, v in expected.items())
     assert (run.mcfg.hidden, run.mcfg.layers, run.mcfg.embedding) == (16, 2, 8)
     train(run, events.append)
     started = next(e for e in events if isinstance(e, Started))
@@ -282,3 +288,48 @@ def test_bad_bases_and_shapes_are_one_line_and_write_nothing(base, tmp_path, mon
     from_file = invoke("train", "--config", base / "config.toml", "--init-from", base, "--corpus", corpus)
     assert_user_error(from_file, "is the base's own run directory")
     assert {p.name: (sha(p), p.stat().st_mtime_ns) for p in base.iterdir()} == files
+
+
+def test_how_far_a_text_is_from_the_bases_moves_lr_and_weight_drop_toward_a_scratch_runs(base, tmp_path):
+    near, far = finetune.NEAR_TEXT, finetune.FAR_TEXT
+    assert [finetune.Familiarity(4 * (1 - b), 4).far for b in (0.7, near, (near + far) / 2, far, -0.2)] == (
+        pytest.approx([0, 0, 0.5, 1, 1])
+    )
+    assert set(finetune.FAR) == {"lr", "weight_drop"}  # declared far_text on the options (config.py)
+    tcfg, mcfg = replace(tiny_train_config(tmp_path, tmp_path / "x"), lr=0.03), ModelConfig(weight_drop=0.3)
+    between = finetune.Familiarity(4 * (1 - (near + far) / 2), 4)
+    tcfg, mcfg, moved = finetune.fit(tcfg, mcfg, {"lr": 0.01, "weight_drop": 0.5}, between)
+    assert moved == {"lr": 0.02, "weight_drop": 0.4} and (tcfg.lr, mcfg.weight_drop) == (0.02, 0.4)
+
+
+def test_the_base_reads_its_own_text_better_than_a_stranger_and_new_characters_as_a_guess(base, tmp_path):
+    ckpt = load_checkpoint(base)
+    vocab = ckpt.vocab.merged(CharVocab.from_counts(dict.fromkeys("αβγδεζηθ ", 1), 128))
+    own = np.asarray(vocab.encode(play_text(30_000, seed=5)))
+    shuffled = np.random.default_rng(0).permutation(own)
+    greek = vocab.encode("".join(np.random.default_rng(1).choice(list("αβγδεζηθ"), 30_000)))
+    reads = [finetune.familiarity(ckpt, vocab, np.asarray(t)) for t in (own, shuffled, greek)]
+    assert reads[0].better > finetune.NEAR_TEXT > reads[1].better  # a text near the base's, and its letters shuffled
+    assert reads[2].loss == pytest.approx(math.log(len(vocab))) and reads[2].far == 1  # nothing it ever wrote
+    changed = np.concatenate([own[: finetune.READ_TOKENS + 1], shuffled])  # what follows is never read
+    assert finetune.familiarity(ckpt, vocab, changed) == finetune.familiarity(ckpt, vocab, own)
+
+
+def test_a_far_text_takes_a_scratch_runs_lr_and_weight_drop_unless_the_user_set_them(base, tmp_path):
+    corpus = tmp_path / "greek.txt"
+    rng = np.random.default_rng(2)
+    corpus.write_text(" ".join("".join(rng.choice(list("αβγδεζηθ"), 5)) for _ in range(6_000)), encoding="utf-8")
+    cfg = tiny_train_config(corpus, tmp_path / "far", init_from=str(base), max_steps=2)
+    scratch = new_run(replace(cfg, init_from=None, out=str(tmp_path / "scratch")), ModelConfig(), unset=UNSET)
+    run = new_run(cfg, ModelConfig(), given=frozenset({"corpus"}), unset=UNSET)
+    assert (run.tcfg.lr, run.mcfg.weight_drop) == (scratch.tcfg.lr, scratch.mcfg.weight_drop) != (0.01, 0.5)
+    assert run.state.sizing["by_reading"] == {"lr": scratch.tcfg.lr, "weight_drop": scratch.mcfg.weight_drop}
+    assert "as from scratch for a text far from the base's" in words.sizing(Sizing.from_dict(run.state.sizing))
+    events: list = []
+    train(run, events.append)
+    line = words.merge(next(e for e in events if isinstance(e, Started)))
+    assert re.search(r"the base reads the text's start at [\d.]+ nats a token, -?\d+% better than a guess's", line)
+    assert line.endswith("a text far from the base's")
+    cfg = replace(cfg, out=str(tmp_path / "set"), lr=5e-3)
+    run = new_run(cfg, ModelConfig(), given=frozenset({"corpus", "lr"}), unset=UNSET - {"lr"})
+    assert (run.tcfg.lr, run.mcfg.weight_drop) == (5e-3, scratch.mcfg.weight_drop)

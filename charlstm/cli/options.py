@@ -23,7 +23,8 @@ def shown_default(d: Declared) -> str | None:
     sized one, or the field's own default, and a fine-tuning run's where it differs; None for none."""
     shown = _own_default(d)
     if d.fine_tuned is not None:
-        return f"{shown}; {d.fine_tuned:g} with --init-from"
+        far = ", as from scratch on a text far from the base's" if d.option.far_text else ""
+        return f"{shown}; {d.fine_tuned:g} with --init-from{far}"
     if d.option.from_base:
         return f"{shown}; the base's with --init-from"
     return shown

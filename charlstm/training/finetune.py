@@ -16,6 +16,12 @@ token of the base wrote; a new token's rows start from what the base knew of its
   takes the mean of the base's character rows with the rarest character's bias less log(n) for
   n such rows, so that together they start as likely as that one rare character.
 
+Before the first step the merged model reads the start of the new text (``familiarity``): a
+text near the base's keeps the fine-tuning defaults; on one the base reads hardly better than
+a uniform guess, its knowledge is little help and the run must learn fast, so the options
+declared ``far_text`` (the learning rate, the weight drop) take what a run from scratch would:
+the preset's value for the budget (``release``, then ``fit``); a text between takes a blend.
+
 The run records its base (``lineage``): the file's sha256, its corpus, its steps, and its own base.
 """
 
@@ -23,24 +29,29 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from charlstm.config import ModelConfig, TrainConfig, train_options, training_configs
 from charlstm.data.corpus import Reading, TokenizedCorpus, load_corpus, load_in_vocab
 from charlstm.data.sources import CorpusSource, ProgressFn
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
+from charlstm.net.model import CharLSTM
 from charlstm.options import option
 from charlstm.store.checkpoint import Checkpoint, Lineage, find_checkpoint, load_checkpoint
 from charlstm.training.events import VocabMerge
 
 FROM_BASE = tuple(d.name for d in train_options() if d.option.from_base)  # the model's shape
 FINE_TUNE = {d.name: d.fine_tuned for d in train_options() if d.fine_tuned is not None}  # where they differ
+FAR = tuple(d.name for d in train_options() if d.option.far_text)  # as from scratch on a far text
+NEAR_TEXT, FAR_TEXT = 0.4, 0.15  # Familiarity.better at or above which a text is near, at or below which far
+READ_TOKENS, READ_STREAMS = 20_000, 16  # the start of the training split the base reads first, in streams
 HASH_BLOCK = 1 << 20
 COUNT_BLOCK = 1 << 24  # tokens counted at a time
 
@@ -62,6 +73,27 @@ class FineTuneStart:
     unset: frozenset[str]  # the sized options a preset may still fill
     from_base: dict[str, Any]  # the shape, from the base
     fine_tuned: dict[str, Any]  # the fine-tuning defaults applied (options the user left unset)
+    released: dict[str, Any] = field(default_factory=dict)  # those left to the preset for a far text
+
+
+@dataclass(frozen=True)
+class Familiarity:
+    """How well the base reads the new text before any step: its loss on the start of the
+    training split, where a token the base never wrote (a new character) counts as a guess."""
+
+    loss: float  # nats per token
+    guess: float  # a uniform guess's: the log of the vocabulary's size
+
+    @property
+    def better(self) -> float:
+        """The share of a guess's loss the base saves: about 0.7 on its own text, 0.1 on Python
+        sources after Shakespeare, below 0 where it reads worse than a guess."""
+        return 1 - self.loss / self.guess
+
+    @property
+    def far(self) -> float:
+        """0 for a text near the base's, 1 for a far one, linear between (docs/sweep.md)."""
+        return min(max((NEAR_TEXT - self.better) / (NEAR_TEXT - FAR_TEXT), 0.0), 1.0)
 
 
 def file_sha256(path: Any) -> str:
@@ -109,6 +141,53 @@ def start(
     defaults = {name: value for name, value in FINE_TUNE.items() if name not in given}
     tcfg, mcfg = training_configs({**shape, **defaults}, (tcfg, mcfg))
     return FineTuneStart(tcfg, mcfg, unset - shape.keys() - defaults.keys(), shape, defaults)
+
+
+def familiarity(base: Checkpoint, vocab: CharVocab, tokens: np.ndarray) -> Familiarity:
+    """How well ``base``, grown to ``vocab``, reads the first ``READ_TOKENS`` of ``tokens`` (the
+    new text's training split, never its validation split), cut into streams each read from a
+    zero state, in float32 and with nothing dropped."""
+    guess = math.log(len(vocab))
+    count = min(READ_TOKENS, len(tokens) - 1)
+    if count < 1:
+        return Familiarity(guess, guess)
+    streams = max(1, min(READ_STREAMS, count // 64))
+    length = count // streams
+    cut = torch.from_numpy(np.asarray(tokens[: streams * length + 1], dtype=np.int64))
+    inputs, targets = cut[:-1].view(streams, length), cut[1:].reshape(-1)
+    model = CharLSTM(ModelConfig.from_dict({**base.model_config.to_dict(), "vocab_size": len(vocab)}))
+    load_base(model, base, vocab)
+    with torch.no_grad():
+        logits, _ = model.eval()(inputs)
+        nll = F.cross_entropy(logits.reshape(len(targets), -1).float(), targets, reduction="none")
+    known = torch.tensor([len(s) == 1 for s in vocab.sources_in(base.vocab)])
+    losses = torch.where(known[targets], nll, torch.full_like(nll, guess))
+    return Familiarity(float(losses.mean()), guess)
+
+
+def release(tcfg: TrainConfig, mcfg: ModelConfig, begun: FineTuneStart, read: Familiarity) -> FineTuneStart:
+    """Before sizing: for a text not near the base's, the ``FAR`` options' fine-tuning defaults
+    are released (back to their own defaults, and left for the preset to size as in a run from
+    scratch); ``fit`` moves them back toward the fine-tuning defaults after."""
+    released = {name: v for name, v in begun.fine_tuned.items() if name in FAR} if read.far else {}
+    own = {d.name: d.default for d in train_options() if d.name in released}
+    tcfg, mcfg = training_configs(own, (tcfg, mcfg))
+    kept = {name: v for name, v in begun.fine_tuned.items() if name not in released}
+    return replace(begun, tcfg=tcfg, mcfg=mcfg, unset=begun.unset | released.keys(), fine_tuned=kept, released=released)
+
+
+def fit(
+    tcfg: TrainConfig, mcfg: ModelConfig, released: dict[str, Any], read: Familiarity
+) -> tuple[TrainConfig, ModelConfig, dict[str, Any]]:
+    """After sizing: each released option at the value a run from scratch took, less the way back
+    to its fine-tuning default that the text is near the base's (none for a far text); also the
+    values it ends at."""
+    moved = {}
+    for name, near in released.items():
+        scratch = getattr(tcfg, name) if hasattr(tcfg, name) else getattr(mcfg, name)
+        moved[name] = float(f"{near + (scratch - near) * read.far:.3g}")
+    tcfg, mcfg = training_configs(moved, (tcfg, mcfg))
+    return tcfg, mcfg, moved
 
 
 def corpus_for(
@@ -168,8 +247,9 @@ def merged_weights(base: Checkpoint, vocab: CharVocab) -> dict[str, torch.Tensor
     return state
 
 
-def load_base(model: torch.nn.Module, base: Checkpoint, vocab: CharVocab) -> None:
-    """Set ``model`` (built over ``vocab`` with the base's shape) to the base's merged weights."""
+def load_base(model: CharLSTM, base: Checkpoint, vocab: CharVocab) -> CharLSTM:
+    """``model`` (built over ``vocab`` with the base's shape) set to the base's merged weights."""
     weights, own = merged_weights(base, vocab), model.state_dict()
     with torch.no_grad():
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+    return model

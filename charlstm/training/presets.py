@@ -126,6 +126,9 @@ class Sizing(DictRoundTrip):
     speed_passes: list[float] = field(default_factory=list)  # each timed pass of the probe, chars/s
     from_base: dict[str, Any] = field(default_factory=dict)  # a fine-tuning run's shape, from its base
     fine_tuned: dict[str, Any] = field(default_factory=dict)  # the fine-tuning defaults it took
+    by_reading: dict[str, Any] = field(default_factory=dict)  # and those moved by how far its text is
+    base_loss: float | None = None  # how well the base read the text (finetune.Familiarity)
+    guess_loss: float | None = None
 
 
 def fillable(tcfg: TrainConfig, unset: frozenset[str]) -> frozenset[str]:

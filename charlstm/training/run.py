@@ -21,7 +21,7 @@ from charlstm.data.sources import CorpusSource, ProgressFn, resolve_corpus
 from charlstm.device import keep_freed_memory, resolve_device
 from charlstm.errors import UserError
 from charlstm.files import atomic_write, remove_stale_temporaries
-from charlstm.net.model import State
+from charlstm.net.model import CharLSTM, State
 from charlstm.store import configfile, metrics, tensorboard
 from charlstm.store.checkpoint import BEST, LAST, Checkpoint, Lineage, RunState
 from charlstm.store.configfile import CONFIG
@@ -166,16 +166,24 @@ def new_run(
         check_trainable(train_tokens, val_tokens, cfg.batch_size, cfg.seq_len)
         return rank_batches(train_tokens, cfg, procs)
 
-    sized = sized_model(tcfg, mcfg, unset, batches_for, device, procs, fixed)
-    tcfg, mcfg, batches, model = sized.tcfg, sized.mcfg, sized.batches, sized.model
+    read = None  # on a text far from the base's, some options as from scratch (finetune.py)
     if base is not None:
-        finetune.load_base(model, base.checkpoint, corpus.vocab)
+        read = on_main(procs, lambda: finetune.familiarity(base.checkpoint, corpus.vocab, train_tokens))
+        begun = finetune.release(tcfg, mcfg, begun, read)
+        tcfg, mcfg, unset, fixed = begun.tcfg, begun.mcfg, begun.unset, (begun.from_base, begun.fine_tuned)
+    sized = sized_model(tcfg, mcfg, unset, batches_for, device, procs, fixed)
+    tcfg, mcfg, batches, model, sizing = sized.tcfg, sized.mcfg, sized.batches, sized.model, sized.sizing
+    if base is not None and read is not None:
+        tcfg, mcfg, moved = finetune.fit(tcfg, mcfg, begun.released, read)
+        applied = {k: v for k, v in sizing.applied.items() if k not in moved}
+        sizing = replace(sizing, applied=applied, by_reading=moved, base_loss=read.loss, guess_loss=read.guess)
+        model = finetune.load_base(CharLSTM(mcfg).to(device).train(), base.checkpoint, corpus.vocab)
     on_main(procs, lambda: make_run_dir(run_dir))
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own
     optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, device)
     learner = Learner.of(model, optimizer, sized.precision, tcfg.grad_clip, char_starts(corpus, device), procs)
-    state = RunState(chunks_per_epoch=len(batches), precision=sized.precision, sizing=sized.sizing.to_dict())
+    state = RunState(chunks_per_epoch=len(batches), precision=sized.precision, sizing=sizing.to_dict())
     run = Run(tcfg, mcfg, run_dir, RunData(corpus, batches, val_tokens), learner, state, procs)
     run.averager = Averager(model) if tcfg.average else None
     run.lineage, run.merge = (base.lineage, merge) if base is not None else (None, None)

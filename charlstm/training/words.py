@@ -14,6 +14,7 @@ from charlstm.store.checkpoint import BEST as BEST_FILE
 from charlstm.store.checkpoint import LAST as LAST_FILE
 from charlstm.store.checkpoint import Lineage
 from charlstm.training.events import Compiling, Evaluated, Progress, Started, TrainResult, VocabStats
+from charlstm.training.finetune import Familiarity
 from charlstm.training.presets import Sizing
 
 BEST = " (best)"  # the mark of an evaluation that set a new best, as evaluated() writes it
@@ -53,6 +54,9 @@ def sizing(s: Sizing) -> str:
         for part, why in ((s.from_base, "from the base"), (s.fine_tuned, "for fine-tuning"))
         if part
     )
+    if s.by_reading:
+        scratch = " as from scratch" if distance(s).startswith("far") else ""
+        base += f"; {values(s.by_reading)}{scratch} for a text {distance(s)}"
     if not s.applied:
         return base[2:]
     if s.chosen_by == ChosenBy.PRESET:
@@ -95,10 +99,25 @@ def merge(event: Started) -> str:
     unused = f"; the base's {m.unused} {'character' if m.unused == 1 else 'characters'} that it lacks kept too"
     unused = unused if m.unused else ""
     added = f"{m.added} added" + (f" and {m.added_bytes} byte tokens" if m.added_bytes else "")
+    s = event.sizing
+    read = ""
+    if s is not None and s.base_loss is not None and s.guess_loss is not None:
+        better = Familiarity(s.base_loss, s.guess_loss).better
+        read = (
+            f"; the base reads the text's start at {s.base_loss:.2f} nats a token, {better:.0%} better than a "
+            f"guess's {s.guess_loss:.2f}: a text {distance(s)}"
+        )
     return (
         f"started from {event.base}: {m.kept} of the text's characters known to the base, {added} "
-        f"({m.added_share:.2%} of the text){unused}"
+        f"({m.added_share:.2%} of the text){unused}{read}"
     )
+
+
+def distance(s: Sizing) -> str:
+    """How far a fine-tuning run's text is from its base's: "near the base's", "far from the
+    base's", or "40% of the way to far"."""
+    far = Familiarity(s.base_loss or 0.0, s.guess_loss or 1.0).far
+    return "near the base's" if far == 0 else "far from the base's" if far == 1 else f"{far:.0%} of the way to far"
 
 
 def start_notes(event: Started) -> list[str]:
