@@ -93,3 +93,31 @@ def test_the_state_read_token_by_token_is_the_prompt_read_at_once():
     read = st.read(ids)
     assert np.allclose(read.logits, primed.logits, atol=1e-5)
     assert np.allclose(read.xh[:, :, 33:], primed.xh[:, :, 33:], atol=1e-6)
+
+
+def test_a_stream_draws_its_own_numbers_in_order_wherever_it_moves():
+    """``draw``: each stream's uniforms come from its own generator, in order across calls of any
+    size; a removal moves a stream with its generator and the uniforms it had drawn ahead."""
+    st = stepper("lstm", "fp32")
+
+    def ids_of_mine(others: int, sizes: list[int], leave: list[int]) -> np.ndarray:
+        slots = Slots(st, CAPACITY, 1)
+        try:
+            for j in range(others):
+                slots.add(st.read([j + 5, 3]), SamplingRule(1.0), np.random.default_rng(100 + j))
+            mine = slots.add(st.read([1, 2, 3, 4]), SamplingRule(1.0, 5, 0.9), np.random.default_rng(7))
+            drawn = []
+            for n, size in enumerate(sizes):
+                drawn.append(slots.draw(size)[mine])
+                if n < len(leave) and leave[n] < slots.count and leave[n] != mine:
+                    moved = slots.remove(leave[n])
+                    mine = leave[n] if moved == mine else mine
+            return np.concatenate(drawn)
+        finally:
+            slots.close()
+
+    alone = ids_of_mine(0, [250, 250], [])
+    assert np.array_equal(alone, ids_of_mine(6, [37, 256, 7, 200], [0, 2, 1]))
+    assert np.array_equal(alone, ids_of_mine(3, [1] * 20 + [250, 230], [0]))
+    with pytest.raises(ValueError, match="tokens must be in 1..256"):
+        Slots(st, 2, 1).draw(257)

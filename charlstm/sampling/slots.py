@@ -5,7 +5,9 @@ A stream's text depends only on its own prompt, rule and random numbers: priming
 prompt alone (``Stepper.prime``, one stream), and every step computes each stream's numbers with
 the same code whatever the other streams are (``slot_kernels``). A stream that leaves frees its
 place at once: the last stream moves into it, so that the streams in use are always the first
-ones and a step reads only those (rounded up to a tile of ``TILE_STREAMS``).
+ones and a step reads only those (rounded up to a tile of ``TILE_STREAMS``). Everything about a
+place moves with it, its random numbers included: each stream draws with its own generator,
+``RANDOM_BLOCK`` uniforms at a time and in order (:meth:`Slots.draw`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from charlstm.sampling import kernels, slot_kernels
 from charlstm.sampling.draw import SamplingRule
 from charlstm.sampling.slot_kernels import TILE_STREAMS
 from charlstm.sampling.stepper import Stepper, StepState
+
+RANDOM_BLOCK = 256  # uniforms drawn ahead for each stream
 
 
 class Slots:
@@ -43,13 +47,17 @@ class Slots:
         self.temperature = np.zeros(places, np.float64)
         self.top_k = np.zeros(places, np.int64)
         self.top_p = np.ones(places, np.float64)
+        self.u = np.ones((places, RANDOM_BLOCK))  # each stream's next uniforms, from u[i, used[i]] on
+        self.used = np.zeros(places, np.int64)
+        self.rngs: list[np.random.Generator | None] = [None] * places
 
     @property
     def free(self) -> int:
         return self.capacity - self.count
 
-    def add(self, primed: StepState, rule: SamplingRule) -> int:
-        """Place a stream primed alone (``Stepper.prime`` of one prompt) with its rule; its index."""
+    def add(self, primed: StepState, rule: SamplingRule, rng: np.random.Generator | None = None) -> int:
+        """Place a stream primed alone (``Stepper.prime`` of one prompt) with its rule and the
+        generator it draws with (:meth:`draw`); its index."""
         if self.count >= self.capacity:
             raise RuntimeError("no free slot")
         i, n = self.count, self.xh.shape[2] // 2
@@ -57,6 +65,8 @@ class Slots:
         self.c[:, i] = primed.c[:, 0]
         self.logits[i] = primed.logits[0]
         self.temperature[i], self.top_k[i], self.top_p[i] = rule.args()
+        self.rngs[i], self.used[i] = rng, 0
+        self.u[i] = 1.0 - rng.random(RANDOM_BLOCK) if rng is not None else 1.0
         self.count += 1
         return i
 
@@ -73,9 +83,24 @@ class Slots:
             return None
         for a in (self.xh, self.c):
             a[:, i] = a[:, last]
-        for a in (self.logits, self.temperature, self.top_k, self.top_p):
+        for a in (self.logits, self.temperature, self.top_k, self.top_p, self.u, self.used):
             a[i] = a[last]
+        self.rngs[i], self.rngs[last] = self.rngs[last], None
         return last
+
+    def draw(self, tokens: int) -> np.ndarray:
+        """``run`` with each stream's own random numbers: its generator's uniforms, in order
+        whatever the calls' sizes (at most ``RANDOM_BLOCK`` tokens a call)."""
+        if not 0 < tokens <= RANDOM_BLOCK:
+            raise ValueError(f"tokens must be in 1..{RANDOM_BLOCK}, not {tokens}")
+        for i in np.flatnonzero(self.used[: self.count] + tokens > RANDOM_BLOCK):
+            rng = self.rngs[i]
+            if rng is not None:
+                self.u[i] = np.concatenate([self.u[i, self.used[i] :], 1.0 - rng.random(self.used[i])])
+            self.used[i] = 0
+        ids = self.run(self.u, self.used, tokens)
+        self.used[: self.count] += tokens
+        return ids
 
     def run(self, u: np.ndarray, start: np.ndarray, tokens: int) -> np.ndarray:
         """``tokens`` ids for every stream in use -> (count, tokens): each draws by its rule with its

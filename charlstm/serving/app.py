@@ -223,7 +223,7 @@ def _failed(piece: Piece) -> ApiError:
 
 async def _whole(service: Service, request: Request, completion: Completion, jobs: list[Job],
                  pieces: asyncio.Queue[Piece], head: dict[str, Any], prompt_tokens: int) -> Response:  # fmt: skip
-    texts = [_prompt_of(completion, j.index) if completion.echo else "" for j in jobs]
+    texts = [[_prompt_of(completion, j.index)] if completion.echo else [] for j in jobs]  # pieces, joined at the end
     finish: list[str | None] = [None] * len(jobs)
     tokens = [0] * len(jobs)
     try:
@@ -236,13 +236,13 @@ async def _whole(service: Service, request: Request, completion: Completion, job
                 continue
             if piece.error:
                 raise _failed(piece)
-            texts[piece.index] += piece.text
+            texts[piece.index].append(piece.text)
             tokens[piece.index] = piece.tokens
             finish[piece.index] = piece.finish
     finally:
         for job in jobs:
             job.cancelled = True  # those finished have left already; the rest leave at the next step
-    choices = [_choice(i, text, reason) for i, (text, reason) in enumerate(zip(texts, finish, strict=True))]
+    choices = [_choice(i, "".join(text), reason) for i, (text, reason) in enumerate(zip(texts, finish, strict=True))]
     return JSONResponse({**head, "choices": choices, "usage": _usage(prompt_tokens, sum(tokens))})
 
 

@@ -2,16 +2,20 @@
 
 Every choice of every request is a :class:`Job`. Jobs wait in a bounded queue; between two
 steps the worker primes waiting prompts (for a few milliseconds at most, so that a burst does not stall the
-streams running) and gives each a slot; then every job in a slot draws its next token and all
-of them advance in one compiled step (:class:`~charlstm.sampling.slots.Slots`). A job that
-reaches its length or a stop sequence, or whose client went away, leaves its slot at once.
+streams running) and gives each a slot; then every job in a slot draws its next tokens and all
+of them advance in one compiled call (:class:`~charlstm.sampling.slots.Slots`). After each call
+every job reads its new tokens: a job that reaches its length or a stop sequence (found as the
+text arrives, :mod:`~charlstm.serving.stops`), or whose client went away, leaves its slot in
+that call. A fault in one job's prompt or text ends that job alone (``INTERNAL``); a fault of the
+step itself ends the jobs in the slots, and the queue goes on.
 
-Each job has its own random generator (from the request's seed and the choice's index) and its
-numbers do not depend on the other slots, so a request gives the same text whatever else the
-server is doing. New text goes out through the job's ``deliver`` callback, called on the worker
-thread: the first token at once, then every ``FLUSH_SECONDS``; text that might be the start of a stop
-sequence is held back until it is known not to be, so streamed pieces add up to exactly the text
-of the same request without streaming.
+Each job has its own random generator (from the request's seed and the choice's index), kept
+with its slot, and its numbers do not depend on the other slots, so a request gives the same
+text whatever else the server is doing. New text goes out through the job's ``deliver``
+callback, called on the worker thread: the first token at once, the last piece at once, and
+between them every ``FLUSH_SECONDS``; text that might be the start of a stop sequence is held
+back until it is known not to be, so streamed pieces add up to exactly the text of the same
+request without streaming. A ``deliver`` that raises (its client gone) ends its job.
 """
 
 from __future__ import annotations
@@ -31,17 +35,17 @@ from charlstm.data.vocab import CharVocab, TextDecoder
 from charlstm.net.model import State
 from charlstm.sampling.draw import SamplingRule, priming_ids
 from charlstm.sampling.slot_kernels import TILE_STREAMS
-from charlstm.sampling.slots import Slots
-from charlstm.sampling.stepper import Stepper, StepState
+from charlstm.sampling.slots import RANDOM_BLOCK, Slots
+from charlstm.sampling.stepper import StepState
+from charlstm.serving.stops import StopMatcher
 
 log = logging.getLogger("charlstm.serve")
 
 FLUSH_SECONDS = 0.1  # a stream's new text goes out this often (its first token at once)
 CALL_SECONDS = 0.012  # tokens per compiled call: as many as take about this long (a new job waits for one call)
-MAX_TOKENS_PER_CALL = 64
+MAX_TOKENS_PER_CALL = min(64, RANDOM_BLOCK)
 TIMING_TOKENS = 16
 SHORT_PROMPT = 256  # tokens: a prompt up to this long is read by the compiled step, a longer one by torch
-RANDOM_BLOCK = 256  # uniforms drawn ahead for each stream
 ADMIT_SECONDS = 0.005  # priming waiting prompts between two calls stops after this long
 JOINING_CALL_SECONDS = 0.002  # a call while jobs wait for a free slot: they join sooner
 SHUTTING_DOWN = "the server is shutting down"
@@ -90,11 +94,9 @@ class Job:
     cancelled: bool = False  # set by the request's side when its client goes away
     # The worker's own:
     tokens: int = 0
-    text: str = ""
-    sent: int = 0  # characters of ``text`` handed out
-    pending: list[int] = field(default_factory=list)
+    unsent: list[str] = field(default_factory=list)  # certain text not yet handed out
     decoder: TextDecoder | None = None
-    rng: np.random.Generator | None = None
+    stops_found: StopMatcher | None = None
     first_token: float | None = None
     flushed: float = 0.0  # when its text last went out
 
@@ -112,25 +114,14 @@ class Meter:
 
 
 class Engine:
-    """Continuous batching over one model's ``Stepper`` with ``capacity`` slots and a queue of
-    at most ``max_queue`` waiting jobs. Call :meth:`start`, then :meth:`submit` from any thread."""
+    """Continuous batching over the ``slots`` of one model (``slots.stepper``) and a queue of at
+    most ``max_queue`` waiting jobs. Call :meth:`start`, then :meth:`submit` from any thread."""
 
-    def __init__(
-        self,
-        stepper: Stepper,
-        vocab: CharVocab,
-        start: State | None,
-        capacity: int,
-        max_queue: int,
-        meter: Meter | None = None,
-    ):
-        self.stepper, self.vocab, self.start_state = stepper, vocab, start
-        self.slots = Slots(stepper, capacity)
+    def __init__(self, slots: Slots, vocab: CharVocab, start: State | None, max_queue: int, meter: Meter | None = None):
+        self.slots, self.vocab, self.start_state = slots, vocab, start
         self.max_queue, self.meter = max_queue, meter or Meter()
         self._queue: deque[Job] = deque()
         self._jobs: list[Job] = []  # by slot
-        self._u = np.ones((self.slots.xh.shape[1], RANDOM_BLOCK))
-        self._upos = np.zeros(self.slots.xh.shape[1], np.int64)
         self._wake = threading.Condition()
         self._closing = False
         self._ready = threading.Event()
@@ -208,20 +199,19 @@ class Engine:
                     self._wake.wait()
                 if self._closing:
                     break
-            try:
-                self._admit()
-                if self._jobs:
-                    self._advance()
-            except Exception:  # a fault of ours: end what is in flight, say so, keep serving
-                log.exception("generation failed; ending the completions in flight")
-                self._end_all(INTERNAL)
+            self._admit()
+            if self._jobs:
+                self._advance()
             self.meter.load(self.active, self.queued)
-        self._end_all(SHUTTING_DOWN)
+        self._end(SHUTTING_DOWN, queued=True)
         self.slots.close()
 
-    def _end_all(self, error: str) -> None:
-        with self._wake:
-            waiting, self._queue = list(self._queue), deque()
+    def _end(self, error: str, queued: bool) -> None:
+        """End the jobs in the slots (and with ``queued``, those waiting), saying why."""
+        waiting: list[Job] = []
+        if queued:
+            with self._wake:
+                waiting, self._queue = list(self._queue), deque()
         for job in [*self._jobs, *waiting]:
             _safely(job.deliver, Piece(job.index, "", job.tokens, error=error))
         self._jobs.clear()
@@ -244,61 +234,90 @@ class Engine:
 
     def _place(self, job: Job) -> None:
         """Prime the job's prompt (once for all its request's choices) and give it a slot."""
-        job.decoder, job.rng = self.vocab.decoder(), _rng(job.seed, job.index)
+        job.decoder, job.stops_found = self.vocab.decoder(), StopMatcher(job.stops)
         if job.max_tokens == 0:
             _safely(job.deliver, Piece(job.index, "", 0, FinishReason.LENGTH))
             return
         if job.prompt.state is None:
             job.prompt.state = self._prime(job.prompt.ids)
-        i = self.slots.add(job.prompt.state, job.rule)
+        self.slots.add(job.prompt.state, job.rule, _rng(job.seed, job.index))
         self._jobs.append(job)
-        self._u[i], self._upos[i] = 1.0 - job.rng.random(RANDOM_BLOCK), 0
 
     def _prime(self, ids: list[int]) -> StepState:
         """A prompt read alone: token by token when short, else as one sequence through torch
         (which one depends on the prompt alone, so its text does not change with the load)."""
+        stepper = self.slots.stepper
         if len(ids) <= SHORT_PROMPT:
-            return self.stepper.read(ids, self.start_state)
-        return self.stepper.prime(torch.tensor([ids]), self.start_state)[1]
+            return stepper.read(ids, self.start_state)
+        return stepper.prime(torch.tensor([ids]), self.start_state)[1]
 
     def _advance(self) -> None:
-        """Every job in a slot draws and reads a few tokens in one call; those done leave."""
+        """Every job in a slot draws and reads a few tokens in one call; then each reads its new
+        tokens, and those done leave their slots."""
         count = self.slots.count
         joining = self._queue and self.slots.free  # more to prime: a short call, then admit again
         seconds = JOINING_CALL_SECONDS if joining else CALL_SECONDS
         tokens = max(1, min(MAX_TOKENS_PER_CALL, int(seconds / self._step_seconds)))
         tokens = min(tokens, min(job.max_tokens - job.tokens for job in self._jobs))  # none goes past its length
-        for i in np.flatnonzero(self._upos[:count] + tokens > RANDOM_BLOCK):  # keep each job's uniforms in order
-            self._u[i] = np.concatenate([self._u[i, self._upos[i] :], 1.0 - self._jobs[i].rng.random(self._upos[i])])
-            self._upos[i] = 0
         started = time.perf_counter()
-        ids = self.slots.run(self._u, self._upos, tokens)
+        try:
+            ids = self.slots.draw(tokens)
+        except Exception:  # the step itself: the jobs in the slots cannot go on, the queue can
+            log.exception("generation failed; ending the completions in the slots")
+            self._end(INTERNAL, queued=False)
+            return
         now = time.perf_counter()
         self._step_seconds = 0.5 * self._step_seconds + 0.5 * (now - started) / tokens
-        self._upos[:count] += tokens
         done = []
         for i, (job, row) in enumerate(zip(self._jobs, ids.tolist(), strict=True)):
-            if job.cancelled:
-                done.append(i)
-                continue
-            job.pending.extend(row)
-            job.tokens += len(row)
-            if job.first_token is None:
-                job.first_token = job.flushed = now
-                self.meter.first_token(now - job.submitted)
-            elif job.tokens < job.max_tokens and now - job.flushed < FLUSH_SECONDS:
-                continue
-            job.flushed = now
-            if _flush(job):
-                self.meter.finished(job.tokens, time.perf_counter() - job.first_token)
+            try:
+                if job.cancelled or self._read(job, row, now):
+                    done.append(i)
+            except Exception:  # this job's fault: it ends alone
+                log.exception("a completion failed; ending it")
+                _safely(job.deliver, Piece(job.index, "", job.tokens, error=INTERNAL))
                 done.append(i)
         self.meter.generated(count * tokens)
         for i in reversed(done):  # from the end: a job moved into a freed slot is never a done one
             moved = self.slots.remove(i)
             if moved is not None:
                 self._jobs[i] = self._jobs[moved]
-                self._u[i], self._upos[i] = self._u[moved], self._upos[moved]
             self._jobs.pop()
+
+    def _read(self, job: Job, row: list[int], now: float) -> bool:
+        """The job's new tokens decoded and searched for its stops, and what is certain handed out
+        when it is time; True when the job is done (or its receiver is gone)."""
+        assert job.decoder is not None and job.stops_found is not None
+        finish, matcher = None, job.stops_found
+        if matcher.stops:
+            for used, token in enumerate(row, 1):
+                fed = matcher.feed(job.decoder([token]))
+                job.unsent.append(fed.text)
+                if fed.stopped:
+                    job.tokens, finish = job.tokens + used, FinishReason.STOP
+                    break
+            else:
+                job.tokens += len(row)
+        else:
+            job.unsent.append(job.decoder(row))
+            job.tokens += len(row)
+        if finish is None and job.tokens >= job.max_tokens:
+            finish = FinishReason.LENGTH
+            job.unsent.append(matcher.finish())
+        first = job.first_token is None
+        if first:
+            job.first_token = now
+            self.meter.first_token(now - job.submitted)
+        elif finish is None and now - job.flushed < FLUSH_SECONDS:
+            return False
+        job.flushed = now
+        text = "".join(job.unsent)
+        job.unsent.clear()
+        if finish is not None:
+            self.meter.finished(job.tokens, now - job.first_token)
+        if text or finish is not None:
+            return not _handed(job.deliver, Piece(job.index, text, job.tokens, finish)) or finish is not None
+        return False
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:
@@ -306,48 +325,17 @@ def _rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
 
-def _flush(job: Job) -> bool:
-    """Decode the job's pending tokens and hand out what is certain; True when the job is done."""
-    finish = None
-    if job.stops:
-        searched = max(0, len(job.text) - max(map(len, job.stops)) + 1)
-        spent = job.tokens - len(job.pending)
-        for used, token in enumerate(job.pending, 1):
-            job.text += job.decoder([token])
-            at = _first_stop(job.text, job.stops, searched)
-            if at is not None:
-                job.text, job.tokens, finish = job.text[:at], spent + used, FinishReason.STOP
-                break
-    else:
-        job.text += job.decoder(job.pending)
-    job.pending.clear()
-    if finish is None and job.tokens >= job.max_tokens:
-        finish = FinishReason.LENGTH
-    end = len(job.text) if finish else len(job.text) - _held_back(job.text, job.stops)
-    if end > job.sent or finish:
-        piece = Piece(job.index, job.text[job.sent : end], job.tokens, finish)
-        job.sent = end
-        _safely(job.deliver, piece)
-    return finish is not None
-
-
-def _first_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
-    found = [at for at in (text.find(stop, start) for stop in stops) if at >= 0]
-    return min(found) if found else None
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many characters at the end of ``text`` could begin a stop sequence."""
-    for size in range(min(len(text), max(map(len, stops), default=1) - 1), 0, -1):
-        tail = text[-size:]
-        if any(stop.startswith(tail) for stop in stops):
-            return size
-    return 0
-
-
-def _safely(deliver: Callable[[Piece], None], piece: Piece) -> None:
-    """Hand out a piece; a receiver that fails (its event loop closed) must not stop the others."""
+def _handed(deliver: Callable[[Piece], None], piece: Piece) -> bool:
+    """Hand out a piece; False when the receiver failed (its event loop closed, its client gone),
+    which must not stop the others."""
     try:
         deliver(piece)
     except Exception:
         log.debug("a piece could not be delivered", exc_info=True)
+        return False
+    return True
+
+
+def _safely(deliver: Callable[[Piece], None], piece: Piece) -> None:
+    """Hand out a last piece, whatever the receiver does."""
+    _handed(deliver, piece)

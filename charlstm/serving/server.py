@@ -23,6 +23,7 @@ import uvicorn
 from charlstm.config import ServeConfig
 from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM
+from charlstm.sampling.slots import Slots
 from charlstm.sampling.stepper import Stepper, resolve_precision
 from charlstm.serving.app import ModelCard, Service, build_app
 from charlstm.serving.connections import allow_open_files, connection_class
@@ -65,7 +66,8 @@ def make_service(
     precision = resolve_precision(config.precision, checkpoint.progress.precision)
     stepper = Stepper(module, precision)
     metrics = Metrics()
-    engine = Engine(stepper, checkpoint.vocab, checkpoint.warm_state(), config.max_streams, config.max_queue, metrics)
+    slots = Slots(stepper, config.max_streams)
+    engine = Engine(slots, checkpoint.vocab, checkpoint.warm_state(), config.max_queue, metrics)
     engine.start()
     return Service(engine, model_card(run_name(path, checkpoint), checkpoint, module, precision), config, metrics)
 
