@@ -247,18 +247,14 @@ def serve(
 
     ``options`` are the command's (``host``, ``port``, ``api_key``, ``max_streams``, ...);
     ``CHARLSTM_API_KEY`` is the key when none is given. ``on_start(url, card)`` is called once
-    the server answers (from another thread), with the model's facts.
+    the server listens, with the model's facts.
     """
     server, config = _serving(), _serve_config(options)
-    sock = server.bind(config.host, config.port)  # first: a port in use is said before the model loads
-    try:
+    with server.bind(config.host, config.port) as sock:  # first: a port in use is said before the model loads
         service = _service(server, checkpoint, config)
-    except BaseException:
-        sock.close()
-        raise
-    card = {**dataclasses.asdict(service.card), "key_required": service.config.api_key is not None}
-    ready = None if on_start is None else functools.partial(on_start, server.url_of(sock), card)
-    server.serve_forever(service, sock, ready)
+        card = {**dataclasses.asdict(service.card), "key_required": service.config.api_key is not None}
+        ready = None if on_start is None else functools.partial(on_start, server.url_of(sock), card)
+        server.serve_forever(service, sock, ready)
 
 
 def sample(checkpoint: str | Path, config: SampleConfig) -> Samples:

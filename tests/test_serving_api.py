@@ -294,18 +294,49 @@ def test_without_the_extra_serve_says_how_to_install_it(shared_run, monkeypatch)
     ]
 
 
-def test_the_app_mounts_in_another(shared_run):
+def engine_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "charlstm-engine" and t.is_alive()]
+
+
+def test_the_app_mounts_in_another_and_owns_its_engine_there(shared_run):
     from starlette.applications import Starlette
     from starlette.routing import Mount
     from starlette.testclient import TestClient
 
     import charlstm
 
-    outer = Starlette(routes=[Mount("/lm", charlstm.serve_app(shared_run, max_streams=4))])
+    before = len(engine_threads())
+    inner = charlstm.serve_app(shared_run, max_streams=4)
+    assert len(engine_threads()) == before  # nothing runs until the app starts
+    outer = Starlette(routes=[Mount("/lm", inner)], lifespan=inner.router.lifespan_context)  # the docs' recipe
     with TestClient(outer) as http:
+        assert len(engine_threads()) == before + 1
         r = http.post("/lm/v1/completions", json={"prompt": "KING:", "max_tokens": 12, "seed": 1})
         assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 12
         assert http.get("/lm/health").json()["status"] == "ok"
+    assert len(engine_threads()) == before  # drained and closed when the outer app stopped
+
+    plain = Starlette(routes=[Mount("/lm", charlstm.serve_app(shared_run, max_streams=4))])  # opens at first use
+    with TestClient(plain) as http:
+        r = http.post("/lm/v1/completions", json={"prompt": "KING:", "max_tokens": 12, "seed": 1})
+        assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 12
+    plain.routes[0].app.state.service.close()
+    assert len(engine_threads()) == before
+
+
+def test_a_model_that_cannot_generate_is_one_line_and_a_non_zero_exit(shared_run, monkeypatch):
+    from typer.testing import CliRunner
+
+    from charlstm.cli import app
+    from charlstm.sampling.slots import Slots
+
+    monkeypatch.setattr(Slots, "run", lambda *a: (_ for _ in ()).throw(RuntimeError("no kernels here")))
+    before = len(engine_threads())
+    result = CliRunner().invoke(app, ["serve", str(shared_run), "--host", "127.0.0.1", "--port", "0"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: the model cannot generate here") and "no kernels here" in lines[-1]
+    assert "Traceback" not in result.output and len(engine_threads()) == before
 
 
 def test_an_internal_fault_is_a_500_in_openais_shape_and_the_server_goes_on(shared_run, monkeypatch, caplog):

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -41,6 +42,8 @@ MAX_BODY = 1 << 20  # bytes of a request body
 BODY_SECONDS = 30  # for a request's body to arrive
 DISCONNECT_POLL = 0.5  # seconds between checks that a client waiting for a whole completion is still there
 STOP_POLL = 0.1  # seconds between checks, while a body arrives, that the server is not stopping
+WARM_UP_TOKENS = 8  # the first completion, run when the app starts
+WARM_UP_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,43 @@ class ModelCard:
 
 
 class Service:
-    """The engine, its model's card, the limits and the metrics, shared by the routes."""
+    """The engine, its model's card, the limits and the metrics, shared by the routes. The app
+    owns the engine: :meth:`open` starts it and runs a first completion through it, :meth:`close`
+    ends it (the app's lifespan calls both; a mounted app, whose lifespan its parent does not
+    run unless told to, opens at its first request)."""
 
     def __init__(self, engine: Engine, card: ModelCard, config: ServeConfig, metrics: Metrics):
-        self.engine, self.card, self.config, self.metrics = engine, card, config, metrics  # the engine started
+        self.engine, self.card, self.config, self.metrics = engine, card, config, metrics
         self.stopping = False  # set when the server is told to stop (a plain flag: set from a signal handler)
+        self._opening = threading.Lock()
+        self.opened = False
+
+    def open(self) -> None:
+        """Start the engine and complete a few tokens through it, in this process (the first
+        completion of a fresh process sets up threads and caches, which no user should wait for);
+        once opened, nothing. Raises ``RuntimeError`` saying why when the model cannot generate."""
+        with self._opening:
+            if self.opened:
+                return
+            self.engine.start()
+            done, last = threading.Event(), []
+
+            def deliver(piece: Piece) -> None:
+                if piece.finish is not None or piece.error is not None:
+                    last.append(piece)
+                    done.set()
+
+            prompt, rule = Prompt(priming_ids(self.engine.vocab, "")), SamplingRule(1.0, None, None)
+            self.engine.submit([Job(0, prompt, rule, 0, WARM_UP_TOKENS, (), deliver)])
+            if not done.wait(WARM_UP_SECONDS):
+                raise RuntimeError(f"a first completion of {WARM_UP_TOKENS} tokens took over {WARM_UP_SECONDS} s")
+            if last[0].error is not None:
+                raise RuntimeError(f"a first completion failed: {last[0].error}")
+            self.opened = True
+
+    def close(self) -> None:
+        """End the completions in flight (their last piece says why) and stop the engine."""
+        self.engine.close()
 
     def check_key(self, request: Request) -> None:
         key = self.config.api_key
@@ -82,8 +117,13 @@ class Service:
 def build_app(service: Service) -> Starlette:
     """The ASGI app over ``service``; mount it in another app, or run it with uvicorn."""
 
+    async def opened() -> None:  # an app mounted without its lifespan opens at its first request
+        if not service.opened and not service.stopping:
+            await asyncio.to_thread(service.open)
+
     async def completions(request: Request) -> Response:
         service.check_key(request)
+        await opened()
         completion = read_completion(
             await _read_json(service, request), service.engine.vocab, service.config, service.card.id
         )
@@ -101,6 +141,7 @@ def build_app(service: Service) -> Starlette:
         return JSONResponse(_model_entry(service.card))
 
     async def health(request: Request) -> Response:
+        await opened()
         engine = service.engine
         if not engine.running:
             return JSONResponse({"status": "error", "active": 0, "queued": 0}, status_code=503)
@@ -114,11 +155,13 @@ def build_app(service: Service) -> Starlette:
         return HTMLResponse(_page(service, request.scope.get("root_path", "")))
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:  # also a parent app's, to own the engine when mounted
+        await asyncio.to_thread(service.open)
         try:
             yield
         finally:
-            await asyncio.to_thread(service.engine.close)
+            service.stopping = True
+            await asyncio.to_thread(service.close)
 
     routes = [
         Route("/", page, methods=["GET"]),

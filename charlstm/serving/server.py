@@ -1,6 +1,8 @@
 """Running the app: a model's service and its app, and uvicorn on a socket bound first (so the
 start line can say the port, even when any free one was asked for).
 
+The service opens (its engine started, a first completion run in-process) before uvicorn
+starts, so a model that cannot generate is one error, and the app's lifespan closes it.
 SIGTERM or Ctrl-C: uvicorn stops accepting connections; the completions in flight get
 ``DRAIN_SECONDS`` to finish, then the engine ends the rest (each stream's last event says why)
 and the process exits 0.
@@ -8,14 +10,12 @@ and the process exits 0.
 
 from __future__ import annotations
 
-import http.client
-import json
-import logging
+import contextlib
 import os
+import signal
 import socket
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -31,11 +31,9 @@ from charlstm.serving.engine import Engine
 from charlstm.serving.metrics import Metrics
 from charlstm.store.checkpoint import Checkpoint
 
-log = logging.getLogger("charlstm.serve")
-
 DRAIN_SECONDS = 2.0  # what a completion in flight gets to finish once the server is told to stop
 KEEP_ALIVE_SECONDS = 5  # an idle connection is closed after this
-WARM_UP_REQUEST_TOKENS = 8
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def run_name(path: str | os.PathLike[str], checkpoint: Checkpoint) -> str:
@@ -62,13 +60,12 @@ def model_card(model_id: str, checkpoint: Checkpoint, module: CharLSTM, precisio
 def make_service(
     path: str | os.PathLike[str], checkpoint: Checkpoint, module: CharLSTM, config: ServeConfig
 ) -> Service:
-    """The engine over a loaded model (started: its kernels ready), with its card and metrics."""
+    """The engine over a loaded model, with its card and metrics (not yet started: ``Service.open``)."""
     precision = resolve_precision(config.precision, checkpoint.progress.precision)
     stepper = Stepper(module, precision)
     metrics = Metrics()
     slots = Slots(stepper, config.max_streams)
     engine = Engine(slots, checkpoint.vocab, checkpoint.warm_state(), config.max_queue, metrics)
-    engine.start()
     return Service(engine, model_card(run_name(path, checkpoint), checkpoint, module, precision), config, metrics)
 
 
@@ -92,30 +89,51 @@ def url_of(sock: socket.socket) -> str:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, which after a signal exits 0 rather than raising the signal again, and
-    gives the completions in flight a few seconds before the engine ends them."""
+    """uvicorn's server, which after a signal exits 0 rather than raising the signal again, gives
+    the completions in flight a few seconds before the engine ends them, and says when it is
+    ready."""
 
-    def __init__(self, config: uvicorn.Config, service: Service):
+    def __init__(self, config: uvicorn.Config, service: Service, on_ready: Callable[[], None] | None):
         super().__init__(config)
-        self.service = service
+        self.service, self.on_ready = service, on_ready
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM stop the server, and are handled: the process ends normally."""
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        before = {sig: signal.signal(sig, self.handle_exit) for sig in SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: object) -> None:  # type: ignore[override]
         first = not self.should_exit
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
-        captured = getattr(self, "_captured_signals", None)  # uvicorn raises them again at its end
-        if isinstance(captured, list):
-            captured.clear()  # handled: the process ends normally
         if first:
             self.service.stopping = True  # a request still sending its body is answered 503 at once
-            timer = threading.Timer(DRAIN_SECONDS, self.service.engine.close)
+            timer = threading.Timer(DRAIN_SECONDS, self.service.close)
             timer.daemon = True
             timer.start()
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit and self.on_ready is not None:
+            self.on_ready()
+
 
 def serve_forever(service: Service, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGTERM or Ctrl-C (or the ASGI server otherwise stops); ``on_ready`` is called
-    once the server has answered its own warm-up request (a short streamed completion: the first
-    one through a fresh process costs some 0.3 s of set-up that no user should wait for)."""
+    """Open the service (a model that cannot generate raises ``UserError``), then serve until
+    SIGTERM or Ctrl-C (or the ASGI server otherwise stops); ``on_ready`` is called once the
+    server listens."""
+    try:
+        service.open()
+    except RuntimeError as e:
+        service.close()
+        raise UserError(f"the model cannot generate here: {e}{_cause(e)}") from None
     limits = service.config
     allow_open_files(limits.max_connections)
     config = uvicorn.Config(
@@ -125,29 +143,10 @@ def serve_forever(service: Service, sock: socket.socket, on_ready: Callable[[], 
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=int(DRAIN_SECONDS + 3),
     )
-    server = _Server(config, service)
-    threading.Thread(target=_warm_up, args=(server, sock, on_ready), name="charlstm-warm-up", daemon=True).start()
-    server.run(sockets=[sock])
+    _Server(config, service, on_ready).run(sockets=[sock])
 
 
-def _warm_up(server: _Server, sock: socket.socket, on_ready: Callable[[], None] | None) -> None:
-    while not server.started and not server.should_exit:
-        time.sleep(0.01)
-    host, port = sock.getsockname()[:2]
-    key = server.service.config.api_key
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    body = json.dumps({"prompt": "", "max_tokens": WARM_UP_REQUEST_TOKENS, "stream": True})
-    try:
-        connection = http.client.HTTPConnection(host, port, timeout=30)
-        connection.request("POST", "/v1/completions", body, headers)
-        response = connection.getresponse()
-        response.read()
-        connection.close()
-    except (OSError, http.client.HTTPException):  # the server stopped meanwhile: nothing to warm
-        return
-    if response.status != 200:
-        log.error("the warm-up request got %s; the server does not answer completions", response.status)
-        server.should_exit = True
-        return
-    if on_ready is not None and not server.should_exit:
-        on_ready()
+def _cause(error: BaseException) -> str:
+    """What an error was raised from, as " (Type: its first line)"; empty for nothing."""
+    cause = error.__cause__
+    return f" ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
