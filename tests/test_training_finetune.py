@@ -172,11 +172,10 @@ def test_the_start_reports_the_merge_and_the_defaults_for_fine_tuning(base, tmp_
         given=frozenset({"corpus"}),
     )
     assert finetune.FINE_TUNE.keys() >= {"lr", "warmup_steps", "batch_size", "seq_len", "weight_drop"}
-    far = finetune.Familiarity(run.state.sizing["base_loss"], run.state.sizing["guess_loss"]).far
-    moved = run.state.sizing["by_reading"]
-    assert moved.keys() == (set(finetune.FAR) if far else set())
-    expected = {**finetune.FINE_TUNE, **moved}
-    assert all(getattr(run.tcfg, k, None) == v or getattr(run.mcfg, k, None) == v for k, v in expected.items())
+    assert run.state.sizing["far"] == 0 and run.state.sizing["by_reading"] == {}  # a text near the base's
+    assert all(
+        getattr(run.tcfg, k, None) == v or getattr(run.mcfg, k, None) == v for k, v in finetune.FINE_TUNE.items()
+    )
     assert (run.mcfg.hidden, run.mcfg.layers, run.mcfg.embedding) == (16, 2, 8)
     train(run, events.append)
     started = next(e for e in events if isinstance(e, Started))
@@ -290,7 +289,7 @@ def test_bad_bases_and_shapes_are_one_line_and_write_nothing(base, tmp_path, mon
     assert {p.name: (sha(p), p.stat().st_mtime_ns) for p in base.iterdir()} == files
 
 
-def test_how_far_a_text_is_from_the_bases_moves_lr_and_weight_drop_toward_a_scratch_runs(base, tmp_path):
+def test_how_far_a_text_is_from_the_bases_moves_lr_and_weight_drop_toward_a_scratch_runs(tmp_path):
     near, far = finetune.NEAR_TEXT, finetune.FAR_TEXT
     assert [finetune.Familiarity(4 * (1 - b), 4).far for b in (0.7, near, (near + far) / 2, far, -0.2)] == (
         pytest.approx([0, 0, 0.5, 1, 1])
@@ -310,9 +309,14 @@ def test_the_base_reads_its_own_text_better_than_a_stranger_and_new_characters_a
     greek = vocab.encode("".join(np.random.default_rng(1).choice(list("αβγδεζηθ"), 30_000)))
     reads = [finetune.familiarity(ckpt, vocab, np.asarray(t)) for t in (own, shuffled, greek)]
     assert reads[0].better > finetune.NEAR_TEXT > reads[1].better  # a text near the base's, and its letters shuffled
-    assert reads[2].loss == pytest.approx(math.log(len(vocab))) and reads[2].far == 1  # nothing it ever wrote
-    changed = np.concatenate([own[: finetune.READ_TOKENS + 1], shuffled])  # what follows is never read
-    assert finetune.familiarity(ckpt, vocab, changed) == finetune.familiarity(ckpt, vocab, own)
+    assert reads[2].loss == pytest.approx(math.log(8)) == reads[2].guess and reads[2].far == 1  # nothing it wrote
+    changed = own.copy()
+    changed[1_300:1_900] = shuffled[1_300:1_900]  # between two of the stretches read: never read
+    assert finetune.familiarity(ckpt, vocab, changed) == reads[0]
+    with_bytes = ckpt.vocab.merged(CharVocab.from_counts(dict.fromkeys("αβγδεζηθ ", 1), 128, byte_fallback="on"))
+    assert len(with_bytes) > len(vocab) + 200  # byte tokens: places the text never uses
+    in_bytes = finetune.familiarity(ckpt, with_bytes, np.asarray(with_bytes.encode(play_text(30_000, seed=5))))
+    assert in_bytes.guess == reads[0].guess and in_bytes.better == pytest.approx(reads[0].better, abs=0.02)
 
 
 def test_a_far_text_takes_a_scratch_runs_lr_and_weight_drop_unless_the_user_set_them(base, tmp_path):
@@ -325,10 +329,11 @@ def test_a_far_text_takes_a_scratch_runs_lr_and_weight_drop_unless_the_user_set_
     assert (run.tcfg.lr, run.mcfg.weight_drop) == (scratch.tcfg.lr, scratch.mcfg.weight_drop) != (0.01, 0.5)
     assert run.state.sizing["by_reading"] == {"lr": scratch.tcfg.lr, "weight_drop": scratch.mcfg.weight_drop}
     assert "as from scratch for a text far from the base's" in words.sizing(Sizing.from_dict(run.state.sizing))
+    assert run.learner.model.config == run.mcfg
     events: list = []
     train(run, events.append)
     line = words.merge(next(e for e in events if isinstance(e, Started)))
-    assert re.search(r"the base reads the text's start at [\d.]+ nats a token, -?\d+% better than a guess's", line)
+    assert re.search(r"the base reads the text at [\d.]+ nats a token, -?\d+% better than a guess's", line)
     assert line.endswith("a text far from the base's")
     cfg = replace(cfg, out=str(tmp_path / "set"), lr=5e-3)
     run = new_run(cfg, ModelConfig(), given=frozenset({"corpus", "lr"}), unset=UNSET - {"lr"})

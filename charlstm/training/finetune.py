@@ -16,7 +16,7 @@ token of the base wrote; a new token's rows start from what the base knew of its
   takes the mean of the base's character rows with the rarest character's bias less log(n) for
   n such rows, so that together they start as likely as that one rare character.
 
-Before the first step the merged model reads the start of the new text (``familiarity``): a
+Before the first step the merged model reads some of the new text (``familiarity``): a
 text near the base's keeps the fine-tuning defaults; on one the base reads hardly better than
 a uniform guess, its knowledge is little help and the run must learn fast, so the options
 declared ``far_text`` (the learning rate, the weight drop) take what a run from scratch would:
@@ -51,7 +51,8 @@ FROM_BASE = tuple(d.name for d in train_options() if d.option.from_base)  # the 
 FINE_TUNE = {d.name: d.fine_tuned for d in train_options() if d.fine_tuned is not None}  # where they differ
 FAR = tuple(d.name for d in train_options() if d.option.far_text)  # as from scratch on a far text
 NEAR_TEXT, FAR_TEXT = 0.4, 0.15  # Familiarity.better at or above which a text is near, at or below which far
-READ_TOKENS, READ_STREAMS = 20_000, 16  # the start of the training split the base reads first, in streams
+READ_TOKENS, READ_STREAMS = 20_000, 16  # of the training split the base reads first, in stretches
+LOGITS_BUDGET = 1 << 24  # logits held at once while it reads (64 MB)
 HASH_BLOCK = 1 << 20
 COUNT_BLOCK = 1 << 24  # tokens counted at a time
 
@@ -74,21 +75,23 @@ class FineTuneStart:
     from_base: dict[str, Any]  # the shape, from the base
     fine_tuned: dict[str, Any]  # the fine-tuning defaults applied (options the user left unset)
     released: dict[str, Any] = field(default_factory=dict)  # those left to the preset for a far text
+    sizable: frozenset[str] = frozenset()  # the options the caller left to charlstm
 
 
 @dataclass(frozen=True)
 class Familiarity:
-    """How well the base reads the new text before any step: its loss on the start of the
-    training split, where a token the base never wrote (a new character) counts as a guess."""
+    """How well the base reads the new text before any step: its loss on some of the training
+    split, where a token the base never wrote (a new character) counts as a guess."""
 
     loss: float  # nats per token
-    guess: float  # a uniform guess's: the log of the vocabulary's size
+    guess: float  # a uniform guess's over the tokens read: the log of how many different ones
 
     @property
     def better(self) -> float:
         """The share of a guess's loss the base saves: about 0.7 on its own text, 0.1 on Python
-        sources after Shakespeare, below 0 where it reads worse than a guess."""
-        return 1 - self.loss / self.guess
+        sources after Shakespeare, below 0 where it reads worse than a guess (1 where there is
+        nothing to guess: a text of one character)."""
+        return 1 - self.loss / self.guess if self.guess > 0 else 1.0
 
     @property
     def far(self) -> float:
@@ -140,28 +143,38 @@ def start(
             )
     defaults = {name: value for name, value in FINE_TUNE.items() if name not in given}
     tcfg, mcfg = training_configs({**shape, **defaults}, (tcfg, mcfg))
-    return FineTuneStart(tcfg, mcfg, unset - shape.keys() - defaults.keys(), shape, defaults)
+    return FineTuneStart(tcfg, mcfg, unset - shape.keys() - defaults.keys(), shape, defaults, sizable=unset)
 
 
 def familiarity(base: Checkpoint, vocab: CharVocab, tokens: np.ndarray) -> Familiarity:
-    """How well ``base``, grown to ``vocab``, reads the first ``READ_TOKENS`` of ``tokens`` (the
-    new text's training split, never its validation split), cut into streams each read from a
-    zero state, in float32 and with nothing dropped."""
-    guess = math.log(len(vocab))
+    """How well ``base``, grown to ``vocab``, reads ``READ_TOKENS`` of ``tokens`` (the new text's
+    training split, never its validation split): ``READ_STREAMS`` stretches spread evenly over
+    it (a folder's first file alone may be a licence), each read from a zero state, in float32
+    and with nothing dropped. The guess is uniform over the tokens those stretches hold, so the
+    vocabulary's unused places (its byte tokens) do not move it."""
     count = min(READ_TOKENS, len(tokens) - 1)
     if count < 1:
-        return Familiarity(guess, guess)
+        return Familiarity(0.0, 0.0)
     streams = max(1, min(READ_STREAMS, count // 64))
     length = count // streams
-    cut = torch.from_numpy(np.asarray(tokens[: streams * length + 1], dtype=np.int64))
-    inputs, targets = cut[:-1].view(streams, length), cut[1:].reshape(-1)
-    model = CharLSTM(ModelConfig.from_dict({**base.model_config.to_dict(), "vocab_size": len(vocab)}))
-    load_base(model, base, vocab)
+    starts = np.linspace(0, len(tokens) - length - 1, streams).astype(np.int64)
+    rows = torch.from_numpy(np.stack([np.asarray(tokens[i : i + length + 1], dtype=np.int64) for i in starts]))
+    model = load_base(
+        CharLSTM(ModelConfig.from_dict({**base.model_config.to_dict(), "vocab_size": len(vocab)})), base, vocab
+    )
+    group = max(1, LOGITS_BUDGET // (length * len(vocab)))  # streams read at once
+    nll = []
     with torch.no_grad():
-        logits, _ = model.eval()(inputs)
-        nll = F.cross_entropy(logits.reshape(len(targets), -1).float(), targets, reduction="none")
+        for first in range(0, streams, group):
+            part = rows[first : first + group]
+            logits, _ = model.eval()(part[:, :-1])
+            nll.append(
+                F.cross_entropy(logits.reshape(-1, len(vocab)).float(), part[:, 1:].reshape(-1), reduction="none")
+            )
+    targets = rows[:, 1:].reshape(-1)
+    guess = math.log(len(torch.unique(targets)))
     known = torch.tensor([len(s) == 1 for s in vocab.sources_in(base.vocab)])
-    losses = torch.where(known[targets], nll, torch.full_like(nll, guess))
+    losses = torch.where(known[targets], torch.cat(nll), torch.tensor(guess))
     return Familiarity(float(losses.mean()), guess)
 
 
@@ -169,7 +182,8 @@ def release(tcfg: TrainConfig, mcfg: ModelConfig, begun: FineTuneStart, read: Fa
     """Before sizing: for a text not near the base's, the ``FAR`` options' fine-tuning defaults
     are released (back to their own defaults, and left for the preset to size as in a run from
     scratch); ``fit`` moves them back toward the fine-tuning defaults after."""
-    released = {name: v for name, v in begun.fine_tuned.items() if name in FAR} if read.far else {}
+    far = set(FAR) & begun.sizable if read.far else set()
+    released = {name: v for name, v in begun.fine_tuned.items() if name in far}
     own = {d.name: d.default for d in train_options() if d.name in released}
     tcfg, mcfg = training_configs(own, (tcfg, mcfg))
     kept = {name: v for name, v in begun.fine_tuned.items() if name not in released}

@@ -129,6 +129,7 @@ class Sizing(DictRoundTrip):
     by_reading: dict[str, Any] = field(default_factory=dict)  # and those moved by how far its text is
     base_loss: float | None = None  # how well the base read the text (finetune.Familiarity)
     guess_loss: float | None = None
+    far: float | None = None  # how far the text is from the base's: 0 near, 1 far
 
 
 def fillable(tcfg: TrainConfig, unset: frozenset[str]) -> frozenset[str]:

@@ -176,8 +176,12 @@ def new_run(
     if base is not None and read is not None:
         tcfg, mcfg, moved = finetune.fit(tcfg, mcfg, begun.released, read)
         applied = {k: v for k, v in sizing.applied.items() if k not in moved}
-        sizing = replace(sizing, applied=applied, by_reading=moved, base_loss=read.loss, guess_loss=read.guess)
-        model = finetune.load_base(CharLSTM(mcfg).to(device).train(), base.checkpoint, corpus.vocab)
+        reading = {"base_loss": read.loss, "guess_loss": read.guess, "far": read.far}
+        sizing = replace(sizing, applied=applied, by_reading=moved, **reading)
+        if mcfg != sized.mcfg:  # its weight drop moved: built again, seeded as sizing builds
+            torch.manual_seed(tcfg.seed)
+            model = CharLSTM(mcfg).to(device).train()
+        finetune.load_base(model, base.checkpoint, corpus.vocab)
     on_main(procs, lambda: make_run_dir(run_dir))
     if procs.many:
         torch.manual_seed(tcfg.seed + procs.rank)  # after the shared initial weights: dropout masks of its own

@@ -14,7 +14,6 @@ from charlstm.store.checkpoint import BEST as BEST_FILE
 from charlstm.store.checkpoint import LAST as LAST_FILE
 from charlstm.store.checkpoint import Lineage
 from charlstm.training.events import Compiling, Evaluated, Progress, Started, TrainResult, VocabStats
-from charlstm.training.finetune import Familiarity
 from charlstm.training.presets import Sizing
 
 BEST = " (best)"  # the mark of an evaluation that set a new best, as evaluated() writes it
@@ -55,9 +54,9 @@ def sizing(s: Sizing) -> str:
         if part
     )
     if s.by_reading:
-        scratch = " as from scratch" if distance(s).startswith("far") else ""
+        scratch = " as from scratch" if s.far == 1 else ""
         base += f"; {values(s.by_reading)}{scratch} for a text {distance(s)}"
-    if not s.applied:
+    if not s.applied and not s.by_reading:
         return base[2:]
     if s.chosen_by == ChosenBy.PRESET:
         why = "as --preset asks"
@@ -70,7 +69,8 @@ def sizing(s: Sizing) -> str:
             timed = f", the median of {len(s.speed_passes)} timed passes" if s.speed_passes else ""
             why += f", measured at {s.chars_per_s / 1000:.0f}k chars/s here{timed}"
     kept = "".join(f"; {option(k)} as you set" for k in s.kept)
-    return f"sized {s.preset}: {values(s.applied)} ({why}{kept}{base})"
+    head = f"sized {s.preset}: {values(s.applied)}" if s.applied else f"sized {s.preset}"
+    return f"{head} ({why}{kept}{base})"
 
 
 def values(options: dict) -> str:
@@ -102,9 +102,9 @@ def merge(event: Started) -> str:
     s = event.sizing
     read = ""
     if s is not None and s.base_loss is not None and s.guess_loss is not None:
-        better = Familiarity(s.base_loss, s.guess_loss).better
+        better = 1 - s.base_loss / s.guess_loss if s.guess_loss > 0 else 1.0
         read = (
-            f"; the base reads the text's start at {s.base_loss:.2f} nats a token, {better:.0%} better than a "
+            f"; the base reads the text at {s.base_loss:.2f} nats a token, {better:.0%} better than a "
             f"guess's {s.guess_loss:.2f}: a text {distance(s)}"
         )
     return (
@@ -116,7 +116,7 @@ def merge(event: Started) -> str:
 def distance(s: Sizing) -> str:
     """How far a fine-tuning run's text is from its base's: "near the base's", "far from the
     base's", or "40% of the way to far"."""
-    far = Familiarity(s.base_loss or 0.0, s.guess_loss or 1.0).far
+    far = s.far or 0.0
     return "near the base's" if far == 0 else "far from the base's" if far == 1 else f"{far:.0%} of the way to far"
 
 
