@@ -119,5 +119,13 @@ def test_a_stream_draws_its_own_numbers_in_order_wherever_it_moves():
     alone = ids_of_mine(0, [250, 250], [])
     assert np.array_equal(alone, ids_of_mine(6, [37, 256, 7, 200], [0, 2, 1]))
     assert np.array_equal(alone, ids_of_mine(3, [1] * 20 + [250, 230], [0]))
-    with pytest.raises(ValueError, match="tokens must be in 1..256"):
-        Slots(st, 2, 1).draw(257)
+    slots = Slots(st, CAPACITY, 1)  # the same numbers, given: the generator's uniforms in order
+    try:
+        mine = slots.add(st.read([1, 2, 3, 4]), SamplingRule(1.0, 5, 0.9))
+        u = np.ones((CAPACITY, 500))
+        u[mine] = 1.0 - np.random.default_rng(7).random(500)
+        assert np.array_equal(alone, slots.run(u, np.zeros(CAPACITY, np.int64), 500)[mine])
+        with pytest.raises(ValueError, match="tokens must be in 1..256"):
+            slots.draw(257)
+    finally:
+        slots.close()

@@ -324,19 +324,20 @@ def test_the_app_mounts_in_another_and_owns_its_engine_there(shared_run):
     assert len(engine_threads()) == before
 
 
-def test_a_model_that_cannot_generate_is_one_line_and_a_non_zero_exit(shared_run, monkeypatch):
+@pytest.mark.parametrize("failing", ["run", "draw"])  # its kernels, or its first completion
+def test_a_model_that_cannot_generate_is_one_line_and_a_non_zero_exit(shared_run, monkeypatch, capfd, failing):
     from typer.testing import CliRunner
 
     from charlstm.cli import app
     from charlstm.sampling.slots import Slots
 
-    monkeypatch.setattr(Slots, "run", lambda *a: (_ for _ in ()).throw(RuntimeError("no kernels here")))
+    monkeypatch.setattr(Slots, failing, lambda *a: (_ for _ in ()).throw(RuntimeError("no kernels here")))
     before = len(engine_threads())
     result = CliRunner().invoke(app, ["serve", str(shared_run), "--host", "127.0.0.1", "--port", "0"])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines[-1].startswith("error: the model cannot generate here") and "no kernels here" in lines[-1]
-    assert "Traceback" not in result.output and len(engine_threads()) == before
+    assert "Traceback" not in result.output + capfd.readouterr().err and len(engine_threads()) == before
 
 
 def test_an_internal_fault_is_a_500_in_openais_shape_and_the_server_goes_on(shared_run, monkeypatch, caplog):

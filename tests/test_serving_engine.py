@@ -62,8 +62,12 @@ class Scripted:
     scripts: dict[str, str | list[int]]  # text, or ids
     failing_prompts: tuple[str, ...] = ()
     failing_calls: tuple[int, ...] = ()  # the calls to ``draw`` (counted from 1) that raise
+    gate: threading.Event = field(default_factory=threading.Event)  # draws wait for it (set unless a test clears it)
     streams: list[Stream] = field(default_factory=list)
     calls: list[tuple[list[str], int]] = field(default_factory=list)  # each call's prompts and tokens
+
+    def __post_init__(self) -> None:
+        self.gate.set()
 
     @property
     def stepper(self) -> Scripted:
@@ -106,6 +110,7 @@ class Scripted:
         return np.zeros((self.count, tokens), np.int64)
 
     def draw(self, tokens: int) -> np.ndarray:
+        self.gate.wait(10)
         self.calls.append(([s.prompt for s in self.streams], tokens))
         if len(self.calls) in self.failing_calls:
             raise RuntimeError("the step failed")
@@ -143,8 +148,8 @@ class Receiver:
         return self.pieces[-1]
 
 
-def started(slots: Scripted, max_queue: int = 8) -> Engine:
-    engine = Engine(slots, VOCAB, None, max_queue)  # type: ignore[arg-type]
+def started(slots: Scripted, max_queue: int = 8, meter: engine_module.Meter | None = None) -> Engine:
+    engine = Engine(slots, VOCAB, None, max_queue, meter)  # type: ignore[arg-type]
     engine.start()
     return engine
 
@@ -192,12 +197,14 @@ def test_a_stop_inside_a_character_written_in_bytes(engines):
 def test_a_job_cancelled_while_queued_never_runs_and_holds_no_place(engines):
     slots = Scripted(1, {"a": "a" * 300, "b": "b" * 10, "c": "c" * 10})
     engines.append(engine := started(slots, max_queue=1))
+    slots.gate.clear()  # "a" holds the only slot until the rest is queued
     first, second, third = Receiver(), Receiver(), Receiver()
     engine.submit([job("a", first, max_tokens=150)])
     queued = job("b", second)
     engine.submit([queued])
     queued.cancelled = True
     engine.submit([job("c", third, max_tokens=10)])  # the queue holds one: the cancelled job's place is free
+    slots.gate.set()
     assert third.last.finish == FinishReason.LENGTH and third.text == "c" * 10
     assert first.last.finish == FinishReason.LENGTH and first.text == "a" * 150
     assert second.pieces == [] and all("b" not in prompts for prompts, _ in slots.calls)
@@ -258,3 +265,32 @@ def test_closing_ends_the_jobs_running_and_queued_and_stops_the_worker():
     assert queued.last.error == SHUTTING_DOWN and queued.pieces == [queued.last]
     with pytest.raises(engine_module.Closed):
         engine.submit([job("a", Receiver())])
+
+
+def test_text_held_back_at_first_goes_out_as_soon_as_it_is_certain(engines, monkeypatch):
+    monkeypatch.setattr(engine_module, "FLUSH_SECONDS", 5.0)  # only a first or last piece goes out at once
+    engines.append(engine := started(Scripted(1, {"a": "STOxyz" * 10})))
+    one = Receiver()
+    engine.submit([job("a", one, max_tokens=60, stops=("STOP",))])
+    assert one.last.finish == FinishReason.LENGTH and one.text == "STOxyz" * 10
+    assert len(one.pieces) == 2 and one.pieces[0].text.startswith("STOx")  # the first call's text was all held
+
+
+class FailingMeter(engine_module.Meter):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generated(self, tokens: int) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("a fault outside any one job")
+
+
+def test_a_fault_outside_the_jobs_ends_those_in_the_slots_and_the_worker_goes_on(engines):
+    engines.append(engine := started(Scripted(1, {"a": "a" * 60, "b": "b" * 6}), meter=FailingMeter()))
+    running, waiting = Receiver(), Receiver()
+    engine.submit([job("a", running, max_tokens=60)])
+    engine.submit([job("b", waiting, max_tokens=6)])
+    assert running.last.error == INTERNAL
+    assert waiting.last.finish == FinishReason.LENGTH and waiting.text == "b" * 6
+    assert isinstance(engine.last_fault, RuntimeError) and engine.running

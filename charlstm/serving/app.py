@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
@@ -29,11 +27,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from charlstm.config import ServeConfig
 from charlstm.sampling.draw import SamplingRule, choose_seed, priming_ids
-from charlstm.serving.engine import INTERNAL, Busy, Closed, Engine, Job, Piece, Prompt
+from charlstm.serving.engine import INTERNAL, SHUTTING_DOWN, Busy, Closed, Job, Piece, Prompt
 from charlstm.serving.metrics import CONTENT_TYPE, Metrics
 from charlstm.serving.requests import ApiError, Completion, bad, read_completion
+from charlstm.serving.service import ModelCard, Service
 from charlstm.validate import shown
 
 log = logging.getLogger("charlstm.serve")
@@ -42,84 +40,22 @@ MAX_BODY = 1 << 20  # bytes of a request body
 BODY_SECONDS = 30  # for a request's body to arrive
 DISCONNECT_POLL = 0.5  # seconds between checks that a client waiting for a whole completion is still there
 STOP_POLL = 0.1  # seconds between checks, while a body arrives, that the server is not stopping
-WARM_UP_TOKENS = 8  # the first completion, run when the app starts
-WARM_UP_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What the server says about its model (``/v1/models``, the page, the start line)."""
-
-    id: str
-    corpus: str
-    cell: str
-    layers: int
-    hidden: int
-    params: int
-    vocab_size: int
-    byte_fallback: bool
-    val_loss: float | None
-    precision: str  # the weights the step reads
-    created: int
-
-
-class Service:
-    """The engine, its model's card, the limits and the metrics, shared by the routes. The app
-    owns the engine: :meth:`open` starts it and runs a first completion through it, :meth:`close`
-    ends it (the app's lifespan calls both; a mounted app, whose lifespan its parent does not
-    run unless told to, opens at its first request)."""
-
-    def __init__(self, engine: Engine, card: ModelCard, config: ServeConfig, metrics: Metrics):
-        self.engine, self.card, self.config, self.metrics = engine, card, config, metrics
-        self.stopping = False  # set when the server is told to stop (a plain flag: set from a signal handler)
-        self._opening = threading.Lock()
-        self.opened = False
-
-    def open(self) -> None:
-        """Start the engine and complete a few tokens through it, in this process (the first
-        completion of a fresh process sets up threads and caches, which no user should wait for);
-        once opened, nothing. Raises ``RuntimeError`` saying why when the model cannot generate."""
-        with self._opening:
-            if self.opened:
-                return
-            self.engine.start()
-            done, last = threading.Event(), []
-
-            def deliver(piece: Piece) -> None:
-                if piece.finish is not None or piece.error is not None:
-                    last.append(piece)
-                    done.set()
-
-            prompt, rule = Prompt(priming_ids(self.engine.vocab, "")), SamplingRule(1.0, None, None)
-            self.engine.submit([Job(0, prompt, rule, 0, WARM_UP_TOKENS, (), deliver)])
-            if not done.wait(WARM_UP_SECONDS):
-                raise RuntimeError(f"a first completion of {WARM_UP_TOKENS} tokens took over {WARM_UP_SECONDS} s")
-            if last[0].error is not None:
-                raise RuntimeError(f"a first completion failed: {last[0].error}")
-            self.opened = True
-
-    def close(self) -> None:
-        """End the completions in flight (their last piece says why) and stop the engine."""
-        self.engine.close()
-
-    def check_key(self, request: Request) -> None:
-        key = self.config.api_key
-        if key is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "missing API key: send the header 'Authorization: Bearer KEY'", code="invalid_api_key")
-        if not hmac.compare_digest(token.strip().encode("latin-1"), key.encode()):  # headers arrive as latin-1
-            raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
 
 
 def build_app(service: Service) -> Starlette:
     """The ASGI app over ``service``; mount it in another app, or run it with uvicorn."""
 
     async def opened() -> None:  # an app mounted without its lifespan opens at its first request
-        if not service.opened and not service.stopping:
+        if service.opened:
+            return
+        try:
             await asyncio.to_thread(service.open)
+        except Closed:
+            raise ApiError(503, SHUTTING_DOWN, "server_error", code="shutting_down") from None
+        except RuntimeError as e:
+            log.error("the model cannot generate here", exc_info=e)
+            cannot = "the model cannot generate here; the server log has the details"
+            raise ApiError(503, cannot, "server_error") from None
 
     async def completions(request: Request) -> Response:
         service.check_key(request)
@@ -141,9 +77,10 @@ def build_app(service: Service) -> Starlette:
         return JSONResponse(_model_entry(service.card))
 
     async def health(request: Request) -> Response:
-        await opened()
+        with contextlib.suppress(ApiError):
+            await opened()
         engine = service.engine
-        if not engine.running:
+        if not engine.running or not service.opened:
             return JSONResponse({"status": "error", "active": 0, "queued": 0}, status_code=503)
         return JSONResponse({"status": "ok", "active": engine.active, "queued": engine.queued})
 
@@ -160,7 +97,6 @@ def build_app(service: Service) -> Starlette:
         try:
             yield
         finally:
-            service.stopping = True
             await asyncio.to_thread(service.close)
 
     routes = [

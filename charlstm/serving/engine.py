@@ -15,7 +15,8 @@ text whatever else the server is doing. New text goes out through the job's ``de
 callback, called on the worker thread: the first token at once, the last piece at once, and
 between them every ``FLUSH_SECONDS``; text that might be the start of a stop sequence is held
 back until it is known not to be, so streamed pieces add up to exactly the text of the same
-request without streaming. A ``deliver`` that raises (its client gone) ends its job.
+request without streaming. A ``deliver`` that raises (its receiver's event loop gone) ends its
+job; a client that hangs up sets its jobs' ``cancelled``, and they leave at the next call.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Piece:
 
     index: int  # the choice's index in its request
     text: str  # the text since the last piece
-    tokens: int  # tokens generated so far (at the end: those the final text holds)
+    tokens: int  # tokens generated so far (at a stop: up to and including the stop's, whose text is left out)
     finish: FinishReason | None = None  # set on the choice's last piece
     error: str | None = None  # the server ended the choice early (shutting down, an internal fault)
 
@@ -122,6 +123,8 @@ class Engine:
         self.max_queue, self.meter = max_queue, meter or Meter()
         self._queue: deque[Job] = deque()
         self._jobs: list[Job] = []  # by slot
+        self.last_fault: Exception | None = None  # the latest fault in generating, kept for whoever asks
+        self.quiet = False  # faults kept but not logged (``Service.open`` reports its own)
         self._wake = threading.Condition()
         self._closing = False
         self._ready = threading.Event()
@@ -143,13 +146,18 @@ class Engine:
         return len(self._queue)
 
     def start(self) -> None:
-        """Start the worker; returns once it has run its kernels once (they are then ready)."""
+        """Start the worker; returns once it has run its kernels once (they are then ready).
+        Raises :class:`Closed` after :meth:`close`."""
         with self._wake:
+            if self._closing:
+                raise Closed(SHUTTING_DOWN)
             if self._thread.ident is None:
                 self._thread.start()
         self._ready.wait()
         if self._failure is not None:
             raise RuntimeError("the engine could not run its kernels") from self._failure
+        if self._closing:
+            raise Closed(SHUTTING_DOWN)
 
     def _warm_up(self) -> None:
         """Compile (or load from Numba's cache) the kernels the slots run and run them once on the
@@ -193,18 +201,30 @@ class Engine:
             return
         finally:
             self._ready.set()
-        while True:
-            with self._wake:
-                while not self._closing and not self._queue and not self._jobs:
-                    self._wake.wait()
-                if self._closing:
-                    break
-            self._admit()
-            if self._jobs:
-                self._advance()
-            self.meter.load(self.active, self.queued)
-        self._end(SHUTTING_DOWN, queued=True)
-        self.slots.close()
+        try:
+            while True:
+                with self._wake:
+                    while not self._closing and not self._queue and not self._jobs:
+                        self._wake.wait()
+                    if self._closing:
+                        break
+                try:
+                    self._admit()
+                    if self._jobs:
+                        self._advance()
+                    self.meter.load(self.active, self.queued)
+                except Exception as e:  # a fault outside any one job's: those in the slots end, the worker goes on
+                    self._fault(e, "the engine failed; ending the completions in the slots")
+                    self._end(INTERNAL, queued=False)
+        finally:  # whatever stops the worker, every job gets its last piece
+            self._end(SHUTTING_DOWN, queued=True)
+            self.slots.close()
+
+    def _fault(self, error: Exception, what: str) -> None:
+        """Keep the fault (``last_fault``) and log it, unless ``quiet`` (a caller that reports it)."""
+        self.last_fault = error
+        if not self.quiet:
+            log.error(what, exc_info=error)
 
     def _end(self, error: str, queued: bool) -> None:
         """End the jobs in the slots (and with ``queued``, those waiting), saying why."""
@@ -228,8 +248,8 @@ class Engine:
                 continue
             try:
                 self._place(job)
-            except Exception:  # this job fails alone, and says so
-                log.exception("could not start a completion")
+            except Exception as e:  # this job fails alone, and says so
+                self._fault(e, "could not start a completion")
                 _safely(job.deliver, Piece(job.index, "", 0, error=INTERNAL))
 
     def _place(self, job: Job) -> None:
@@ -262,8 +282,8 @@ class Engine:
         started = time.perf_counter()
         try:
             ids = self.slots.draw(tokens)
-        except Exception:  # the step itself: the jobs in the slots cannot go on, the queue can
-            log.exception("generation failed; ending the completions in the slots")
+        except Exception as e:  # the step itself: the jobs in the slots cannot go on, the queue can
+            self._fault(e, "generation failed; ending the completions in the slots")
             self._end(INTERNAL, queued=False)
             return
         now = time.perf_counter()
@@ -273,8 +293,8 @@ class Engine:
             try:
                 if job.cancelled or self._read(job, row, now):
                     done.append(i)
-            except Exception:  # this job's fault: it ends alone
-                log.exception("a completion failed; ending it")
+            except Exception as e:  # this job's fault: it ends alone
+                self._fault(e, "a completion failed; ending it")
                 _safely(job.deliver, Piece(job.index, "", job.tokens, error=INTERNAL))
                 done.append(i)
         self.meter.generated(count * tokens)
@@ -304,20 +324,20 @@ class Engine:
         if finish is None and job.tokens >= job.max_tokens:
             finish = FinishReason.LENGTH
             job.unsent.append(matcher.finish())
-        first = job.first_token is None
+        first = job.first_token is None  # nothing handed out yet: the first text goes at once
+        if finish is None and not first and now - job.flushed < FLUSH_SECONDS:
+            return False
+        text = "".join(job.unsent)
+        if not text and finish is None:  # all held back (a stop's beginning, part of a character)
+            return False
+        job.unsent.clear()
+        job.flushed = now
         if first:
             job.first_token = now
             self.meter.first_token(now - job.submitted)
-        elif finish is None and now - job.flushed < FLUSH_SECONDS:
-            return False
-        job.flushed = now
-        text = "".join(job.unsent)
-        job.unsent.clear()
         if finish is not None:
-            self.meter.finished(job.tokens, now - job.first_token)
-        if text or finish is not None:
-            return not _handed(job.deliver, Piece(job.index, text, job.tokens, finish)) or finish is not None
-        return False
+            self.meter.finished(job.tokens, now - (job.first_token or now))
+        return not _handed(job.deliver, Piece(job.index, text, job.tokens, finish)) or finish is not None
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:

@@ -31,6 +31,7 @@ NEUTRAL = {"logprobs": (None,), "suffix": (None, ""), "presence_penalty": (None,
            "logit_bias": (None, {}), "best_of": (None, 1)}  # fmt: skip
 OTHER_FIELDS = {"model", "prompt", "stream", "stream_options", "stop", "echo", "user"}
 MAX_STOPS = 4  # as OpenAI
+MAX_STOP_CHARS = 256  # each: matched against the text as it arrives, every token
 
 
 class ApiError(Exception):
@@ -169,4 +170,6 @@ def _stops(stop: Any) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
         raise bad(f"stop must be a non-empty string or a list of at most {MAX_STOPS} of them", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise bad(f"each stop must be at most {MAX_STOP_CHARS} characters", "stop")
     return tuple(stops)

@@ -25,10 +25,11 @@ from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM
 from charlstm.sampling.slots import Slots
 from charlstm.sampling.stepper import Stepper, resolve_precision
-from charlstm.serving.app import ModelCard, Service, build_app
+from charlstm.serving.app import build_app
 from charlstm.serving.connections import allow_open_files, connection_class
-from charlstm.serving.engine import Engine
+from charlstm.serving.engine import Closed, Engine
 from charlstm.serving.metrics import Metrics
+from charlstm.serving.service import ModelCard, Service
 from charlstm.store.checkpoint import Checkpoint
 
 DRAIN_SECONDS = 2.0  # what a completion in flight gets to finish once the server is told to stop
@@ -121,8 +122,8 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and not self.should_exit and self.on_ready is not None:
-            self.on_ready()
+        if self.started and not self.should_exit and self.on_ready is not None:  # off the event loop
+            threading.Thread(target=self.on_ready, name="charlstm-ready", daemon=True).start()
 
 
 def serve_forever(service: Service, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
@@ -131,7 +132,7 @@ def serve_forever(service: Service, sock: socket.socket, on_ready: Callable[[], 
     server listens."""
     try:
         service.open()
-    except RuntimeError as e:
+    except (RuntimeError, Closed) as e:
         service.close()
         raise UserError(f"the model cannot generate here: {e}{_cause(e)}") from None
     limits = service.config

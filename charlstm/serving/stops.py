@@ -25,7 +25,6 @@ class StopMatcher:
 
     def __init__(self, stops: tuple[str, ...]):
         self.stops = tuple(s for s in stops if s)
-        self._longest = max(map(len, self.stops), default=0)
         self._held = ""
 
     @property
@@ -42,7 +41,7 @@ class StopMatcher:
         if found:
             self._held = ""
             return Fed(window[: min(found)[0]], True)
-        keep = _could_begin_a_stop(window, self.stops, self._longest)
+        keep = _could_begin_a_stop(window, self.stops)
         self._held = window[len(window) - keep :] if keep else ""
         return Fed(window[: len(window) - keep], False)
 
@@ -52,10 +51,15 @@ class StopMatcher:
         return held
 
 
-def _could_begin_a_stop(text: str, stops: tuple[str, ...], longest: int) -> int:
-    """The length of the longest tail of ``text`` that is the beginning of some stop (not a whole one)."""
-    for size in range(min(len(text), longest - 1), 0, -1):
-        tail = text[-size:]
-        if any(stop.startswith(tail) for stop in stops):
-            return size
-    return 0
+def _could_begin_a_stop(text: str, stops: tuple[str, ...]) -> int:
+    """The length of the longest tail of ``text`` that is the beginning of some stop (not a whole
+    one): each stop is tried only where its first character is, from the earliest place it fits."""
+    best = 0
+    for stop in stops:
+        at = text.find(stop[0], max(len(text) - len(stop) + 1, 0))
+        while at >= 0 and len(text) - at > best:
+            if stop.startswith(text[at:]):
+                best = len(text) - at
+                break
+            at = text.find(stop[0], at + 1)
+    return best
