@@ -152,6 +152,7 @@ def raw(server, method="POST", path="/v1/completions", **kw):
         ("seed", -3),
         ("stop", ["a", "b", "c", "d", "e"]),
         ("stop", ""),
+        ("stop", ["a", "x" * 257]),
         ("prompt", "x" * 1001),
         ("prompt", "caf\u00e9"),
         ("prompt", [1, 2, 3]),
