@@ -328,7 +328,8 @@ def test_a_far_text_takes_a_scratch_runs_lr_and_weight_drop_unless_the_user_set_
     run = new_run(cfg, ModelConfig(), given=frozenset({"corpus"}), unset=UNSET)
     assert (run.tcfg.lr, run.mcfg.weight_drop) == (scratch.tcfg.lr, scratch.mcfg.weight_drop) != (0.01, 0.5)
     assert run.state.sizing["by_reading"] == {"lr": scratch.tcfg.lr, "weight_drop": scratch.mcfg.weight_drop}
-    assert "as from scratch for a text far from the base's" in words.sizing(Sizing.from_dict(run.state.sizing))
+    line = words.sizing(Sizing.from_dict(run.state.sizing))
+    assert "as from scratch for a text far from the base's" in line and "text with the base's model and chunk" in line
     assert run.learner.model.config == run.mcfg
     events: list = []
     train(run, events.append)

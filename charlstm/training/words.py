@@ -64,7 +64,8 @@ def sizing(s: Sizing) -> str:
         passes = s.passes or 0.0
         shown = f"{passes:,.0f}" if passes >= 10 else f"{passes:.2g}"
         budget = f"the default {DEFAULT_EPOCHS:g} epochs" if s.default_budget else "the budget"
-        why = f"{budget} buys about {shown} passes over the text with the small preset"
+        model = "the base's model and chunk" if s.from_base else "the small preset"  # what was timed
+        why = f"{budget} buys about {shown} passes over the text with {model}"
         if s.chars_per_s:
             timed = f", the median of {len(s.speed_passes)} timed passes" if s.speed_passes else ""
             why += f", measured at {s.chars_per_s / 1000:.0f}k chars/s here{timed}"
