@@ -25,7 +25,7 @@ from charlstm.data.vocab import CharVocab
 from charlstm.store.checkpoint import Lineage, load_checkpoint
 from charlstm.training import finetune, words
 from charlstm.training.evaluate import evaluate
-from charlstm.training.events import Progress, Started
+from charlstm.training.events import FAR_TEXT, NEAR_TEXT, Familiarity, Progress, Started
 from charlstm.training.loop import StopFlag, train
 from charlstm.training.presets import SIZED, Sizing
 from charlstm.training.resume import resume_run
@@ -290,13 +290,13 @@ def test_bad_bases_and_shapes_are_one_line_and_write_nothing(base, tmp_path, mon
 
 
 def test_how_far_a_text_is_from_the_bases_moves_lr_and_weight_drop_toward_a_scratch_runs(tmp_path):
-    near, far = finetune.NEAR_TEXT, finetune.FAR_TEXT
-    assert [finetune.Familiarity(4 * (1 - b), 4).far for b in (0.7, near, (near + far) / 2, far, -0.2)] == (
+    near, far = NEAR_TEXT, FAR_TEXT
+    assert [Familiarity(4 * (1 - b), 4).far for b in (0.7, near, (near + far) / 2, far, -0.2)] == (
         pytest.approx([0, 0, 0.5, 1, 1])
     )
     assert set(finetune.FAR) == {"lr", "weight_drop"}  # declared far_text on the options (config.py)
     tcfg, mcfg = replace(tiny_train_config(tmp_path, tmp_path / "x"), lr=0.03), ModelConfig(weight_drop=0.3)
-    between = finetune.Familiarity(4 * (1 - (near + far) / 2), 4)
+    between = Familiarity(4 * (1 - (near + far) / 2), 4)
     tcfg, mcfg, moved = finetune.fit(tcfg, mcfg, {"lr": 0.01, "weight_drop": 0.5}, between)
     assert moved == {"lr": 0.02, "weight_drop": 0.4} and (tcfg.lr, mcfg.weight_drop) == (0.02, 0.4)
 
@@ -308,7 +308,7 @@ def test_the_base_reads_its_own_text_better_than_a_stranger_and_new_characters_a
     shuffled = np.random.default_rng(0).permutation(own)
     greek = vocab.encode("".join(np.random.default_rng(1).choice(list("αβγδεζηθ"), 30_000)))
     reads = [finetune.familiarity(ckpt, vocab, np.asarray(t)) for t in (own, shuffled, greek)]
-    assert reads[0].better > finetune.NEAR_TEXT > reads[1].better  # a text near the base's, and its letters shuffled
+    assert reads[0].better > NEAR_TEXT > reads[1].better  # a text near the base's, and its letters shuffled
     assert reads[2].loss == pytest.approx(math.log(8)) == reads[2].guess and reads[2].far == 1  # nothing it wrote
     changed = own.copy()
     changed[1_300:1_900] = shuffled[1_300:1_900]  # between two of the stretches read: never read

@@ -10,6 +10,29 @@ from pathlib import Path
 from charlstm.choices import StopReason
 from charlstm.training.presets import Sizing
 
+NEAR_TEXT, FAR_TEXT = 0.4, 0.15  # Familiarity.better at or above which a text is near, at or below which far
+
+
+@dataclass(frozen=True)
+class Familiarity:
+    """How well the base reads the new text before any step: its loss on some of the training
+    split, where a token the base never wrote (a new character) counts as a guess."""
+
+    loss: float  # nats per token
+    guess: float  # a uniform guess's over the tokens read: the log of how many different ones
+
+    @property
+    def better(self) -> float:
+        """The share of a guess's loss the base saves: about 0.7 on its own text, 0.1 on Python
+        sources after Shakespeare, below 0 where it reads worse than a guess (1 where there is
+        nothing to guess: a text of one character)."""
+        return 1 - self.loss / self.guess if self.guess > 0 else 1.0
+
+    @property
+    def far(self) -> float:
+        """0 for a text near the base's, 1 for a far one, linear between (docs/sweep.md)."""
+        return min(max((NEAR_TEXT - self.better) / (NEAR_TEXT - FAR_TEXT), 0.0), 1.0)
+
 
 @dataclass(frozen=True)
 class VocabStats:

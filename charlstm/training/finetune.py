@@ -45,12 +45,11 @@ from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM
 from charlstm.options import option
 from charlstm.store.checkpoint import Checkpoint, Lineage, find_checkpoint, load_checkpoint
-from charlstm.training.events import VocabMerge
+from charlstm.training.events import Familiarity, VocabMerge
 
 FROM_BASE = tuple(d.name for d in train_options() if d.option.from_base)  # the model's shape
 FINE_TUNE = {d.name: d.fine_tuned for d in train_options() if d.fine_tuned is not None}  # where they differ
 FAR = tuple(d.name for d in train_options() if d.option.far_text)  # as from scratch on a far text
-NEAR_TEXT, FAR_TEXT = 0.4, 0.15  # Familiarity.better at or above which a text is near, at or below which far
 READ_TOKENS, READ_STREAMS = 20_000, 16  # of the training split the base reads first, in stretches
 LOGITS_BUDGET = 1 << 24  # logits held at once while it reads (64 MB)
 HASH_BLOCK = 1 << 20
@@ -76,27 +75,6 @@ class FineTuneStart:
     fine_tuned: dict[str, Any]  # the fine-tuning defaults applied (options the user left unset)
     released: dict[str, Any] = field(default_factory=dict)  # those left to the preset for a far text
     sizable: frozenset[str] = frozenset()  # the options the caller left to charlstm
-
-
-@dataclass(frozen=True)
-class Familiarity:
-    """How well the base reads the new text before any step: its loss on some of the training
-    split, where a token the base never wrote (a new character) counts as a guess."""
-
-    loss: float  # nats per token
-    guess: float  # a uniform guess's over the tokens read: the log of how many different ones
-
-    @property
-    def better(self) -> float:
-        """The share of a guess's loss the base saves: about 0.7 on its own text, 0.1 on Python
-        sources after Shakespeare, below 0 where it reads worse than a guess (1 where there is
-        nothing to guess: a text of one character)."""
-        return 1 - self.loss / self.guess if self.guess > 0 else 1.0
-
-    @property
-    def far(self) -> float:
-        """0 for a text near the base's, 1 for a far one, linear between (docs/sweep.md)."""
-        return min(max((NEAR_TEXT - self.better) / (NEAR_TEXT - FAR_TEXT), 0.0), 1.0)
 
 
 def file_sha256(path: Any) -> str:
@@ -159,9 +137,7 @@ def familiarity(base: Checkpoint, vocab: CharVocab, tokens: np.ndarray) -> Famil
     length = count // streams
     starts = np.linspace(0, len(tokens) - length - 1, streams).astype(np.int64)
     rows = torch.from_numpy(np.stack([np.asarray(tokens[i : i + length + 1], dtype=np.int64) for i in starts]))
-    model = load_base(
-        CharLSTM(ModelConfig.from_dict({**base.model_config.to_dict(), "vocab_size": len(vocab)})), base, vocab
-    )
+    model = load_base(CharLSTM(replace(base.model_config, vocab_size=len(vocab))), base, vocab)
     group = max(1, LOGITS_BUDGET // (length * len(vocab)))  # streams read at once
     nll = []
     with torch.no_grad():

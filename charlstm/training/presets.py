@@ -127,7 +127,7 @@ class Sizing(DictRoundTrip):
     from_base: dict[str, Any] = field(default_factory=dict)  # a fine-tuning run's shape, from its base
     fine_tuned: dict[str, Any] = field(default_factory=dict)  # the fine-tuning defaults it took
     by_reading: dict[str, Any] = field(default_factory=dict)  # and those moved by how far its text is
-    base_loss: float | None = None  # how well the base read the text (finetune.Familiarity)
+    base_loss: float | None = None  # how well the base read the text (events.Familiarity)
     guess_loss: float | None = None
     far: float | None = None  # how far the text is from the base's: 0 near, 1 far
 

@@ -13,7 +13,7 @@ from charlstm.options import option
 from charlstm.store.checkpoint import BEST as BEST_FILE
 from charlstm.store.checkpoint import LAST as LAST_FILE
 from charlstm.store.checkpoint import Lineage
-from charlstm.training.events import Compiling, Evaluated, Progress, Started, TrainResult, VocabStats
+from charlstm.training.events import Compiling, Evaluated, Familiarity, Progress, Started, TrainResult, VocabStats
 from charlstm.training.presets import Sizing
 
 BEST = " (best)"  # the mark of an evaluation that set a new best, as evaluated() writes it
@@ -103,7 +103,7 @@ def merge(event: Started) -> str:
     s = event.sizing
     read = ""
     if s is not None and s.base_loss is not None and s.guess_loss is not None:
-        better = 1 - s.base_loss / s.guess_loss if s.guess_loss > 0 else 1.0
+        better = Familiarity(s.base_loss, s.guess_loss).better
         read = (
             f"; the base reads the text at {s.base_loss:.2f} nats a token, {better:.0%} better than a "
             f"guess's {s.guess_loss:.2f}: a text {distance(s)}"
