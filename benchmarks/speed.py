@@ -8,10 +8,11 @@ For each shape it prints:
 - the FLOP/s that charlstm's training reaches (6 x matmul parameters x chars/s) as a fraction of
   this machine's matrix-multiply peak in the same dtype, measured here with 2048^3 products;
 - sampling chars/s at 1 and 64 streams, with weights in fp32 (exact) and in bf16 (what
-  ``charlstm sample`` uses for a model trained in bf16), through ``Stepper.draw_chunk`` as
-  ``charlstm sample`` runs it (one stream: a compiled loop per chunk; 64: a step per position
-  for all streams at once); beside calling ``nn.LSTM``
-  once per character with softmax + multinomial, and the ratios.
+  ``charlstm sample`` uses for a model trained in bf16), through ``Slots.draw`` as
+  ``charlstm sample`` and the server run it (a compiled call per chunk of 256 characters: one
+  stream with its products split between threads, many in tiles of streams shared out between
+  threads); beside calling ``nn.LSTM`` once per character with softmax + multinomial, and the
+  ratios.
 
     python benchmarks/speed.py                  # 2x256 and 2x512 (and 3x512 on a GPU)
     python benchmarks/speed.py --shapes 2x256 --seconds 5
@@ -35,6 +36,7 @@ from charlstm.data.batches import StreamBatches
 from charlstm.device import keep_freed_memory
 from charlstm.net.model import CharLSTM
 from charlstm.sampling.draw import PIECE_TOKENS, SamplingRule
+from charlstm.sampling.slots import Slots
 from charlstm.sampling.stepper import Stepper
 from charlstm.training.probe import choose_precision
 from charlstm.training.step import Learner, make_optimizer, train_step
@@ -129,16 +131,16 @@ def plain_sampling(model: CharLSTM, streams: int, device: torch.device, seconds:
 
 
 def charlstm_sampling(model: CharLSTM, streams: int, precision: str, seconds: float) -> float:
-    """What ``charlstm sample`` runs (always on the CPU): one stream generates chunks in one
-    compiled call each; many streams step together (matrix products, compiled gate math)."""
-    stepper, rule = Stepper(copy.deepcopy(model).cpu(), precision), SamplingRule(0.8).args()
-    _, state = stepper.prime(torch.zeros(streams, 1, dtype=torch.long))
-    rng, count = np.random.default_rng(0), PIECE_TOKENS if streams == 1 else 16
-
-    def step() -> int:
-        return stepper.draw_chunk(state, count, rule, rng, last=False).size
-
-    return rate(step, torch.device("cpu"), seconds)
+    """What ``charlstm sample`` runs (always on the CPU): every stream draws a chunk of
+    characters per compiled call."""
+    stepper = Stepper(copy.deepcopy(model).cpu(), precision)
+    slots, primed = Slots(stepper, streams), stepper.read([0])
+    for i in range(streams):
+        slots.add(primed, SamplingRule(0.8), np.random.default_rng(i))
+    try:
+        return rate(lambda: slots.draw(PIECE_TOKENS).size, torch.device("cpu"), seconds)
+    finally:
+        slots.close()
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM
 from charlstm.sampling import draw as sampling
 from charlstm.sampling.draw import SamplingRule, draw_samples, prepare_prompt, priming_ids
+from charlstm.sampling.slots import Slots
 from charlstm.sampling.stepper import Stepper
 
 VOCAB = CharVocab("\nabcdefgh:ABC ")
@@ -61,12 +62,14 @@ def test_many_samples_side_by_side_in_chunks(monkeypatch):
     many = texts(cfg)
     assert [len(t) for t in many] == [30] * 4 and len(set(many)) == 4
     assert many == texts(cfg) and texts(SampleConfig(prompt="A", length=30, seed=1))[0] != many[1]
+    for n in (1, 2, 7):  # sample i does not depend on how many are drawn beside it
+        assert texts(SampleConfig(prompt="A", length=30, num_samples=n, seed=1))[:4] == many[:n]
 
 
 def test_a_random_seed_is_chosen_and_known_before_any_text_is_drawn(monkeypatch):
     drawn = []
-    real = Stepper.draw_chunk
-    monkeypatch.setattr(Stepper, "draw_chunk", lambda self, *a, **k: drawn.append(1) or real(self, *a, **k))
+    real = Slots.draw
+    monkeypatch.setattr(Slots, "draw", lambda self, *a, **k: drawn.append(1) or real(self, *a, **k))
     samples = draw_samples(Stepper(MODEL), VOCAB, SampleConfig(prompt="a", length=10))
     assert 0 <= samples.seed < 2**32 and samples.prompt == "a" and not drawn
     again = draw_samples(Stepper(MODEL), VOCAB, SampleConfig(prompt="a", length=10, seed=samples.seed))

@@ -8,7 +8,9 @@ def draw(logits, seed: int, temperature: float = 1.0, top_k: int = 0, top_p: flo
     """One id per row of logits (B, V), as the many-stream step draws them (top_k 0, top_p 1: off)."""
     rng = np.random.default_rng(seed)
     rows = np.ascontiguousarray(logits, dtype=np.float32)
-    return kernels.draw_rows(rows, temperature, top_k, top_p, 1.0 - rng.random(len(rows)))
+    z = np.empty(rows.shape[1])
+    uniforms = 1.0 - rng.random(len(rows))
+    return np.array([kernels.draw(row, temperature, top_k, top_p, u, z) for row, u in zip(rows, uniforms, strict=True)])
 
 
 def kept(logits, keep) -> list[bool]:

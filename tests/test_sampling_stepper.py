@@ -9,7 +9,9 @@ from charlstm.config import ModelConfig
 from charlstm.net.model import CharLSTM, state_size
 from charlstm.sampling import kernels
 from charlstm.sampling.draw import SamplingRule
-from charlstm.sampling.stepper import Stepper, resolve_precision
+from charlstm.sampling.slot_kernels import PARALLEL_MIN
+from charlstm.sampling.slots import Slots
+from charlstm.sampling.stepper import READ_LIMIT, Stepper, resolve_precision
 
 CELLS = Cell.values()
 
@@ -23,34 +25,30 @@ def model(request):
 
 
 def stepped_logits(stepper: Stepper, tokens: torch.Tensor, primed: int) -> np.ndarray:
-    """Logits (B, T - primed + 1) after priming with the first ``primed`` tokens, then stepping."""
+    """Logits (1, T - primed + 1) after priming with the first ``primed`` tokens, then stepping."""
     logits, state = stepper.prime(tokens[:, :primed])
-    got = [logits] + [stepper.step(tokens[:, t].numpy(), state) for t in range(primed, tokens.shape[1])]
-    return np.stack(got, 1)
+    got = [logits[0]] + [stepper.step(int(tokens[0, t]), state) for t in range(primed, tokens.shape[1])]
+    return np.stack(got)[None]
 
 
-@pytest.mark.parametrize("streams", [1, 5])
-def test_fast_step_matches_the_cells_forward_pass(model, streams):
-    tokens = torch.randint(0, V, (streams, 12))
+def test_fast_step_matches_the_cells_forward_pass(model):
+    tokens = torch.randint(0, V, (1, 12))
     expected, _ = model(tokens)  # (B, T, V) through nn.LSTM, nn.GRU or the peephole module
     got = stepped_logits(Stepper(model), tokens, 4)
     np.testing.assert_allclose(got, expected[:, 3:].detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("streams", [1, 5])
-def test_bf16_step_equals_the_forward_pass_on_bf16_rounded_weights(model, streams):
-    """bf16 rounds the matrices read per step. One stream keeps fp32 arithmetic (tight match);
-    many streams also round the products' inputs and outputs, as autocast does (close match)."""
+def test_bf16_step_equals_the_forward_pass_on_bf16_rounded_weights(model):
+    """bf16 rounds the matrices read per step; the arithmetic stays fp32 (a tight match)."""
     rounded = copy.deepcopy(model)
     with torch.no_grad():
         for name, p in rounded.named_parameters():
             if name == "head.weight" or "weight_hh" in name or ("weight_ih" in name and not name.endswith("l0")):
                 p.copy_(p.bfloat16().float())
-    tokens = torch.randint(0, V, (streams, 12))
+    tokens = torch.randint(0, V, (1, 12))
     expected, _ = rounded(tokens)
     got = stepped_logits(Stepper(model, "bf16"), tokens, 4)
-    tolerance = 1e-5 if streams == 1 else 5e-3
-    np.testing.assert_allclose(got, expected[:, 3:].detach().numpy(), rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(got, expected[:, 3:].detach().numpy(), rtol=1e-5, atol=1e-5)
     exact, _ = model(tokens)
     assert not np.allclose(got, exact[:, 3:].detach().numpy(), rtol=1e-5, atol=1e-5)
 
@@ -62,7 +60,7 @@ def test_threaded_matrix_vector_path_matches_the_forward_pass(precision, cell):
     torch.manual_seed(1)
     model = CharLSTM(ModelConfig(vocab_size=V, embedding=8, hidden=128, layers=2, cell=cell)).eval()
     stepper = Stepper(model, precision)
-    assert stepper.arrays[3][0].size * (2 if precision == "bf16" else 1) >= kernels.PARALLEL_MIN
+    assert stepper.arrays[3][0].size * (2 if precision == "bf16" else 1) >= PARALLEL_MIN
     tokens = torch.randint(0, V, (1, 10))
     expected, _ = stepper.model(tokens)  # for bf16, the copy with rounded weights
     got = stepped_logits(stepper, tokens, 1)[0]
@@ -73,18 +71,35 @@ def test_threaded_matrix_vector_path_matches_the_forward_pass(precision, cell):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("rule", [SamplingRule(1.0), SamplingRule(0.7, top_k=4), SamplingRule(1.2, top_p=0.8)])
 def test_drawing_chunks_equals_stepping_one_character_at_a_time(model, streams, precision, rule):
-    """One stream draws a chunk in one compiled call, many streams a step per position; either
-    gives the ids of drawing and stepping one character at a time (a uniform number per draw)."""
-    stepper, prime, counts = Stepper(model, precision), torch.tensor([[1, 2, 3]] * streams), (7, 17, 6)
-    _, state = stepper.prime(prime)
-    rng = np.random.default_rng(5)
-    fast = [stepper.draw_chunk(state, n, rule.args(), rng, last=i == len(counts) - 1) for i, n in enumerate(counts)]
-    logits, state = stepper.prime(prime)
-    rng, slow = np.random.default_rng(5), []
-    for _ in range(sum(counts)):
-        slow.append(kernels.draw_rows(np.ascontiguousarray(logits), *rule.args(), 1.0 - rng.random(streams)))
-        logits = stepper.step(slow[-1], state)
-    assert np.concatenate(fast, 1).tolist() == np.stack(slow, 1).tolist()
+    """Slots draw a chunk per compiled call (a stream alone with its products split between
+    threads, several in tiles); each stream's ids are those of drawing and stepping one character
+    at a time with its own uniforms."""
+    stepper, counts = Stepper(model, precision), (7, 17, 6)
+    slots = Slots(stepper, streams)
+    try:
+        for i in range(streams):
+            slots.add(stepper.read([1, 2, 3]), rule, np.random.default_rng(5 + i))
+        fast = np.concatenate([slots.draw(n) for n in counts], 1)
+    finally:
+        slots.close()
+    z = np.empty(V)
+    for i in range(streams):
+        state, rng, slow = stepper.read([1, 2, 3]), np.random.default_rng(5 + i), []
+        logits = state.logits[0, :V].copy()
+        for u in 1.0 - rng.random(sum(counts)):
+            slow.append(kernels.draw(logits, *rule.args(), u, z))
+            logits = stepper.step(slow[-1], state)
+        assert fast[i].tolist() == slow
+
+
+def test_a_long_prompt_is_read_in_one_forward_pass_and_a_short_one_by_the_step(model, monkeypatch):
+    stepper, calls = Stepper(model), []
+    monkeypatch.setattr(stepper, "prime", lambda *a: calls.append(a) or Stepper.prime(stepper, *a))
+    ids = torch.randint(0, V, (READ_LIMIT + 1,)).tolist()
+    short, long = stepper.start(ids[:-1]), stepper.start(ids)
+    assert len(calls) == 1 and calls[0][0].shape == (1, READ_LIMIT + 1)
+    assert np.array_equal(short.logits, stepper.read(ids[:-1]).logits)
+    np.testing.assert_allclose(long.logits, stepper.read(ids).logits, atol=1e-4)  # either way, the model's state
 
 
 def test_prime_from_a_given_state_matches_the_forward_pass(model):

@@ -266,15 +266,15 @@ def _read_stream_start(url, body):
 
 
 def test_sigterm_ends_the_streams_in_flight_and_exits_0(wide_run):
-    s = Server(wide_run)
-    with httpx.stream("POST", s.url + "/v1/completions", json={"prompt": "KING:", "max_tokens": 4096, "stream": True},
-                      timeout=60) as r:  # fmt: skip
+    s = Server(wide_run, "--max-tokens", "1000000")  # a stream alone runs at tens of thousands of tokens a second
+    body = {"prompt": "KING:", "max_tokens": 1000000, "stream": True}
+    with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
         s.proc.terminate()
         rest = [line for line in lines if line.startswith("data: ")]
     assert rest[-1] == "data: [DONE]"  # ended cleanly, the last piece saying why: ended by the drain's end,
-    assert "shutting down" in rest[-2]  # not run to its 4,096 tokens (no wall-clock bound: CI machines are busy)
+    assert "shutting down" in rest[-2]  # not run to its 1,000,000 tokens (no wall-clock bound: CI machines are busy)
     assert s.proc.wait(30) == 0
     assert "Traceback" not in s.output
 
@@ -329,9 +329,11 @@ def test_the_app_mounts_in_another_and_owns_its_engine_there(shared_run):
 def test_a_model_that_cannot_generate_is_one_line_and_a_non_zero_exit(shared_run, monkeypatch, capfd, failing):
     from typer.testing import CliRunner
 
+    from charlstm import api
     from charlstm.cli import app
     from charlstm.sampling.slots import Slots
 
+    monkeypatch.setattr(api, "compile_kernels", lambda *a, **k: 0.0)  # they compile through Slots too: loaded later
     monkeypatch.setattr(Slots, failing, lambda *a: (_ for _ in ()).throw(RuntimeError("no kernels here")))
     before = len(engine_threads())
     result = CliRunner().invoke(app, ["serve", str(shared_run), "--host", "127.0.0.1", "--port", "0"])

@@ -81,7 +81,7 @@ class Scripted:
     def free(self) -> int:
         return self.capacity - self.count
 
-    def read(self, ids: list[int], state: object) -> str:
+    def start(self, ids: list[int], state: object) -> str:
         prompt = VOCAB.decoder()(ids).lstrip("\n")
         if prompt in self.failing_prompts:
             raise RuntimeError(f"cannot read {prompt!r}")

@@ -210,11 +210,11 @@ def read_through(model: CharLSTM, pieces: list[list[int]], text: str, value: str
     layers, hidden = model.config.layers, model.config.hidden
     held = np.empty((len(tokens), layers * hidden), np.float32)  # (M, layers * H), layer by layer
     logits = np.empty((len(tokens), step_logits.shape[1]), np.float32)  # (M, V)
+    logits[0] = step_logits[0]
     for t in range(len(tokens)):
         if t:
-            step_logits = stepper.step(tokens[t : t + 1], s)
-        held[t] = (s.xh[:, 0, hidden:] if value == "hidden" else np.tanh(s.c[:, 0])).reshape(-1)
-        logits[t] = step_logits[0]
+            logits[t] = stepper.step(tokens[t], s)
+        held[t] = (s.xh[:, 0, hidden : 2 * hidden] if value == "hidden" else np.tanh(s.c[:, 0])).reshape(-1)
     logp = torch.log_softmax(torch.from_numpy(logits), dim=1).numpy()  # (M, V)
     ends = np.cumsum([len(p) for p in pieces]) - 1  # (N,) index of each character's last token
     top = np.argsort(-logp[ends], axis=1, kind="stable")[:, :TOP]  # (N, TOP)

@@ -1,5 +1,8 @@
 """Sampling: the rules that pick each character (temperature, top-k, top-p), the prompt, the seed,
-and the one generation API, :func:`draw_samples`, which draws any number of samples side by side.
+and the one generation API, :func:`draw_samples`, which draws any number of samples side by side
+through ``Slots``, the stepping a server's requests share: sample *i* of a seed draws with that
+seed's generator *i* (:func:`stream_rng`), so it is the same text alone, among others, or as a
+server's choice *i*.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from charlstm.choices import STEP_PRECISIONS
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.net.model import CharLSTM, State
+from charlstm.sampling.slots import RANDOM_BLOCK, Slots
 from charlstm.sampling.stepper import KernelRule, Stepper
 
 COMPILE_PATIENCE = 3.0  # seconds: Numba loads its cached kernels in about 1 s; a first compile takes 25-30 s
-PIECE_TOKENS = 256  # characters per sample drawn per call: text still streams out, calls stay few
+PIECE_TOKENS = RANDOM_BLOCK  # characters per sample drawn per call: text still streams out, calls stay few
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,11 @@ def choose_seed(seed: int | None) -> int:
     return seed if seed is not None else int.from_bytes(os.urandom(4), "little")
 
 
+def stream_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sample (or choice) ``index`` under ``seed``: its own, whatever else runs."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+
+
 def prepare_prompt(vocab: CharVocab, prompt: str, unknown: str = "error") -> tuple[str, list[str]]:
     """The prompt to use and the characters dropped from it (``unknown="skip"``); with byte
     fallback every character can be read, so nothing is dropped."""
@@ -80,21 +89,21 @@ def priming_ids(vocab: CharVocab, prompt: str) -> list[int]:
 
 
 def _ids_after(
-    stepper: Stepper,
-    prime: torch.Tensor,
-    length: int,
-    rule: SamplingRule,
-    rng: np.random.Generator,
-    start: State | None,
+    stepper: Stepper, ids: list[int], streams: int, length: int, rule: SamplingRule, seed: int, start: State | None
 ) -> Iterator[np.ndarray]:
-    """After reading ``prime`` (B, T) from ``start``, yield the next ids of every stream, (B, n)
-    at a time with n <= PIECE_TOKENS: ``length`` per stream in all."""
+    """After reading ``ids`` from ``start``, yield the next ids of ``streams`` samples, (streams, n)
+    at a time with n <= PIECE_TOKENS: ``length`` per sample in all."""
     if length <= 0:
         return
-    _, state = stepper.prime(prime, start)
-    for begin in range(0, length, PIECE_TOKENS):
-        count = min(PIECE_TOKENS, length - begin)
-        yield stepper.draw_chunk(state, count, rule.args(), rng, last=begin + count == length)
+    slots = Slots(stepper, streams)
+    try:
+        primed = stepper.start(ids, start)
+        for i in range(streams):
+            slots.add(primed, rule, stream_rng(seed, i))
+        for begin in range(0, length, PIECE_TOKENS):
+            yield slots.draw(min(PIECE_TOKENS, length - begin))
+    finally:
+        slots.close()
 
 
 def draw_samples(stepper: Stepper, vocab: CharVocab, cfg: SampleConfig, start: State | None = None) -> Samples:
@@ -102,15 +111,14 @@ def draw_samples(stepper: Stepper, vocab: CharVocab, cfg: SampleConfig, start: S
     side by side, ``cfg.length`` characters each, from ``start`` (see ``Checkpoint.warm_state``).
 
     The stepper fixes the precision (``cfg.precision`` is for whoever builds it). The same seed
-    with the same number of samples and precision gives the same text.
+    and precision give the same text for sample *i*, whatever the number of samples.
     """
     prompt, dropped = prepare_prompt(vocab, cfg.prompt, cfg.unknown)
-    seed = choose_seed(cfg.seed)
-    prime = torch.tensor([priming_ids(vocab, prompt)] * cfg.num_samples, dtype=torch.long)
-    ids = _ids_after(stepper, prime, cfg.length, SamplingRule.of(cfg), np.random.default_rng(seed), start)
+    seed, rule = choose_seed(cfg.seed), SamplingRule.of(cfg)
+    ids = _ids_after(stepper, priming_ids(vocab, prompt), cfg.num_samples, cfg.length, rule, seed, start)
     decoders = [vocab.decoder() for _ in range(cfg.num_samples)]  # a character may span two chunks
     pieces = ([decode(row) for decode, row in zip(decoders, chunk, strict=True)] for chunk in ids)
-    return Samples(seed, prompt, dropped, pieces, seeded=not SamplingRule.of(cfg).greedy)
+    return Samples(seed, prompt, dropped, pieces, seeded=not rule.greedy)
 
 
 def compile_kernels(on_slow: Callable[[], None] | None = None) -> float:
@@ -144,8 +152,8 @@ def compile_kernels(on_slow: Callable[[], None] | None = None) -> float:
 def _compile() -> None:
     with torch.random.fork_rng(devices=[]):  # a run's random state must not move
         tiny = CharLSTM(ModelConfig(vocab_size=3, embedding=2, hidden=2, layers=2)).eval()
-        rng, rule = np.random.default_rng(0), SamplingRule(1.0, 2, 0.9)
+        rule = SamplingRule(1.0, 2, 0.9)
         for precision in STEP_PRECISIONS:
+            stepper = Stepper(tiny, precision)
             for streams in (1, 2):
-                prime = torch.zeros(streams, 1, dtype=torch.long)
-                list(_ids_after(Stepper(tiny, precision), prime, 2, rule, rng, None))
+                list(_ids_after(stepper, [0], streams, 2, rule, 0, None))

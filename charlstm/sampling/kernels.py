@@ -1,13 +1,13 @@
-"""Compiled (Numba) code for sampling, and nothing else: the float32 tanh, matrix-vector
-products over fp32 or bf16 weights, the gate math of each cell, one stream's step, and the sampling
-rules (temperature, top-k, top-p) on a row of logits. (The corpus's encoding loop is
-``data/kernels.py``; these two modules are the only ones that import Numba.)
+"""Compiled (Numba) code for sampling, and nothing else: the float32 tanh, bf16 weights read as
+float32, the gate math of each cell, and the sampling rules (temperature, top-k, top-p) on a row
+of logits; ``slot_kernels.py`` steps streams with them. (The corpus's encoding loop is
+``data/kernels.py``; these three modules are the only ones that import Numba.)
 
 Calling ``nn.LSTM`` once per character pays oneDNN's set-up on every call (about a
 millisecond per layer on CPU), and even NumPy costs about a microsecond per call, so a
 Python-level step (some 40 calls per character) spends more time in calls than in
-arithmetic. These kernels run a whole chunk of characters per call; ``stepper.py`` arranges
-the weights they read.
+arithmetic. The compiled step runs a whole chunk of characters per call; ``stepper.py``
+arranges the weights it reads.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
 from numba.core import types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 
 def threads() -> int:
-    """Threads Numba may use for one stream's matrix-vector products."""
+    """Threads Numba may use for one stream's products."""
     return numba.get_num_threads()
 
-
-PARALLEL_MIN = 1 << 16  # weights in a matrix-vector product worth splitting between threads
 
 # Only reassociation and contraction are allowed (vectorised dot products, FMA): infinities
 # and NaN keep their IEEE meaning, which top-k and top-p rely on. NumPy's error model drops
@@ -70,85 +68,6 @@ def f32_from_bits(typingctx, bits):  # noqa: ANN001, ARG001
     return types.float32(types.uint32), codegen
 
 
-def as_f32(v):  # noqa: ANN001, ANN201
-    """A value as float32: float32 as it is, a bf16 (its uint16 bits) widened exactly."""
-
-
-@overload(as_f32, jit_options={"fastmath": True})
-def _as_f32_impl(v):  # noqa: ANN001, ANN202
-    if isinstance(v, types.Integer):
-        return lambda v: f32_from_bits(np.uint32(v) << _SHIFT)
-    return lambda v: v
-
-
-@numba.njit(inline="always", **_JIT)
-def _dot_rows_f32(w: np.ndarray, x: np.ndarray, out: np.ndarray, first: int, last: int) -> None:
-    for r in range(first, last):
-        acc = _F(0)
-        for k in range(w.shape[1]):
-            acc += w[r, k] * x[k]
-        out[r] = acc
-
-
-@numba.njit(inline="always", **_JIT)
-def _dot_rows_bf16(w: np.ndarray, xe: np.ndarray, xo: np.ndarray, out: np.ndarray, first: int, last: int) -> None:
-    # Each uint32 of w holds two bf16 weights: column 2k in its low half, column 2k + 1 in its high
-    # half. Widening both takes one mask and one shift, cheaper than widening each alone.
-    for r in range(first, last):
-        acc = _F(0)
-        for k in range(w.shape[1]):
-            pair = w[r, k]
-            acc += f32_from_bits(pair << _SHIFT) * xe[k] + f32_from_bits(pair & _HIGH) * xo[k]
-        out[r] = acc
-
-
-# One stream is limited by reading the weights, not by arithmetic: each thread reads its own
-# block of rows, so every core's cache and share of memory bandwidth is put to work.
-@numba.njit(parallel=True, **_JIT)
-def _gemv_f32(w: np.ndarray, x: np.ndarray, out: np.ndarray, threads: int) -> None:
-    """out (R,) = w (R, K) @ x (K,)."""
-    blocks = threads if w.size >= PARALLEL_MIN else 1  # (numba.get_num_threads() here would stop caching)
-    for i in numba.prange(blocks):
-        _dot_rows_f32(w, x, out, i * w.shape[0] // blocks, (i + 1) * w.shape[0] // blocks)
-
-
-@numba.njit(parallel=True, **_JIT)
-def _gemv_bf16(w: np.ndarray, xe: np.ndarray, xo: np.ndarray, out: np.ndarray, threads: int) -> None:
-    """out (R,) = w @ x for w (R, ceil(K/2)) bf16 pairs and x split into even and odd columns."""
-    blocks = threads if 2 * w.size >= PARALLEL_MIN else 1
-    for i in numba.prange(blocks):
-        _dot_rows_bf16(w, xe, xo, out, i * w.shape[0] // blocks, (i + 1) * w.shape[0] // blocks)
-
-
-@numba.njit(**_JIT)
-def _even_odd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x (K,) -> its even and odd columns, each (ceil(K/2),); an odd K gets a 0 for the last odd."""
-    half = (x.shape[0] + 1) // 2
-    xe, xo = np.zeros(half, np.float32), np.zeros(half, np.float32)
-    for k in range(x.shape[0]):
-        if k % 2 == 0:
-            xe[k // 2] = x[k]
-        else:
-            xo[k // 2] = x[k]
-    return xe, xo
-
-
-def gemv(w, x, out, threads):  # noqa: ANN001, ANN202
-    """out (R,) = w @ x (K,) for one stream; w is fp32 (R, K) or bf16 pairs (R, ceil(K/2)) uint32."""
-
-
-@overload(gemv)
-def _gemv_impl(w, x, out, threads):  # noqa: ANN001, ANN202
-    if w.dtype == types.uint32:
-
-        def bf16(w, x, out, threads):  # noqa: ANN001, ANN202
-            xe, xo = _even_odd(x)
-            _gemv_bf16(w, xe, xo, out, threads)
-
-        return bf16
-    return lambda w, x, out, threads: _gemv_f32(w, x, out, threads)
-
-
 LSTM, GRU, PEEPHOLE = 0, 1, 2  # the cells as the kernels name them (``Stepper`` arranges each)
 
 
@@ -159,11 +78,11 @@ def _sigmoid_of_half(tanh_of_half: float) -> float:
 
 @numba.njit(inline="always", **_JIT)
 def lstm_cell(g: np.ndarray, bias: np.ndarray, c: np.ndarray, h: np.ndarray, act: np.ndarray) -> None:
-    """One stream's LSTM gate math: pre-activations g (4H,) (fp32, or bf16 bits) + bias (4H,),
+    """One stream's LSTM gate math: pre-activations g (4H,) + bias (4H,),
     gates (i, f, o, g) with the sigmoid rows halved -> new c and h (H,) in place; act (4H,) scratch."""
     n = c.shape[0]
     for j in range(4 * n):
-        act[j] = tanh32(as_f32(g[j]) + bias[j])
+        act[j] = tanh32(g[j] + bias[j])
     for j in range(n):
         i, f, o = _sigmoid_of_half(act[j]), _sigmoid_of_half(act[n + j]), _sigmoid_of_half(act[2 * n + j])
         c[j] = f * c[j] + i * act[3 * n + j]
@@ -176,10 +95,10 @@ def peephole_cell(g: np.ndarray, bias: np.ndarray, peep: np.ndarray, c: np.ndarr
     peep (3, H) holds p_i, p_f, p_o, halved like the sigmoid rows."""
     n = c.shape[0]
     for j in range(n):
-        i = _sigmoid_of_half(tanh32(as_f32(g[j]) + bias[j] + peep[0, j] * c[j]))
-        f = _sigmoid_of_half(tanh32(as_f32(g[n + j]) + bias[n + j] + peep[1, j] * c[j]))
-        c[j] = f * c[j] + i * tanh32(as_f32(g[3 * n + j]) + bias[3 * n + j])
-        h[j] = _sigmoid_of_half(tanh32(as_f32(g[2 * n + j]) + bias[2 * n + j] + peep[2, j] * c[j])) * tanh32(c[j])
+        i = _sigmoid_of_half(tanh32(g[j] + bias[j] + peep[0, j] * c[j]))
+        f = _sigmoid_of_half(tanh32(g[n + j] + bias[n + j] + peep[1, j] * c[j]))
+        c[j] = f * c[j] + i * tanh32(g[3 * n + j] + bias[3 * n + j])
+        h[j] = _sigmoid_of_half(tanh32(g[2 * n + j] + bias[2 * n + j] + peep[2, j] * c[j])) * tanh32(c[j])
 
 
 @numba.njit(inline="always", **_JIT)
@@ -189,9 +108,9 @@ def gru_cell(g: np.ndarray, bias: np.ndarray, h: np.ndarray) -> None:
     W_hn h + b_hn, kept apart because the reset gate scales only the latter."""
     n = h.shape[0]
     for j in range(n):
-        r = _sigmoid_of_half(tanh32(as_f32(g[j]) + bias[j]))
-        z = _sigmoid_of_half(tanh32(as_f32(g[n + j]) + bias[n + j]))
-        candidate = tanh32(as_f32(g[2 * n + j]) + bias[2 * n + j] + r * (as_f32(g[3 * n + j]) + bias[3 * n + j]))
+        r = _sigmoid_of_half(tanh32(g[j] + bias[j]))
+        z = _sigmoid_of_half(tanh32(g[n + j] + bias[n + j]))
+        candidate = tanh32(g[2 * n + j] + bias[2 * n + j] + r * (g[3 * n + j] + bias[3 * n + j]))
         h[j] = candidate + z * (h[j] - candidate)  # (1 - z) * candidate + z * h
 
 
@@ -204,43 +123,6 @@ def cell(kind: int, g: np.ndarray, bias: np.ndarray, peep: np.ndarray, c: np.nda
         peephole_cell(g, bias, peep, c, h)
     else:
         lstm_cell(g, bias, c, h, act)
-
-
-@numba.njit(**_JIT)
-def cells(
-    kind: int,
-    g: np.ndarray,
-    bias: np.ndarray,
-    rows: np.ndarray,
-    peep: np.ndarray,
-    c: np.ndarray,
-    xh: np.ndarray,
-    act: np.ndarray,
-) -> None:
-    """``cell`` for B streams: g (B, 4H); stream b adds bias[rows[b]]; c (B, H) (unused by the GRU,
-    which may pass (B, 0)) and h, the right half of xh (B, 2H), are updated (sliced here, row by
-    row, so that Numba knows them contiguous)."""
-    n = xh.shape[1] // 2
-    for b in range(g.shape[0]):
-        cell(kind, g[b], bias[rows[b]], peep, c[b], xh[b, n:], act)
-
-
-@numba.njit(**_JIT)
-def advance(arrays: tuple, s: tuple, token: int) -> None:
-    """Stream 0 reads ``token``: its state s = (xh, c, gates, act, logits) advances in place.
-
-    ``arrays`` is (kind, table, w0, deeper, biases, peep, head_w, head_b, threads): see ``Stepper``."""
-    kind, table, w0, ws, biases, peep, head_w, head_b, threads = arrays
-    xh, c, g, act, logits = s
-    n, gates = xh.shape[2] // 2, g[0]
-    gemv(w0, xh[0, 0, n:], gates, threads)
-    cell(kind, gates, table[token], peep[0], c[0, 0], xh[0, 0, n:], act)
-    for layer in range(1, xh.shape[0]):
-        xh[layer, 0, :n] = xh[layer - 1, 0, n:]
-        gemv(ws[layer - 1], xh[layer, 0], gates, threads)
-        cell(kind, gates, biases[layer - 1], peep[layer], c[layer, 0], xh[layer, 0, n:], act)
-    gemv(head_w, xh[-1, 0, n:], logits[0], threads)
-    logits[0] += head_b
 
 
 @numba.njit(**_JIT)
@@ -287,23 +169,3 @@ def draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, u: fl
         if z[v] >= target:
             return v
     return int(np.argmax(logits))  # only for NaN logits
-
-
-@numba.njit(**_JIT)
-def draw_rows(logits: np.ndarray, temperature: float, top_k: int, top_p: float, u: np.ndarray) -> np.ndarray:
-    """``draw`` for each row of logits (B, V) with its own u (B,) -> ids (B,)."""
-    z, out = np.empty(logits.shape[1]), np.empty(logits.shape[0], np.int64)
-    for b in range(logits.shape[0]):
-        out[b] = draw(logits[b], temperature, top_k, top_p, u[b], z)
-    return out
-
-
-@numba.njit(**_JIT)
-def generate_chunk(arrays, s, temperature, top_k, top_p, u, out, advance_last) -> None:  # noqa: ANN001
-    """Stream 0 draws ``len(u)`` ids into ``out``, reading each one; the last only if ``advance_last``."""
-    logits = s[-1]
-    z = np.empty(logits.shape[1])
-    for i in range(u.shape[0]):
-        out[i] = draw(logits[0], temperature, top_k, top_p, u[i], z)
-        if i + 1 < u.shape[0] or advance_last:
-            advance(arrays, s, out[i])

@@ -1,11 +1,18 @@
-"""Compiled (Numba) code for a server's slots: many streams that come and go, each with its own
-sampling rule, stepped together. Every product element is computed by the same code whatever
-the number of streams, their order or the threads, so that a stream's text depends on nothing
-but itself (BLAS picks its kernels by the matrices' shapes, and rounds differently for each). A
-tile of four streams by two weight rows reads each loaded value more than once, which brings
-these products close to BLAS's speed. Nothing here starts threads or takes Python's lock:
-``Slots`` shares the streams out in whole tiles between threads of its own. (With
-``kernels.py``, the only sampling code that imports Numba.)
+"""Compiled (Numba) code that steps streams: many streams that come and go, each with its own
+sampling rule, stepped together (a server's slots, ``charlstm sample --num-samples``), and one
+stream alone, its products split between threads. Every product element is computed by the same
+code whatever the number of streams, their order or the threads, so that a stream's text depends
+on nothing but itself (BLAS picks its kernels by the matrices' shapes, and rounds differently for
+each).
+
+A tile of four streams by two weight rows reads each loaded value more than once, which brings
+these products close to BLAS's speed. One stream runs the very same tile with the roles swapped:
+four weight rows take the streams' places and the stream the rows' (``_rows_tile``); products
+commute, and the sum runs in the same order, so its numbers are bit for bit those it would have
+among others (``tests/test_sampling_slots.py`` holds both paths to that). Many streams take no
+Python lock and start no threads (``Slots`` shares them out between threads of its own); one
+stream's products are split between Numba's threads. (With ``kernels.py``, the only sampling code
+that imports Numba.)
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ from numba.extending import overload
 
 from charlstm.sampling.kernels import _F, _HIGH, _JIT, _SHIFT, cell, draw, f32_from_bits
 
-TILE_STREAMS = 4  # the number of streams stepped together is rounded up to this (zero rows fill it)
+PARALLEL_MIN = 1 << 16  # weights in one stream's product worth splitting between threads
+
+TILE_STREAMS = 4  # the number of streams stepped together is rounded up to this (zero rows fill it);
+# one stream's matrices have a multiple of it rows (``Stepper`` pads the head with zero rows)
 _TILE_ROWS_BLOCK = 16  # weight rows per thread's block: they stay in cache across the streams
 
 
@@ -81,6 +91,81 @@ def _tile_impl(w, x, k0, out, b, r, pair):  # noqa: ANN001, ANN202
     return lambda w, x, k0, out, b, r, pair: _tile_f32(w, x, k0, out, b, r, pair)
 
 
+@numba.njit(inline="always", **_JIT)
+def _tile_bf16_rows(s: np.ndarray, w: np.ndarray, out: np.ndarray, b: int, pair: bool) -> None:
+    """``_tile_bf16`` with the roles swapped: out[b + i, 0] = w[b + i] . s[0] for four rows of bf16
+    pairs w (and column 1 with s[1] if ``pair``); each sum the same, in the same order."""
+    width = w.shape[1]
+    p0, p1, p2, p3 = w[b], w[b + 1], w[b + 2], w[b + 3]
+    su, sv = s[0], s[1 if pair else 0]
+    a0, a1, a2, a3, c0, c1, c2, c3 = _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0)
+    for k in range(width):
+        e, o = 2 * k, 2 * k + 1
+        ue, uo, ve, vo = su[e], su[o], sv[e], sv[o]
+        x0e, x0o = f32_from_bits(p0[k] << _SHIFT), f32_from_bits(p0[k] & _HIGH)
+        x1e, x1o = f32_from_bits(p1[k] << _SHIFT), f32_from_bits(p1[k] & _HIGH)
+        x2e, x2o = f32_from_bits(p2[k] << _SHIFT), f32_from_bits(p2[k] & _HIGH)
+        x3e, x3o = f32_from_bits(p3[k] << _SHIFT), f32_from_bits(p3[k] & _HIGH)
+        a0 += ue * x0e + uo * x0o
+        a1 += ue * x1e + uo * x1o
+        a2 += ue * x2e + uo * x2o
+        a3 += ue * x3e + uo * x3o
+        c0 += ve * x0e + vo * x0o
+        c1 += ve * x1e + vo * x1o
+        c2 += ve * x2e + vo * x2o
+        c3 += ve * x3e + vo * x3o
+    out[b, 0], out[b + 1, 0], out[b + 2, 0], out[b + 3, 0] = a0, a1, a2, a3
+    if pair:
+        out[b, 1], out[b + 1, 1], out[b + 2, 1], out[b + 3, 1] = c0, c1, c2, c3
+
+
+def _rows_tile(s, w, out, b, pair):  # noqa: ANN001, ANN202
+    """Rows b..b+3 of w times the stream s: the tile of its dtype with the roles swapped."""
+
+
+@overload(_rows_tile, inline="always")
+def _rows_tile_impl(s, w, out, b, pair):  # noqa: ANN001, ANN202
+    if w.dtype == types.uint32:
+        return lambda s, w, out, b, pair: _tile_bf16_rows(s, w, out, b, pair)
+    return lambda s, w, out, b, pair: _tile_f32(s, w, 0, out, b, 0, pair)
+
+
+def _columns(w):  # noqa: ANN001, ANN202
+    """The columns of a matrix: its width, or twice that for bf16 pairs."""
+
+
+@overload(_columns, inline="always")
+def _columns_impl(w):  # noqa: ANN001, ANN202
+    if w.dtype == types.uint32:
+        return lambda w: 2 * w.shape[1]
+    return lambda w: w.shape[1]
+
+
+@numba.njit(parallel=True, **_JIT)
+def _row_tiles(w: np.ndarray, s: np.ndarray, out: np.ndarray, threads: int, pair: bool) -> None:
+    tiles = w.shape[0] // TILE_STREAMS
+    blocks = (
+        threads if w.shape[0] * _columns(w) >= PARALLEL_MIN else 1
+    )  # (numba.get_num_threads() here would stop caching)
+    for i in numba.prange(blocks):
+        for t in range(tiles * i // blocks, tiles * (i + 1) // blocks):
+            _rows_tile(s, w, out, TILE_STREAMS * t, pair)
+
+
+@numba.njit(**_JIT)
+def row_product(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, threads: int) -> None:
+    """out[:R] = w @ x[k0 : k0 + K] for one stream x (w fp32 (R, K), or bf16 pairs (R, K/2) with x
+    padded past k0 + K as for ``tiled_product``; R a multiple of TILE_STREAMS): each element the
+    number ``tiled_product`` gives that stream. The rows are split between ``threads`` threads."""
+    width = _columns(w)
+    s = np.empty((2, width), np.float32)
+    s[0] = x[k0 : k0 + width]
+    s[1] = s[0]
+    t = np.empty((w.shape[0], 2), np.float32)
+    _row_tiles(w, s, t, threads, s.shape[0] == 2)  # a pair decided at run time, as in tiled_product
+    out[: w.shape[0]] = t[:, 0]
+
+
 @numba.njit(**_JIT)
 def tiled_product(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: int, last: int) -> None:
     """out[first:last] = x[first:last, k0 : k0 + K] @ w.T for w fp32 (R, K) or bf16 pairs (R, K/2)
@@ -123,9 +208,41 @@ def run_streams(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act
     """``out.shape[1]`` tokens for each of streams ``first`` to ``last`` (those from ``count`` on
     are spare places, which read token 0): each draws by its rule with ``u[b, start[b] + j]``,
     then they all step on what they drew; and again."""
-    z = np.empty(logits.shape[1])
+    vocab = arrays[1].shape[0]  # the head's rows past it are padding
+    z = np.empty(vocab)
     for j in range(out.shape[1]):
         for b in range(first, min(last, count)):
-            out[b, j] = draw(logits[b], temperature[b], top_k[b], top_p[b], u[b, start[b] + j], z)
+            out[b, j] = draw(logits[b, :vocab], temperature[b], top_k[b], top_p[b], u[b, start[b] + j], z)
             tokens[b] = out[b, j]
         step_streams(arrays, xh, c, g, act, logits, tokens, first, last)
+
+
+@numba.njit(**_JIT)
+def step_one(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: np.ndarray, logits: np.ndarray,
+             token: int, b: int) -> None:  # fmt: skip
+    """Stream ``b`` alone reads ``token``, as ``step_streams`` would step it, its products split
+    between ``arrays``' threads."""
+    kind, table, w0, ws, biases, peep, head_w, head_b, threads = arrays
+    n = xh.shape[2] // 2
+    for layer in range(xh.shape[0]):
+        x = xh[layer, b]
+        if layer == 0:
+            row_product(w0, x, n, g[b], threads)
+        else:
+            x[:n] = xh[layer - 1, b, n : 2 * n]
+            row_product(ws[layer - 1], x, 0, g[b], threads)
+        bias = table[token] if layer == 0 else biases[layer - 1]
+        cell(kind, g[b], bias, peep[layer], c[layer, b], x[n : 2 * n], act)
+    row_product(head_w, xh[xh.shape[0] - 1, b], n, logits[b], threads)
+    logits[b] += head_b
+
+
+@numba.njit(**_JIT)
+def run_one(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: np.ndarray, logits: np.ndarray,
+            temperature: float, top_k: int, top_p: float, u: np.ndarray, out: np.ndarray) -> None:  # fmt: skip
+    """``run_streams`` for stream 0 alone: it draws ``out.shape[0]`` ids with u, stepping on each."""
+    vocab = arrays[1].shape[0]
+    z = np.empty(vocab)
+    for j in range(out.shape[0]):
+        out[j] = draw(logits[0, :vocab], temperature, top_k, top_p, u[j], z)
+        step_one(arrays, xh, c, g, act, logits, out[j], 0)

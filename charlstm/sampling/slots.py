@@ -2,8 +2,9 @@
 its own sampling rule, all stepped together: a few tokens of every stream per compiled call.
 
 A stream's text depends only on its own prompt, rule and random numbers: priming reads the
-prompt alone (``Stepper.prime``, one stream), and every step computes each stream's numbers with
-the same code whatever the other streams are (``slot_kernels``). A stream that leaves frees its
+prompt alone (``Stepper.start``, one stream), and every step computes each stream's numbers with
+the same code whatever the other streams are (``slot_kernels``); a stream alone is stepped with
+its products split between threads, to the same numbers. A stream that leaves frees its
 place at once: the last stream moves into it, so that the streams in use are always the first
 ones and a step reads only those (rounded up to a tile of ``TILE_STREAMS``). Everything about a
 place moves with it, its random numbers included: each stream draws with its own generator,
@@ -13,13 +14,16 @@ place moves with it, its random numbers included: each stream draws with its own
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from charlstm.sampling import kernels, slot_kernels
-from charlstm.sampling.draw import SamplingRule
 from charlstm.sampling.slot_kernels import TILE_STREAMS
 from charlstm.sampling.stepper import Stepper, StepState
+
+if TYPE_CHECKING:
+    from charlstm.sampling.draw import SamplingRule
 
 RANDOM_BLOCK = 256  # uniforms drawn ahead for each stream
 
@@ -31,18 +35,13 @@ class Slots:
     def __init__(self, stepper: Stepper, capacity: int, threads: int | None = None):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
-        cfg = stepper.model.config
         places = _whole_tiles(capacity)
-        n, vocab = cfg.hidden, cfg.vocab_size
         self.stepper, self.capacity, self.count = stepper, capacity, 0
-        # [x | h] of each layer, and a zero column: bf16 weight pairs read the h half in pairs.
-        self.xh = np.zeros((cfg.layers, places, 2 * n + 1), np.float32)
-        self.c = np.zeros((cfg.layers, places, 0 if cfg.cell == "gru" else n), np.float32)
-        self.gates = np.zeros((places, 4 * n), np.float32)
+        state = stepper.state(places)  # [x | h | 0] of each layer, c, the gates' and logits' rows
+        self.xh, self.c, self.gates, self.logits = state.xh, state.c, state.gates, state.logits
         threads = max(1, threads if threads is not None else kernels.threads())
-        self._act = [np.zeros(4 * n, np.float32) for _ in range(threads)]  # scratch of each thread
+        self._act = [np.zeros_like(state.act) for _ in range(threads)]  # scratch of each thread
         self._helpers = [ThreadPoolExecutor(1, thread_name_prefix="charlstm-slots") for _ in range(threads - 1)]
-        self.logits = np.zeros((places, vocab), np.float32)
         self.tokens = np.zeros(places, np.int64)
         self.temperature = np.zeros(places, np.float64)
         self.top_k = np.zeros(places, np.int64)
@@ -60,8 +59,8 @@ class Slots:
         generator it draws with (:meth:`draw`); its index."""
         if self.count >= self.capacity:
             raise RuntimeError("no free slot")
-        i, n = self.count, self.xh.shape[2] // 2
-        self.xh[:, i, : 2 * n] = primed.xh[:, 0]
+        i = self.count
+        self.xh[:, i] = primed.xh[:, 0]
         self.c[:, i] = primed.c[:, 0]
         self.logits[i] = primed.logits[0]
         self.temperature[i], self.top_k[i], self.top_p[i] = rule.args()
@@ -106,8 +105,14 @@ class Slots:
         """``tokens`` ids for every stream in use -> (count, tokens): each draws by its rule with its
         uniforms ``u[i, start[i]:]`` (in (0, 1]), then they all step on what they drew. The streams
         are shared out in whole tiles between this thread and the slots' helper threads; the
-        compiled code holds no Python lock, so the parts run side by side."""
+        compiled code holds no Python lock, so the parts run side by side. A stream alone has its
+        products split between threads instead (``Stepper``'s thread count)."""
         out = np.empty((self.count, tokens), np.int64)
+        if self.count == 1:
+            s, first = (self.xh, self.c, self.gates, self._act[0], self.logits), int(start[0])
+            rule = self.temperature[0], self.top_k[0], self.top_p[0]
+            slot_kernels.run_one(self.stepper.arrays, *s, *rule, u[0, first : first + tokens], out[0])
+            return out
         streams = _whole_tiles(self.count)
         self.tokens[self.count : streams] = 0
         tiles = streams // TILE_STREAMS

@@ -1,6 +1,6 @@
-"""The per-character step: a time step of the model's cells (LSTM, GRU or peephole LSTM) for one
-or many streams over weights arranged once for the compiled kernels (``kernels.py``),
-numerically the same as the model's own forward pass.
+"""The per-character step: a time step of the model's cells (LSTM, GRU or peephole LSTM) over
+weights arranged once for the compiled kernels (``slot_kernels.py``), numerically the same as the
+model's own forward pass.
 
 - layer 0's embedding is folded into its input projection: a (V, 4H) table, so one row
   lookup replaces the embedding and a matrix product;
@@ -9,10 +9,12 @@ numerically the same as the model's own forward pass.
   peepholes) pre-scaled by 1/2, so ``tanh`` alone gives every activation:
   ``sigmoid(z) = (1 + tanh(z / 2)) / 2``; the GRU's rows become four blocks of H (reset,
   update, the candidate's input part, its recurrent part), so every cell reads 4H products;
-- one stream generates a whole chunk of characters (step, draw, step, ...) in one compiled
-  call; many streams share BLAS matrix products and compiled gate math.
+- the head gets zero rows up to a multiple of ``TILE_STREAMS`` (the logits past the vocabulary
+  are never drawn).
 
-The prompt is run once as a sequence through the model (:meth:`Stepper.prime`).
+``Slots`` steps streams over these weights, a whole chunk of characters per compiled call. A
+prompt is read by that same step, or, past ``READ_LIMIT`` characters, run once as a sequence
+through the model (:meth:`Stepper.start`): whoever draws, the same prompt gives the same state.
 """
 
 from __future__ import annotations
@@ -25,23 +27,39 @@ import torch
 
 from charlstm.choices import STEP_PRECISIONS
 from charlstm.net.model import CharLSTM, State
-from charlstm.sampling import kernels
+from charlstm.sampling import kernels, slot_kernels
+from charlstm.sampling.slot_kernels import TILE_STREAMS
 
 KernelRule = tuple[float, int, float]  # (temperature, top_k, top_p) as the kernels take them; 0 and 1.0 mean off
+READ_LIMIT = 256  # a prompt up to this many tokens is read a step at a time; a longer one in one forward pass
 
 
 @dataclass
 class StepState:
     """The running state of ``B`` streams, updated in place by :class:`Stepper`."""
 
-    xh: np.ndarray  # (L, B, 2H): each layer's input then its own h (layer 0 uses only its h half)
+    xh: np.ndarray  # (L, B, 2H + 1): each layer's input, its own h, a zero (bf16 pairs read h in pairs)
     c: np.ndarray  # (L, B, H), or (L, B, 0) for the GRU
     gates: np.ndarray  # (B, 4H) scratch: pre-activations
     act: np.ndarray  # (4H,) scratch: activations of one stream
-    logits: np.ndarray  # (B, V): of the latest step
+    logits: np.ndarray  # (B, V rounded up to TILE_STREAMS): of the latest step (the padding is not a character)
+
+    @classmethod
+    def zeros(cls, layers: int, streams: int, hidden: int, vocab: int, gru: bool) -> StepState:
+        return cls(
+            np.zeros((layers, streams, 2 * hidden + 1), np.float32),
+            np.zeros((layers, streams, 0 if gru else hidden), np.float32),
+            np.zeros((streams, 4 * hidden), np.float32),
+            np.zeros(4 * hidden, np.float32),
+            np.zeros((streams, _padded(vocab)), np.float32),
+        )
 
     def kernel_view(self) -> tuple:
         return self.xh, self.c, self.gates, self.act, self.logits
+
+
+def _padded(rows: int) -> int:
+    return -(-rows // TILE_STREAMS) * TILE_STREAMS
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -132,9 +150,8 @@ class Stepper:
 
     ``precision="bf16"`` rounds the matrices read at every step (the recurrent and deeper
     weights and the head, not the embedding table) to bfloat16, halving the bytes that each
-    character reads. One stream keeps fp32 arithmetic, so its step equals the forward pass on those
-    rounded weights; many streams also round the products' inputs and outputs to bf16, as
-    autocast does, to use the CPU's bf16 matrix units.
+    character reads; the arithmetic stays fp32, so the step equals the forward pass on those
+    rounded weights.
     """
 
     @torch.no_grad()
@@ -146,16 +163,23 @@ class Stepper:
         self.model, self.precision, h = model, precision, model.config.hidden
         table, mats, biases, peep = _arranged(model)
         bf16 = precision == "bf16"
-        kernel = [_bf16_pairs(m) for m in mats] if bf16 else mats
-        # Many streams: BLAS products in fp32, or torch's bf16 ones (oneDNN, AMX where present).
-        self.mats = [torch.from_numpy(m).bfloat16() for m in mats] if bf16 else mats
+        head = np.zeros((_padded(mats[-1].shape[0]), h), np.float32)
+        head[: mats[-1].shape[0]] = mats[-1]
+        kernel = [_bf16_pairs(m) for m in (*mats[:-1], head)] if bf16 else [*mats[:-1], head]
         deeper = np.stack(kernel[1:-1]) if len(kernel) > 2 else np.empty((0, *kernel[0].shape[:1], h), kernel[0].dtype)
         biases_arr = np.stack(biases) if biases else np.empty((0, 4 * h), np.float32)
-        arrays = (table, kernel[0], deeper, biases_arr, peep, kernel[-1], _np(model.head.bias))
+        head_b = np.zeros(head.shape[0], np.float32)
+        head_b[: mats[-1].shape[0]] = _np(model.head.bias)
+        arrays = (table, kernel[0], deeper, biases_arr, peep, kernel[-1], head_b)
         # What the kernels read, in one tuple: (kind, table, w0, deeper, biases, peep, head_w, head_b, threads).
         self.kind = KERNEL_CELLS[model.config.cell]
-        threads = threads or kernels.threads()  # of one stream's matrix-vector products
+        threads = threads or kernels.threads()  # of one stream's products
         self.arrays = (self.kind, *(np.ascontiguousarray(a) for a in arrays), threads)
+
+    def state(self, streams: int) -> StepState:
+        """A zero state of ``streams`` streams."""
+        cfg = self.model.config
+        return StepState.zeros(cfg.layers, streams, cfg.hidden, cfg.vocab_size, cfg.cell == "gru")
 
     @torch.inference_mode()
     def prime(self, ids: torch.Tensor, start: State | None = None) -> tuple[np.ndarray, StepState]:
@@ -168,74 +192,37 @@ class Stepper:
             start = tuple(t.to(device).expand(-1, ids.shape[0], -1).contiguous() for t in start)
         logits, state = self.model(ids.to(device), start)
         self.model.train(was_training)
-        hidden, b, layers = self.model.config.hidden, ids.shape[0], self.model.config.layers
-        xh = np.zeros((layers, b, 2 * hidden), np.float32)
-        xh[:, :, hidden:] = _np(state[0])
-        xh[1:, :, :hidden] = xh[:-1, :, hidden:]
-        c = _np(state[1]) if len(state) > 1 else np.zeros((layers, b, 0), np.float32)  # the GRU has no c
-        scratch = np.empty((b, 4 * hidden), np.float32), np.empty(4 * hidden, np.float32)
-        state = StepState(xh, c, *scratch, _np(logits[:, -1]))
-        return state.logits.copy(), state
+        hidden, vocab = self.model.config.hidden, self.model.config.vocab_size
+        s = self.state(ids.shape[0])
+        s.xh[:, :, hidden : 2 * hidden] = _np(state[0])
+        s.xh[1:, :, :hidden] = s.xh[:-1, :, hidden : 2 * hidden]
+        if len(state) > 1:  # the GRU has no c
+            s.c[:] = _np(state[1])
+        s.logits[:, :vocab] = _np(logits[:, -1])
+        return s.logits[:, :vocab].copy(), s
 
     def read(self, ids: list[int], start: State | None = None) -> StepState:
         """One stream reads ``ids`` a token at a time with the compiled step, from ``start`` (each
         (layers, 1, H)) or zeros: the state after them, whose logits are those of the last.
         Quicker than :meth:`prime` for a short prompt (no torch call to set up)."""
-        cfg = self.model.config
-        n, layers = cfg.hidden, cfg.layers
-        xh = np.zeros((layers, 1, 2 * n), np.float32)
-        c = np.zeros((layers, 1, 0 if cfg.cell == "gru" else n), np.float32)
+        n, s = self.model.config.hidden, self.state(1)
         if start is not None:
-            xh[:, :, n:] = _np(start[0])
-            if c.shape[2]:
-                c[:] = _np(start[1])
-        s = StepState(xh, c, np.empty((1, 4 * n), np.float32), np.empty(4 * n, np.float32),
-                      np.zeros((1, cfg.vocab_size), np.float32))  # fmt: skip
+            s.xh[:, :, n : 2 * n] = _np(start[0])
+            if s.c.shape[2]:
+                s.c[:] = _np(start[1])
+            s.xh[1:, :, :n] = s.xh[:-1, :, n : 2 * n]
         for token in ids:
-            kernels.advance(self.arrays, s.kernel_view(), int(token))
+            slot_kernels.step_one(self.arrays, *s.kernel_view(), int(token), 0)
         return s
 
-    def step(self, tokens: np.ndarray, s: StepState) -> np.ndarray:
-        """tokens (B,) -> logits (B, V); ``s`` advances in place."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        if len(tokens) == 1:
-            kernels.advance(self.arrays, s.kernel_view(), tokens[0])
-            return s.logits.copy()
-        n, (kind, table, _, _, biases, peep, _, head_b, _) = self.model.config.hidden, self.arrays
-        same_row, layers = np.zeros(len(tokens), np.int64), len(self.mats) - 1
-        for layer in range(layers):
-            x = s.xh[0, :, n:] if layer == 0 else s.xh[layer]  # (B, H) or (B, 2H)
-            bias, rows = (table, tokens) if layer == 0 else (biases[layer - 1 : layer], same_row)
-            gates = self._product(x, layer, s.gates)
-            kernels.cells(kind, gates, bias, rows, peep[layer], s.c[layer], s.xh[layer], s.act)
-            if layer + 1 < layers:
-                s.xh[layer + 1, :, :n] = s.xh[layer, :, n:]
-        logits = self._product(s.xh[-1, :, n:], layers, s.logits)
-        s.logits[:] = (logits.astype(np.uint32) << 16).view(np.float32) if logits.dtype == np.uint16 else logits
-        s.logits += head_b
-        return s.logits.copy()
+    def start(self, ids: list[int], start: State | None = None) -> StepState:
+        """One stream's state after reading a prompt, as every surface primes it: a step at a time
+        up to ``READ_LIMIT`` tokens, else in one forward pass."""
+        if len(ids) <= READ_LIMIT:
+            return self.read(ids, start)
+        return self.prime(torch.tensor([ids]), start)[1]
 
-    def _product(self, x: np.ndarray, i: int, out: np.ndarray) -> np.ndarray:
-        """x (B, K) @ matrix i transposed: fp32 into ``out``, or a new bf16 result as uint16 bits."""
-        if self.precision == "fp32":
-            return np.matmul(x, self.mats[i].T, out=out)
-        product = torch.from_numpy(x).bfloat16() @ self.mats[i].T  # (B, R) bf16
-        return product.view(torch.int16).numpy().view(np.uint16)
-
-    def draw_chunk(
-        self, s: StepState, count: int, rule: KernelRule, rng: np.random.Generator, last: bool
-    ) -> np.ndarray:
-        """Draw ``count`` ids per stream from ``s.logits`` -> (B, count), reading each one into the
-        state (the final one only if not ``last``). One stream: one compiled call; many: a step per
-        position, all streams at once."""
-        streams = s.logits.shape[0]
-        ids = np.empty((streams, count), np.int64)
-        if streams == 1:
-            u = 1.0 - rng.random(count)  # in (0, 1]
-            kernels.generate_chunk(self.arrays, s.kernel_view(), *rule, u, ids[0], not last)
-            return ids
-        for i in range(count):
-            ids[:, i] = kernels.draw_rows(s.logits, *rule, 1.0 - rng.random(streams))
-            if i + 1 < count or not last:
-                self.step(ids[:, i], s)
-        return ids
+    def step(self, token: int, s: StepState) -> np.ndarray:
+        """Stream 0 of ``s`` reads ``token``, in place: its logits (V,)."""
+        slot_kernels.step_one(self.arrays, *s.kernel_view(), int(token), 0)
+        return s.logits[0, : self.model.config.vocab_size].copy()

@@ -29,12 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from charlstm.choices import FinishReason
 from charlstm.data.vocab import CharVocab, TextDecoder
 from charlstm.net.model import State
-from charlstm.sampling.draw import SamplingRule, priming_ids
+from charlstm.sampling.draw import SamplingRule, priming_ids, stream_rng
 from charlstm.sampling.slot_kernels import TILE_STREAMS
 from charlstm.sampling.slots import RANDOM_BLOCK, Slots
 from charlstm.sampling.stepper import StepState
@@ -46,7 +45,6 @@ FLUSH_SECONDS = 0.1  # a stream's new text goes out this often (its first token 
 CALL_SECONDS = 0.012  # tokens per compiled call: as many as take about this long (a new job waits for one call)
 MAX_TOKENS_PER_CALL = min(64, RANDOM_BLOCK)
 TIMING_TOKENS = 16
-SHORT_PROMPT = 256  # tokens: a prompt up to this long is read by the compiled step, a longer one by torch
 ADMIT_SECONDS = 0.005  # priming waiting prompts between two calls stops after this long
 JOINING_CALL_SECONDS = 0.002  # a call while jobs wait for a free slot: they join sooner
 SHUTTING_DOWN = "the server is shutting down"
@@ -171,6 +169,9 @@ class Engine:
         self.slots.run(u, start, TIMING_TOKENS)
         self._step_seconds = (time.perf_counter() - started) / TIMING_TOKENS  # a first guess for one tile
         self.slots.clear()
+        self.slots.add(primed, SamplingRule(1.0, 2, 0.9))  # and a stream alone, whose products use every thread
+        self.slots.run(u, start, 1)
+        self.slots.clear()
 
     def close(self, timeout: float = 5.0) -> None:
         """Take no more jobs, end those in flight (their last piece says why) and stop the worker."""
@@ -260,16 +261,13 @@ class Engine:
             return
         if job.prompt.state is None:
             job.prompt.state = self._prime(job.prompt.ids)
-        self.slots.add(job.prompt.state, job.rule, _rng(job.seed, job.index))
+        self.slots.add(job.prompt.state, job.rule, stream_rng(job.seed, job.index))
         self._jobs.append(job)
 
     def _prime(self, ids: list[int]) -> StepState:
-        """A prompt read alone: token by token when short, else as one sequence through torch
-        (which one depends on the prompt alone, so its text does not change with the load)."""
-        stepper = self.slots.stepper
-        if len(ids) <= SHORT_PROMPT:
-            return stepper.read(ids, self.start_state)
-        return stepper.prime(torch.tensor([ids]), self.start_state)[1]
+        """A prompt read alone, as ``charlstm sample`` reads it (how depends on the prompt alone, so
+        its text does not change with the load)."""
+        return self.slots.stepper.start(ids, self.start_state)
 
     def _advance(self) -> None:
         """Every job in a slot draws and reads a few tokens in one call; then each reads its new
@@ -338,11 +336,6 @@ class Engine:
         if finish is not None:
             self.meter.finished(job.tokens, now - (job.first_token or now))
         return not _handed(job.deliver, Piece(job.index, text, job.tokens, finish)) or finish is not None
-
-
-def _rng(seed: int, index: int) -> np.random.Generator:
-    """The generator of choice ``index`` of a request with ``seed``: its own, whatever else runs."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
 
 def _handed(deliver: Callable[[Piece], None], piece: Piece) -> bool:
