@@ -9,6 +9,7 @@ import torch
 
 from charlstm.config import ModelConfig
 from charlstm.net.model import CharLSTM
+from charlstm.sampling import slot_kernels
 from charlstm.sampling.draw import SamplingRule
 from charlstm.sampling.slots import Slots
 from charlstm.sampling.stepper import Stepper
@@ -53,6 +54,18 @@ def test_a_stream_is_the_same_whatever_runs_beside_it(cell, precision):
     # how many calls the tokens come in does not matter either
     in_one = one_stream(st, 5, 2, tokens=80, calls=1)
     assert np.array_equal(ids, in_one[0]) and np.array_equal(logits, in_one[1])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stream_alone_is_stepped_as_a_tile_where_its_own_path_would_differ(precision, monkeypatch):
+    """Where the compiler vectorised the row path unlike the tiles, a stream alone is a tile too."""
+    st = stepper("lstm", precision, hidden=40)
+    expected = one_stream(st, 3, 1)  # in a tile with others
+    calls = []
+    monkeypatch.setattr(slot_kernels, "run_one", lambda *a: calls.append(1))
+    monkeypatch.setattr(st, "rows_match", False)
+    got = one_stream(st, 0, 1)
+    assert not calls and np.array_equal(expected[0], got[0]) and np.array_equal(expected[1], got[1])
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])

@@ -155,5 +155,6 @@ def _compile() -> None:
         rule = SamplingRule(1.0, 2, 0.9)
         for precision in STEP_PRECISIONS:
             stepper = Stepper(tiny, precision)
+            assert stepper.rows_match is not None  # compiles the check
             for streams in (1, 2):
                 list(_ids_after(stepper, [0], streams, 2, rule, 0, None))

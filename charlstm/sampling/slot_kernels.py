@@ -7,9 +7,11 @@ each).
 
 A tile of four streams by two weight rows reads each loaded value more than once, which brings
 these products close to BLAS's speed. One stream runs the very same tile with the roles swapped:
-four weight rows take the streams' places and the stream the rows' (``_rows_tile``); products
-commute, and the sum runs in the same order, so its numbers are bit for bit those it would have
-among others (``tests/test_sampling_slots.py`` holds both paths to that). Many streams take no
+four weight rows take the streams' places and the stream the rows' (``_row_tiles_f32``,
+``_tile_bf16_rows``); products commute, and the sum runs in the same order, so its numbers are
+bit for bit those it would have among others, as long as the compiler vectorises both loops alike.
+It does here, but that is the compiler's choice, so :func:`rows_match` checks it on the model's own
+matrices and ``Slots`` steps a stream alone as a tile where it does not. Many streams take no
 Python lock and start no threads (``Slots`` shares them out between threads of its own); one
 stream's products are split between Numba's threads. (With ``kernels.py``, the only sampling code
 that imports Numba.)
@@ -57,51 +59,39 @@ def _tile_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, b: int, r:
 
 
 @numba.njit(inline="always", **_JIT)
-def _tile_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, b: int, r: int, pair: bool) -> None:
+def _tile_bf16(w: np.ndarray, xe: np.ndarray, xo: np.ndarray, out: np.ndarray, b: int, r: int, pair: bool) -> None:
     width = w.shape[1]  # two bf16 weights per uint32: columns 2k (its low half) and 2k + 1
     p, q = w[r], w[r + 1 if pair else r]
-    end = k0 + 2 * width
-    x0, x1, x2, x3 = x[b, k0:end], x[b + 1, k0:end], x[b + 2, k0:end], x[b + 3, k0:end]
+    e0, e1, e2, e3 = xe[b], xe[b + 1], xe[b + 2], xe[b + 3]  # the streams' even columns
+    o0, o1, o2, o3 = xo[b], xo[b + 1], xo[b + 2], xo[b + 3]  # and odd ones
     a0, a1, a2, a3, c0, c1, c2, c3 = _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0)
     for k in range(width):
         ue, uo = f32_from_bits(p[k] << _SHIFT), f32_from_bits(p[k] & _HIGH)
         ve, vo = f32_from_bits(q[k] << _SHIFT), f32_from_bits(q[k] & _HIGH)
-        e, o = 2 * k, 2 * k + 1
-        a0 += ue * x0[e] + uo * x0[o]
-        a1 += ue * x1[e] + uo * x1[o]
-        a2 += ue * x2[e] + uo * x2[o]
-        a3 += ue * x3[e] + uo * x3[o]
-        c0 += ve * x0[e] + vo * x0[o]
-        c1 += ve * x1[e] + vo * x1[o]
-        c2 += ve * x2[e] + vo * x2[o]
-        c3 += ve * x3[e] + vo * x3[o]
+        a0 += ue * e0[k] + uo * o0[k]
+        a1 += ue * e1[k] + uo * o1[k]
+        a2 += ue * e2[k] + uo * o2[k]
+        a3 += ue * e3[k] + uo * o3[k]
+        c0 += ve * e0[k] + vo * o0[k]
+        c1 += ve * e1[k] + vo * o1[k]
+        c2 += ve * e2[k] + vo * o2[k]
+        c3 += ve * e3[k] + vo * o3[k]
     out[b, r], out[b + 1, r], out[b + 2, r], out[b + 3, r] = a0, a1, a2, a3
     if pair:
         out[b, r + 1], out[b + 1, r + 1], out[b + 2, r + 1], out[b + 3, r + 1] = c0, c1, c2, c3
 
 
-def _tile(w, x, k0, out, b, r, pair):  # noqa: ANN001, ANN202
-    """One tile: ``_tile_f32`` or ``_tile_bf16``, by the weights' dtype."""
-
-
-@overload(_tile, inline="always")
-def _tile_impl(w, x, k0, out, b, r, pair):  # noqa: ANN001, ANN202
-    if w.dtype == types.uint32:
-        return lambda w, x, k0, out, b, r, pair: _tile_bf16(w, x, k0, out, b, r, pair)
-    return lambda w, x, k0, out, b, r, pair: _tile_f32(w, x, k0, out, b, r, pair)
-
-
 @numba.njit(inline="always", **_JIT)
-def _tile_bf16_rows(s: np.ndarray, w: np.ndarray, out: np.ndarray, b: int, pair: bool) -> None:
+def _tile_bf16_rows(se: np.ndarray, so: np.ndarray, w: np.ndarray, out: np.ndarray, b: int, pair: bool) -> None:
     """``_tile_bf16`` with the roles swapped: out[b + i, 0] = w[b + i] . s[0] for four rows of bf16
-    pairs w (and column 1 with s[1] if ``pair``); each sum the same, in the same order."""
+    pairs w and a stream's even and odd columns se[0], so[0] (and column 1 with row 1 if ``pair``);
+    each sum the same, in the same order."""
     width = w.shape[1]
     p0, p1, p2, p3 = w[b], w[b + 1], w[b + 2], w[b + 3]
-    su, sv = s[0], s[1 if pair else 0]
+    ue_, uo_, ve_, vo_ = se[0], so[0], se[1 if pair else 0], so[1 if pair else 0]
     a0, a1, a2, a3, c0, c1, c2, c3 = _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0)
     for k in range(width):
-        e, o = 2 * k, 2 * k + 1
-        ue, uo, ve, vo = su[e], su[o], sv[e], sv[o]
+        ue, uo, ve, vo = ue_[k], uo_[k], ve_[k], vo_[k]
         x0e, x0o = f32_from_bits(p0[k] << _SHIFT), f32_from_bits(p0[k] & _HIGH)
         x1e, x1o = f32_from_bits(p1[k] << _SHIFT), f32_from_bits(p1[k] & _HIGH)
         x2e, x2o = f32_from_bits(p2[k] << _SHIFT), f32_from_bits(p2[k] & _HIGH)
@@ -119,63 +109,98 @@ def _tile_bf16_rows(s: np.ndarray, w: np.ndarray, out: np.ndarray, b: int, pair:
         out[b, 1], out[b + 1, 1], out[b + 2, 1], out[b + 3, 1] = c0, c1, c2, c3
 
 
-def _rows_tile(s, w, out, b, pair):  # noqa: ANN001, ANN202
-    """Rows b..b+3 of w times the stream s: the tile of its dtype with the roles swapped."""
-
-
-@overload(_rows_tile, inline="always")
-def _rows_tile_impl(s, w, out, b, pair):  # noqa: ANN001, ANN202
-    if w.dtype == types.uint32:
-        return lambda s, w, out, b, pair: _tile_bf16_rows(s, w, out, b, pair)
-    return lambda s, w, out, b, pair: _tile_f32(s, w, 0, out, b, 0, pair)
-
-
-def _columns(w):  # noqa: ANN001, ANN202
-    """The columns of a matrix: its width, or twice that for bf16 pairs."""
-
-
-@overload(_columns, inline="always")
-def _columns_impl(w):  # noqa: ANN001, ANN202
-    if w.dtype == types.uint32:
-        return lambda w: 2 * w.shape[1]
-    return lambda w: w.shape[1]
-
-
-@numba.njit(parallel=True, **_JIT)
-def _row_tiles(w: np.ndarray, s: np.ndarray, out: np.ndarray, threads: int, pair: bool) -> None:
-    tiles = w.shape[0] // TILE_STREAMS
-    blocks = (
-        threads if w.shape[0] * _columns(w) >= PARALLEL_MIN else 1
-    )  # (numba.get_num_threads() here would stop caching)
-    for i in numba.prange(blocks):
-        for t in range(tiles * i // blocks, tiles * (i + 1) // blocks):
-            _rows_tile(s, w, out, TILE_STREAMS * t, pair)
+@numba.njit(**_JIT)
+def _even_odd(x: np.ndarray, k0: int, width: int, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows first..last of x, columns k0 + 2k and k0 + 2k + 1 for k < width, as two (rows, width)."""
+    xe, xo = np.empty((last - first, width), np.float32), np.empty((last - first, width), np.float32)
+    for b in range(last - first):
+        row = x[first + b]
+        for k in range(width):
+            xe[b, k], xo[b, k] = row[k0 + 2 * k], row[k0 + 2 * k + 1]
+    return xe, xo
 
 
 @numba.njit(**_JIT)
-def row_product(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, threads: int) -> None:
-    """out[:R] = w @ x[k0 : k0 + K] for one stream x (w fp32 (R, K), or bf16 pairs (R, K/2) with x
-    padded past k0 + K as for ``tiled_product``; R a multiple of TILE_STREAMS): each element the
-    number ``tiled_product`` gives that stream. The rows are split between ``threads`` threads."""
-    width = _columns(w)
-    s = np.empty((2, width), np.float32)
-    s[0] = x[k0 : k0 + width]
-    s[1] = s[0]
-    t = np.empty((w.shape[0], 2), np.float32)
-    _row_tiles(w, s, t, threads, s.shape[0] == 2)  # a pair decided at run time, as in tiled_product
-    out[: w.shape[0]] = t[:, 0]
-
-
-@numba.njit(**_JIT)
-def tiled_product(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: int, last: int) -> None:
-    """out[first:last] = x[first:last, k0 : k0 + K] @ w.T for w fp32 (R, K) or bf16 pairs (R, K/2)
-    (x then needs an even width past k0: ``Slots`` pads it); ``first`` and ``last`` multiples of
-    TILE_STREAMS. Every element is the same sum in the same order whatever the range is."""
+def _tiles_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: int, last: int) -> None:
     for r0 in range(0, w.shape[0], _TILE_ROWS_BLOCK):
         r1 = min(w.shape[0], r0 + _TILE_ROWS_BLOCK)
         for b in range(first, last, TILE_STREAMS):
             for r in range(r0, r1, 2):
-                _tile(w, x, k0, out, b, r, r + 1 < r1)
+                _tile_f32(w, x, k0, out, b, r, r + 1 < r1)
+
+
+@numba.njit(**_JIT)
+def _tiles_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: int, last: int) -> None:
+    xe, xo = _even_odd(x, k0, w.shape[1], first, last)  # read whole, not in strided pairs
+    part = out[first:last]
+    for r0 in range(0, w.shape[0], _TILE_ROWS_BLOCK):
+        r1 = min(w.shape[0], r0 + _TILE_ROWS_BLOCK)
+        for b in range(0, last - first, TILE_STREAMS):
+            for r in range(r0, r1, 2):
+                _tile_bf16(w, xe, xo, part, b, r, r + 1 < r1)
+
+
+def tiled_product(w, x, k0, out, first, last):  # noqa: ANN001, ANN201
+    """out[first:last] = x[first:last, k0 : k0 + K] @ w.T for w fp32 (R, K) or bf16 pairs (R, K/2)
+    (x then needs an even width past k0: ``Slots`` pads it); ``first`` and ``last`` multiples of
+    TILE_STREAMS. Every element is the same sum in the same order whatever the range is."""
+
+
+@overload(tiled_product)
+def _tiled_product_impl(w, x, k0, out, first, last):  # noqa: ANN001, ANN202
+    if w.dtype == types.uint32:
+        return lambda w, x, k0, out, first, last: _tiles_bf16(w, x, k0, out, first, last)
+    return lambda w, x, k0, out, first, last: _tiles_f32(w, x, k0, out, first, last)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _row_tiles_f32(w: np.ndarray, s: np.ndarray, out: np.ndarray, threads: int, pair: bool) -> None:
+    tiles, blocks = w.shape[0] // TILE_STREAMS, threads if w.size >= PARALLEL_MIN else 1
+    for i in numba.prange(blocks):  # (numba.get_num_threads() here would stop caching)
+        for t in range(tiles * i // blocks, tiles * (i + 1) // blocks):
+            _tile_f32(s, w, 0, out, TILE_STREAMS * t, 0, pair)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _row_tiles_bf16(w: np.ndarray, se: np.ndarray, so: np.ndarray, out: np.ndarray, threads: int, pair: bool) -> None:
+    tiles, blocks = w.shape[0] // TILE_STREAMS, threads if 2 * w.size >= PARALLEL_MIN else 1
+    for i in numba.prange(blocks):
+        for t in range(tiles * i // blocks, tiles * (i + 1) // blocks):
+            _tile_bf16_rows(se, so, w, out, TILE_STREAMS * t, pair)
+
+
+@numba.njit(**_JIT)
+def _rows_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, threads: int) -> None:
+    s = np.empty((2, w.shape[1]), np.float32)  # the stream in both of a tile's rows
+    s[0] = x[k0 : k0 + w.shape[1]]
+    s[1] = s[0]
+    t = np.empty((w.shape[0], 2), np.float32)
+    _row_tiles_f32(w, s, t, threads, s.shape[0] == 2)  # a pair decided at run time, as in tiled_product
+    out[: w.shape[0]] = t[:, 0]
+
+
+@numba.njit(**_JIT)
+def _rows_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, threads: int) -> None:
+    se, so = np.empty((2, w.shape[1]), np.float32), np.empty((2, w.shape[1]), np.float32)
+    for k in range(w.shape[1]):
+        se[0, k], so[0, k] = x[k0 + 2 * k], x[k0 + 2 * k + 1]
+    se[1], so[1] = se[0], so[0]
+    t = np.empty((w.shape[0], 2), np.float32)
+    _row_tiles_bf16(w, se, so, t, threads, se.shape[0] == 2)
+    out[: w.shape[0]] = t[:, 0]
+
+
+def row_product(w, x, k0, out, threads):  # noqa: ANN001, ANN201
+    """out[:R] = w @ x[k0 : k0 + K] for one stream x (w fp32 (R, K), or bf16 pairs (R, K/2) with x
+    padded past k0 + K as for ``tiled_product``; R a multiple of TILE_STREAMS): each element the
+    number ``tiled_product`` gives that stream. The rows are split between ``threads`` threads."""
+
+
+@overload(row_product)
+def _row_product_impl(w, x, k0, out, threads):  # noqa: ANN001, ANN202
+    if w.dtype == types.uint32:
+        return lambda w, x, k0, out, threads: _rows_bf16(w, x, k0, out, threads)
+    return lambda w, x, k0, out, threads: _rows_f32(w, x, k0, out, threads)
 
 
 @numba.njit(**_JIT)
@@ -246,3 +271,17 @@ def run_one(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: np
     for j in range(out.shape[0]):
         out[j] = draw(logits[0, :vocab], temperature, top_k, top_p, u[j], z)
         step_one(arrays, xh, c, g, act, logits, out[j], 0)
+
+
+@numba.njit(**_JIT)
+def rows_match(w: np.ndarray, x: np.ndarray, threads: int) -> bool:
+    """Whether ``row_product`` gives each stream of x (TILE_STREAMS, K + 1) exactly the numbers of
+    ``tiled_product`` over w."""
+    tiles, one = np.zeros((x.shape[0], w.shape[0]), np.float32), np.zeros(w.shape[0], np.float32)
+    tiled_product(w, x, 0, tiles, 0, x.shape[0])
+    for b in range(x.shape[0]):
+        row_product(w, x[b], 0, one, threads)
+        for r in range(w.shape[0]):
+            if one[r] != tiles[b, r]:
+                return False
+    return True

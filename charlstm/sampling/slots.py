@@ -106,9 +106,10 @@ class Slots:
         uniforms ``u[i, start[i]:]`` (in (0, 1]), then they all step on what they drew. The streams
         are shared out in whole tiles between this thread and the slots' helper threads; the
         compiled code holds no Python lock, so the parts run side by side. A stream alone has its
-        products split between threads instead (``Stepper``'s thread count)."""
+        products split between threads instead (``Stepper``'s thread count), where that gives
+        the same numbers (``Stepper.rows_match``)."""
         out = np.empty((self.count, tokens), np.int64)
-        if self.count == 1:
+        if self.count == 1 and self.stepper.rows_match:
             s, first = (self.xh, self.c, self.gates, self._act[0], self.logits), int(start[0])
             rule = self.temperature[0], self.top_k[0], self.top_p[0]
             slot_kernels.run_one(self.stepper.arrays, *s, *rule, u[0, first : first + tokens], out[0])

@@ -19,6 +19,7 @@ through the model (:meth:`Stepper.start`): whoever draws, the same prompt gives 
 
 from __future__ import annotations
 
+import functools
 from copy import deepcopy
 from dataclasses import dataclass
 
@@ -175,6 +176,19 @@ class Stepper:
         self.kind = KERNEL_CELLS[model.config.cell]
         threads = threads or kernels.threads()  # of one stream's products
         self.arrays = (self.kind, *(np.ascontiguousarray(a) for a in arrays), threads)
+
+    @functools.cached_property
+    def rows_match(self) -> bool:
+        """Whether a stream alone, its products split by rows, gets the numbers it would get in a
+        tile among others, on this CPU (see ``slot_kernels``): checked once on every matrix."""
+        _, _, w0, deeper, _, _, head_w, _, threads = self.arrays
+        rng = np.random.default_rng(0)
+        for w in (w0, *deeper, head_w):
+            columns = w.shape[1] * (2 if w.dtype == np.uint32 else 1)
+            x = rng.standard_normal((TILE_STREAMS, columns + 1)).astype(np.float32)
+            if not slot_kernels.rows_match(w, x, threads):
+                return False
+        return True
 
     def state(self, streams: int) -> StepState:
         """A zero state of ``streams`` streams."""
