@@ -5,10 +5,11 @@ code whatever the number of streams, their order or the threads, so that a strea
 on nothing but itself (BLAS picks its kernels by the matrices' shapes, and rounds differently for
 each).
 
-A tile of four streams by two weight rows reads each loaded value more than once, which brings
-these products close to BLAS's speed. One stream runs the very same tile with the roles swapped:
+A tile of four streams by two weight rows (fp32) or by one row of bf16 pairs reads each loaded
+value more than once, which brings these products close to BLAS's speed. One stream runs the very same tile with the roles swapped:
 four weight rows take the streams' places and the stream the rows' (``_row_tiles_f32``,
-``_tile_bf16_rows``); products commute, and the sum runs in the same order, so its numbers are
+``_tile_bf16_rows``, whose tile of four streams by one row of bf16 pairs leaves nothing of the
+arithmetic unused when it is turned round); products commute, and the sum runs in the same order, so its numbers are
 bit for bit those it would have among others, as long as the compiler vectorises both loops alike.
 It does here, but that is the compiler's choice, so :func:`rows_match` checks it on the model's own
 matrices and ``Slots`` steps a stream alone as a tile where it does not. Many streams take no
@@ -59,54 +60,45 @@ def _tile_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, b: int, r:
 
 
 @numba.njit(inline="always", **_JIT)
-def _tile_bf16(w: np.ndarray, xe: np.ndarray, xo: np.ndarray, out: np.ndarray, b: int, r: int, pair: bool) -> None:
-    width = w.shape[1]  # two bf16 weights per uint32: columns 2k (its low half) and 2k + 1
-    p, q = w[r], w[r + 1 if pair else r]
+def _tile_bf16(w: np.ndarray, xe: np.ndarray, xo: np.ndarray, out: np.ndarray, b: int, r: int) -> None:
+    """Four streams by one row of bf16 pairs (columns 2k in each uint32's low half, 2k + 1 in its
+    high half): the even columns and the odd ones summed apart, then added."""
+    width = w.shape[1]
+    p = w[r]
     e0, e1, e2, e3 = xe[b], xe[b + 1], xe[b + 2], xe[b + 3]  # the streams' even columns
     o0, o1, o2, o3 = xo[b], xo[b + 1], xo[b + 2], xo[b + 3]  # and odd ones
     a0, a1, a2, a3, c0, c1, c2, c3 = _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0)
     for k in range(width):
         ue, uo = f32_from_bits(p[k] << _SHIFT), f32_from_bits(p[k] & _HIGH)
-        ve, vo = f32_from_bits(q[k] << _SHIFT), f32_from_bits(q[k] & _HIGH)
-        a0 += ue * e0[k] + uo * o0[k]
-        a1 += ue * e1[k] + uo * o1[k]
-        a2 += ue * e2[k] + uo * o2[k]
-        a3 += ue * e3[k] + uo * o3[k]
-        c0 += ve * e0[k] + vo * o0[k]
-        c1 += ve * e1[k] + vo * o1[k]
-        c2 += ve * e2[k] + vo * o2[k]
-        c3 += ve * e3[k] + vo * o3[k]
-    out[b, r], out[b + 1, r], out[b + 2, r], out[b + 3, r] = a0, a1, a2, a3
-    if pair:
-        out[b, r + 1], out[b + 1, r + 1], out[b + 2, r + 1], out[b + 3, r + 1] = c0, c1, c2, c3
+        a0 += ue * e0[k]
+        a1 += ue * e1[k]
+        a2 += ue * e2[k]
+        a3 += ue * e3[k]
+        c0 += uo * o0[k]
+        c1 += uo * o1[k]
+        c2 += uo * o2[k]
+        c3 += uo * o3[k]
+    out[b, r], out[b + 1, r], out[b + 2, r], out[b + 3, r] = a0 + c0, a1 + c1, a2 + c2, a3 + c3
 
 
 @numba.njit(inline="always", **_JIT)
-def _tile_bf16_rows(se: np.ndarray, so: np.ndarray, w: np.ndarray, out: np.ndarray, b: int, pair: bool) -> None:
-    """``_tile_bf16`` with the roles swapped: out[b + i, 0] = w[b + i] . s[0] for four rows of bf16
-    pairs w and a stream's even and odd columns se[0], so[0] (and column 1 with row 1 if ``pair``);
-    each sum the same, in the same order."""
+def _tile_bf16_rows(se: np.ndarray, so: np.ndarray, w: np.ndarray, out: np.ndarray, b: int) -> None:
+    """``_tile_bf16`` with the roles swapped: out[b + i] = w[b + i] . s for four rows of bf16 pairs
+    w and one stream's even and odd columns se, so; each sum the same, in the same order."""
     width = w.shape[1]
     p0, p1, p2, p3 = w[b], w[b + 1], w[b + 2], w[b + 3]
-    ue_, uo_, ve_, vo_ = se[0], so[0], se[1 if pair else 0], so[1 if pair else 0]
     a0, a1, a2, a3, c0, c1, c2, c3 = _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0), _F(0)
     for k in range(width):
-        ue, uo, ve, vo = ue_[k], uo_[k], ve_[k], vo_[k]
-        x0e, x0o = f32_from_bits(p0[k] << _SHIFT), f32_from_bits(p0[k] & _HIGH)
-        x1e, x1o = f32_from_bits(p1[k] << _SHIFT), f32_from_bits(p1[k] & _HIGH)
-        x2e, x2o = f32_from_bits(p2[k] << _SHIFT), f32_from_bits(p2[k] & _HIGH)
-        x3e, x3o = f32_from_bits(p3[k] << _SHIFT), f32_from_bits(p3[k] & _HIGH)
-        a0 += ue * x0e + uo * x0o
-        a1 += ue * x1e + uo * x1o
-        a2 += ue * x2e + uo * x2o
-        a3 += ue * x3e + uo * x3o
-        c0 += ve * x0e + vo * x0o
-        c1 += ve * x1e + vo * x1o
-        c2 += ve * x2e + vo * x2o
-        c3 += ve * x3e + vo * x3o
-    out[b, 0], out[b + 1, 0], out[b + 2, 0], out[b + 3, 0] = a0, a1, a2, a3
-    if pair:
-        out[b, 1], out[b + 1, 1], out[b + 2, 1], out[b + 3, 1] = c0, c1, c2, c3
+        ue, uo = se[k], so[k]
+        a0 += ue * f32_from_bits(p0[k] << _SHIFT)
+        a1 += ue * f32_from_bits(p1[k] << _SHIFT)
+        a2 += ue * f32_from_bits(p2[k] << _SHIFT)
+        a3 += ue * f32_from_bits(p3[k] << _SHIFT)
+        c0 += uo * f32_from_bits(p0[k] & _HIGH)
+        c1 += uo * f32_from_bits(p1[k] & _HIGH)
+        c2 += uo * f32_from_bits(p2[k] & _HIGH)
+        c3 += uo * f32_from_bits(p3[k] & _HIGH)
+    out[b], out[b + 1], out[b + 2], out[b + 3] = a0 + c0, a1 + c1, a2 + c2, a3 + c3
 
 
 @numba.njit(**_JIT)
@@ -136,8 +128,8 @@ def _tiles_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, first: i
     for r0 in range(0, w.shape[0], _TILE_ROWS_BLOCK):
         r1 = min(w.shape[0], r0 + _TILE_ROWS_BLOCK)
         for b in range(0, last - first, TILE_STREAMS):
-            for r in range(r0, r1, 2):
-                _tile_bf16(w, xe, xo, part, b, r, r + 1 < r1)
+            for r in range(r0, r1):
+                _tile_bf16(w, xe, xo, part, b, r)
 
 
 def tiled_product(w, x, k0, out, first, last):  # noqa: ANN001, ANN201
@@ -162,11 +154,11 @@ def _row_tiles_f32(w: np.ndarray, s: np.ndarray, out: np.ndarray, threads: int, 
 
 
 @numba.njit(parallel=True, **_JIT)
-def _row_tiles_bf16(w: np.ndarray, se: np.ndarray, so: np.ndarray, out: np.ndarray, threads: int, pair: bool) -> None:
+def _row_tiles_bf16(w: np.ndarray, se: np.ndarray, so: np.ndarray, out: np.ndarray, threads: int) -> None:
     tiles, blocks = w.shape[0] // TILE_STREAMS, threads if 2 * w.size >= PARALLEL_MIN else 1
     for i in numba.prange(blocks):
         for t in range(tiles * i // blocks, tiles * (i + 1) // blocks):
-            _tile_bf16_rows(se, so, w, out, TILE_STREAMS * t, pair)
+            _tile_bf16_rows(se, so, w, out, TILE_STREAMS * t)
 
 
 @numba.njit(**_JIT)
@@ -181,13 +173,10 @@ def _rows_f32(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, threads: i
 
 @numba.njit(**_JIT)
 def _rows_bf16(w: np.ndarray, x: np.ndarray, k0: int, out: np.ndarray, threads: int) -> None:
-    se, so = np.empty((2, w.shape[1]), np.float32), np.empty((2, w.shape[1]), np.float32)
+    se, so = np.empty(w.shape[1], np.float32), np.empty(w.shape[1], np.float32)
     for k in range(w.shape[1]):
-        se[0, k], so[0, k] = x[k0 + 2 * k], x[k0 + 2 * k + 1]
-    se[1], so[1] = se[0], so[0]
-    t = np.empty((w.shape[0], 2), np.float32)
-    _row_tiles_bf16(w, se, so, t, threads, se.shape[0] == 2)
-    out[: w.shape[0]] = t[:, 0]
+        se[k], so[k] = x[k0 + 2 * k], x[k0 + 2 * k + 1]
+    _row_tiles_bf16(w, se, so, out, threads)
 
 
 def row_product(w, x, k0, out, threads):  # noqa: ANN001, ANN201
