@@ -43,10 +43,11 @@ def one_stream(st: Stepper, others: int, threads: int, tokens: int = 40, calls: 
         slots.close()
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+@pytest.mark.parametrize(("cell", "hidden"), [("lstm", 33), ("gru", 33), ("peephole", 33), ("lstm", 128)])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_stream_is_the_same_whatever_runs_beside_it(cell, precision):
-    st = stepper(cell, precision)
+def test_a_stream_is_the_same_whatever_runs_beside_it(cell, hidden, precision):
+    """Hidden 128: one stream's products are split between threads."""
+    st = stepper(cell, precision, hidden)
     ids, logits = one_stream(st, 0, 1)
     for others, threads in ((3, 1), (7, 2), (18, 3), (CAPACITY - 1, 2)):
         other_ids, other_logits = one_stream(st, others, threads)

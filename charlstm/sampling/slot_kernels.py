@@ -6,12 +6,12 @@ on nothing but itself (BLAS picks its kernels by the matrices' shapes, and round
 each).
 
 A tile of four streams by two weight rows (fp32) or by one row of bf16 pairs reads each loaded
-value more than once, which brings these products close to BLAS's speed. One stream runs the very same tile with the roles swapped:
-four weight rows take the streams' places and the stream the rows' (``_row_tiles_f32``,
-``_tile_bf16_rows``, whose tile of four streams by one row of bf16 pairs leaves nothing of the
-arithmetic unused when it is turned round); products commute, and the sum runs in the same order, so its numbers are
-bit for bit those it would have among others, as long as the compiler vectorises both loops alike.
-It does here, but that is the compiler's choice, so :func:`rows_match` checks it on the model's own
+value more than once, which brings these products close to BLAS's speed. One stream runs the very
+same tile with the roles swapped: four weight rows take the streams' places and the stream the
+rows' (``_row_tiles_f32``, ``_tile_bf16_rows``: turned round, the bf16 tile leaves nothing of its
+arithmetic unused); products commute, and the sum runs in the same order, so its numbers are bit
+for bit those it would have among others, as long as the compiler vectorises both loops alike. It
+does here, but that is the compiler's choice, so :func:`rows_match` checks it on the model's own
 matrices and ``Slots`` steps a stream alone as a tile where it does not. Many streams take no
 Python lock and start no threads (``Slots`` shares them out between threads of its own); one
 stream's products are split between Numba's threads. (With ``kernels.py``, the only sampling code

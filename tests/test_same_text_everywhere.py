@@ -1,0 +1,78 @@
+"""A seed gives the same text everywhere: ``charlstm sample``, ``Model.generate_many`` and the
+server (plain and streamed, ``n`` 1 to 8, alone or among 32 concurrent requests), in fp32 and
+bf16; and sample 0 of N is the sample of 1."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from typer.testing import CliRunner
+
+import charlstm
+from charlstm.cli import app
+from tests.serving import Server
+
+PROMPT, LENGTH, SEED = "KING:", 150, 7
+SEPARATOR = "\n" + "-" * 40 + "\n"  # between samples on the command line
+
+
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def precision(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def served(shared_run, precision):
+    server = Server(shared_run, "--precision", precision, "--max-streams", "16")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    yield client, client.models.list().data[0].id
+    server.stop()
+
+
+def sampled(run, precision: str, n: int, seed: int = SEED) -> list[str]:
+    """``charlstm sample``'s texts, the prompt taken off."""
+    args = ["sample", str(run), "--prompt", PROMPT, "--length", str(LENGTH), "--seed", str(seed)]
+    result = CliRunner().invoke(app, [*args, "--num-samples", str(n), "--precision", precision])
+    assert result.exit_code == 0, result.output
+    parts = result.stdout[:-1].split("\n" + SEPARATOR)  # each sample ends with a newline
+    assert len(parts) == n and all(p.startswith(PROMPT) for p in parts)
+    return [p[len(PROMPT) :] for p in parts]
+
+
+def completed(served, n: int, stream: bool, seed: int = SEED) -> list[str]:
+    client, model = served
+    ask = dict(model=model, prompt=PROMPT, max_tokens=LENGTH, seed=seed, n=n)
+    if not stream:
+        return [c.text for c in sorted(client.completions.create(**ask).choices, key=lambda c: c.index)]
+    texts = [""] * n
+    for chunk in client.completions.create(**ask, stream=True):
+        for c in chunk.choices:
+            texts[c.index] += c.text
+    return texts
+
+
+def test_a_seed_gives_the_same_text_through_sample_the_api_and_the_server(shared_run, served, precision):
+    eight = sampled(shared_run, precision, 8)
+    assert len(set(eight)) == 8 and all(len(t) == LENGTH for t in eight)  # the tiny model writes ASCII
+    for n in (1, 3, 8):  # sample i does not depend on how many are drawn
+        assert sampled(shared_run, precision, n) == eight[:n]
+    model = charlstm.load(shared_run / "best.pt")
+    texts = model.generate_many(PROMPT, n=8, length=LENGTH, seed=SEED, precision=precision)
+    assert [t[len(PROMPT) :] for t in texts] == eight
+    assert model.generate(PROMPT, length=LENGTH, seed=SEED, precision=precision)[len(PROMPT) :] == eight[0]
+    for n in (1, 2, 5, 8):
+        assert completed(served, n, stream=False) == eight[:n]
+        assert completed(served, n, stream=True) == eight[:n]
+
+
+def test_the_servers_text_holds_under_32_concurrent_requests(shared_run, served, precision):
+    seeds = [SEED + i for i in range(32)]
+    alone = {seed: sampled(shared_run, precision, 3, seed) for seed in seeds[:4]}  # a few, from the command line
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(lambda i: completed(served, 1 + i % 3, bool(i % 2), seeds[i]), range(32)))
+    for i, texts in enumerate(together):
+        assert texts == completed(served, len(texts), False, seeds[i])  # the same request alone
+        if seeds[i] in alone:
+            assert texts == alone[seeds[i]][: len(texts)]
