@@ -1,6 +1,6 @@
 """The declaration of an option, held in its config field's metadata, and what is derived from it.
 
-Each option is declared once, on its field in ``config.py``: its help, the panel of ``--help``
+Each option is declared once, on its field in ``config/`` (``training.py``, ``use.py``): its help, the panel of ``--help``
 it sits in, the default as help shows it where the field's own is not what applies, whether a
 resumed run may change it, and whether a preset sizes it. The command line's options, the
 config-file reader, the Python API's keyword check, the presets' list and the docs' options

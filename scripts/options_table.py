@@ -19,7 +19,7 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "options.md"
 HEADER = """# Options
 
 Every option of the commands that take many, generated from their declarations in
-`charlstm/config.py` by `python scripts/options_table.py` (CI checks that this page is current).
+`charlstm/config/` by `python scripts/options_table.py` (CI checks that this page is current).
 The same names are the keywords of the Python API (`charlstm.train(max_time=120, hidden=256)`)
 and the keys of a settings file (`max-time = 120`).
 """

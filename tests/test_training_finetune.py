@@ -294,7 +294,7 @@ def test_how_far_a_text_is_from_the_bases_moves_lr_and_weight_drop_toward_a_scra
     assert [Familiarity(4 * (1 - b), 4).far for b in (0.7, near, (near + far) / 2, far, -0.2)] == (
         pytest.approx([0, 0, 0.5, 1, 1])
     )
-    assert set(finetune.FAR) == {"lr", "weight_drop"}  # declared far_text on the options (config.py)
+    assert set(finetune.FAR) == {"lr", "weight_drop"}  # declared far_text on the options (config/training.py)
     tcfg, mcfg = replace(tiny_train_config(tmp_path, tmp_path / "x"), lr=0.03), ModelConfig(weight_drop=0.3)
     between = Familiarity(4 * (1 - (near + far) / 2), 4)
     tcfg, mcfg, moved = finetune.fit(tcfg, mcfg, {"lr": 0.01, "weight_drop": 0.5}, between)
