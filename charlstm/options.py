@@ -1,7 +1,7 @@
 """The declaration of an option, held in its config field's metadata, and what is derived from it.
 
-Each option is declared once, on its field in ``config/`` (``training.py``, ``use.py``): its help, the panel of ``--help``
-it sits in, the default as help shows it where the field's own is not what applies, whether a
+Each option is declared once, on its field in ``config/`` (``training.py``, ``use.py``): its help,
+the panel of ``--help`` it sits in, the default as help shows it where the field's own is not what applies, whether a
 resumed run may change it, and whether a preset sizes it. The command line's options, the
 config-file reader, the Python API's keyword check, the presets' list and the docs' options
 table are all built from these declarations (:func:`declared`), and :func:`split` is the one

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -152,3 +153,56 @@ def cell_ids(given: object) -> tuple[int, ...]:
     if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
         raise fail("cell_ids", given, "cell numbers >= 0, separated by commas (e.g. 3,17,200)")
     return tuple(dict.fromkeys(ids))
+
+
+BIAS_LIMIT = 100  # |bias| at most this, as OpenAI's logit_bias; -100 bans
+
+
+def _bias_value(name: str, given: object, value: object) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise fail(name, given, "biases from -100 to 100") from None
+    if not finite(value) or not -BIAS_LIMIT <= value <= BIAS_LIMIT:  # type: ignore[operator]
+        raise fail(name, given, "biases from -100 to 100")
+    return float(value)  # type: ignore[arg-type]
+
+
+def char_biases(given: object) -> tuple[tuple[str, float], ...]:
+    """``--bias`` as (character, bias) pairs, from "e=-2,x=1.5": each entry is one character, "="
+    and a number (so "," and "=" can be biased too: ",=-1")."""
+    if not isinstance(given, str):
+        raise fail("bias", given, "one string such as 'e=-2,x=1.5'")
+    pairs, rest = [], given
+    while rest:
+        char, eq, tail = rest[:1], rest[1:2], rest[2:]
+        number, comma, rest = tail.partition(",")
+        if eq != "=" or not number:
+            raise fail("bias", given, "character=bias pairs separated by commas, such as 'e=-2,x=1.5'")
+        pairs.append((char, _bias_value("bias", given, number)))
+        if comma and not rest:
+            raise fail("bias", given, "character=bias pairs separated by commas, such as 'e=-2,x=1.5'")
+    return tuple(pairs)
+
+
+def id_biases(given: object) -> tuple[tuple[int, float], ...]:
+    """``logit_bias`` as sorted (token id, bias) pairs, from a mapping (JSON's keys are strings),
+    pairs, or the command line's "12=-2,40=1"."""
+    if isinstance(given, str):
+        items = [part.partition("=")[::2] for part in given.split(",")] if given else []
+    elif isinstance(given, Mapping):
+        items = list(given.items())
+    elif isinstance(given, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in given):
+        items = [tuple(p) for p in given]
+    else:
+        raise fail("logit_bias", given, "token ids mapped to biases from -100 to 100")
+    pairs = {}
+    for key, value in items:
+        token = key
+        if isinstance(key, str) and key.strip().isdigit():
+            token = int(key)
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            raise fail("logit_bias", given, "token ids (whole numbers >= 0) mapped to biases from -100 to 100")
+        pairs[token] = _bias_value("logit_bias", given, value)
+    return tuple(sorted(pairs.items()))

@@ -659,3 +659,11 @@ def poisoned_step(real_step):
         return loss * float("nan"), state
 
     return step
+
+
+def test_sampling_controls_that_cannot_apply_are_one_line_and_exit_2(shared_run):
+    assert_user_error(invoke("sample", shared_run, "--ban", "\u20ac"), "--ban", "not a character of this model")
+    assert_user_error(invoke("sample", shared_run, "--bias", "e=200"), "--bias", "from -100 to 100")
+    assert_user_error(invoke("sample", shared_run, "--logit-bias", "9999=1"), "--logit-bias 9999", "ids go from 0")
+    assert_user_error(invoke("sample", shared_run, "--presence-penalty", "3"), "--presence-penalty", "-2 to 2")
+    assert_user_error(invoke("sample", shared_run, "--repetition-penalty", "0"), "--repetition-penalty", "> 0")

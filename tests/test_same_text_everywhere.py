@@ -31,9 +31,9 @@ def served(shared_run, precision):
     server.stop()
 
 
-def sampled(run, precision: str, n: int, seed: int = SEED) -> list[str]:
+def sampled(run, precision: str, n: int, seed: int = SEED, *extra: str, length: int = LENGTH) -> list[str]:
     """``charlstm sample``'s texts, the prompt taken off."""
-    args = ["sample", str(run), "--prompt", PROMPT, "--length", str(LENGTH), "--seed", str(seed)]
+    args = ["sample", str(run), "--prompt", PROMPT, "--length", str(length), "--seed", str(seed), *extra]
     result = CliRunner().invoke(app, [*args, "--num-samples", str(n), "--precision", precision])
     assert result.exit_code == 0, result.output
     parts = result.stdout[:-1].split("\n" + SEPARATOR)  # each sample ends with a newline
@@ -41,9 +41,11 @@ def sampled(run, precision: str, n: int, seed: int = SEED) -> list[str]:
     return [p[len(PROMPT) :] for p in parts]
 
 
-def completed(served, n: int, stream: bool, seed: int = SEED) -> list[str]:
+def completed(served, n: int, stream: bool, seed: int = SEED, length: int = LENGTH, **extra) -> list[str]:
     client, model = served
-    ask = dict(model=model, prompt=PROMPT, max_tokens=LENGTH, seed=seed, n=n)
+    ask = dict(model=model, prompt=PROMPT, max_tokens=length, seed=seed, n=n)
+    if extra:
+        ask["extra_body"] = extra
     if not stream:
         return [c.text for c in sorted(client.completions.create(**ask).choices, key=lambda c: c.index)]
     texts = [""] * n
@@ -76,3 +78,31 @@ def test_the_servers_text_holds_under_32_concurrent_requests(shared_run, served,
         assert texts == completed(served, len(texts), False, seeds[i])  # the same request alone
         if seeds[i] in alone:
             assert texts == alone[seeds[i]][: len(texts)]
+
+
+def test_with_penalties_min_p_and_biases_the_text_is_the_same_everywhere(shared_run, served, precision):
+    model = charlstm.load(shared_run / "best.pt")
+    e = model.vocab.index["e"]
+    flags = ["--presence-penalty", "0.4", "--frequency-penalty", "0.2", "--repetition-penalty", "1.3",
+             "--repetition-window", "32", "--min-p", "0.02", "--bias", "e=-1.5"]  # fmt: skip
+    four = sampled(shared_run, precision, 4, SEED, *flags)
+    assert four != sampled(shared_run, precision, 4)[:4]  # the controls change the text
+    assert sampled(shared_run, precision, 1, SEED, *flags) == four[:1]
+    controls = dict(presence_penalty=0.4, frequency_penalty=0.2, repetition_penalty=1.3, min_p=0.02)
+    texts = model.generate_many(PROMPT, n=4, length=LENGTH, seed=SEED, precision=precision, repetition_window=32,
+                                bias="e=-1.5", **controls)  # fmt: skip
+    assert [t[len(PROMPT) :] for t in texts] == four
+    for stream in (False, True):
+        got = completed(served, 4, stream, repeat_last_n=32, logit_bias={str(e): -1.5}, **controls)
+        assert got == four
+
+
+def test_a_banned_character_never_appears(shared_run, served, precision):
+    plain = "".join(sampled(shared_run, precision, 5, SEED, length=1000))
+    commonest = max(set(plain), key=plain.count)
+    token = charlstm.load(shared_run / "best.pt").vocab.index[commonest]
+    assert plain.count(commonest) > 100
+    served_texts = completed(served, 5, False, length=1000, logit_bias={str(token): -100})
+    banned = sampled(shared_run, precision, 5, SEED, "--ban", commonest, length=1000)
+    assert served_texts == banned  # 5,000 characters each way
+    assert sum(map(len, banned)) == 5000 and commonest not in "".join(banned)

@@ -77,8 +77,8 @@ def test_a_random_seed_is_chosen_and_known_before_any_text_is_drawn(monkeypatch)
 
 
 def test_a_top_k_past_the_vocabulary_keeps_every_character():
-    assert SamplingRule(1.0, top_k=10**20).args() == (1.0, 1 << 31, 1.0)
-    assert SamplingRule(0.5, top_p=0.9).args() == (0.5, 0, 0.9)
+    assert SamplingRule(1.0, top_k=10**20).args()[:3] == (1.0, 1 << 31, 1.0)
+    assert SamplingRule(0.5, top_p=0.9).args()[:3] == (0.5, 0, 0.9)
 
 
 def test_prompt_with_unknown_characters():
@@ -118,11 +118,29 @@ def test_compiling_ahead_leaves_the_random_state_alone():
     seed=st.integers(0, 2**31),
     num_samples=st.integers(1, 3),
     precision=st.sampled_from(["fp32", "bf16"]),
+    controls=st.fixed_dictionaries(
+        {},
+        optional={
+            "min_p": st.floats(0.0, 1.0),
+            "presence_penalty": st.floats(-2.0, 2.0),
+            "frequency_penalty": st.floats(-2.0, 2.0),
+            "repetition_penalty": st.floats(1e-3, 10.0),
+            "repetition_window": st.integers(1, 100),
+            "ban": st.text(alphabet="abcdefgh", max_size=3),
+            "bias": st.lists(st.tuples(st.sampled_from("abc "), st.floats(-100, 100)), max_size=3).map(
+                lambda pairs: ",".join(f"{c}={v}" for c, v in pairs)
+            ),
+        },
+    ),
 )
-def test_any_valid_sampling_options_work(prompt, length, temperature, top_k, top_p, seed, num_samples, precision):
-    cfg = SampleConfig(prompt, length, temperature, top_k, top_p, seed, num_samples)
+def test_any_valid_sampling_options_work(
+    prompt, length, temperature, top_k, top_p, seed, num_samples, precision, controls
+):
+    cfg = SampleConfig(prompt=prompt, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                       num_samples=num_samples, **controls)  # fmt: skip
+    banned = set(controls.get("ban", ""))
     for text in texts(cfg, precision):
-        assert len(text) == length and set(text) <= set(VOCAB.chars)
+        assert len(text) == length and set(text) <= set(VOCAB.chars) - banned
 
 
 def test_with_byte_fallback_any_prompt_is_read_and_the_text_is_whole_characters():

@@ -82,12 +82,12 @@ def test_drawing_chunks_equals_stepping_one_character_at_a_time(model, streams, 
         fast = np.concatenate([slots.draw(n) for n in counts], 1)
     finally:
         slots.close()
-    z = np.empty(V)
+    z, row, none = np.empty(V), np.array(rule.args()), np.zeros(V, np.int32)
     for i in range(streams):
         state, rng, slow = stepper.read([1, 2, 3]), np.random.default_rng(5 + i), []
         logits = state.logits[0, :V].copy()
         for u in 1.0 - rng.random(sum(counts)):
-            slow.append(kernels.draw(logits, *rule.args(), u, z))
+            slow.append(kernels.draw(logits, row, none.astype(np.float32), none, none, u, z))
             logits = stepper.step(slow[-1], state)
         assert fast[i].tolist() == slow
 

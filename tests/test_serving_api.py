@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+import charlstm
 from tests.serving import Server
 
 KEY = "sk-test-0123456789"
@@ -55,6 +56,8 @@ def test_the_model_list_names_the_run_and_its_facts(client, shared_run):
     assert [m.id for m in models] == [shared_run.name]
     facts = models[0].model_extra["charlstm"]
     assert facts["hidden"] == 16 and facts["layers"] == 2 and facts["corpus"] == "play.txt"
+    vocab = charlstm.load(shared_run / "best.pt").vocab
+    assert facts["tokens"] == list(vocab.token_names()) and facts["tokens"][vocab.index["e"]] == "e"  # logit_bias's ids
     assert client.models.retrieve(shared_run.name).id == shared_run.name
 
 
@@ -157,6 +160,14 @@ def raw(server, method="POST", path="/v1/completions", **kw):
         ("prompt", "caf\u00e9"),
         ("prompt", [1, 2, 3]),
         ("logprobs", 2),
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -3),
+        ("repetition_penalty", 0),
+        ("min_p", 1.5),
+        ("repeat_last_n", 0),
+        ("logit_bias", {"99999": 1}),
+        ("logit_bias", {"3": 101}),
+        ("logit_bias", {"x": 1}),
         ("stream", "yes"),
         ("colour", "red"),
     ],
@@ -399,7 +410,8 @@ def test_the_request_fields_are_the_sampling_options():
 
     names = {d.name for d in declared(SampleConfig)}
     assert set(SAMPLING_FIELDS.values()) <= names
-    assert {"prompt", "unknown", "precision"} == names - set(SAMPLING_FIELDS.values())  # the server's own
+    # the server's own; and the command line's forms of logit_bias keyed by characters
+    assert {"prompt", "unknown", "precision", "ban", "bias"} == names - set(SAMPLING_FIELDS.values())
 
 
 def generated(server) -> float:

@@ -87,7 +87,7 @@ class Scripted:
             raise RuntimeError(f"cannot read {prompt!r}")
         return prompt
 
-    def add(self, primed: str, rule: SamplingRule, rng: np.random.Generator | None = None) -> int:
+    def add(self, primed: str, rule: SamplingRule, rng: np.random.Generator | None = None, read: object = ()) -> int:
         assert self.free
         script = self.scripts.get(primed, "")
         self.streams.append(Stream(VOCAB.encode(script) if isinstance(script, str) else script, primed))

@@ -72,6 +72,8 @@ def with_default(d: Declared) -> inspect.Parameter:
     info = typer.Option(*decls, help=help, **_panel(d))
     kind = d.kind | None if d.optional else d.kind  # type: ignore[operator]
     default = inspect.Parameter.empty if d.default is dataclasses.MISSING else d.default
+    if isinstance(default, tuple):  # given as text: the config reads "" as the empty tuple
+        default = ",".join(map(str, default))
     return inspect.Parameter(d.name, KEYWORD, default=default, annotation=Annotated[kind, info])
 
 

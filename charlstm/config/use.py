@@ -15,15 +15,18 @@ from charlstm.options import Panel, opt
 from charlstm.validate import (
     DictRoundTrip,
     cell_ids,
+    char_biases,
     check_seed,
     choice,
     fail,
     finite,
+    id_biases,
     positive_int,
     whole,
 )
 
 MAX_SAMPLES = 100_000
+MAX_WINDOW = 4096  # the most recent tokens a repetition penalty may read
 DATA, MODEL, OPTIM, BUDGET, OUTPUT, HW = Panel
 
 
@@ -36,6 +39,20 @@ class SampleConfig(DictRoundTrip):
     temperature: float = opt(0.8, "Softmax temperature; 0 means greedy (always the likeliest).")
     top_k: int | None = opt(None, "Sample only among the k likeliest characters.")
     top_p: float | None = opt(None, "Sample only within the smallest set of probability >= p.")
+    min_p: float | None = opt(None, "Sample only among characters at least this fraction as likely as the likeliest.")
+    presence_penalty: float = opt(0.0, "Lower every character already written by this (-2 to 2, OpenAI's).")
+    frequency_penalty: float = opt(0.0, "Lower a character by this for each time it was written (-2 to 2, OpenAI's).")
+    repetition_penalty: float = opt(
+        1.0,
+        "Divide the positive logits of the characters among the last --repetition-window tokens (the "
+        "prompt's included) by this, multiply the negative ones (> 0; 1 is off; llama.cpp's and vLLM's).",
+    )
+    repetition_window: int = opt(64, f"How many recent tokens --repetition-penalty reads (1 to {MAX_WINDOW:,}).")
+    ban: str = opt("", "Characters never to write, e.g. '@#'.", shown="none")
+    bias: str = opt("", "Added to characters' logits: 'e=-2,x=1.5' (-100 to 100; -100 bans).", shown="none")
+    logit_bias: tuple[tuple[int, float], ...] = opt(
+        (), "Added to tokens' logits by id (OpenAI's logit_bias): '12=-2,40=1', ids as info lists them.", shown="none"
+    )
     seed: int | None = opt(None, "Random seed; the same seed gives the same text.", shown="random")
     num_samples: int = opt(1, "How many samples to draw.")
     unknown: str = opt(
@@ -55,6 +72,20 @@ class SampleConfig(DictRoundTrip):
             whole(self, "top_k")
         if self.top_p is not None and (not finite(self.top_p) or not 0 < self.top_p <= 1):
             raise fail("top_p", self.top_p, "a number in (0, 1]")
+        if self.min_p is not None and (not finite(self.min_p) or not 0 <= self.min_p <= 1):
+            raise fail("min_p", self.min_p, "a number in [0, 1]")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not finite(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
+                raise fail(name, getattr(self, name), "a number from -2 to 2")
+        if not finite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise fail("repetition_penalty", self.repetition_penalty, "a number > 0 (1 is off)")
+        positive_int(self, "repetition_window")
+        if self.repetition_window > MAX_WINDOW:
+            raise fail("repetition_window", self.repetition_window, f"at most {MAX_WINDOW:,}")
+        if not isinstance(self.ban, str):
+            raise fail("ban", self.ban, "the characters to ban, as one string")
+        char_biases(self.bias)
+        object.__setattr__(self, "logit_bias", id_biases(self.logit_bias))
         positive_int(self, "num_samples")
         if self.num_samples > MAX_SAMPLES:  # drawn side by side: each one holds its own state
             raise fail("num_samples", self.num_samples, f"at most {MAX_SAMPLES:,} per call")

@@ -79,6 +79,10 @@ class CharVocab:
         """The text of ``ids``; byte tokens are read as UTF-8 (an incomplete sequence at the end is dropped)."""
         return self.decoder()(ids)
 
+    def token_names(self) -> tuple[str, ...]:
+        """Each id's name, as OpenAI's logprobs name tokens: its character, or ``bytes:\\xNN``."""
+        return self.chars + tuple(f"bytes:\\x{b:02x}" for b in self.byte_values)
+
     def decoder(self) -> TextDecoder:
         """A decoder that turns successive chunks of ids from one stream into text."""
         return TextDecoder(self)

@@ -19,9 +19,11 @@ import torch
 from charlstm.choices import STEP_PRECISIONS
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.data.vocab import CharVocab
+from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM, State
 from charlstm.sampling.slots import RANDOM_BLOCK, Slots
-from charlstm.sampling.stepper import KernelRule, Stepper
+from charlstm.sampling.stepper import Stepper
+from charlstm.validate import BIAS_LIMIT, char_biases
 
 COMPILE_PATIENCE = 3.0  # seconds: Numba loads its cached kernels in about 1 s; a first compile takes 25-30 s
 PIECE_TOKENS = RANDOM_BLOCK  # characters per sample drawn per call: text still streams out, calls stay few
@@ -29,25 +31,60 @@ PIECE_TOKENS = RANDOM_BLOCK  # characters per sample drawn per call: text still 
 
 @dataclass(frozen=True)
 class SamplingRule:
-    """Temperature (0 means greedy), top-k (None or 0: off) and top-p (None or 1: off)."""
+    """How one stream picks each token: temperature (0 means greedy), top-k (None or 0: off), top-p
+    (None or 1: off), min-p (None or 0: off), presence, frequency and repetition penalties (the
+    last over a window of recent tokens), biases by token id (-100 bans), and how many of the
+    likeliest tokens to report with their log-probabilities (None: none)."""
 
     temperature: float
     top_k: int | None = None
     top_p: float | None = None
+    min_p: float | None = None
+    presence: float = 0.0
+    frequency: float = 0.0
+    repetition: float = 1.0
+    window: int = 64
+    bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None
 
     @classmethod
-    def of(cls, cfg: SampleConfig) -> SamplingRule:
-        return cls(cfg.temperature, cfg.top_k, cfg.top_p)
+    def of(cls, cfg: SampleConfig, vocab: CharVocab) -> SamplingRule:
+        """The rule of ``cfg``, its characters' biases (``ban``, ``bias``) turned into token ids."""
+        bias = dict(cfg.logit_bias)
+        for char, value in (*char_biases(cfg.bias), *((c, -BIAS_LIMIT) for c in cfg.ban)):  # a ban wins
+            if char not in vocab.index:
+                flag = "--ban" if value == -BIAS_LIMIT and char in cfg.ban else "--bias"
+                raise UserError(f"{flag} {char!r} is not a character of this model (it has no token of its own)")
+            bias[vocab.index[char]] = value
+        for token in bias:
+            if token >= len(vocab):
+                raise UserError(
+                    f"--logit-bias {token} is not a token of this model: its ids go from 0 to {len(vocab) - 1}"
+                )
+        if sum(value <= -BIAS_LIMIT for value in bias.values()) == len(vocab):
+            raise UserError("--logit-bias, --ban and --bias leave no token to write (each is banned)")
+        penalties = cfg.presence_penalty, cfg.frequency_penalty, cfg.repetition_penalty, cfg.repetition_window
+        return cls(cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, *penalties, tuple(sorted(bias.items())))
 
     @property
     def greedy(self) -> bool:
         """Whether every draw is the likeliest character, so that no seed changes the text."""
         return self.temperature == 0 or self.top_k == 1
 
-    def args(self) -> KernelRule:
-        """The rule as the compiled kernels take it."""
+    def args(self) -> tuple[float, ...]:
+        """The rule as the compiled kernels take it: a row of ``kernels.RULE_COLUMNS`` numbers."""
         top_k = min(int(self.top_k or 0), 1 << 31)  # any k past the vocabulary keeps everything
-        return float(self.temperature), top_k, 1.0 if self.top_p is None else float(self.top_p)
+        window = self.window if self.repetition != 1.0 else 0  # nothing to look back at
+        return (float(self.temperature), float(top_k), 1.0 if self.top_p is None else float(self.top_p),
+                float(self.min_p or 0.0), float(self.presence), float(self.frequency), float(self.repetition),
+                float(window), -1.0 if self.logprobs is None else float(self.logprobs))  # fmt: skip
+
+    def bias_row(self, vocab: int) -> np.ndarray:
+        """The bias of every token id (V,): -inf where it bans."""
+        row = np.zeros(vocab, np.float32)
+        for token, value in self.bias:
+            row[token] = -np.inf if value <= -BIAS_LIMIT else value
+        return row
 
 
 @dataclass
@@ -99,7 +136,7 @@ def _ids_after(
     try:
         primed = stepper.start(ids, start)
         for i in range(streams):
-            slots.add(primed, rule, stream_rng(seed, i))
+            slots.add(primed, rule, stream_rng(seed, i), ids)
         for begin in range(0, length, PIECE_TOKENS):
             yield slots.draw(min(PIECE_TOKENS, length - begin))
     finally:
@@ -114,7 +151,7 @@ def draw_samples(stepper: Stepper, vocab: CharVocab, cfg: SampleConfig, start: S
     and precision give the same text for sample *i*, whatever the number of samples.
     """
     prompt, dropped = prepare_prompt(vocab, cfg.prompt, cfg.unknown)
-    seed, rule = choose_seed(cfg.seed), SamplingRule.of(cfg)
+    seed, rule = choose_seed(cfg.seed), SamplingRule.of(cfg, vocab)
     ids = _ids_after(stepper, priming_ids(vocab, prompt), cfg.num_samples, cfg.length, rule, seed, start)
     decoders = [vocab.decoder() for _ in range(cfg.num_samples)]  # a character may span two chunks
     pieces = ([decode(row) for decode, row in zip(decoders, chunk, strict=True)] for chunk in ids)

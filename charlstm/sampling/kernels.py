@@ -150,16 +150,46 @@ def keep_top_p(z: np.ndarray, p: float) -> None:
         ahead += probs[i]
 
 
+# A stream's sampling rule as one row of numbers (``SamplingRule.args``), its columns:
+TEMPERATURE, TOP_K, TOP_P, MIN_P, PRESENCE, FREQUENCY, REPETITION, WINDOW, LOGPROBS = range(9)
+RULE_COLUMNS = 9
+
+
 @numba.njit(**_JIT)
-def draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, u: float, z: np.ndarray) -> int:
-    """One id from a row of logits (V,); u in (0, 1] picks it; z (V,) float64 scratch."""
-    if temperature == 0:
-        return int(np.argmax(logits))
-    top = logits.max()  # shifted to 0 before dividing, so a tiny temperature cannot overflow
+def keep_min_p(z: np.ndarray, min_p: float) -> None:
+    """Keep the entries of z (V,), shifted so that its largest is 0, at least ``min_p`` times as
+    likely as the likeliest."""
+    if min_p > 0.0:
+        cut = np.log(min_p)
+        for v in range(z.shape[0]):
+            if z[v] < cut:
+                z[v] = -np.inf
+
+
+@numba.njit(**_JIT)
+def draw(logits: np.ndarray, rule: np.ndarray, bias: np.ndarray, written: np.ndarray, recent: np.ndarray,
+         u: float, z: np.ndarray) -> int:  # fmt: skip
+    """One id from a row of logits (V,) by ``rule`` (a row of RULE_COLUMNS numbers), in vLLM's
+    order: the bias (-inf bans), the repetition penalty on the ids counted in ``recent``, presence
+    and frequency penalties on the counts in ``written``, then temperature (0: the likeliest),
+    top-k, top-p and min-p; u in (0, 1] picks it; z (V,) float64 scratch."""
+    repetition, presence, frequency = rule[REPETITION], rule[PRESENCE], rule[FREQUENCY]
     for v in range(z.shape[0]):
-        z[v] = (logits[v] - top) / temperature
-    keep_top_k(z, top_k)
-    keep_top_p(z, top_p)
+        x = np.float64(logits[v]) + bias[v]
+        if recent[v] > 0 and repetition != 1.0:
+            x = x / repetition if x > 0 else x * repetition
+        if written[v] > 0:
+            x -= frequency * written[v] + presence
+        z[v] = x
+    temperature = rule[TEMPERATURE]
+    if temperature == 0:
+        return int(np.argmax(z))
+    top = z.max()  # shifted to 0 before dividing, so a tiny temperature cannot overflow
+    for v in range(z.shape[0]):
+        z[v] = (z[v] - top) / temperature
+    keep_top_k(z, int(rule[TOP_K]))
+    keep_top_p(z, rule[TOP_P])
+    keep_min_p(z, rule[MIN_P])
     acc = 0.0
     for v in range(z.shape[0]):  # cumulative probabilities (unnormalised), summed in order
         acc += np.exp(z[v])
@@ -169,3 +199,36 @@ def draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, u: fl
         if z[v] >= target:
             return v
     return int(np.argmax(logits))  # only for NaN logits
+
+
+@numba.njit(**_JIT)
+def remember(token: int, window: int, ring: np.ndarray, at: np.ndarray, recent: np.ndarray) -> None:
+    """A stream read or wrote ``token``: the last ``window`` tokens (ring, at = [next place, how
+    many]) and their counts (recent, (V,)) move on."""
+    if window <= 0:
+        return
+    place, held = at[0], at[1]
+    if held == window:
+        recent[ring[place]] -= 1
+    else:
+        at[1] = held + 1
+    ring[place] = token
+    recent[token] += 1
+    at[0] = (place + 1) % window
+
+
+@numba.njit(**_JIT)
+def score(logits: np.ndarray, token: int, top_ids: np.ndarray, top_lp: np.ndarray) -> float:
+    """The model's own log-probability of ``token`` under logits (V,) (no rule applied), and the
+    ``len(top_ids)`` likeliest ids with theirs (ties in id order)."""
+    top = logits.max()
+    total = 0.0
+    for v in range(logits.shape[0]):
+        total += np.exp(np.float64(logits[v]) - top)
+    norm = top + np.log(total)
+    if top_ids.shape[0]:
+        order = np.argsort(-logits, kind="mergesort")
+        for i in range(top_ids.shape[0]):
+            top_ids[i] = order[i]
+            top_lp[i] = logits[order[i]] - norm
+    return logits[token] - norm

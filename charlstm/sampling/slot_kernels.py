@@ -25,7 +25,19 @@ import numpy as np
 from numba.core import types
 from numba.extending import overload
 
-from charlstm.sampling.kernels import _F, _HIGH, _JIT, _SHIFT, cell, draw, f32_from_bits
+from charlstm.sampling.kernels import (
+    _F,
+    _HIGH,
+    _JIT,
+    _SHIFT,
+    LOGPROBS,
+    WINDOW,
+    cell,
+    draw,
+    f32_from_bits,
+    remember,
+    score,
+)
 
 PARALLEL_MIN = 1 << 16  # weights in one stream's product worth splitting between threads
 
@@ -215,10 +227,26 @@ def step_streams(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, ac
         logits[b] += head_b
 
 
+@numba.njit(inline="always", **_JIT)
+def _pick(b: int, j: int, logits: np.ndarray, rules: np.ndarray, history: tuple, u: float, z: np.ndarray,
+          scores: tuple) -> int:  # fmt: skip
+    """Stream b's j-th id of this call, drawn by its rule from its logits (V,), with its score if
+    it asks for log-probabilities; its history moves on."""
+    bias, written, recent, ring, at = history
+    token = draw(logits, rules[b], bias[b], written[b], recent[b], u, z)
+    asked = int(rules[b, LOGPROBS])
+    if asked >= 0:
+        lp, top_ids, top_lp = scores
+        lp[b, j] = score(logits, token, top_ids[b, j, :asked], top_lp[b, j, :asked])
+    written[b, token] += 1
+    remember(token, int(rules[b, WINDOW]), ring[b], at[b], recent[b])
+    return token
+
+
 @numba.njit(**_JIT)
 def run_streams(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: np.ndarray, logits: np.ndarray,
-                tokens: np.ndarray, first: int, last: int, count: int, temperature: np.ndarray, top_k: np.ndarray,
-                top_p: np.ndarray, u: np.ndarray, start: np.ndarray, out: np.ndarray) -> None:  # fmt: skip
+                tokens: np.ndarray, first: int, last: int, count: int, rules: np.ndarray, history: tuple,
+                u: np.ndarray, start: np.ndarray, out: np.ndarray, scores: tuple) -> None:  # fmt: skip
     """``out.shape[1]`` tokens for each of streams ``first`` to ``last`` (those from ``count`` on
     are spare places, which read token 0): each draws by its rule with ``u[b, start[b] + j]``,
     then they all step on what they drew; and again."""
@@ -226,7 +254,7 @@ def run_streams(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act
     z = np.empty(vocab)
     for j in range(out.shape[1]):
         for b in range(first, min(last, count)):
-            out[b, j] = draw(logits[b, :vocab], temperature[b], top_k[b], top_p[b], u[b, start[b] + j], z)
+            out[b, j] = _pick(b, j, logits[b, :vocab], rules, history, u[b, start[b] + j], z, scores)
             tokens[b] = out[b, j]
         step_streams(arrays, xh, c, g, act, logits, tokens, first, last)
 
@@ -253,13 +281,14 @@ def step_one(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: n
 
 @numba.njit(**_JIT)
 def run_one(arrays: tuple, xh: np.ndarray, c: np.ndarray, g: np.ndarray, act: np.ndarray, logits: np.ndarray,
-            temperature: float, top_k: int, top_p: float, u: np.ndarray, out: np.ndarray) -> None:  # fmt: skip
-    """``run_streams`` for stream 0 alone: it draws ``out.shape[0]`` ids with u, stepping on each."""
+            rules: np.ndarray, history: tuple, u: np.ndarray, start: int, out: np.ndarray,
+            scores: tuple) -> None:  # fmt: skip
+    """``run_streams`` for stream 0 alone, its products split between threads."""
     vocab = arrays[1].shape[0]
     z = np.empty(vocab)
-    for j in range(out.shape[0]):
-        out[j] = draw(logits[0, :vocab], temperature, top_k, top_p, u[j], z)
-        step_one(arrays, xh, c, g, act, logits, out[j], 0)
+    for j in range(out.shape[1]):
+        out[0, j] = _pick(0, j, logits[0, :vocab], rules, history, u[0, start + j], z, scores)
+        step_one(arrays, xh, c, g, act, logits, out[0, j], 0)
 
 
 @numba.njit(**_JIT)

@@ -13,12 +13,14 @@ place moves with it, its random numbers included: each stream draws with its own
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from charlstm.sampling import kernels, slot_kernels
+from charlstm.sampling.kernels import LOGPROBS, RULE_COLUMNS, WINDOW
 from charlstm.sampling.slot_kernels import TILE_STREAMS
 from charlstm.sampling.stepper import Stepper, StepState
 
@@ -43,27 +45,49 @@ class Slots:
         self._act = [np.zeros_like(state.act) for _ in range(threads)]  # scratch of each thread
         self._helpers = [ThreadPoolExecutor(1, thread_name_prefix="charlstm-slots") for _ in range(threads - 1)]
         self.tokens = np.zeros(places, np.int64)
-        self.temperature = np.zeros(places, np.float64)
-        self.top_k = np.zeros(places, np.int64)
-        self.top_p = np.ones(places, np.float64)
+        self.rules = np.zeros((places, RULE_COLUMNS))  # each stream's rule (SamplingRule.args)
+        vocab = stepper.model.config.vocab_size
+        # What each stream's rule reads besides its logits: the bias of each id, the times each was
+        # written, and the ids among its last ``window`` tokens read or written (a ring, and counts).
+        self.bias = np.zeros((places, vocab), np.float32)
+        self.written = np.zeros((places, vocab), np.int32)
+        self.recent = np.zeros((places, vocab), np.int32)
+        self.ring = np.zeros((places, 0), np.int64)  # as wide as the widest window asked for
+        self.ring_at = np.zeros((places, 2), np.int64)
         self.u = np.ones((places, RANDOM_BLOCK))  # each stream's next uniforms, from u[i, used[i]] on
         self.used = np.zeros(places, np.int64)
         self.rngs: list[np.random.Generator | None] = [None] * places
+        # The log-probabilities of the latest call's ids, for the streams that ask (-1: none):
+        # (count, tokens) of the ids drawn, and (count, tokens, N) of the N likeliest ids and theirs.
+        self.logprobs = np.zeros((0, 0), np.float32)
+        self.top_ids = np.zeros((0, 0, 0), np.int64)
+        self.top_logprobs = np.zeros((0, 0, 0), np.float32)
 
     @property
     def free(self) -> int:
         return self.capacity - self.count
 
-    def add(self, primed: StepState, rule: SamplingRule, rng: np.random.Generator | None = None) -> int:
-        """Place a stream primed alone (``Stepper.prime`` of one prompt) with its rule and the
-        generator it draws with (:meth:`draw`); its index."""
+    def add(
+        self, primed: StepState, rule: SamplingRule, rng: np.random.Generator | None = None, read: Sequence[int] = ()
+    ) -> int:
+        """Place a stream primed alone (``Stepper.start`` of one prompt) with its rule, the
+        generator it draws with (:meth:`draw`) and the ids it read (for the repetition penalty's
+        window); its index."""
         if self.count >= self.capacity:
             raise RuntimeError("no free slot")
-        i = self.count
+        i, window = self.count, int(rule.args()[WINDOW])
+        if window > self.ring.shape[1]:
+            self.ring = np.concatenate(
+                [self.ring, np.zeros((len(self.ring), window - self.ring.shape[1]), np.int64)], 1
+            )
         self.xh[:, i] = primed.xh[:, 0]
         self.c[:, i] = primed.c[:, 0]
         self.logits[i] = primed.logits[0]
-        self.temperature[i], self.top_k[i], self.top_p[i] = rule.args()
+        self.rules[i] = rule.args()
+        self.bias[i] = rule.bias_row(self.bias.shape[1])
+        self.written[i] = self.recent[i] = self.ring_at[i] = 0
+        for token in read[-window:] if window else ():
+            kernels.remember(int(token), window, self.ring[i], self.ring_at[i], self.recent[i])
         self.rngs[i], self.used[i] = rng, 0
         self.u[i] = 1.0 - rng.random(RANDOM_BLOCK) if rng is not None else 1.0
         self.count += 1
@@ -82,7 +106,8 @@ class Slots:
             return None
         for a in (self.xh, self.c):
             a[:, i] = a[:, last]
-        for a in (self.logits, self.temperature, self.top_k, self.top_p, self.u, self.used):
+        for a in (self.logits, self.rules, self.bias, self.written, self.recent, self.ring, self.ring_at, self.u,
+                  self.used):  # fmt: skip
             a[i] = a[last]
         self.rngs[i], self.rngs[last] = self.rngs[last], None
         return last
@@ -109,10 +134,15 @@ class Slots:
         products split between threads instead (``Stepper``'s thread count), where that gives
         the same numbers (``Stepper.rows_match``)."""
         out = np.empty((self.count, tokens), np.int64)
+        asked = int(self.rules[: self.count, LOGPROBS].max(initial=-1))
+        self.logprobs = np.zeros((self.count, tokens), np.float32)
+        self.top_ids = np.zeros((self.count, tokens, max(asked, 0)), np.int64)
+        self.top_logprobs = np.zeros((self.count, tokens, max(asked, 0)), np.float32)
+        scores = self.logprobs, self.top_ids, self.top_logprobs
+        history = self.bias, self.written, self.recent, self.ring, self.ring_at
         if self.count == 1 and self.stepper.rows_match:
-            s, first = (self.xh, self.c, self.gates, self._act[0], self.logits), int(start[0])
-            rule = self.temperature[0], self.top_k[0], self.top_p[0]
-            slot_kernels.run_one(self.stepper.arrays, *s, *rule, u[0, first : first + tokens], out[0])
+            s = self.xh, self.c, self.gates, self._act[0], self.logits
+            slot_kernels.run_one(self.stepper.arrays, *s, self.rules, history, u, int(start[0]), out, scores)
             return out
         streams = _whole_tiles(self.count)
         self.tokens[self.count : streams] = 0
@@ -122,9 +152,18 @@ class Slots:
 
         def part(i: int) -> None:
             s = self.xh, self.c, self.gates, self._act[i], self.logits, self.tokens
-            rule = self.temperature, self.top_k, self.top_p
             slot_kernels.run_streams(
-                self.stepper.arrays, *s, bounds[i], bounds[i + 1], self.count, *rule, u, start, out
+                self.stepper.arrays,
+                *s,
+                bounds[i],
+                bounds[i + 1],
+                self.count,
+                self.rules,
+                history,
+                u,
+                start,
+                out,
+                scores,
             )
 
         helped = [self._helpers[i - 1].submit(part, i) for i in range(1, parts)]

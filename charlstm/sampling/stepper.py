@@ -31,7 +31,6 @@ from charlstm.net.model import CharLSTM, State
 from charlstm.sampling import kernels, slot_kernels
 from charlstm.sampling.slot_kernels import TILE_STREAMS
 
-KernelRule = tuple[float, int, float]  # (temperature, top_k, top_p) as the kernels take them; 0 and 1.0 mean off
 READ_LIMIT = 256  # a prompt up to this many tokens is read a step at a time; a longer one in one forward pass
 
 

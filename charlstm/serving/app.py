@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from charlstm.sampling.draw import SamplingRule, choose_seed, priming_ids
+from charlstm.sampling.draw import choose_seed, priming_ids
 from charlstm.serving.engine import INTERNAL, SHUTTING_DOWN, Busy, Closed, Job, Piece, Prompt
 from charlstm.serving.metrics import CONTENT_TYPE, Metrics
 from charlstm.serving.requests import ApiError, Completion, bad, read_completion
@@ -148,7 +148,7 @@ async def _read_json(service: Service, request: Request) -> Any:
 
 def _jobs(service: Service, completion: Completion, pieces: asyncio.Queue[Piece]) -> list[Job]:
     loop, cfg, vocab = asyncio.get_running_loop(), completion.sampling, service.engine.vocab
-    seed, rule = choose_seed(cfg.seed), SamplingRule.of(cfg)
+    seed, rule = choose_seed(cfg.seed), completion.rule
 
     def deliver(piece: Piece) -> None:  # on the engine's thread
         loop.call_soon_threadsafe(pieces.put_nowait, piece)

@@ -261,7 +261,7 @@ class Engine:
             return
         if job.prompt.state is None:
             job.prompt.state = self._prime(job.prompt.ids)
-        self.slots.add(job.prompt.state, job.rule, stream_rng(job.seed, job.index))
+        self.slots.add(job.prompt.state, job.rule, stream_rng(job.seed, job.index), job.prompt.ids)
         self._jobs.append(job)
 
     def _prime(self, ids: list[int]) -> StepState:

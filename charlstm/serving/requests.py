@@ -8,29 +8,39 @@ their checks are those options' own; only this server's limits are added here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from charlstm.config import SampleConfig, ServeConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
 from charlstm.options import option
+from charlstm.sampling.draw import SamplingRule
 from charlstm.validate import SHOWN_CHARS, shown
 
-# OpenAI's name of each sampling option (``top_k`` is an extension, as in vLLM and llama.cpp).
+# OpenAI's name of each sampling option (``top_k``, ``min_p`` and ``repetition_penalty`` are vLLM's and
+# llama.cpp's extensions, ``repeat_last_n`` llama.cpp's).
 SAMPLING_FIELDS = {
     "max_tokens": "length",
     "temperature": "temperature",
     "top_p": "top_p",
     "top_k": "top_k",
+    "min_p": "min_p",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "repeat_last_n": "repetition_window",
+    "logit_bias": "logit_bias",
     "seed": "seed",
     "n": "num_samples",
 }
+WHOLE = ("length", "top_k", "seed", "num_samples", "repetition_window")  # a whole float is fine
 # Fields OpenAI defines that this server takes only at their neutral value.
-NEUTRAL = {"logprobs": (None,), "suffix": (None, ""), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-           "logit_bias": (None, {}), "best_of": (None, 1)}  # fmt: skip
+NEUTRAL = {"logprobs": (None,), "suffix": (None, ""), "best_of": (None, 1)}
 OTHER_FIELDS = {"model", "prompt", "stream", "stream_options", "stop", "echo", "user"}
 MAX_STOPS = 4  # as OpenAI
+T = TypeVar("T")
 MAX_STOP_CHARS = 256  # each: matched against the text as it arrives, every token
 
 
@@ -61,7 +71,8 @@ class Completion:
     """A checked completion request."""
 
     prompts: tuple[str, ...]
-    sampling: SampleConfig  # length, temperature, top_k, top_p, seed (None: random) and n
+    sampling: SampleConfig  # length, the rule's fields, seed (None: random) and n
+    rule: SamplingRule  # the sampling fields with the biases checked against the vocabulary
     stops: tuple[str, ...]
     stream: bool
     echo: bool
@@ -90,6 +101,7 @@ def read_completion(body: Any, vocab: CharVocab, limits: ServeConfig, model_id: 
                        param="model", code="model_not_found")  # fmt: skip
     prompt = "" if body.get("prompt") is None else body["prompt"]
     sampling = _sampling(body)
+    rule = _named(lambda: SamplingRule.of(sampling, vocab))
     if sampling.length > limits.max_tokens:
         raise bad(f"max_tokens {sampling.length} is more than this server allows ({limits.max_tokens})", "max_tokens")
     count = len(prompt) if isinstance(prompt, list) else 1
@@ -106,7 +118,7 @@ def read_completion(body: Any, vocab: CharVocab, limits: ServeConfig, model_id: 
                                 or not isinstance(usage, bool)):  # fmt: skip
         raise bad("stream_options must be an object with at most include_usage: true or false", "stream_options")
     include_usage = bool(usage)
-    return Completion(prompts, sampling, _stops(body.get("stop")), stream, echo, include_usage)
+    return Completion(prompts, sampling, rule, _stops(body.get("stop")), stream, echo, include_usage)
 
 
 def _same(value: Any, neutral: Any) -> bool:
@@ -150,18 +162,24 @@ def _sampling(body: dict[str, Any]) -> SampleConfig:
     """The sampling options, checked by ``SampleConfig``; its messages name OpenAI's fields."""
     given = {SAMPLING_FIELDS[name]: body[name] for name in SAMPLING_FIELDS if body.get(name) is not None}
     for name, value in given.items():  # JSON's numbers: a float that is whole is fine where an int is wanted
-        if isinstance(value, float) and name in ("length", "top_k", "seed", "num_samples") and value.is_integer():
+        if isinstance(value, float) and name in WHOLE and value.is_integer():
             given[name] = int(value)
     try:
-        return SampleConfig(**given)
+        return _named(lambda: SampleConfig(**given))
+    except (TypeError, ValueError) as e:
+        raise bad(f"a sampling field has a value of the wrong type: {e}") from None
+
+
+def _named(make: Callable[[], T]) -> T:
+    """``make()``, its ``UserError`` (which names an option) a 400 naming the field."""
+    try:
+        return make()
     except UserError as e:
         message = str(e)
         for name, field in SAMPLING_FIELDS.items():
             if message.startswith(option(field) + " "):
                 raise bad(name + message[len(option(field)) :], name) from None
         raise bad(message) from None
-    except (TypeError, ValueError) as e:
-        raise bad(f"a sampling field has a value of the wrong type: {e}") from None
 
 
 def _stops(stop: Any) -> tuple[str, ...]:

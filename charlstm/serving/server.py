@@ -54,7 +54,7 @@ def model_card(model_id: str, checkpoint: Checkpoint, module: CharLSTM, precisio
     created = int(checkpoint.path.stat().st_mtime) if checkpoint.path.exists() else 0
     return ModelCard(
         model_id, Path(corpus).name, cfg.cell, cfg.layers, cfg.hidden, module.num_params(), cfg.vocab_size,
-        bool(facts.get("byte_fallback")), facts.get("val_loss"), precision, created,
+        bool(facts.get("byte_fallback")), facts.get("val_loss"), precision, created, checkpoint.vocab.token_names(),
     )  # fmt: skip
 
 

@@ -35,6 +35,7 @@ class ModelCard:
     val_loss: float | None
     precision: str  # the weights the step reads
     created: int
+    tokens: tuple[str, ...]  # each token id's character (or byte, as bytes:\\xNN): what logit_bias and logprobs name
 
 
 class Service:
