@@ -340,11 +340,11 @@ def test_the_app_mounts_in_another_and_owns_its_engine_there(shared_run):
 def test_a_model_that_cannot_generate_is_one_line_and_a_non_zero_exit(shared_run, monkeypatch, capfd, failing):
     from typer.testing import CliRunner
 
-    from charlstm import api
+    from charlstm.api import serving
     from charlstm.cli import app
     from charlstm.sampling.slots import Slots
 
-    monkeypatch.setattr(api, "compile_kernels", lambda *a, **k: 0.0)  # they compile through Slots too: loaded later
+    monkeypatch.setattr(serving, "compile_kernels", lambda *a, **k: 0.0)  # they compile through Slots too: loaded later
     monkeypatch.setattr(Slots, failing, lambda *a: (_ for _ in ()).throw(RuntimeError("no kernels here")))
     before = len(engine_threads())
     result = CliRunner().invoke(app, ["serve", str(shared_run), "--host", "127.0.0.1", "--port", "0"])
