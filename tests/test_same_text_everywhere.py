@@ -4,8 +4,10 @@ bf16; and sample 0 of N is the sample of 1."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import openai
 import pytest
 from typer.testing import CliRunner
@@ -106,3 +108,52 @@ def test_a_banned_character_never_appears(shared_run, served, precision):
     banned = sampled(shared_run, precision, 5, SEED, "--ban", commonest, length=1000)
     assert served_texts == banned  # 5,000 characters each way
     assert sum(map(len, banned)) == 5000 and commonest not in "".join(banned)
+
+
+def test_logprobs_are_the_same_through_sample_and_the_server_and_name_each_token(shared_run, served, precision):
+    client, model = served
+    ask = dict(model=model, prompt=PROMPT, max_tokens=60, seed=SEED, logprobs=3)
+    whole = client.completions.create(**ask).choices[0]
+    scored = whole.logprobs
+    assert "".join(scored.tokens) == whole.text and len(scored.token_logprobs) == 60
+    assert all(
+        len(top) == 3 and max(top.values()) >= lp - 1e-6
+        for top, lp in zip(scored.top_logprobs, scored.token_logprobs, strict=True)
+    )
+    assert scored.text_offset == list(range(60)) and all(lp <= 0 for lp in scored.token_logprobs)
+    streamed = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for chunk in client.completions.create(**ask, stream=True):
+        for key in streamed:
+            streamed[key] += getattr(chunk.choices[0].logprobs, key)
+    assert streamed == {key: getattr(scored, key) for key in streamed}
+    result = CliRunner().invoke(app, ["sample", str(shared_run), "--prompt", PROMPT, "--length", "60", "--seed",
+                                      str(SEED), "--logprobs", "3", "--precision", precision])  # fmt: skip
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["token"] for line in lines] == scored.tokens and {line["sample"] for line in lines} == {0}
+    assert [line["logprob"] for line in lines] == scored.token_logprobs
+    assert [line["top_logprobs"] for line in lines] == scored.top_logprobs
+
+
+def test_a_stop_leaves_its_tokens_out_of_the_logprobs(served):
+    client, model = served
+    text = client.completions.create(model=model, prompt=PROMPT, max_tokens=80, seed=SEED).choices[0].text
+    stop = text[30:33]
+    cut = client.completions.create(model=model, prompt=PROMPT, max_tokens=80, seed=SEED, stop=stop, logprobs=1)
+    choice = cut.choices[0]
+    assert choice.finish_reason == "stop" and "".join(choice.logprobs.tokens) == choice.text == text[: text.index(stop)]
+
+
+def test_echo_with_max_tokens_0_scores_a_text_as_charlstm_eval_does(shared_run, served):
+    """How lm-evaluation-harness measures a model over this API: echo, logprobs, max_tokens 0."""
+    client, model = served
+    text = (shared_run.parent / "play.txt").read_text(encoding="utf-8")[:2000]
+    answer = client.completions.create(model=model, prompt=text, max_tokens=0, echo=True, logprobs=0).choices[0]
+    scored = answer.logprobs
+    assert answer.text == text and scored.token_logprobs[0] is None and len(scored.token_logprobs) == 2000
+    served_loss = -sum(scored.token_logprobs[1:]) / 1999
+    loaded = charlstm.load(shared_run / "best.pt")
+    evaluated = loaded.evaluate(text).loss
+    assert abs(served_loss - evaluated) < 1e-3
+    per_char = loaded.score(text)
+    assert len(per_char) == 2000 and np.isnan(per_char[0]) and abs(-np.nanmean(per_char) - evaluated) < 1e-3
+    assert np.allclose(per_char[1:], scored.token_logprobs[1:], atol=1e-5)  # the same scores, one per character

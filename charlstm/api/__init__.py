@@ -39,6 +39,7 @@ from charlstm.insight.explain import ExplainReport, explain_checkpoint
 from charlstm.net.model import CharLSTM
 from charlstm.options import declared
 from charlstm.sampling.draw import Samples, compile_kernels, draw_samples
+from charlstm.sampling.scoring import score_tokens
 from charlstm.sampling.stepper import Stepper, resolve_precision
 from charlstm.store import metrics
 from charlstm.store.checkpoint import BEST, LAST, Checkpoint, export_safetensors, load_checkpoint
@@ -149,6 +150,17 @@ class Model:
             for text, piece in zip(texts, pieces, strict=True):
                 text.append(piece)
         return ["".join(text) for text in texts]
+
+    def score(self, text: str) -> np.ndarray:
+        """The model's log-probability (nats) of each character of ``text`` (len(text),) given those
+        before it, read as ``charlstm eval`` reads a text (from zero, in fp32): the first character,
+        which nothing comes before, is NaN, so ``-np.nanmean(model.score(text))`` is
+        ``model.evaluate(text).loss``. A character written as bytes gets the sum of its bytes'."""
+        self.vocab.check_known(text, "the text", "with byte fallback every text can be scored")
+        ids = self.vocab.encode(text)
+        scores = score_tokens(self.module, ids)
+        logprobs = np.concatenate([[np.nan], scores.logprobs.astype(np.float64)])  # (tokens,)
+        return np.add.reduceat(logprobs, np.flatnonzero(self.vocab.char_starts()[ids])) if ids else np.zeros(0)
 
     def evaluate(self, text: str, seq_len: int = EvalConfig.seq_len) -> EvalResult:
         """Loss of the model on ``text``: ``.loss`` (nats/char), ``.bpc``, ``.perplexity``, ``.chars``.

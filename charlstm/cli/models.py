@@ -34,7 +34,10 @@ def sample(checkpoint: CheckpointArg, **options: Any) -> None:
         err.print(f"[dim]seed {samples.seed} (pass --seed {samples.seed} to repeat this text)[/dim]")
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")  # generated text is UTF-8 whatever the locale says
-    render.write_samples(sys.stdout, samples.prompt, samples.pieces, cfg.num_samples)
+    if cfg.logprobs is not None:
+        render.write_scored(sys.stdout, samples)
+    else:
+        render.write_samples(sys.stdout, samples.prompt, samples.pieces, cfg.num_samples)
 
 
 @app.command(name="eval", cls=_Command)

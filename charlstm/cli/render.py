@@ -5,6 +5,7 @@ the CLI: only the command modules beside it import it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,16 @@ def write_samples(out: IO[str], prompt: str, pieces: Iterator[list[str]], count:
     for kept in rest:
         out.write("\n" + "-" * 40 + "\n" + prompt + "".join(kept) + "\n")
     out.flush()
+
+
+def write_scored(out: IO[str], samples: Any) -> None:
+    """``charlstm sample --logprobs N``: a JSON line per token drawn, sample by sample within each
+    piece (``sample``, ``token``, ``logprob``, ``top_logprobs``, ``text_offset`` past the prompt)."""
+    for _ in samples.pieces:
+        for i, tokens in enumerate(samples.scores):
+            for record in tokens:
+                out.write(json.dumps({"sample": i, **record}, ensure_ascii=False) + "\n")
+        out.flush()
 
 
 def explain_table(report: Any) -> Table:

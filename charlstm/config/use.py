@@ -53,6 +53,9 @@ class SampleConfig(DictRoundTrip):
     logit_bias: tuple[tuple[int, float], ...] = opt(
         (), "Added to tokens' logits by id (OpenAI's logit_bias): '12=-2,40=1', ids as info lists them.", shown="none"
     )
+    logprobs: int | None = opt(
+        None, "Write JSON lines instead: each token, its log-probability and the N likeliest in its place.", shown="off"
+    )
     seed: int | None = opt(None, "Random seed; the same seed gives the same text.", shown="random")
     num_samples: int = opt(1, "How many samples to draw.")
     unknown: str = opt(
@@ -86,6 +89,8 @@ class SampleConfig(DictRoundTrip):
             raise fail("ban", self.ban, "the characters to ban, as one string")
         char_biases(self.bias)
         object.__setattr__(self, "logit_bias", id_biases(self.logit_bias))
+        if self.logprobs is not None:
+            whole(self, "logprobs")
         positive_int(self, "num_samples")
         if self.num_samples > MAX_SAMPLES:  # drawn side by side: each one holds its own state
             raise fail("num_samples", self.num_samples, f"at most {MAX_SAMPLES:,} per call")

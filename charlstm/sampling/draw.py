@@ -11,7 +11,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,8 +64,12 @@ class SamplingRule:
                 )
         if sum(value <= -BIAS_LIMIT for value in bias.values()) == len(vocab):
             raise UserError("--logit-bias, --ban and --bias leave no token to write (each is banned)")
+        if cfg.logprobs is not None and cfg.logprobs > len(vocab):
+            raise UserError(f"--logprobs {cfg.logprobs} is more than this model's {len(vocab)} tokens")
         penalties = cfg.presence_penalty, cfg.frequency_penalty, cfg.repetition_penalty, cfg.repetition_window
-        return cls(cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, *penalties, tuple(sorted(bias.items())))
+        return cls(
+            cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, *penalties, tuple(sorted(bias.items())), cfg.logprobs
+        )
 
     @property
     def greedy(self) -> bool:
@@ -96,6 +101,9 @@ class Samples:
     dropped: list[str]  # prompt characters dropped
     pieces: Iterator[list[str]]  # the next piece of every sample, up to PIECE_TOKENS characters each
     seeded: bool = True  # whether the seed decides the text (not under a greedy rule)
+    # With logprobs: the tokens of the latest piece of every sample, each as OpenAI's legacy logprobs
+    # name it (token, logprob, top_logprobs, text_offset in the sample's text past the prompt).
+    scores: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
 def choose_seed(seed: int | None) -> int:
@@ -127,9 +135,10 @@ def priming_ids(vocab: CharVocab, prompt: str) -> list[int]:
 
 def _ids_after(
     stepper: Stepper, ids: list[int], streams: int, length: int, rule: SamplingRule, seed: int, start: State | None
-) -> Iterator[np.ndarray]:
+) -> Iterator[tuple[np.ndarray, ...]]:
     """After reading ``ids`` from ``start``, yield the next ids of ``streams`` samples, (streams, n)
-    at a time with n <= PIECE_TOKENS: ``length`` per sample in all."""
+    at a time with n <= PIECE_TOKENS (``length`` per sample in all), and their scores (``Slots``'
+    logprobs, top_ids and top_logprobs) when the rule asks for them."""
     if length <= 0:
         return
     slots = Slots(stepper, streams)
@@ -138,7 +147,7 @@ def _ids_after(
         for i in range(streams):
             slots.add(primed, rule, stream_rng(seed, i), ids)
         for begin in range(0, length, PIECE_TOKENS):
-            yield slots.draw(min(PIECE_TOKENS, length - begin))
+            yield slots.draw(min(PIECE_TOKENS, length - begin)), slots.logprobs, slots.top_ids, slots.top_logprobs
     finally:
         slots.close()
 
@@ -153,9 +162,30 @@ def draw_samples(stepper: Stepper, vocab: CharVocab, cfg: SampleConfig, start: S
     prompt, dropped = prepare_prompt(vocab, cfg.prompt, cfg.unknown)
     seed, rule = choose_seed(cfg.seed), SamplingRule.of(cfg, vocab)
     ids = _ids_after(stepper, priming_ids(vocab, prompt), cfg.num_samples, cfg.length, rule, seed, start)
-    decoders = [vocab.decoder() for _ in range(cfg.num_samples)]  # a character may span two chunks
-    pieces = ([decode(row) for decode, row in zip(decoders, chunk, strict=True)] for chunk in ids)
-    return Samples(seed, prompt, dropped, pieces, seeded=not rule.greedy)
+    samples = Samples(seed, prompt, dropped, iter(()), seeded=not rule.greedy)
+    samples.pieces = _pieces(ids, vocab, cfg.num_samples, samples if rule.logprobs is not None else None)
+    return samples
+
+
+def _pieces(drawn: Iterator[tuple[np.ndarray, ...]], vocab: CharVocab, streams: int,
+            scored: Samples | None) -> Iterator[list[str]]:  # fmt: skip
+    """Each chunk's text for every sample; with ``scored``, its tokens' scores go to ``scored.scores``."""
+    decoders = [vocab.decoder() for _ in range(streams)]  # a character may span two chunks
+    names, written = vocab.token_names(), [0] * streams
+    for chunk, logprobs, top_ids, top_logprobs in drawn:
+        if scored is None:
+            yield [decode(row) for decode, row in zip(decoders, chunk, strict=True)]
+            continue
+        texts, scored.scores = [], [[] for _ in range(streams)]
+        for i, (decode, row) in enumerate(zip(decoders, chunk.tolist(), strict=True)):
+            parts = [decode([token]) for token in row]  # one at a time: where each token's text starts
+            for k, (token, text) in enumerate(zip(row, parts, strict=True)):
+                top = dict(zip((names[t] for t in top_ids[i, k]), top_logprobs[i, k].tolist(), strict=True))
+                record = {"token": names[token], "logprob": float(logprobs[i, k]), "top_logprobs": top}
+                scored.scores[i].append({**record, "text_offset": written[i]})
+                written[i] += len(text)
+            texts.append("".join(parts))
+        yield texts
 
 
 def compile_kernels(on_slow: Callable[[], None] | None = None) -> float:

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -28,7 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from charlstm.sampling.draw import choose_seed, priming_ids
-from charlstm.serving.engine import INTERNAL, SHUTTING_DOWN, Busy, Closed, Job, Piece, Prompt
+from charlstm.serving.engine import INTERNAL, SHUTTING_DOWN, Busy, Closed, Job, Piece, Prompt, Scored
 from charlstm.serving.metrics import CONTENT_TYPE, Metrics
 from charlstm.serving.requests import ApiError, Completion, bad, read_completion
 from charlstm.serving.service import ModelCard, Service
@@ -164,6 +165,9 @@ def _jobs(service: Service, completion: Completion, pieces: asyncio.Queue[Piece]
 
 async def _complete(service: Service, request: Request, completion: Completion) -> Response:
     pieces: asyncio.Queue[Piece] = asyncio.Queue()
+    asked = completion.rule.logprobs
+    echoed = [await asyncio.to_thread(_prompt_scores, service, p, asked) for p in completion.prompts] if (
+        completion.echo and asked is not None) else None  # fmt: skip
     jobs = _jobs(service, completion, pieces)
     try:
         service.engine.submit(jobs)
@@ -176,9 +180,36 @@ async def _complete(service: Service, request: Request, completion: Completion) 
             "model": service.card.id}  # fmt: skip
     prompt_tokens = sum(len(service.engine.vocab.encode(text)) for text in completion.prompts)
     if completion.stream:
-        events = _events(service, completion, jobs, pieces, head, prompt_tokens)
+        events = _events(service, completion, jobs, pieces, head, prompt_tokens, echoed)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    return await _whole(service, request, completion, jobs, pieces, head, prompt_tokens)
+    return await _whole(service, request, completion, jobs, pieces, head, prompt_tokens, echoed)
+
+
+def _prompt_scores(service: Service, prompt: str, top: int) -> Scored:
+    """A prompt's tokens with their log-probabilities, in OpenAI's shape: the first has none."""
+    vocab = service.engine.vocab
+    scores, names, ids = service.score(prompt, top), vocab.token_names(), vocab.encode(prompt)
+    offsets = (np.cumsum(vocab.char_starts()[ids]) - 1).tolist()  # a byte's: the character it goes into
+    tops = [
+        {names[t]: float(lp) for t, lp in zip(i, v, strict=True)}
+        for i, v in zip(scores.top_ids, scores.top_logprobs, strict=True)
+    ]
+    return Scored(
+        [names[t] for t in ids], [None, *map(float, scores.logprobs)][: len(ids)], [None, *tops][: len(ids)], offsets
+    )
+
+
+def _scored(scored: Scored | None, shift: int = 0, before: Scored | None = None) -> dict[str, Any] | None:
+    """OpenAI's legacy ``logprobs`` object: ``before`` (an echoed prompt's) first, then ``scored``
+    with its offsets moved past the prompt."""
+    if scored is None and before is None:
+        return None
+    parts = [p for p in (before, scored) if p is not None]
+    moved = [o + shift for o in scored.text_offset] if scored is not None else []
+    return {"tokens": [t for p in parts for t in p.tokens],
+            "token_logprobs": [lp for p in parts for lp in p.token_logprobs],
+            "top_logprobs": [top for p in parts for top in p.top_logprobs],
+            "text_offset": (before.text_offset if before is not None else []) + moved}  # fmt: skip
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -186,8 +217,8 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
 
 
-def _choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+def _choice(index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
 
 
 def _prompt_of(completion: Completion, index: int) -> str:
@@ -201,8 +232,10 @@ def _failed(piece: Piece) -> ApiError:
 
 
 async def _whole(service: Service, request: Request, completion: Completion, jobs: list[Job],
-                 pieces: asyncio.Queue[Piece], head: dict[str, Any], prompt_tokens: int) -> Response:  # fmt: skip
+                 pieces: asyncio.Queue[Piece], head: dict[str, Any], prompt_tokens: int,
+                 echoed: list[Scored] | None) -> Response:  # fmt: skip
     texts = [[_prompt_of(completion, j.index)] if completion.echo else [] for j in jobs]  # pieces, joined at the end
+    scores: list[list[Scored]] = [[] for _ in jobs]
     finish: list[str | None] = [None] * len(jobs)
     tokens = [0] * len(jobs)
     try:
@@ -218,15 +251,27 @@ async def _whole(service: Service, request: Request, completion: Completion, job
             texts[piece.index].append(piece.text)
             tokens[piece.index] = piece.tokens
             finish[piece.index] = piece.finish
+            if piece.logprobs is not None:
+                scores[piece.index].append(piece.logprobs)
     finally:
         for job in jobs:
             job.cancelled = True  # those finished have left already; the rest leave at the next step
-    choices = [_choice(i, "".join(text), reason) for i, (text, reason) in enumerate(zip(texts, finish, strict=True))]
+    choices = []
+    for i, (text, reason) in enumerate(zip(texts, finish, strict=True)):
+        before = None if echoed is None else echoed[i // completion.sampling.num_samples]
+        joined = _joined(scores[i]) if completion.rule.logprobs is not None else None
+        shift = len(_prompt_of(completion, i)) if completion.echo else 0
+        choices.append(_choice(i, "".join(text), reason, _scored(joined, shift, before)))
     return JSONResponse({**head, "choices": choices, "usage": _usage(prompt_tokens, sum(tokens))})
 
 
+def _joined(parts: list[Scored]) -> Scored:
+    return Scored(*([x for p in parts for x in getattr(p, name)] for name in Scored.__dataclass_fields__))
+
+
 async def _events(service: Service, completion: Completion, jobs: list[Job], pieces: asyncio.Queue[Piece],
-                  head: dict[str, Any], prompt_tokens: int) -> AsyncIterator[str]:  # fmt: skip
+                  head: dict[str, Any], prompt_tokens: int,
+                  echoed: list[Scored] | None) -> AsyncIterator[str]:  # fmt: skip
     """Server-sent events: chunks of text as they come, then ``data: [DONE]``. A client that goes
     away cancels this generator, and its jobs leave the engine at the next step."""
 
@@ -237,7 +282,10 @@ async def _events(service: Service, completion: Completion, jobs: list[Job], pie
     try:
         if completion.echo:
             for job in jobs:
-                yield event({**head, "choices": [_choice(job.index, _prompt_of(completion, job.index), None)]})
+                before = (
+                    None if echoed is None else _scored(None, 0, echoed[job.index // completion.sampling.num_samples])
+                )
+                yield event({**head, "choices": [_choice(job.index, _prompt_of(completion, job.index), None, before)]})
         while left:
             piece = await pieces.get()
             if piece.error:
@@ -245,7 +293,9 @@ async def _events(service: Service, completion: Completion, jobs: list[Job], pie
                 break
             tokens[piece.index] = piece.tokens
             left -= piece.finish is not None
-            yield event({**head, "choices": [_choice(piece.index, piece.text, piece.finish)]})
+            shift = len(_prompt_of(completion, piece.index)) if completion.echo else 0
+            scored = _scored(piece.logprobs, shift)
+            yield event({**head, "choices": [_choice(piece.index, piece.text, piece.finish, scored)]})
         else:
             if completion.include_usage:
                 yield event({**head, "choices": [], "usage": _usage(prompt_tokens, sum(tokens))})

@@ -60,6 +60,16 @@ class Closed(Exception):
 
 
 @dataclass(frozen=True)
+class Scored:
+    """The tokens of some text with their log-probabilities, in OpenAI's legacy ``logprobs`` terms."""
+
+    tokens: list[str]  # each token's name (``CharVocab.token_names``)
+    token_logprobs: list[float | None]  # None where nothing came before it (a prompt's first token)
+    top_logprobs: list[dict[str, float] | None]  # the likeliest tokens in its place, and theirs
+    text_offset: list[int]  # where its text starts in the choice's text (the character a byte goes into)
+
+
+@dataclass(frozen=True)
 class Piece:
     """New text of one choice, as the engine hands it out."""
 
@@ -68,6 +78,7 @@ class Piece:
     tokens: int  # tokens generated so far (at a stop: up to and including the stop's, whose text is left out)
     finish: FinishReason | None = None  # set on the choice's last piece
     error: str | None = None  # the server ended the choice early (shutting down, an internal fault)
+    logprobs: Scored | None = None  # the scores of the tokens of ``text``, when the job asked for them
 
 
 @dataclass(eq=False)
@@ -98,6 +109,10 @@ class Job:
     stops_found: StopMatcher | None = None
     first_token: float | None = None
     flushed: float = 0.0  # when its text last went out
+    written: int = 0  # characters decoded so far
+    sent: int = 0  # characters handed out so far
+    scored: deque[tuple[int, int, str, float, dict[str, float]]] = field(default_factory=deque)
+    # (where its text ends, where it starts, name, log-probability, likeliest) of each token not yet handed out
 
 
 class Meter:
@@ -118,6 +133,7 @@ class Engine:
 
     def __init__(self, slots: Slots, vocab: CharVocab, start: State | None, max_queue: int, meter: Meter | None = None):
         self.slots, self.vocab, self.start_state = slots, vocab, start
+        self._names = vocab.token_names()
         self.max_queue, self.meter = max_queue, meter or Meter()
         self._queue: deque[Job] = deque()
         self._jobs: list[Job] = []  # by slot
@@ -289,7 +305,7 @@ class Engine:
         done = []
         for i, (job, row) in enumerate(zip(self._jobs, ids.tolist(), strict=True)):
             try:
-                if job.cancelled or self._read(job, row, now):
+                if job.cancelled or self._read(job, row, now, i):
                     done.append(i)
             except Exception as e:  # this job's fault: it ends alone
                 self._fault(e, "a completion failed; ending it")
@@ -302,16 +318,19 @@ class Engine:
                 self._jobs[i] = self._jobs[moved]
             self._jobs.pop()
 
-    def _read(self, job: Job, row: list[int], now: float) -> bool:
+    def _read(self, job: Job, row: list[int], now: float, slot: int) -> bool:
         """The job's new tokens decoded and searched for its stops, and what is certain handed out
         when it is time; True when the job is done (or its receiver is gone)."""
         assert job.decoder is not None and job.stops_found is not None
-        finish, matcher = None, job.stops_found
-        if matcher.stops:
+        finish, matcher, scored = None, job.stops_found, job.rule.logprobs is not None
+        if matcher.stops or scored:
             for used, token in enumerate(row, 1):
-                fed = matcher.feed(job.decoder([token]))
-                job.unsent.append(fed.text)
-                if fed.stopped:
+                text = job.decoder([token])
+                if scored:
+                    self._score(job, slot, used - 1, token, text)
+                fed = matcher.feed(text) if matcher.stops else None
+                job.unsent.append(text if fed is None else fed.text)
+                if fed is not None and fed.stopped:
                     job.tokens, finish = job.tokens + used, FinishReason.STOP
                     break
             else:
@@ -335,7 +354,30 @@ class Engine:
             self.meter.first_token(now - job.submitted)
         if finish is not None:
             self.meter.finished(job.tokens, now - (job.first_token or now))
-        return not _handed(job.deliver, Piece(job.index, text, job.tokens, finish)) or finish is not None
+        piece = Piece(job.index, text, job.tokens, finish, logprobs=_sent_scores(job, len(text)) if scored else None)
+        return not _handed(job.deliver, piece) or finish is not None
+
+    def _score(self, job: Job, slot: int, k: int, token: int, text: str) -> None:
+        """Keep token k of this call's row with its score, until its text is handed out."""
+        ids, logprobs = self.slots.top_ids[slot, k].tolist(), self.slots.top_logprobs[slot, k].tolist()
+        top = {self._names[t]: lp for t, lp in zip(ids, logprobs, strict=True)}
+        start = job.written
+        job.written += len(text)
+        job.scored.append((job.written, start, self._names[token], float(self.slots.logprobs[slot, k]), top))
+
+
+def _sent_scores(job: Job, chars: int) -> Scored:
+    """The scores of the tokens whose text is now handed out (``chars`` more characters); those of
+    a stop sequence, never handed out, stay behind."""
+    job.sent += chars
+    scored = Scored([], [], [], [])
+    while job.scored and job.scored[0][0] <= job.sent:
+        _, start, name, logprob, top = job.scored.popleft()
+        scored.tokens.append(name)
+        scored.token_logprobs.append(logprob)
+        scored.top_logprobs.append(top)
+        scored.text_offset.append(start)
+    return scored
 
 
 def _handed(deliver: Callable[[Piece], None], piece: Piece) -> bool:

@@ -32,12 +32,13 @@ SAMPLING_FIELDS = {
     "repetition_penalty": "repetition_penalty",
     "repeat_last_n": "repetition_window",
     "logit_bias": "logit_bias",
+    "logprobs": "logprobs",
     "seed": "seed",
     "n": "num_samples",
 }
-WHOLE = ("length", "top_k", "seed", "num_samples", "repetition_window")  # a whole float is fine
+WHOLE = ("length", "top_k", "seed", "num_samples", "repetition_window", "logprobs")  # a whole float is fine
 # Fields OpenAI defines that this server takes only at their neutral value.
-NEUTRAL = {"logprobs": (None,), "suffix": (None, ""), "best_of": (None, 1)}
+NEUTRAL = {"suffix": (None, ""), "best_of": (None, 1)}
 OTHER_FIELDS = {"model", "prompt", "stream", "stream_options", "stop", "echo", "user"}
 MAX_STOPS = 4  # as OpenAI
 T = TypeVar("T")

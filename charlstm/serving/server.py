@@ -67,7 +67,8 @@ def make_service(
     metrics = Metrics()
     slots = Slots(stepper, config.max_streams)
     engine = Engine(slots, checkpoint.vocab, checkpoint.warm_state(), config.max_queue, metrics)
-    return Service(engine, model_card(run_name(path, checkpoint), checkpoint, module, precision), config, metrics)
+    card = model_card(run_name(path, checkpoint), checkpoint, module, precision)
+    return Service(engine, card, config, metrics, module)
 
 
 def bind(host: str, port: int) -> socket.socket:

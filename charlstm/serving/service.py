@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from charlstm.config import ServeConfig
+from charlstm.net.model import CharLSTM
 from charlstm.sampling.draw import SamplingRule, priming_ids
+from charlstm.sampling.scoring import TokenScores, score_tokens
 from charlstm.serving.engine import SHUTTING_DOWN, Closed, Engine, Job, Piece, Prompt
 from charlstm.serving.metrics import Metrics
 from charlstm.serving.requests import ApiError
@@ -44,8 +46,9 @@ class Service:
     ends it (the app's lifespan calls both; a mounted app, whose lifespan its parent does not
     run unless told to, opens at its first request)."""
 
-    def __init__(self, engine: Engine, card: ModelCard, config: ServeConfig, metrics: Metrics):
+    def __init__(self, engine: Engine, card: ModelCard, config: ServeConfig, metrics: Metrics, model: CharLSTM):
         self.engine, self.card, self.config, self.metrics = engine, card, config, metrics
+        self.model = model  # its fp32 weights: what a prompt is scored with (echo with logprobs)
         self.stopping = False  # set when the server is told to stop (a plain flag: set from a signal handler)
         self._opening = threading.Lock()
         self.opened = False
@@ -84,6 +87,12 @@ class Service:
             if self.stopping:
                 raise Closed(SHUTTING_DOWN)
             raise RuntimeError("a first completion failed") from self.engine.last_fault
+
+    def score(self, prompt: str, top: int) -> TokenScores:
+        """The prompt's tokens scored as ``charlstm eval`` reads a text (from zero, in fp32; the
+        first token, which nothing comes before, is not scored), with the ``top`` likeliest in each
+        place. Called off the event loop: a long prompt takes a forward pass."""
+        return score_tokens(self.model, self.engine.vocab.encode(prompt), None, top)
 
     def close(self) -> None:
         """Take no more completions, end those in flight (their last piece says why) and stop the engine."""
