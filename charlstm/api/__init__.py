@@ -106,8 +106,8 @@ class Model:
         """The prompt, then the generated text a piece at a time (``length`` tokens in all: characters,
         unless the model writes some as byte tokens).
 
-        ``options``: ``temperature``, ``top_k``, ``top_p``, ``seed``, ``unknown``, ``precision``,
-        as for :meth:`generate`; they are checked here, before the first piece is asked for.
+        ``options``: the sampling options of :meth:`generate`; they are checked here, before the
+        first piece is asked for.
         """
         samples = self.sample(SampleConfig(prompt=prompt, length=length, **_sampling_options(options)))
         return itertools.chain([samples.prompt], (pieces[0] for pieces in samples.pieces))
@@ -122,6 +122,7 @@ class Model:
         seed: int | None = None,
         unknown: str = _SAMPLE_DEFAULTS.unknown,
         precision: str = _SAMPLE_DEFAULTS.precision,
+        **controls: Any,
     ) -> str:
         """The prompt followed by ``length`` generated tokens (characters, unless the model writes some
         as byte tokens): the text ``charlstm sample`` prints for the same options (without its final newline).
@@ -134,8 +135,11 @@ class Model:
             top_p: sample within the smallest set of probability >= p (None: all).
             seed: the same seed gives the same text; None draws a random one.
             precision: weights the step reads: "fp32", "bf16" or "auto" (as the model trained).
+            controls: ``min_p``, ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``,
+                ``repetition_window``, ``ban`` ("@#"), ``bias`` ("e=-2,x=1.5") and ``logit_bias``
+                ({token id: bias}), as ``charlstm sample``'s options of those names.
         """
-        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, unknown=unknown)
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, unknown=unknown, **controls)
         return "".join(self.stream(prompt, length, precision=precision, **options))
 
     def generate_many(
@@ -175,7 +179,7 @@ class Model:
 
 def _sampling_options(options: dict[str, Any]) -> dict[str, Any]:
     """Refuse keywords that are not sampling options, with the names that are."""
-    allowed = {d.name for d in declared(SampleConfig)} - {"prompt", "length", "num_samples"}
+    allowed = {d.name for d in declared(SampleConfig)} - {"prompt", "length", "num_samples", "logprobs"}  # see score
     _refuse_unknown(options, allowed, "sampling")
     return options
 
