@@ -200,7 +200,7 @@ def id_biases(given: object) -> tuple[tuple[int, float], ...]:
     pairs = {}
     for key, value in items:
         token = key
-        if isinstance(key, str) and key.strip().isdigit():
+        if isinstance(key, str) and key.strip().isascii() and key.strip().isdecimal() and len(key.strip()) <= 9:
             token = int(key)
         if isinstance(token, bool) or not isinstance(token, int) or token < 0:
             raise fail("logit_bias", given, "token ids (whole numbers >= 0) mapped to biases from -100 to 100")

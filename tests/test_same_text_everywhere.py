@@ -157,3 +157,17 @@ def test_echo_with_max_tokens_0_scores_a_text_as_charlstm_eval_does(shared_run, 
     per_char = loaded.score(text)
     assert len(per_char) == 2000 and np.isnan(per_char[0]) and abs(-np.nanmean(per_char) - evaluated) < 1e-3
     assert np.allclose(per_char[1:], scored.token_logprobs[1:], atol=1e-5)  # the same scores, one per character
+
+
+def test_each_request_gets_its_own_logprobs_and_a_prompt_its_text_wherever_it_is_in_a_list(served):
+    client, model = served
+    asks = [
+        dict(model=model, prompt=PROMPT, max_tokens=50, seed=SEED + i, logprobs=[0, 1, 5][i % 3]) for i in range(12)
+    ]
+    alone = [client.completions.create(**ask).choices[0].logprobs for ask in asks]
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda ask: client.completions.create(**ask).choices[0].logprobs, asks))
+    assert together == alone
+    assert all(len(top) == ask["logprobs"] for ask, got in zip(asks, alone, strict=True) for top in got.top_logprobs)
+    listed = client.completions.create(model=model, prompt=["QUEEN:", PROMPT], max_tokens=LENGTH, seed=SEED, n=2)
+    assert [c.text for c in listed.choices[2:]] == completed(served, 2, False)  # choice i of each prompt: sample i

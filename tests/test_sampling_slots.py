@@ -143,3 +143,32 @@ def test_a_stream_draws_its_own_numbers_in_order_wherever_it_moves():
             slots.draw(257)
     finally:
         slots.close()
+
+
+def test_a_stream_keeps_its_penalties_bias_and_window_wherever_it_moves():
+    """Everything a rule reads besides the logits (the bias, the counts written, the window of
+    recent ids) moves with its stream when another leaves."""
+    st = stepper("lstm", "fp32")
+    mine_rule = SamplingRule(1.0, presence=0.7, frequency=0.3, repetition=1.4, window=9, bias=((5, -100.0), (6, 2.0)))
+
+    def mine(others: int, leave: list[int]) -> np.ndarray:
+        slots = Slots(st, CAPACITY, 1)
+        try:
+            for j in range(others):
+                rule = SamplingRule(0.9, presence=-0.5, repetition=0.8, window=3 + j, bias=((j % 60, 1.0),))
+                slots.add(st.read([j + 5, 3]), rule, np.random.default_rng(100 + j), [j + 5, 3])
+            me = slots.add(st.read([1, 2, 3, 4]), mine_rule, np.random.default_rng(7), [1, 2, 3, 4])
+            drawn = []
+            for n in range(6):
+                drawn.append(slots.draw(40)[me])
+                if n < len(leave) and leave[n] < slots.count and leave[n] != me:
+                    moved = slots.remove(leave[n])
+                    me = leave[n] if moved == me else me
+            return np.concatenate(drawn)
+        finally:
+            slots.close()
+
+    alone = mine(0, [])
+    assert 5 not in alone.tolist()  # banned
+    assert np.array_equal(alone, mine(5, [0, 1, 0]))  # it moves into place 0, then 1...
+    assert np.array_equal(alone, mine(7, [2, 0, 3, 1]))

@@ -294,3 +294,44 @@ def test_a_fault_outside_the_jobs_ends_those_in_the_slots_and_the_worker_goes_on
     assert running.last.error == INTERNAL
     assert waiting.last.finish == FinishReason.LENGTH and waiting.text == "b" * 6
     assert isinstance(engine.last_fault, RuntimeError) and engine.running
+
+
+def test_logprobs_name_the_tokens_of_the_text_handed_out_a_stops_bytes_left_out():
+    """With the real step: each job's scores are its own N, whatever another job asks for, and a
+    stop that starts with a character written as bytes takes those bytes' scores with it."""
+    import torch
+
+    from charlstm.config import ModelConfig
+    from charlstm.net.model import CharLSTM
+    from charlstm.sampling.slots import Slots
+    from charlstm.sampling.stepper import Stepper
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CharLSTM(ModelConfig(vocab_size=len(VOCAB), embedding=8, hidden=16, layers=1)).eval()
+    keep = {VOCAB.index["a"], *(int(VOCAB.byte_ids[b]) for b in "é".encode())}
+    banned = tuple((t, -100.0) for t in range(len(VOCAB)) if t not in keep)
+    slots = Slots(Stepper(model), 4)
+    engine = Engine(slots, VOCAB, None, 8)
+    engine.start()
+    try:
+        receivers = [Receiver(), Receiver()]
+        rules = [SamplingRule(1.0, bias=banned, logprobs=1), SamplingRule(1.0, logprobs=4)]
+        jobs = [Job(i, Prompt(VOCAB.encode("\na")), rule, 3, 200, ("é",) if i == 0 else (), receiver)
+                for i, (rule, receiver) in enumerate(zip(rules, receivers, strict=True))]  # fmt: skip
+        engine.submit(jobs)
+        for receiver, n in zip(receivers, (1, 4), strict=True):
+            assert receiver.last.error is None
+            scored = [p.logprobs for p in receiver.pieces if p.logprobs is not None]
+            tokens = [t for s in scored for t in s.tokens]
+            assert all(len(top) == n for s in scored for top in s.top_logprobs)
+            names = VOCAB.token_names()
+            assert VOCAB.decode([names.index(t) for t in tokens]) == receiver.text
+            last_tokens = tokens
+        first = [t for p in receivers[0].pieces if p.logprobs is not None for t in p.logprobs.tokens]
+        assert receivers[0].last.finish == FinishReason.STOP and "\u00e9" not in receivers[0].text
+        assert first[-1] != "bytes:\\xc3"  # the stop's first byte went with the stop
+        assert last_tokens
+    finally:
+        engine.close()
+        slots.close()

@@ -218,6 +218,13 @@ def remember(token: int, window: int, ring: np.ndarray, at: np.ndarray, recent: 
 
 
 @numba.njit(**_JIT)
+def remember_all(tokens: np.ndarray, window: int, ring: np.ndarray, at: np.ndarray, recent: np.ndarray) -> None:
+    """``remember`` each of ``tokens`` in order."""
+    for token in tokens:
+        remember(token, window, ring, at, recent)
+
+
+@numba.njit(**_JIT)
 def score(logits: np.ndarray, token: int, top_ids: np.ndarray, top_lp: np.ndarray) -> float:
     """The model's own log-probability of ``token`` under logits (V,) (no rule applied), and the
     ``len(top_ids)`` likeliest ids with theirs (ties in id order)."""

@@ -52,7 +52,8 @@ class Slots:
         self.bias = np.zeros((places, vocab), np.float32)
         self.written = np.zeros((places, vocab), np.int32)
         self.recent = np.zeros((places, vocab), np.int32)
-        self.ring = np.zeros((places, 0), np.int64)  # as wide as the widest window asked for
+        self.ring = np.zeros((places, 0), np.int32)  # as wide as the widest window asked for
+        self._read: tuple[object, int, np.ndarray, np.ndarray, np.ndarray] | None = None  # the last prompt's window
         self.ring_at = np.zeros((places, 2), np.int64)
         self.u = np.ones((places, RANDOM_BLOCK))  # each stream's next uniforms, from u[i, used[i]] on
         self.used = np.zeros(places, np.int64)
@@ -85,13 +86,22 @@ class Slots:
         self.logits[i] = primed.logits[0]
         self.rules[i] = rule.args()
         self.bias[i] = rule.bias_row(self.bias.shape[1])
-        self.written[i] = self.recent[i] = self.ring_at[i] = 0
-        for token in read[-window:] if window else ():
-            kernels.remember(int(token), window, self.ring[i], self.ring_at[i], self.recent[i])
+        self.written[i] = 0
+        self._remember(i, read, window)
         self.rngs[i], self.used[i] = rng, 0
         self.u[i] = 1.0 - rng.random(RANDOM_BLOCK) if rng is not None else 1.0
         self.count += 1
         return i
+
+    def _remember(self, i: int, read: Sequence[int], window: int) -> None:
+        """Stream i's window starts with the last ``window`` ids it read: worked out once for a
+        prompt that several streams read (the same object, as ``n`` choices share it)."""
+        if self._read is None or self._read[0] is not read or self._read[1] != window:
+            ring, at, recent = np.zeros(max(window, 1), np.int32), np.zeros(2, np.int64), np.zeros_like(self.recent[i])
+            kernels.remember_all(np.asarray(read[-window:] if window else [], np.int64), window, ring, at, recent)
+            self._read = read, window, ring, at, recent
+        _, _, ring, at, recent = self._read
+        self.ring[i, :window], self.ring_at[i], self.recent[i] = ring[:window], at, recent
 
     def clear(self) -> None:
         """Free every place."""
@@ -134,10 +144,11 @@ class Slots:
         products split between threads instead (``Stepper``'s thread count), where that gives
         the same numbers (``Stepper.rows_match``)."""
         out = np.empty((self.count, tokens), np.int64)
-        asked = int(self.rules[: self.count, LOGPROBS].max(initial=-1))
-        self.logprobs = np.zeros((self.count, tokens), np.float32)
-        self.top_ids = np.zeros((self.count, tokens, max(asked, 0)), np.int64)
-        self.top_logprobs = np.zeros((self.count, tokens, max(asked, 0)), np.float32)
+        asked = int(self.rules[: self.count, LOGPROBS].max(initial=-1))  # -1: nobody asks
+        scored = (self.count, tokens) if asked >= 0 else (0, 0)
+        self.logprobs = np.zeros(scored, np.float32)
+        self.top_ids = np.zeros((*scored, max(asked, 0)), np.int64)  # each stream's own N first, the rest zeros
+        self.top_logprobs = np.zeros((*scored, max(asked, 0)), np.float32)
         scores = self.logprobs, self.top_ids, self.top_logprobs
         history = self.bias, self.written, self.recent, self.ring, self.ring_at
         if self.count == 1 and self.stepper.rows_match:

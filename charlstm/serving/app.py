@@ -29,9 +29,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from charlstm.sampling.draw import choose_seed, priming_ids
-from charlstm.serving.engine import INTERNAL, SHUTTING_DOWN, Busy, Closed, Job, Piece, Prompt, Scored
+from charlstm.serving.engine import INTERNAL, SHUTTING_DOWN, Busy, Closed, Job, Piece, Prompt
 from charlstm.serving.metrics import CONTENT_TYPE, Metrics
 from charlstm.serving.requests import ApiError, Completion, bad, read_completion
+from charlstm.serving.scored import Scored
 from charlstm.serving.service import ModelCard, Service
 from charlstm.validate import shown
 
@@ -159,7 +160,9 @@ def _jobs(service: Service, completion: Completion, pieces: asyncio.Queue[Piece]
         prompt = Prompt(priming_ids(vocab, text))  # primed once for its n choices
         for i in range(cfg.num_samples):
             index = p * cfg.num_samples + i
-            jobs.append(Job(index, prompt, rule, seed, cfg.length, completion.stops, deliver))
+            job = Job(index, prompt, rule, seed, cfg.length, completion.stops, deliver)
+            job.stream = i  # choice i of each prompt draws as that prompt's sample i
+            jobs.append(job)
     return jobs
 
 

@@ -37,6 +37,7 @@ from charlstm.sampling.draw import SamplingRule, priming_ids, stream_rng
 from charlstm.sampling.slot_kernels import TILE_STREAMS
 from charlstm.sampling.slots import RANDOM_BLOCK, Slots
 from charlstm.sampling.stepper import StepState
+from charlstm.serving.scored import Scored, hand_out
 from charlstm.serving.stops import StopMatcher
 
 log = logging.getLogger("charlstm.serve")
@@ -57,16 +58,6 @@ class Busy(Exception):
 
 class Closed(Exception):
     """The engine is shutting down and takes no new jobs."""
-
-
-@dataclass(frozen=True)
-class Scored:
-    """The tokens of some text with their log-probabilities, in OpenAI's legacy ``logprobs`` terms."""
-
-    tokens: list[str]  # each token's name (``CharVocab.token_names``)
-    token_logprobs: list[float | None]  # None where nothing came before it (a prompt's first token)
-    top_logprobs: list[dict[str, float] | None]  # the likeliest tokens in its place, and theirs
-    text_offset: list[int]  # where its text starts in the choice's text (the character a byte goes into)
 
 
 @dataclass(frozen=True)
@@ -113,6 +104,8 @@ class Job:
     sent: int = 0  # characters handed out so far
     scored: deque[tuple[int, int, str, float, dict[str, float]]] = field(default_factory=deque)
     # (where its text ends, where it starts, name, log-probability, likeliest) of each token not yet handed out
+    partial: list[tuple[int, str, float, dict[str, float]]] = field(default_factory=list)  # bytes of a character
+    stream: int | None = None  # its generator's index under the seed (None: its index): its place among its prompt's
 
 
 class Meter:
@@ -277,7 +270,12 @@ class Engine:
             return
         if job.prompt.state is None:
             job.prompt.state = self._prime(job.prompt.ids)
-        self.slots.add(job.prompt.state, job.rule, stream_rng(job.seed, job.index), job.prompt.ids)
+        self.slots.add(
+            job.prompt.state,
+            job.rule,
+            stream_rng(job.seed, job.index if job.stream is None else job.stream),
+            job.prompt.ids,
+        )
         self._jobs.append(job)
 
     def _prime(self, ids: list[int]) -> StepState:
@@ -354,30 +352,26 @@ class Engine:
             self.meter.first_token(now - job.submitted)
         if finish is not None:
             self.meter.finished(job.tokens, now - (job.first_token or now))
-        piece = Piece(job.index, text, job.tokens, finish, logprobs=_sent_scores(job, len(text)) if scored else None)
+        piece = Piece(job.index, text, job.tokens, finish, logprobs=_sent(job, len(text)) if scored else None)
         return not _handed(job.deliver, piece) or finish is not None
 
     def _score(self, job: Job, slot: int, k: int, token: int, text: str) -> None:
-        """Keep token k of this call's row with its score, until its text is handed out."""
-        ids, logprobs = self.slots.top_ids[slot, k].tolist(), self.slots.top_logprobs[slot, k].tolist()
+        """Keep token k of this call's row with its score, until its text is handed out; a byte
+        that does not end its character waits for the one that does (their text ends together)."""
+        asked = job.rule.logprobs or 0  # the row holds as many as the most any stream asked for
+        ids, logprobs = self.slots.top_ids[slot, k, :asked].tolist(), self.slots.top_logprobs[slot, k, :asked].tolist()
         top = {self._names[t]: lp for t, lp in zip(ids, logprobs, strict=True)}
-        start = job.written
-        job.written += len(text)
-        job.scored.append((job.written, start, self._names[token], float(self.slots.logprobs[slot, k]), top))
+        job.partial.append((job.written, self._names[token], float(self.slots.logprobs[slot, k]), top))
+        if text:
+            job.written += len(text)
+            job.scored.extend((job.written, *entry) for entry in job.partial)
+            job.partial.clear()
 
 
-def _sent_scores(job: Job, chars: int) -> Scored:
-    """The scores of the tokens whose text is now handed out (``chars`` more characters); those of
-    a stop sequence, never handed out, stay behind."""
+def _sent(job: Job, chars: int) -> Scored:
+    """The scores of the tokens whose text is handed out now (``chars`` more characters)."""
     job.sent += chars
-    scored = Scored([], [], [], [])
-    while job.scored and job.scored[0][0] <= job.sent:
-        _, start, name, logprob, top = job.scored.popleft()
-        scored.tokens.append(name)
-        scored.token_logprobs.append(logprob)
-        scored.top_logprobs.append(top)
-        scored.text_offset.append(start)
-    return scored
+    return hand_out(job.scored, job.sent)
 
 
 def _handed(deliver: Callable[[Piece], None], piece: Piece) -> bool:

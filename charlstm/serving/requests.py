@@ -41,6 +41,7 @@ WHOLE = ("length", "top_k", "seed", "num_samples", "repetition_window", "logprob
 NEUTRAL = {"suffix": (None, ""), "best_of": (None, 1)}
 OTHER_FIELDS = {"model", "prompt", "stream", "stream_options", "stop", "echo", "user"}
 MAX_STOPS = 4  # as OpenAI
+MAX_SCORED = 2_000_000  # scores one request may ask for ((tokens + prompt tokens) x (logprobs + 1)): ~200 MB
 T = TypeVar("T")
 MAX_STOP_CHARS = 256  # each: matched against the text as it arrives, every token
 
@@ -110,6 +111,11 @@ def read_completion(body: Any, vocab: CharVocab, limits: ServeConfig, model_id: 
         raise bad(f"n times the number of prompts is {count * sampling.num_samples}; this server generates at"
                   f" most {limits.max_streams} at once", "n" if count == 1 else "prompt")  # fmt: skip
     prompts = _prompts(prompt, vocab, limits)
+    if rule.logprobs is not None:  # each token's likeliest N, kept as objects until its text goes out
+        scored = (len(prompts) * sampling.num_samples * sampling.length + sum(map(len, prompts))) * (rule.logprobs + 1)
+        if scored > MAX_SCORED:
+            raise bad(f"logprobs {rule.logprobs} for this many tokens would be {scored:,} scores; this server gives at"
+                      f" most {MAX_SCORED:,} a request (fewer tokens, choices or logprobs)", "logprobs")  # fmt: skip
     stream, echo = _flag(body, "stream"), _flag(body, "echo")
     options = body.get("stream_options")
     if options is not None and not stream:
