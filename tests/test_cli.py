@@ -667,3 +667,12 @@ def test_sampling_controls_that_cannot_apply_are_one_line_and_exit_2(shared_run)
     assert_user_error(invoke("sample", shared_run, "--logit-bias", "9999=1"), "--logit-bias 9999", "ids go from 0")
     assert_user_error(invoke("sample", shared_run, "--presence-penalty", "3"), "--presence-penalty", "-2 to 2")
     assert_user_error(invoke("sample", shared_run, "--repetition-penalty", "0"), "--repetition-penalty", "> 0")
+
+
+def test_banning_every_token_names_what_was_given(shared_run):
+    from charlstm.api import load
+
+    every = "".join(load(shared_run / "best.pt").vocab.chars)
+    result = invoke("sample", shared_run, "--ban", every)
+    assert_user_error(result, "--ban leave no token to write")
+    assert "--logit-bias" not in result.stderr

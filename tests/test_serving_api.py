@@ -485,3 +485,18 @@ def test_an_export_served_in_bf16_is_named_after_its_file():
         assert len(a) == 30 and a == b
     finally:
         assert s.stop() == 0
+
+
+def test_the_scores_a_request_may_ask_for_count_every_choice():
+    from charlstm.config import ServeConfig
+    from charlstm.data.vocab import CharVocab
+    from charlstm.serving.requests import MAX_SCORED, ApiError, read_completion
+
+    vocab, limits = CharVocab("ab\n"), ServeConfig(max_tokens=10**6, max_streams=64)
+    per_choice = MAX_SCORED // 4 // 2  # (tokens) x (logprobs 3 + 1) x 2 choices is just the limit
+    ok = {"prompt": "a", "max_tokens": per_choice - 1, "logprobs": 3, "echo": True}
+    assert read_completion({**ok, "n": 2}, vocab, limits, "m").choices == 2
+    for more in ({"n": 3}, {"prompt": ["a", "b", "a"]}, {"n": 2, "max_tokens": per_choice}):
+        with pytest.raises(ApiError) as caught:
+            read_completion({**ok, **more}, vocab, limits, "m")
+        assert caught.value.status == 400 and caught.value.param == "logprobs"

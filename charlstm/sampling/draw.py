@@ -63,7 +63,12 @@ class SamplingRule:
                     f"--logit-bias {token} is not a token of this model: its ids go from 0 to {len(vocab) - 1}"
                 )
         if sum(value <= -BIAS_LIMIT for value in bias.values()) == len(vocab):
-            raise UserError("--logit-bias (with --ban and --bias) leaves no token to write: each is banned")
+            given = [
+                flag
+                for flag, value in (("--logit-bias", cfg.logit_bias), ("--ban", cfg.ban), ("--bias", cfg.bias))
+                if value
+            ]
+            raise UserError(f"{' and '.join(given)} leave no token to write: each one is banned")
         if cfg.logprobs is not None and cfg.logprobs > len(vocab):
             raise UserError(f"--logprobs {cfg.logprobs} is more than this model's {len(vocab)} tokens")
         penalties = cfg.presence_penalty, cfg.frequency_penalty, cfg.repetition_penalty, cfg.repetition_window

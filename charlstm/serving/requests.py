@@ -41,7 +41,7 @@ WHOLE = ("length", "top_k", "seed", "num_samples", "repetition_window", "logprob
 NEUTRAL = {"suffix": (None, ""), "best_of": (None, 1)}
 OTHER_FIELDS = {"model", "prompt", "stream", "stream_options", "stop", "echo", "user"}
 MAX_STOPS = 4  # as OpenAI
-MAX_SCORED = 2_000_000  # scores one request may ask for ((tokens + prompt tokens) x (logprobs + 1)): ~200 MB
+MAX_SCORED = 2_000_000  # scores one request may ask for (choices x their tokens x (logprobs + 1)): ~200 MB
 T = TypeVar("T")
 MAX_STOP_CHARS = 256  # each: matched against the text as it arrives, every token
 
@@ -112,7 +112,8 @@ def read_completion(body: Any, vocab: CharVocab, limits: ServeConfig, model_id: 
                   f" most {limits.max_streams} at once", "n" if count == 1 else "prompt")  # fmt: skip
     prompts = _prompts(prompt, vocab, limits)
     if rule.logprobs is not None:  # each token's likeliest N, kept as objects until its text goes out
-        scored = (len(prompts) * sampling.num_samples * sampling.length + sum(map(len, prompts))) * (rule.logprobs + 1)
+        tokens = sum(sampling.length + (len(vocab.encode(p)) if _flag(body, "echo") else 0) for p in prompts)
+        scored = sampling.num_samples * tokens * (rule.logprobs + 1)  # every choice carries its echoed prompt's
         if scored > MAX_SCORED:
             raise bad(f"logprobs {rule.logprobs} for this many tokens would be {scored:,} scores; this server gives at"
                       f" most {MAX_SCORED:,} a request (fewer tokens, choices or logprobs)", "logprobs")  # fmt: skip
