@@ -153,3 +153,20 @@ def test_each_character_is_coloured_by_its_probability_and_hover_shows_the_alter
     )
     assert server.url + "/v1/completions" in resources
     assert all(name.startswith(server.url + "/") for name in resources), resources
+
+    # the controls: penalties, min-p and a ban (as logit_bias by the characters' token ids)
+    commonest = max(set(text) - {" ", "\n"}, key=text.count)
+    tokens = httpx.get(server.url + "/v1/models", timeout=10).json()["data"][0]["charlstm"]["tokens"]
+    for field, value in (("presence_penalty", "0.5"), ("min_p", "0.05"), ("repetition_penalty", "1.3"),
+                         ("repeat_last_n", "16"), ("ban", commonest)):  # fmt: skip
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    controlled = {**body, "presence_penalty": 0.5, "min_p": 0.05, "repetition_penalty": 1.3, "repeat_last_n": 16,
+                  "logit_bias": {str(tokens.index(commonest)): -100}}  # fmt: skip
+    assert browser.execute_script("return request()") == controlled
+    browser.find_element(By.ID, "generate").click()
+    wait_for(lambda: browser.find_element(By.ID, "status").text.startswith("done:"))
+    banned_text, _ = streamed(server.url, controlled)
+    assert commonest not in banned_text and banned_text != text
+    assert browser.execute_script("return document.getElementById('output').textContent") == PROMPT + banned_text
