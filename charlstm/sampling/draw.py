@@ -22,6 +22,7 @@ from charlstm.config import ModelConfig, SampleConfig
 from charlstm.data.vocab import CharVocab
 from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM, State
+from charlstm.sampling.scoring import named
 from charlstm.sampling.slots import RANDOM_BLOCK, Slots
 from charlstm.sampling.stepper import Stepper
 from charlstm.validate import BIAS_LIMIT, char_biases
@@ -185,7 +186,7 @@ def _pieces(drawn: Iterator[tuple[np.ndarray, ...]], vocab: CharVocab, streams: 
         for i, (decode, row) in enumerate(zip(decoders, chunk.tolist(), strict=True)):
             parts = [decode([token]) for token in row]  # one at a time: where each token's text starts
             for k, (token, text) in enumerate(zip(row, parts, strict=True)):
-                top = dict(zip((names[t] for t in top_ids[i, k]), top_logprobs[i, k].tolist(), strict=True))
+                top = named(names, top_ids[i, k], top_logprobs[i, k])
                 record = {"token": names[token], "logprob": float(logprobs[i, k]), "top_logprobs": top}
                 scored.scores[i].append({**record, "text_offset": written[i]})
                 written[i] += len(text)

@@ -27,6 +27,11 @@ class TokenScores:
     top_logprobs: np.ndarray  # (T, N) float32: theirs
 
 
+def named(names: Sequence[str], ids: np.ndarray, logprobs: np.ndarray) -> dict[str, float]:
+    """The likeliest tokens in one place as OpenAI's ``top_logprobs`` gives them: name -> log-probability."""
+    return dict(zip((names[t] for t in ids.tolist()), logprobs.tolist(), strict=True))
+
+
 @torch.inference_mode()
 def score_tokens(model: CharLSTM, ids: Sequence[int], start: State | None = None, top: int = 0) -> TokenScores:
     """The scores of ``ids[1:]``, each given the tokens before it, read from ``start`` (each

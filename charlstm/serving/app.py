@@ -29,6 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from charlstm.sampling.draw import choose_seed, priming_ids
+from charlstm.sampling.scoring import named
 from charlstm.serving.engine import INTERNAL, SHUTTING_DOWN, Busy, Closed, Job, Piece, Prompt
 from charlstm.serving.metrics import CONTENT_TYPE, Metrics
 from charlstm.serving.requests import ApiError, Completion, bad, read_completion
@@ -191,12 +192,10 @@ async def _complete(service: Service, request: Request, completion: Completion) 
 def _prompt_scores(service: Service, prompt: str, top: int) -> Scored:
     """A prompt's tokens with their log-probabilities, in OpenAI's shape: the first has none."""
     vocab = service.engine.vocab
-    scores, names, ids = service.score(prompt, top), vocab.token_names(), vocab.encode(prompt)
+    ids, names = vocab.encode(prompt), vocab.token_names()
+    scores = service.score(ids, top)
     offsets = (np.cumsum(vocab.char_starts()[ids]) - 1).tolist()  # a byte's: the character it goes into
-    tops = [
-        {names[t]: float(lp) for t, lp in zip(i, v, strict=True)}
-        for i, v in zip(scores.top_ids, scores.top_logprobs, strict=True)
-    ]
+    tops = [named(names, i, v) for i, v in zip(scores.top_ids, scores.top_logprobs, strict=True)]
     return Scored(
         [names[t] for t in ids], [None, *map(float, scores.logprobs)][: len(ids)], [None, *tops][: len(ids)], offsets
     )

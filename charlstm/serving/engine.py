@@ -34,6 +34,7 @@ from charlstm.choices import FinishReason
 from charlstm.data.vocab import CharVocab, TextDecoder
 from charlstm.net.model import State
 from charlstm.sampling.draw import SamplingRule, priming_ids, stream_rng
+from charlstm.sampling.scoring import named
 from charlstm.sampling.slot_kernels import TILE_STREAMS
 from charlstm.sampling.slots import RANDOM_BLOCK, Slots
 from charlstm.sampling.stepper import StepState
@@ -359,8 +360,7 @@ class Engine:
         """Keep token k of this call's row with its score, until its text is handed out; a byte
         that does not end its character waits for the one that does (their text ends together)."""
         asked = job.rule.logprobs or 0  # the row holds as many as the most any stream asked for
-        ids, logprobs = self.slots.top_ids[slot, k, :asked].tolist(), self.slots.top_logprobs[slot, k, :asked].tolist()
-        top = {self._names[t]: lp for t, lp in zip(ids, logprobs, strict=True)}
+        top = named(self._names, self.slots.top_ids[slot, k, :asked], self.slots.top_logprobs[slot, k, :asked])
         job.partial.append((job.written, self._names[token], float(self.slots.logprobs[slot, k]), top))
         if text:
             job.written += len(text)

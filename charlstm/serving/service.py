@@ -88,11 +88,11 @@ class Service:
                 raise Closed(SHUTTING_DOWN)
             raise RuntimeError("a first completion failed") from self.engine.last_fault
 
-    def score(self, prompt: str, top: int) -> TokenScores:
-        """The prompt's tokens scored as ``charlstm eval`` reads a text (from zero, in fp32; the
+    def score(self, ids: list[int], top: int) -> TokenScores:
+        """A prompt's tokens scored as ``charlstm eval`` reads a text (from zero, in fp32; the
         first token, which nothing comes before, is not scored), with the ``top`` likeliest in each
         place. Called off the event loop: a long prompt takes a forward pass."""
-        return score_tokens(self.model, self.engine.vocab.encode(prompt), None, top)
+        return score_tokens(self.model, ids, None, top)
 
     def close(self) -> None:
         """Take no more completions, end those in flight (their last piece says why) and stop the engine."""
