@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -109,33 +111,41 @@ def test_the_state_read_token_by_token_is_the_prompt_read_at_once():
     assert np.allclose(read.xh[:, :, 33:66], primed.xh[:, :, 33:66], atol=1e-6)
 
 
+def drawn_while_others_leave(st: Stepper, mine: SamplingRule, others: Callable[[int], SamplingRule], count: int,
+                             sizes: list[int], leave: list[int]) -> np.ndarray:  # fmt: skip
+    """The ids of one stream (prompt 1 2 3 4, its own generator) placed after ``count`` others
+    (rule ``others(j)``), drawn in calls of ``sizes`` tokens; after call n the stream in place
+    ``leave[n]`` leaves (unless it is this one), and the last one moves into its place."""
+    slots = Slots(st, CAPACITY, 1)
+    try:
+        for j in range(count):
+            slots.add(st.read([j + 5, 3]), others(j), np.random.default_rng(100 + j), [j + 5, 3])
+        me = slots.add(st.read([1, 2, 3, 4]), mine, np.random.default_rng(7), [1, 2, 3, 4])
+        drawn = []
+        for n, size in enumerate(sizes):
+            drawn.append(slots.draw(size)[me])
+            if n < len(leave) and leave[n] < slots.count and leave[n] != me:
+                moved = slots.remove(leave[n])
+                me = leave[n] if moved == me else me
+        return np.concatenate(drawn)
+    finally:
+        slots.close()
+
+
 def test_a_stream_draws_its_own_numbers_in_order_wherever_it_moves():
     """``draw``: each stream's uniforms come from its own generator, in order across calls of any
     size; a removal moves a stream with its generator and the uniforms it had drawn ahead."""
     st = stepper("lstm", "fp32")
 
-    def ids_of_mine(others: int, sizes: list[int], leave: list[int]) -> np.ndarray:
-        slots = Slots(st, CAPACITY, 1)
-        try:
-            for j in range(others):
-                slots.add(st.read([j + 5, 3]), SamplingRule(1.0), np.random.default_rng(100 + j))
-            mine = slots.add(st.read([1, 2, 3, 4]), SamplingRule(1.0, 5, 0.9), np.random.default_rng(7))
-            drawn = []
-            for n, size in enumerate(sizes):
-                drawn.append(slots.draw(size)[mine])
-                if n < len(leave) and leave[n] < slots.count and leave[n] != mine:
-                    moved = slots.remove(leave[n])
-                    mine = leave[n] if moved == mine else mine
-            return np.concatenate(drawn)
-        finally:
-            slots.close()
+    rule = SamplingRule(1.0, 5, 0.9)
+    others = lambda j: SamplingRule(1.0)  # noqa: E731
 
-    alone = ids_of_mine(0, [250, 250], [])
-    assert np.array_equal(alone, ids_of_mine(6, [37, 256, 7, 200], [0, 2, 1]))
-    assert np.array_equal(alone, ids_of_mine(3, [1] * 20 + [250, 230], [0]))
+    alone = drawn_while_others_leave(st, rule, others, 0, [250, 250], [])
+    assert np.array_equal(alone, drawn_while_others_leave(st, rule, others, 6, [37, 256, 7, 200], [0, 2, 1]))
+    assert np.array_equal(alone, drawn_while_others_leave(st, rule, others, 3, [1] * 20 + [250, 230], [0]))
     slots = Slots(st, CAPACITY, 1)  # the same numbers, given: the generator's uniforms in order
     try:
-        mine = slots.add(st.read([1, 2, 3, 4]), SamplingRule(1.0, 5, 0.9))
+        mine = slots.add(st.read([1, 2, 3, 4]), rule)
         u = np.ones((CAPACITY, 500))
         u[mine] = 1.0 - np.random.default_rng(7).random(500)
         assert np.array_equal(alone, slots.run(u, np.zeros(CAPACITY, np.int64), 500)[mine])
@@ -151,24 +161,10 @@ def test_a_stream_keeps_its_penalties_bias_and_window_wherever_it_moves():
     st = stepper("lstm", "fp32")
     mine_rule = SamplingRule(1.0, presence=0.7, frequency=0.3, repetition=1.4, window=9, bias=((5, -100.0), (6, 2.0)))
 
-    def mine(others: int, leave: list[int]) -> np.ndarray:
-        slots = Slots(st, CAPACITY, 1)
-        try:
-            for j in range(others):
-                rule = SamplingRule(0.9, presence=-0.5, repetition=0.8, window=3 + j, bias=((j % 60, 1.0),))
-                slots.add(st.read([j + 5, 3]), rule, np.random.default_rng(100 + j), [j + 5, 3])
-            me = slots.add(st.read([1, 2, 3, 4]), mine_rule, np.random.default_rng(7), [1, 2, 3, 4])
-            drawn = []
-            for n in range(6):
-                drawn.append(slots.draw(40)[me])
-                if n < len(leave) and leave[n] < slots.count and leave[n] != me:
-                    moved = slots.remove(leave[n])
-                    me = leave[n] if moved == me else me
-            return np.concatenate(drawn)
-        finally:
-            slots.close()
+    def others(j: int) -> SamplingRule:
+        return SamplingRule(0.9, presence=-0.5, repetition=0.8, window=3 + j, bias=((j % 60, 1.0),))
 
-    alone = mine(0, [])
+    alone = drawn_while_others_leave(st, mine_rule, others, 0, [40] * 6, [])
     assert 5 not in alone.tolist()  # banned
-    assert np.array_equal(alone, mine(5, [0, 1, 0]))  # it moves into place 0, then 1...
-    assert np.array_equal(alone, mine(7, [2, 0, 3, 1]))
+    assert np.array_equal(alone, drawn_while_others_leave(st, mine_rule, others, 5, [40] * 6, [0, 1, 0]))  # moved to 0
+    assert np.array_equal(alone, drawn_while_others_leave(st, mine_rule, others, 7, [40] * 6, [2, 0, 3, 1]))

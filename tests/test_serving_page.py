@@ -4,16 +4,14 @@ by Selenium): type a prompt, press Generate, see the text stream in, press Stop.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, DRIVER, chrome, wait_for
 from tests.serving import Server
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 if not (CHROMIUM and DRIVER):  # .ci/run installs both
     pytest.skip(
         "needs chromium and chromium-driver (apt-get install chromium chromium-driver)", allow_module_level=True
@@ -24,30 +22,10 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     assert CHROMIUM and DRIVER, "the browser tests need chromium and chromium-driver (apt-get install both)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.add_experimental_option(
-        "mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2}}
-    )
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = chrome(phone_width=390)
     yield driver
     driver.quit()
-
-
-def wait_for(condition, seconds: float = 20.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_generate_streams_text_in_and_stop_ends_it(browser, wide_run):

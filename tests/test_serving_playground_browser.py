@@ -8,16 +8,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import time
 
 import httpx
 import pytest
 
+from tests import browser as browser_tools
+from tests.browser import CHROMIUM, DRIVER, chrome
 from tests.serving import Server
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 
 pytestmark = pytest.mark.browser
 
@@ -27,16 +24,9 @@ LEVELS = 21  # the page's colour steps
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     if not (CHROMIUM and DRIVER):  # .ci/run installs both
         pytest.fail("this test needs chromium and chromium-driver: apt-get install -y chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = chrome("--window-size=1200,900")
     yield driver
     driver.quit()
 
@@ -49,13 +39,7 @@ def server(shared_run):
 
 
 def wait_for(condition, seconds: float = 30.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+    return browser_tools.wait_for(condition, seconds)
 
 
 def streamed(url: str, body: dict) -> tuple[str, dict[int, dict]]:
