@@ -66,6 +66,14 @@ class Split(Choice):
     VAL = "val"
 
 
+class ExportFormat(Choice):
+    """What ``charlstm export`` writes, named by the target's suffix."""
+
+    SAFETENSORS = "safetensors"  # the weights, with configs and vocabulary as metadata
+    ONNX = "onnx"  # a stateful step graph for onnxruntime and other runtimes
+    HTML = "html"  # one page that generates offline in a browser
+
+
 class ByteFallback(Choice):
     AUTO = "auto"  # byte tokens when some character has no token of its own
     ON = "on"

@@ -134,3 +134,35 @@ def wide_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tcfg = tiny_train_config(corpus, folder / "run", max_steps=2, eval_every=2, save_every=2, eval_chars=500)
     train(new_run(tcfg, ModelConfig(embedding=8, hidden=1024, layers=1)))
     return folder / "run"
+
+
+EXPORT_CELLS = [(cell, layers, with_bytes) for cell in ("lstm", "gru", "peephole") for layers in (1, 2) for with_bytes in (False, True)]
+
+
+def export_id(case: tuple[str, int, bool]) -> str:
+    cell, layers, with_bytes = case
+    return f"{cell}-{layers}layer{'-bytes' if with_bytes else ''}"
+
+
+@pytest.fixture(scope="session")
+def export_models(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int, bool], Path]:
+    """Every cell, with 1 and 2 layers, with and without byte tokens: 12 small runs (hidden 10, not a
+    multiple of 4, so exports pad), trained 30 steps each so that greedy text is not one repeated
+    character. Read them, never write to them."""
+    from charlstm.training.loop import train
+    from charlstm.training.run import new_run
+
+    folder = tmp_path_factory.mktemp("export")
+    plain = folder / "plain.txt"
+    plain.write_text(play_text(12_000), encoding="utf-8")
+    accented = folder / "accented.txt"  # characters past --max-vocab 24 become byte tokens, some of two bytes
+    text = play_text(12_000, seed=1).replace("o", "ø").replace("the", "thé").replace(".", "…")
+    accented.write_text(text, encoding="utf-8")
+    runs = {}
+    for cell, layers, with_bytes in EXPORT_CELLS:
+        out = folder / export_id((cell, layers, with_bytes))
+        extra = dict(max_vocab=24) if with_bytes else {}
+        tcfg = tiny_train_config(accented if with_bytes else plain, out, max_steps=30, eval_every=15, lr=2e-2, **extra)
+        train(new_run(tcfg, ModelConfig(cell=cell, embedding=6, hidden=10, layers=layers)))
+        runs[(cell, layers, with_bytes)] = out
+    return runs

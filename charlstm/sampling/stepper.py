@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from copy import deepcopy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -76,8 +77,13 @@ def _bf16_pairs(w: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _with_step_weights_rounded(model: CharLSTM) -> CharLSTM:
-    """A copy whose per-step matrices (recurrent, deeper input, head) are rounded to bfloat16."""
+def rounded_for(model: CharLSTM, precision: str) -> CharLSTM:
+    """The model whose weights a step of ``precision`` reads: ``model`` itself for fp32; for bf16 a
+    copy whose per-step matrices (recurrent, deeper input, head) are rounded to bfloat16."""
+    if precision not in STEP_PRECISIONS:  # of the weights the step reads; arithmetic is fp32 either way
+        raise ValueError(f"precision must be one of {', '.join(STEP_PRECISIONS)}, not {precision!r}")
+    if precision != "bf16":
+        return model
     copy = deepcopy(model)  # not a new CharLSTM: its initialisation would move torch's random state
     for name, p in copy.named_parameters():
         if name == "head.weight" or "weight_hh" in name or ("weight_ih" in name and not name.endswith("_l0")):
@@ -92,20 +98,25 @@ def resolve_precision(requested: str, trained: str | None) -> str:
     return "bf16" if trained == "bf16" else "fp32"
 
 
-Arranged = tuple[np.ndarray, list[np.ndarray], list[np.ndarray], np.ndarray]  # table, matrices, biases, peep
+class Arranged(NamedTuple):
+    """The step's weights, arranged once (for the compiled kernels, and for the exported page's step).
+    Sigmoid rows and peepholes are halved."""
+
+    table: np.ndarray  # (V, 4H): layer 0's input table (embedding, input projection and bias folded together)
+    mats: list[np.ndarray]  # (4H, H) for layer 0, (4H, 2H) over [x | h] for each above, then the head (V, H)
+    biases: list[np.ndarray]  # of layers 1.., (4H,) each
+    peep: np.ndarray  # (L, 3, H): the peephole weights (zeros for the other cells)
+    head_bias: np.ndarray  # (V,)
 
 
-def _arranged(model: CharLSTM) -> Arranged:
-    """The step's weights, arranged once: the (V, 4H) input table of layer 0 (embedding, input
-    projection and bias folded together), each layer's matrix ((4H, H) for layer 0, one (4H, 2H)
-    over [x | h] above) then the head's (V, H), the biases of layers 1.. (4H,), and the peephole
-    weights (L, 3, H) (zeros for the other cells). Sigmoid rows and peepholes are halved."""
+def arranged(model: CharLSTM) -> Arranged:
+    """``model``'s weights as the step reads them (pass it through :func:`rounded_for` first)."""
     rows = _gru_rows if model.config.cell == "gru" else _lstm_rows
     layers = [rows(model, layer) for layer in range(model.config.layers)]  # (w_ih, w_hh, bias) each
     w_ih, w_hh, bias = layers[0]
     table = _np(model.embed.weight) @ w_ih.T + bias
     mats = [w_hh, *(np.concatenate([w_ih, w_hh], 1) for w_ih, w_hh, _ in layers[1:]), _np(model.head.weight)]
-    return table, mats, [bias for _, _, bias in layers[1:]], _peepholes(model)
+    return Arranged(table, mats, [bias for _, _, bias in layers[1:]], _peepholes(model), _np(model.head.bias))
 
 
 def _lstm_rows(model: CharLSTM, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,12 +167,9 @@ class Stepper:
 
     @torch.no_grad()
     def __init__(self, model: CharLSTM, precision: str = "fp32", threads: int | None = None):
-        if precision not in STEP_PRECISIONS:  # of the weights the step reads; arithmetic is fp32 either way
-            raise ValueError(f"precision must be one of {', '.join(STEP_PRECISIONS)}, not {precision!r}")
-        if precision == "bf16":  # the prompt, too, is read with the rounded weights
-            model = _with_step_weights_rounded(model)
+        model = rounded_for(model, precision)  # the prompt, too, is read with the rounded weights
         self.model, self.precision, h = model, precision, model.config.hidden
-        table, mats, biases, peep = _arranged(model)
+        table, mats, biases, peep, head_bias = arranged(model)
         bf16 = precision == "bf16"
         head = np.zeros((_padded(mats[-1].shape[0]), h), np.float32)
         head[: mats[-1].shape[0]] = mats[-1]
@@ -169,7 +177,7 @@ class Stepper:
         deeper = np.stack(kernel[1:-1]) if len(kernel) > 2 else np.empty((0, *kernel[0].shape[:1], h), kernel[0].dtype)
         biases_arr = np.stack(biases) if biases else np.empty((0, 4 * h), np.float32)
         head_b = np.zeros(head.shape[0], np.float32)
-        head_b[: mats[-1].shape[0]] = _np(model.head.bias)
+        head_b[: mats[-1].shape[0]] = head_bias
         arrays = (table, kernel[0], deeper, biases_arr, peep, kernel[-1], head_b)
         # What the kernels read, in one tuple: (kind, table, w0, deeper, biases, peep, head_w, head_b, threads).
         self.kind = KERNEL_CELLS[model.config.cell]

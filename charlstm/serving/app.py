@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from charlstm import web
 from charlstm.sampling.draw import choose_seed, priming_ids
 from charlstm.sampling.scoring import named
 from charlstm.serving.engine import INTERNAL, SHUTTING_DOWN, Busy, Closed, Job, Piece, Prompt
@@ -314,11 +314,9 @@ def _model_entry(card: ModelCard) -> dict[str, Any]:
 
 def _page(service: Service, root: str) -> str:
     """The playground, with the model's facts and where the API is (under a mount, its path)."""
-    html = resources.files("charlstm.serving").joinpath("playground.html").read_text("utf-8")
     facts = {**asdict(service.card), "key_required": service.config.api_key is not None,
              "max_tokens": service.config.max_tokens, "root": root}  # fmt: skip
-    data = json.dumps(facts).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return html.replace("/*MODEL*/null", data, 1)
+    return web.page("charlstm playground", facts, "playground.js")
 
 
 def _error_response(error: ApiError) -> JSONResponse:

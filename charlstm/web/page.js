@@ -1,76 +1,8 @@
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>charlstm playground</title>
-<link rel="icon" href="data:,"><!-- an empty icon: else every load asks for /favicon.ico and gets a 404 -->
-<style>
-  :root { --fg: #1d2330; --muted: #5d6677; --line: #d5d9e0; --accent: #3559c7; --bg: #f7f8fa; }
-  * { box-sizing: border-box; }
-  body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
-  main { max-width: 920px; margin: 0 auto; padding: 16px; }
-  h1 { font-size: 1.25rem; margin: 0 0 2px; }
-  #facts { color: var(--muted); margin: 0 0 14px; font-size: 0.9rem; }
-  label { display: block; font-size: 0.8rem; color: var(--muted); margin-bottom: 3px; }
-  textarea, input { width: 100%; font: inherit; padding: 7px 8px; border: 1px solid var(--line); border-radius: 6px; background: #fff; color: var(--fg); }
-  textarea { min-height: 84px; resize: vertical; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-  .controls { display: grid; grid-template-columns: repeat(5, minmax(0, 1fr)); gap: 10px; margin: 10px 0; }
-  .controls .wide { grid-column: span 2; }
-  .buttons { display: flex; gap: 10px; align-items: center; flex-wrap: wrap; margin-bottom: 12px; }
-  button { font: inherit; padding: 8px 18px; border-radius: 6px; border: 1px solid var(--accent); background: var(--accent); color: #fff; cursor: pointer; }
-  button.secondary { background: #fff; color: var(--accent); }
-  button:disabled { opacity: 0.45; cursor: default; }
-  #status { color: var(--muted); font-size: 0.85rem; }
-  #output { white-space: pre-wrap; word-wrap: break-word; background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 12px; min-height: 220px;
-            font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 14px; margin: 0; }
-  #output .prompt { color: var(--muted); }
-  #output:focus-visible { outline: 2px solid var(--accent); outline-offset: 1px; }
-  /* a generated character (class c): its background says how likely the model found it (rules .p0-.p20, made by the script) */
-  #output .c:hover, #output .c.current { outline: 1px solid var(--fg); }
-  #output .nl::before { content: "\21b5"; opacity: 0.45; }  /* a newline shows a mark to colour and hover; not part of the text */
-  .legend { color: var(--muted); font-size: 0.8rem; margin: 6px 0 0; }
-  .scale span { display: inline-block; width: 8px; height: 12px; vertical-align: middle; border: solid var(--line); border-width: 1px 0; }
-  #tip { position: fixed; display: none; z-index: 1; max-width: calc(100vw - 8px); background: #fff; color: #222; border: 1px solid #888; padding: .4em .6em;
-         font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; pointer-events: none; box-shadow: 2px 2px 6px #0003; white-space: pre; }
-  #keyrow { margin-top: 10px; }
-  .error { color: #b3261e; }
-  @media (max-width: 560px) { .controls { grid-template-columns: repeat(2, minmax(0, 1fr)); } main { padding: 10px; } }
-</style>
-</head>
-<body>
-<main>
-  <h1>charlstm playground</h1>
-  <p id="facts"></p>
-  <label for="prompt">Prompt</label>
-  <textarea id="prompt" spellcheck="false">ROMEO:</textarea>
-  <div class="controls">
-    <div><label for="max_tokens">Length</label><input id="max_tokens" type="number" min="0" value="500"></div>
-    <div><label for="temperature">Temperature</label><input id="temperature" type="number" min="0" step="0.05" value="0.8"></div>
-    <div><label for="top_k">Top-k (0: off)</label><input id="top_k" type="number" min="0" value="0"></div>
-    <div><label for="top_p">Top-p</label><input id="top_p" type="number" min="0.01" max="1" step="0.01" value="1"></div>
-    <div><label for="seed">Seed (empty: random)</label><input id="seed" type="number" min="0" placeholder="random"></div>
-    <div><label for="min_p">Min-p (0: off)</label><input id="min_p" type="number" min="0" max="1" step="0.01" value="0"></div>
-    <div><label for="presence_penalty">Presence penalty</label><input id="presence_penalty" type="number" min="-2" max="2" step="0.1" value="0"></div>
-    <div><label for="frequency_penalty">Frequency penalty</label><input id="frequency_penalty" type="number" min="-2" max="2" step="0.1" value="0"></div>
-    <div><label for="repetition_penalty">Repetition penalty (1: off)</label><input id="repetition_penalty" type="number" min="0.01" step="0.05" value="1"></div>
-    <div><label for="repeat_last_n">over the last</label><input id="repeat_last_n" type="number" min="1" max="4096" value="64"></div>
-    <div class="wide"><label for="ban">Never write these characters</label><input id="ban" type="text" spellcheck="false" placeholder="e.g. @#"></div>
-  </div>
-  <div id="keyrow" hidden><label for="key">API key</label><input id="key" type="password" autocomplete="off"></div>
-  <div class="buttons">
-    <button id="generate">Generate</button>
-    <button id="stop" class="secondary" disabled>Stop</button>
-    <span id="status"></span>
-  </div>
-  <pre id="output" aria-live="polite" tabindex="0" aria-describedby="legend"></pre>
-  <p id="legend" class="legend">colour: how likely the model found each character it wrote, likely <span class="scale" id="scale"></span> unlikely.
-    Hover over a character, tap it, or focus the text and use the arrow keys, for its probability and the likeliest alternatives.</p>
-  <div id="tip" role="tooltip"></div>
-</main>
-<script>
-"use strict";
-const MODEL = /*MODEL*/null;
+// The page's own code, shared by the server's playground (with playground.js) and the exported
+// one-file page (with local.js): the controls, the request they make, and the text painted as it
+// streams in, each character coloured by its probability. The other script defines SOURCE, whose
+// completions(body, signal) yields the choices of an OpenAI completion (index, text, logprobs) as
+// they are made, and MODEL, the model's facts.
 const $ = (id) => document.getElementById(id);
 let controller = null;
 const LEVELS = 21;  // colour steps over the probability: 0.05 apart
@@ -271,46 +203,23 @@ async function generate() {
   shown.textContent = $("prompt").value;
   out.appendChild(shown);
   const painters = new Map();  // by choice index
-  const headers = { "Content-Type": "application/json" };
-  if (MODEL.key_required) headers["Authorization"] = "Bearer " + $("key").value;
   controller = new AbortController();
   setRunning(true);
   $("status").textContent = "waiting for the first character...";
   const started = performance.now();
   let chars = 0, first = null;
   try {
-    const response = await fetch(MODEL.root + "/v1/completions", { method: "POST", headers, body: JSON.stringify(request()), signal: controller.signal });
-    if (!response.ok) {
-      const error = await response.json().catch(() => ({ error: { message: response.statusText } }));
-      throw new Error(error.error.message);
+    for await (const choice of SOURCE.completions(request(), controller.signal)) {
+      if (first === null) first = performance.now();
+      if (!painters.has(choice.index)) painters.set(choice.index, new Painter(out));
+      painters.get(choice.index).add(choice.text, choice.logprobs);
+      chars += Array.from(choice.text).length;
+      const seconds = (performance.now() - (first || started)) / 1000;
+      $("status").textContent = `${chars} characters` + (seconds > 0.05 ? `, ${Math.round(chars / seconds)} per second` : "");
     }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        if (!event.startsWith("data: ")) continue;
-        const data = event.slice(6);
-        if (data === "[DONE]") continue;
-        const chunk = JSON.parse(data);
-        if (chunk.error) throw new Error(chunk.error.message);
-        for (const choice of chunk.choices) {
-          if (first === null) first = performance.now();
-          if (!painters.has(choice.index)) painters.set(choice.index, new Painter(out));
-          painters.get(choice.index).add(choice.text, choice.logprobs);
-          chars += choice.text.length;
-        }
-        const seconds = (performance.now() - (first || started)) / 1000;
-        $("status").textContent = `${chars} characters` + (seconds > 0.05 ? `, ${Math.round(chars / seconds)} per second` : "");
-      }
-    }
-    $("status").textContent = `done: ${chars} characters, first after ${Math.round((first || performance.now()) - started)} ms`;
+    const seconds = (performance.now() - (first || started)) / 1000;
+    const rate = seconds > 0.05 ? `, ${Math.round(chars / seconds)} per second` : "";
+    $("status").textContent = `done: ${chars} characters${rate}, first after ${Math.round((first || performance.now()) - started)} ms`;
   } catch (e) {
     if (e.name === "AbortError") {
       $("status").textContent = `stopped after ${chars} characters`;
@@ -329,7 +238,7 @@ async function generate() {
 
 $("facts").textContent = describeModel(MODEL);
 levelRules();
-$("max_tokens").max = MODEL.max_tokens;
+if (MODEL.max_tokens) $("max_tokens").max = MODEL.max_tokens;
 $("keyrow").hidden = !MODEL.key_required;
 $("generate").addEventListener("click", generate);
 $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
@@ -361,6 +270,3 @@ output.addEventListener("keydown", (e) => {
 window.addEventListener("scroll", place, { passive: true });
 window.addEventListener("resize", place);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !controller) generate(); });
-</script>
-</body>
-</html>
