@@ -35,6 +35,8 @@ from charlstm.data.sources import ProgressFn
 from charlstm.data.vocab import CharVocab
 from charlstm.device import resolve_device
 from charlstm.errors import UserError
+from charlstm.export import Exported
+from charlstm.export import export as export_model
 from charlstm.insight.explain import ExplainReport, explain_checkpoint
 from charlstm.net.model import CharLSTM
 from charlstm.options import declared
@@ -42,7 +44,8 @@ from charlstm.sampling.draw import Samples, compile_kernels, draw_samples
 from charlstm.sampling.scoring import score_tokens
 from charlstm.sampling.stepper import Stepper, resolve_precision
 from charlstm.store import metrics
-from charlstm.store.checkpoint import BEST, LAST, Checkpoint, export_safetensors, load_checkpoint
+from charlstm.store.card import run_name
+from charlstm.store.checkpoint import BEST, LAST, Checkpoint, load_checkpoint
 from charlstm.training import distributed, words
 from charlstm.training.distributed import Processes
 from charlstm.training.evaluate import EvalResult, evaluate, evaluate_checkpoint
@@ -221,10 +224,19 @@ def describe(checkpoint: str | Path) -> dict[str, Any]:
     return {**ckpt.describe(), "run_last_val_loss": last.get("val_loss"), "run_last_eval_step": last.get("step")}
 
 
-def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Write a checkpoint's weights to ``out`` (``.safetensors``; its folder made if missing, an
-    existing file replaced only with ``overwrite``): ``charlstm export``."""
-    return export_safetensors(load_checkpoint(checkpoint), out, overwrite)
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    format: str | None = None,  # noqa: A002 - the option's name
+    precision: str = "fp32",
+    overwrite: bool = False,
+) -> Exported:
+    """Write a checkpoint's model to ``out`` (its folder made if missing, an existing file replaced
+    only with ``overwrite``) in ``format``, by default the one its suffix names: ``.safetensors``
+    (the weights), ``.onnx`` (a step graph, checked with onnxruntime: the ``onnx`` extra) or
+    ``.html`` (a page that generates offline; ``precision="bf16"`` halves its weights): ``charlstm export``."""
+    ckpt = load_checkpoint(checkpoint)
+    return export_model(ckpt, out, run_name(checkpoint, ckpt), format, precision, overwrite)
 
 
 def explain(checkpoint: str | Path, config: ExplainConfig) -> ExplainReport:

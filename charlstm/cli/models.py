@@ -72,11 +72,27 @@ def info(checkpoint: CheckpointArg, as_json: JsonFlag = False) -> None:
 @app.command(cls=_Command)
 def export(
     checkpoint: CheckpointArg,
-    out: Annotated[str, typer.Argument(help="Target .safetensors file (its folder is made if missing).")],
+    out: Annotated[
+        str,
+        typer.Argument(
+            help="Target file, its format named by its suffix: .safetensors (the weights), .onnx (a step graph "
+            "for onnxruntime) or .html (one page that generates offline). Its folder is made if missing."
+        ),
+    ],
+    format: Annotated[  # noqa: A002 - the option's name
+        str | None,
+        typer.Option("--format", help="safetensors, onnx or html, whatever OUT's suffix.", show_default="by suffix"),
+    ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision", help="The page's weights: fp32, or bf16 (half the size; as sample --precision bf16)."
+        ),
+    ] = "fp32",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it already exists.")] = False,
 ) -> None:
-    """Write the weights alone to a .safetensors file (configs and vocabulary as its metadata)."""
+    """Write the model in another format: safetensors, ONNX (checked with onnxruntime) or one HTML page."""
     from charlstm import api
 
-    path = api.export(checkpoint, out, overwrite)
-    err.print(f"wrote {path} ({path.stat().st_size:,} bytes); sample, eval and info accept it")
+    done = api.export(checkpoint, out, format, precision, overwrite)
+    err.print(render.exported(done))

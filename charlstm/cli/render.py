@@ -281,3 +281,17 @@ def _ago(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
     return f"{max(int(seconds), 0)}s ago"
+
+
+def exported(done: Any) -> str:
+    """The line ``charlstm export`` ends with: what it wrote, its size, and what reads it."""
+    size = f"{done.size:,} bytes ({done.size / 2**20:.1f} MiB)"
+    if done.format == "onnx":
+        check = f"onnxruntime matches torch over {done.steps_checked} steps"
+        check += f", largest logit difference {done.max_logit_diff:.1e}"
+        return f"wrote {done.path} ({size}, opset {done.opset}); {check}"
+    if done.format == "html":
+        return (
+            f"wrote {done.path} ({size}, {done.precision} weights); open it in a browser: it needs no server or network"
+        )
+    return f"wrote {done.path} ({size}); sample, eval and info accept it"

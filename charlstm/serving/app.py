@@ -34,7 +34,8 @@ from charlstm.serving.engine import INTERNAL, SHUTTING_DOWN, Busy, Closed, Job, 
 from charlstm.serving.metrics import CONTENT_TYPE, Metrics
 from charlstm.serving.requests import ApiError, Completion, bad, read_completion
 from charlstm.serving.scored import Scored
-from charlstm.serving.service import ModelCard, Service
+from charlstm.serving.service import Service
+from charlstm.store.card import ModelCard
 from charlstm.validate import shown
 
 log = logging.getLogger("charlstm.serve")

@@ -16,7 +16,6 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import uvicorn
 
@@ -29,33 +28,13 @@ from charlstm.serving.app import build_app
 from charlstm.serving.connections import allow_open_files, connection_class
 from charlstm.serving.engine import Closed, Engine
 from charlstm.serving.metrics import Metrics
-from charlstm.serving.service import ModelCard, Service
+from charlstm.serving.service import Service
+from charlstm.store.card import model_card, run_name
 from charlstm.store.checkpoint import Checkpoint
 
 DRAIN_SECONDS = 2.0  # what a completion in flight gets to finish once the server is told to stop
 KEEP_ALIVE_SECONDS = 5  # an idle connection is closed after this
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def run_name(path: str | os.PathLike[str], checkpoint: Checkpoint) -> str:
-    """The model's id: its run directory's name (or the file's name without its suffix)."""
-    given = Path(path)
-    if given.is_dir():
-        return given.resolve().name
-    if checkpoint.path.name in ("best.pt", "last.pt"):
-        return checkpoint.path.resolve().parent.name
-    return checkpoint.path.stem
-
-
-def model_card(model_id: str, checkpoint: Checkpoint, module: CharLSTM, precision: str) -> ModelCard:
-    facts = checkpoint.describe()
-    cfg = checkpoint.model_config
-    corpus = (facts.get("corpus") or {}).get("path") or "unknown corpus"
-    created = int(checkpoint.path.stat().st_mtime) if checkpoint.path.exists() else 0
-    return ModelCard(
-        model_id, Path(corpus).name, cfg.cell, cfg.layers, cfg.hidden, module.num_params(), cfg.vocab_size,
-        bool(facts.get("byte_fallback")), facts.get("val_loss"), precision, created, checkpoint.vocab.token_names(),
-    )  # fmt: skip
 
 
 def make_service(
@@ -67,7 +46,7 @@ def make_service(
     metrics = Metrics()
     slots = Slots(stepper, config.max_streams)
     engine = Engine(slots, checkpoint.vocab, checkpoint.warm_state(), config.max_queue, metrics)
-    card = model_card(run_name(path, checkpoint), checkpoint, module, precision)
+    card = model_card(run_name(path, checkpoint), checkpoint, precision)
     return Service(engine, card, config, metrics, module)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hmac
 import threading
-from dataclasses import dataclass
 
 from starlette.requests import Request
 
@@ -17,27 +16,10 @@ from charlstm.sampling.scoring import TokenScores, score_tokens
 from charlstm.serving.engine import SHUTTING_DOWN, Closed, Engine, Job, Piece, Prompt
 from charlstm.serving.metrics import Metrics
 from charlstm.serving.requests import ApiError
+from charlstm.store.card import ModelCard
 
 WARM_UP_TOKENS = 8  # the first completion, run when the app starts
 WARM_UP_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What the server says about its model (``/v1/models``, the page, the start line)."""
-
-    id: str
-    corpus: str
-    cell: str
-    layers: int
-    hidden: int
-    params: int
-    vocab_size: int
-    byte_fallback: bool
-    val_loss: float | None
-    precision: str  # the weights the step reads
-    created: int
-    tokens: tuple[str, ...]  # each token id's character (or byte, as bytes:\\xNN): what logit_bias and logprobs name
 
 
 class Service:

@@ -349,7 +349,7 @@ def export_safetensors(checkpoint: Checkpoint, out: str | Path, overwrite: bool 
 
     out = Path(out).expanduser()
     if out.suffix != ".safetensors":
-        raise UserError(f"export target {str(out)!r} must end in .safetensors")
+        raise UserError(f"export target {str(out)!r} must end in .safetensors (sample, eval and info know it by that)")
     out = output_file(out, overwrite, "export target", "the path of a .safetensors file")
     saved = checkpoint.to_dict()
     progress = {k: saved["progress"][k] for k in EXPORTED_PROGRESS}

@@ -1,0 +1,349 @@
+// The exported page's source of text: the model itself, stepped in this page with no server and no
+// network. MODEL holds the model's facts, its vocabulary and where each weight lies in the
+// "charlstm-weights" block (base64); "charlstm-step" holds step.wasm, the matrix product (step.wat).
+//
+// The step is charlstm's own (charlstm/sampling/stepper.py arranges the weights the same way for
+// its compiled kernels): layer 0's input part is a row of a (V, 4H) table, each deeper layer one
+// product over [x | h], gate rows reordered so that tanh alone gives every activation, sigmoid rows
+// halved. The products run in WebAssembly SIMD over rows and columns padded to multiples of 4;
+// the gates, in float64 rounded to float32 where Python's float32 arithmetic rounds. Greedy text
+// equals charlstm sample's; the last digits of a logit may differ (their sums run in another order).
+const RUNTIME = (() => {
+  const LOCAL = (s) => { const e = document.getElementById(s); return e ? e.textContent : ""; };
+  const MAX_LENGTH = 1000000;
+  const MAX_WINDOW = 4096;
+  const BIAS_LIMIT = 100;
+  const SLICE_MS = 25;  // work between two yields to the page (painting, the Stop button)
+
+  function bytesOf(base64) {
+    const text = atob(base64.trim());
+    const out = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+    return out;
+  }
+
+  // Vocabulary: own characters (ids 0..C-1), then byte tokens (MODEL.byte_values) when byte_fallback.
+  const VOCAB = (() => {
+    const chars = MODEL.chars, index = new Map(chars.map((c, i) => [c, i]));
+    const byteIds = new Int32Array(256).fill(-1);
+    MODEL.byte_values.forEach((b, i) => { byteIds[b] = chars.length + i; });
+    const utf8 = new TextEncoder();
+    const bytesOfToken = chars.map((c) => utf8.encode(c)).concat(MODEL.byte_values.map((b) => Uint8Array.of(b)));
+    return {
+      unknown(text) {
+        if (MODEL.byte_fallback) return [];
+        return [...new Set(Array.from(text).filter((c) => !index.has(c)))];
+      },
+      encode(text) {
+        const ids = [];
+        for (const c of text) {
+          const own = index.get(c);
+          if (own !== undefined) ids.push(own);
+          else for (const b of utf8.encode(c)) ids.push(byteIds[b]);
+        }
+        return ids;
+      },
+      decoder() {  // ids of one stream to text; a character split between byte tokens comes out whole
+        const utf = new TextDecoder("utf-8");
+        return (id) => (MODEL.byte_fallback ? utf.decode(bytesOfToken[id], { stream: true }) : chars[id]);
+      },
+    };
+  })();
+
+  class Net {
+    constructor(exports, weights) {
+      const s = MODEL.step, H = s.hidden, Hp = s.hidden_padded;
+      this.s = s;
+      this.matvec = exports.matvec;
+      let end = 0;
+      const place = (floats) => { const at = end; end += Math.ceil(floats / 4) * 16; return at; };
+      const t = s.tensors;
+      this.w0 = place(t.w0.size);
+      this.deeper = t.deeper.map((d) => place(d.size));
+      this.head = place(t.head.size);
+      this.xh = Array.from({ length: s.layers }, () => place(2 * Hp));  // each layer's [x | h], padded
+      this.g = place(4 * H);
+      this.logitsAt = place(s.vocab_padded);
+      const pages = Math.ceil(end / 65536) - exports.memory.buffer.byteLength / 65536;
+      if (pages > 0) exports.memory.grow(pages);
+      const buffer = exports.memory.buffer, f32 = (at, n) => new Float32Array(buffer, at, n);
+      const load = (tensor) => {  // a weight, as float32 (a bf16 is the top half of a float32)
+        if (tensor.dtype === "f32") return new Float32Array(weights.buffer, tensor.offset, tensor.size);
+        const half = new Uint16Array(weights.buffer, tensor.offset, tensor.size), out = new Float32Array(tensor.size);
+        const bits = new Uint32Array(out.buffer);
+        for (let i = 0; i < half.length; i++) bits[i] = half[i] << 16;
+        return out;
+      };
+      f32(this.w0, t.w0.size).set(load(t.w0));
+      t.deeper.forEach((d, l) => f32(this.deeper[l], d.size).set(load(d)));
+      f32(this.head, t.head.size).set(load(t.head));
+      this.table = load(t.table);
+      this.biases = t.biases.map(load);
+      this.peep = load(t.peep);
+      this.headBias = load(t.head_bias);
+      this.warm = t.warm_h ? [load(t.warm_h), load(t.warm_c)] : null;
+      this.xhView = this.xh.map((at) => f32(at, 2 * Hp));
+      this.c = Array.from({ length: s.layers }, () => new Float32Array(H));
+      this.gView = f32(this.g, 4 * H);
+      this.logits = f32(this.logitsAt, s.vocab_padded);
+    }
+
+    reset() {  // the state sampling starts from: the training's carried state (warm), or zeros
+      const H = this.s.hidden, Hp = this.s.hidden_padded;
+      for (let l = 0; l < this.s.layers; l++) {
+        this.xhView[l].fill(0);
+        this.c[l].fill(0);
+        if (this.warm) {
+          this.xhView[l].set(this.warm[0].subarray(l * H, (l + 1) * H), Hp);
+          this.c[l].set(this.warm[1].subarray(l * H, (l + 1) * H));
+        }
+      }
+    }
+
+    step(token) {  // read one token: the logits of the next (this.logits, the first V)
+      const s = this.s, H = s.hidden, Hp = s.hidden_padded, g = this.gView, f = Math.fround;
+      for (let l = 0; l < s.layers; l++) {
+        const xh = this.xhView[l], h = xh.subarray(Hp, Hp + H), c = this.c[l];
+        let bias, b0 = 0;
+        if (l === 0) {
+          this.matvec(this.w0, this.xh[0] + 4 * Hp, this.g, 4 * H, Hp);
+          bias = this.table;
+          b0 = token * 4 * H;
+        } else {
+          xh.set(this.xhView[l - 1].subarray(Hp, Hp + H), 0);
+          this.matvec(this.deeper[l - 1], this.xh[l], this.g, 4 * H, 2 * Hp);
+          bias = this.biases[l - 1];
+        }
+        const sig = (z) => f(0.5 * f(Math.tanh(f(z))) + 0.5);  // sigmoid(2z): the rows are halved
+        if (s.cell === "gru") {
+          for (let j = 0; j < H; j++) {
+            const r = sig(g[j] + bias[b0 + j]), z = sig(g[H + j] + bias[b0 + H + j]);
+            const cand = f(Math.tanh(f(f(g[2 * H + j] + bias[b0 + 2 * H + j]) + f(r * f(g[3 * H + j] + bias[b0 + 3 * H + j])))));
+            h[j] = f(cand + f(z * f(h[j] - cand)));
+          }
+        } else {
+          const p = this.peep, pl = l * 3 * H, peep = s.cell === "peephole";
+          for (let j = 0; j < H; j++) {
+            const cj = c[j];
+            const i = sig(f(g[j] + bias[b0 + j]) + (peep ? f(p[pl + j] * cj) : 0));
+            const fg = sig(f(g[H + j] + bias[b0 + H + j]) + (peep ? f(p[pl + H + j] * cj) : 0));
+            const cell = f(Math.tanh(f(g[3 * H + j] + bias[b0 + 3 * H + j])));
+            const cn = f(f(fg * cj) + f(i * cell));
+            c[j] = cn;
+            const o = sig(f(g[2 * H + j] + bias[b0 + 2 * H + j]) + (peep ? f(p[pl + 2 * H + j] * cn) : 0));
+            h[j] = f(o * f(Math.tanh(cn)));
+          }
+        }
+      }
+      this.matvec(this.head, this.xh[s.layers - 1] + 4 * Hp, this.logitsAt, s.vocab_padded, Hp);
+      const logits = this.logits, hb = this.headBias;
+      for (let v = 0; v < s.vocab; v++) logits[v] += hb[v];
+      return logits;
+    }
+  }
+
+  // Random numbers in (0, 1] from a seed: splitmix32 to seed xoshiro128**, 53 bits a number.
+  function generator(seed) {
+    let x = seed >>> 0;
+    const splitmix = () => {
+      x = (x + 0x9e3779b9) >>> 0;
+      let z = x;
+      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+      return (z ^ (z >>> 16)) >>> 0;
+    };
+    const st = Uint32Array.of(splitmix(), splitmix(), splitmix(), splitmix());
+    const next = () => {
+      const r = Math.imul(((Math.imul(st[1], 5) << 7) | (Math.imul(st[1], 5) >>> 25)), 9) >>> 0;
+      const t = st[1] << 9;
+      st[2] ^= st[0]; st[3] ^= st[1]; st[1] ^= st[2]; st[0] ^= st[3]; st[2] ^= t;
+      st[3] = (st[3] << 11) | (st[3] >>> 21);
+      return r;
+    };
+    return () => 1 - ((next() >>> 5) * 67108864 + (next() >>> 6)) / 9007199254740992;
+  }
+
+  function check(o) {  // the options of generate, checked once, as charlstm sample checks its own
+    const fail = (name, value, expected) => { throw new RangeError(`${name} must be ${expected}, not ${JSON.stringify(value)}`); };
+    const num = (name, dflt, ok, expected) => {
+      const v = o[name] === undefined || o[name] === null ? dflt : o[name];
+      if (v !== null && (typeof v !== "number" || !Number.isFinite(v) || !ok(v))) fail(name, o[name], expected);
+      return v;
+    };
+    const int = (v) => Number.isInteger(v);
+    const known = ["prompt", "length", "temperature", "top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+      "repetition_penalty", "repetition_window", "logit_bias", "ban", "seed", "logprobs", "onText", "signal"];
+    for (const key of Object.keys(o)) if (!known.includes(key)) throw new TypeError(`unknown option ${JSON.stringify(key)}; expected one of ${known.join(", ")}`);
+    const prompt = o.prompt === undefined ? "" : o.prompt;
+    if (typeof prompt !== "string") fail("prompt", prompt, "a string");
+    const unknown = VOCAB.unknown(prompt);
+    if (unknown.length) throw new RangeError(`the prompt has characters the model never saw: ${unknown.slice(0, 10).map((c) => JSON.stringify(c)).join(", ")}`);
+    const rule = {
+      prompt,
+      length: num("length", 500, (v) => int(v) && v >= 0 && v <= MAX_LENGTH, `a whole number from 0 to ${MAX_LENGTH}`),
+      temperature: num("temperature", 0.8, (v) => v >= 0, "a number >= 0 (0 means greedy)"),
+      top_k: num("top_k", 0, (v) => int(v) && v >= 0, "a whole number >= 0 (0: off)"),
+      top_p: num("top_p", 1, (v) => v > 0 && v <= 1, "a number in (0, 1]"),
+      min_p: num("min_p", 0, (v) => v >= 0 && v <= 1, "a number in [0, 1]"),
+      presence: num("presence_penalty", 0, (v) => v >= -2 && v <= 2, "a number from -2 to 2"),
+      frequency: num("frequency_penalty", 0, (v) => v >= -2 && v <= 2, "a number from -2 to 2"),
+      repetition: num("repetition_penalty", 1, (v) => v > 0, "a number > 0 (1 is off)"),
+      window: num("repetition_window", 64, (v) => int(v) && v >= 1 && v <= MAX_WINDOW, `a whole number from 1 to ${MAX_WINDOW}`),
+      seed: num("seed", null, (v) => int(v) && v >= 0, "a whole number >= 0"),
+      logprobs: num("logprobs", null, (v) => int(v) && v >= 0 && v <= 20, "a whole number from 0 to 20"),
+      bias: new Float64Array(MODEL.vocab_size),
+    };
+    const setBias = (id, value, name) => {
+      if (typeof value !== "number" || !(value >= -BIAS_LIMIT && value <= BIAS_LIMIT)) fail(name, value, `a number from -${BIAS_LIMIT} to ${BIAS_LIMIT}`);
+      rule.bias[id] = value <= -BIAS_LIMIT ? -Infinity : value;
+    };
+    for (const [key, value] of Object.entries(o.logit_bias || {})) {
+      const id = Number(key);
+      if (!int(id) || id < 0 || id >= MODEL.vocab_size) fail("logit_bias", key, `token ids from 0 to ${MODEL.vocab_size - 1} (info.tokens names them)`);
+      setBias(id, value, `logit_bias[${key}]`);
+    }
+    for (const c of o.ban || "") {
+      const id = MODEL.tokens.indexOf(c);
+      if (id < 0) fail("ban", c, "characters of this model (info.tokens)");
+      rule.bias[id] = -Infinity;
+    }
+    if (rule.seed === null) rule.seed = Math.floor(Math.random() * 2 ** 32);
+    return rule;
+  }
+
+  // One id from the logits by the rule, in charlstm's order (sampling/kernels.py draw): the bias,
+  // the repetition penalty on the ids among the recent ones, presence and frequency penalties on
+  // those written, then temperature (0: the likeliest), top-k, top-p and min-p; u in (0, 1] picks.
+  function draw(logits, rule, written, recent, u, z) {
+    const V = z.length;
+    for (let v = 0; v < V; v++) {
+      let x = logits[v] + rule.bias[v];
+      if (recent[v] > 0 && rule.repetition !== 1) x = x > 0 ? x / rule.repetition : x * rule.repetition;
+      if (written[v] > 0) x -= rule.frequency * written[v] + rule.presence;
+      z[v] = x;
+    }
+    let best = 0;
+    for (let v = 1; v < V; v++) if (z[v] > z[best]) best = v;
+    if (rule.temperature === 0) return best;
+    const top = z[best];
+    for (let v = 0; v < V; v++) z[v] = (z[v] - top) / rule.temperature;
+    if (rule.top_k > 0 && rule.top_k < V) {
+      const kth = Float64Array.from(z).sort()[V - rule.top_k];
+      for (let v = 0; v < V; v++) if (z[v] < kth) z[v] = -Infinity;
+    }
+    if (rule.top_p < 1) {
+      const order = Array.from(z.keys()).sort((a, b) => z[b] - z[a] || a - b);
+      let total = 0;
+      const probs = order.map((v) => { const p = Math.exp(z[v] - z[order[0]]); total += p; return p; });
+      let ahead = 0;
+      order.forEach((v, i) => { if (i && ahead >= rule.top_p) z[v] = -Infinity; ahead += probs[i] / total; });
+    }
+    if (rule.min_p > 0) {
+      const cut = Math.log(rule.min_p);
+      for (let v = 0; v < V; v++) if (z[v] < cut) z[v] = -Infinity;
+    }
+    let acc = 0;
+    for (let v = 0; v < V; v++) { acc += Math.exp(z[v]); z[v] = acc; }
+    const target = u * acc;
+    for (let v = 0; v < V; v++) if (z[v] >= target) return v;
+    return best;
+  }
+
+  function scored(logits, token, top) {  // the model's own log-probability of token, and the top likeliest
+    const V = MODEL.vocab_size;
+    let max = -Infinity, total = 0;
+    for (let v = 0; v < V; v++) if (logits[v] > max) max = logits[v];
+    for (let v = 0; v < V; v++) total += Math.exp(logits[v] - max);
+    const norm = max + Math.log(total), alternatives = {};
+    if (top) {
+      const order = Array.from({ length: V }, (_, v) => v).sort((a, b) => logits[b] - logits[a] || a - b);
+      for (const v of order.slice(0, top)) alternatives[MODEL.tokens[v]] = logits[v] - norm;
+    }
+    return [logits[token] - norm, alternatives];
+  }
+
+  const tick = () => new Promise((resolve) => { const ch = new MessageChannel(); ch.port1.onmessage = resolve; ch.port2.postMessage(0); });
+
+  let net = null;
+  const ready = (async () => {
+    const { instance } = await WebAssembly.instantiate(bytesOf(LOCAL("charlstm-step")));
+    net = new Net(instance.exports, bytesOf(LOCAL("charlstm-weights")));
+  })();
+
+  // The text of one rule, piece by piece as it is made: { text, logprobs } in OpenAI's legacy shape.
+  async function* pieces(rule, signal) {
+    await ready;
+    const V = MODEL.vocab_size, written = new Float64Array(V), recent = new Int32Array(V), z = new Float64Array(V);
+    const ring = [], random = generator(rule.seed), decode = VOCAB.decoder();
+    const remember = (id) => { ring.push(id); recent[id]++; if (ring.length > rule.window) recent[ring.shift()]--; };
+    const newline = !rule.prompt.startsWith("\n") && !VOCAB.unknown("\n").length ? "\n" : "";
+    let ids = VOCAB.encode(newline + rule.prompt);
+    if (!ids.length) ids = [0];
+    net.reset();
+    let logits = null;
+    for (const id of ids) { logits = net.step(id); remember(id); }
+    let made = 0, offset = 0;
+    while (made < rule.length) {
+      if (signal && signal.aborted) throw new DOMException("stopped", "AbortError");
+      const until = performance.now() + SLICE_MS;
+      let text = "";
+      const scores = rule.logprobs === null ? null : { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+      do {
+        const id = draw(logits, rule, written, recent, random(), z);
+        if (scores) {
+          const [lp, top] = scored(logits, id, rule.logprobs);
+          scores.tokens.push(MODEL.tokens[id]); scores.token_logprobs.push(lp); scores.top_logprobs.push(top);
+          scores.text_offset.push(offset);
+        }
+        const part = decode(id);
+        text += part;
+        offset += Array.from(part).length;
+        written[id]++;
+        remember(id);
+        made++;
+        if (made < rule.length) logits = net.step(id);
+      } while (made < rule.length && performance.now() < until);
+      yield { index: 0, text, logprobs: scores };
+      await tick();
+    }
+  }
+
+  let busy = Promise.resolve();  // one generation at a time: they share the model's state
+  async function* alone(work) {
+    let release;
+    const mine = new Promise((resolve) => { release = resolve; });
+    const before = busy;
+    busy = busy.then(() => mine);
+    await before;
+    try { yield* work; } finally { release(); }
+  }
+
+  const api = {
+    info: Object.freeze(Object.fromEntries(Object.entries(MODEL).filter(([key]) => !["step", "chars", "byte_values"].includes(key)))),
+    ready,
+    async generate(options = {}) {  // the text after the prompt; options.onText(piece) sees it as it comes
+      const rule = check(options);
+      let text = "";
+      for await (const piece of alone(pieces(rule, options.signal))) {
+        text += piece.text;
+        if (options.onText) options.onText(piece.text);
+      }
+      return text;
+    },
+  };
+
+  const SOURCE = {
+    completions(body, signal) {  // the page's request, as OpenAI's completion fields
+      const rule = check({
+        prompt: body.prompt, length: body.max_tokens, temperature: body.temperature, top_k: body.top_k, top_p: body.top_p,
+        min_p: body.min_p, presence_penalty: body.presence_penalty, frequency_penalty: body.frequency_penalty,
+        repetition_penalty: body.repetition_penalty, repetition_window: body.repeat_last_n, logit_bias: body.logit_bias,
+        seed: body.seed, logprobs: body.logprobs,
+      });
+      return alone(pieces(rule, signal));
+    },
+  };
+  return { api, SOURCE };
+})();
+const SOURCE = RUNTIME.SOURCE;
+window.charlstm = RUNTIME.api;
