@@ -81,7 +81,7 @@ const RUNTIME = (() => {
       this.biases = t.biases.map(load);
       this.peep = load(t.peep);
       this.headBias = load(t.head_bias);
-      this.warm = t.warm_h ? [load(t.warm_h), load(t.warm_c)] : null;
+      this.warm = t.warm_h ? [load(t.warm_h), t.warm_c ? load(t.warm_c) : new Float32Array(s.layers * H)] : null;  // the GRU has no c
       this.xhView = this.xh.map((at) => f32(at, 2 * Hp));
       this.c = Array.from({ length: s.layers }, () => new Float32Array(H));
       this.gView = f32(this.g, 4 * H);
@@ -321,9 +321,11 @@ const RUNTIME = (() => {
   const api = {
     info: Object.freeze(Object.fromEntries(Object.entries(MODEL).filter(([key]) => !["step", "chars", "byte_values"].includes(key)))),
     ready,
-    async generate(options = {}) {  // the text after the prompt; options.onText(piece) sees it as it comes
+    // The prompt followed by the generated text, as Python's Model.generate; options.onText(piece)
+    // sees each piece of the generated text as it comes, options.signal (an AbortSignal) stops it.
+    async generate(options = {}) {
       const rule = check(options);
-      let text = "";
+      let text = rule.prompt;
       for await (const piece of alone(pieces(rule, options.signal))) {
         text += piece.text;
         if (options.onText) options.onText(piece.text);
@@ -346,4 +348,8 @@ const RUNTIME = (() => {
   return { api, SOURCE };
 })();
 const SOURCE = RUNTIME.SOURCE;
+{
+  const prompt = document.getElementById("prompt");  // the page's example prompt, unless the model cannot read it
+  if (!MODEL.byte_fallback && Array.from(prompt.value).some((c) => !MODEL.chars.includes(c))) prompt.value = "";
+}
 window.charlstm = RUNTIME.api;

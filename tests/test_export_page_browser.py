@@ -1,0 +1,107 @@
+"""The exported one-file page in headless Chromium (Debian's chromium and chromium-driver): opened
+from file://, it generates what charlstm sample generates, for every cell, with 1 and 2 layers, with
+and without byte tokens; its Generate and Stop buttons work; it names no outside address and fits a
+390-pixel screen."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from charlstm import api
+from tests.browser import CHROMIUM, DRIVER, chrome, wait_for
+from tests.conftest import EXPORT_CELLS, export_id
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver"),
+]
+
+LENGTH = 300
+GENERATE = """
+const [options, done] = [arguments[0], arguments[arguments.length - 1]];
+window.charlstm.ready.then(() => window.charlstm.generate(options)).then(
+  (text) => done({ text }), (e) => done({ error: e.name + ": " + e.message }));
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chrome(phone_width=390)
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def exported_page(run: Path, folder: Path, precision: str = "fp32") -> Path:
+    return api.export(run, folder / f"{run.name}-{precision}.html", precision=precision).path
+
+
+def in_page(driver, page: Path, **options) -> dict:
+    if driver.current_url != page.as_uri():
+        driver.get(page.as_uri())
+    return driver.execute_async_script(GENERATE, options)
+
+
+@pytest.mark.parametrize("case", EXPORT_CELLS, ids=export_id)
+def test_the_pages_greedy_text_is_charlstm_samples(export_models, browser, tmp_path, case):
+    run = export_models[case]
+    prompt = "KING:\nThé lørd…" if case[2] else "KING:\nThe lord"
+    page = exported_page(run, tmp_path)
+    model = api.load(run)
+    result = in_page(browser, page, prompt=prompt, length=LENGTH, temperature=0)
+    assert result == {"text": model.generate(prompt, length=LENGTH, temperature=0, precision="fp32")}
+    # The penalties move greedy text off the few characters a tiny model repeats: more states compared.
+    penalties = dict(presence_penalty=0.3, frequency_penalty=0.2, repetition_penalty=1.3, repetition_window=16)
+    result = in_page(browser, page, prompt=prompt, length=LENGTH, temperature=0, **penalties)
+    expected = model.generate(prompt, length=LENGTH, temperature=0, precision="fp32", **penalties)
+    assert result == {"text": expected}
+    assert len(set(expected[len(prompt) :])) > 8
+
+
+@pytest.mark.parametrize("case", [("lstm", 2, True), ("peephole", 1, False)], ids=export_id)
+def test_a_bf16_page_writes_what_sample_writes_in_bf16_at_half_the_size(export_models, browser, tmp_path, case):
+    run = export_models[case]
+    full, half = exported_page(run, tmp_path), exported_page(run, tmp_path, "bf16")
+    result = in_page(browser, half, prompt="QUEEN:", length=LENGTH, temperature=0)
+    assert result == {"text": api.load(run).generate("QUEEN:", length=LENGTH, temperature=0, precision="bf16")}
+    assert half.stat().st_size < full.stat().st_size
+
+
+def test_the_page_checks_its_options_and_repeats_a_seed(export_models, browser, tmp_path):
+    page = exported_page(export_models[("gru", 1, False)], tmp_path)
+    assert "top_p must be a number in (0, 1], not 2" in in_page(browser, page, top_p=2)["error"]
+    assert "never saw" in in_page(browser, page, prompt="K€")["error"]
+    assert "unknown option" in in_page(browser, page, temprature=1)["error"]
+    one, two = (in_page(browser, page, length=200, seed=5, top_k=10, min_p=0.01) for _ in range(2))
+    assert one == two and len(one["text"]) == 200
+    assert in_page(browser, page, length=200, seed=6)["text"] != one["text"]
+    banned = in_page(browser, page, length=500, seed=5, ban="e ")["text"]
+    assert "e" not in banned and " " not in banned
+    info = browser.execute_script("return window.charlstm.info")
+    assert info["cell"] == "gru" and info["layers"] == 1 and info["tokens"][0] == "\n"
+
+
+def test_generate_and_stop_from_file_on_a_phone_screen(wide_run, browser, tmp_path):
+    page = exported_page(wide_run, tmp_path)
+    html = page.read_text("utf-8")
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|\burl\(|\bfetch\(|XMLHttpRequest|\bsrc=", html)
+    browser.get(page.as_uri())
+    wait_for(lambda: browser.execute_script("return document.getElementById('facts').textContent"))
+    browser.find_element("id", "prompt").clear()
+    browser.find_element("id", "prompt").send_keys("KING:")
+    browser.find_element("id", "max_tokens").clear()
+    browser.find_element("id", "max_tokens").send_keys("100000")
+    browser.find_element("id", "generate").click()
+    output = browser.find_element("id", "output")
+    wait_for(lambda: len(output.text) > 300)
+    browser.find_element("id", "stop").click()
+    status = browser.find_element("id", "status")
+    wait_for(lambda: status.text.startswith("stopped after"))
+    shown = len(output.text)
+    assert shown < 100000 and len(output.text) == shown
+    assert browser.find_element("id", "generate").is_enabled()
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
+    assert output.find_elements("css selector", ".c")  # characters coloured by their probability
