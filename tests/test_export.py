@@ -1,0 +1,43 @@
+"""``charlstm export``: the format by the target's suffix or --format, and its errors (one line, exit
+2); the page's WebAssembly is what its committed source assembles to."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.test_cli import assert_user_error, invoke
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_an_unknown_suffix_lists_the_formats(shared_run, tmp_path):
+    for target in ("model.bin", "model"):
+        result = invoke("export", shared_run, tmp_path / target)
+        assert_user_error(result, ".safetensors, .onnx, .html", "--format")
+    assert not list(tmp_path.iterdir())
+    assert_user_error(invoke("export", shared_run, tmp_path / "m.html", "--format", "pdf"), "safetensors, onnx, html")
+    assert_user_error(invoke("export", shared_run, tmp_path / "m.html", "--precision", "fp8"), "fp32 or bf16")
+    assert_user_error(invoke("export", shared_run, tmp_path / "m.onnx", "--precision", "bf16"), ".html pages")
+
+
+def test_format_names_the_format_whatever_the_suffix(shared_run, tmp_path):
+    result = invoke("export", shared_run, tmp_path / "page.htm", "--format", "html", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "page.htm"
+    assert "bf16 weights" in result.stderr and f"{page.stat().st_size:,} bytes" in result.stderr
+    assert page.read_text("utf-8").startswith("<!doctype html>")
+    assert_user_error(invoke("export", shared_run, page, "--format", "html"), "already exists", "--overwrite")
+
+
+def test_without_the_onnx_extra_export_says_how_to_install_it(shared_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError, as where it is not installed
+    monkeypatch.delitem(sys.modules, "charlstm.export.onnx", raising=False)
+    assert_user_error(invoke("export", shared_run, tmp_path / "m.onnx"), "pip install 'charlstm[onnx]'")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_shipped_webassembly_is_built_from_its_source():
+    check = subprocess.run([sys.executable, ROOT / "scripts" / "build_wasm.py", "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
