@@ -39,5 +39,6 @@ def test_without_the_onnx_extra_export_says_how_to_install_it(shared_run, tmp_pa
 
 
 def test_the_shipped_webassembly_is_built_from_its_source():
-    check = subprocess.run([sys.executable, ROOT / "scripts" / "build_wasm.py", "--check"], capture_output=True, text=True)
+    script = ROOT / "scripts" / "build_wasm.py"
+    check = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
