@@ -1,15 +1,18 @@
-"""The exported one-file page's speed and size, in headless Chromium (Debian's chromium and
-chromium-driver, driven by Selenium as the browser tests do).
+"""A model's speed and size where it leaves Python: the exported one-file page in headless
+Chromium (Debian's chromium and chromium-driver, driven by Selenium as the browser tests do), and
+the ONNX export in onnxruntime.
 
 For each preset (micro, tiny, small, medium by default) it trains a model on tiny Shakespeare for
 two steps (speed does not depend on the weights' values), exports it as a page in fp32 and in bf16,
 opens each from file:// and times ``window.charlstm.generate`` for ``--chars`` characters at
 temperature 0.8 (after one warm-up call), ``--repeats`` times: the median chars/s is printed with
-the file's size. ``--model RUN`` measures a trained model too (the default 120 s model, say), and
+the file's size. The ONNX file is timed one token per call (batch 1, the state fed back), as
+``docs/examples/sample_onnx.py`` draws, on onnxruntime's CPU provider. ``--model RUN`` measures a
+trained model too (the default 120 s model, say), and
 checks that its greedy text equals ``charlstm sample --temperature 0``'s for ``--greedy`` characters.
 
-    python benchmarks/page.py
-    python benchmarks/page.py --model /tmp/b120 --presets small --repeats 5
+    python benchmarks/elsewhere.py
+    python benchmarks/elsewhere.py --model /tmp/b120 --presets small --repeats 5
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,13 +62,34 @@ def rate(driver, page: Path, chars: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
+def onnx_rate(onnx_file: Path, chars: int, repeats: int) -> float:
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()[1:]]
+    layers, _, hidden = session.get_inputs()[1].shape
+    rates = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        state = {n: np.zeros((layers, 1, hidden), np.float32) for n in names}
+        token, started = np.zeros((1, 1), np.int64), time.perf_counter()
+        for _ in range(chars):
+            logits, *after = session.run(None, {"tokens": token, **state})
+            state = dict(zip(names, after, strict=True))
+            token[0, 0] = int(logits[0, -1].argmax())
+        rates.append(chars / (time.perf_counter() - started))
+    return statistics.median(rates[1:])
+
+
 def measure(driver, run: Path, folder: Path, label: str, args: argparse.Namespace) -> None:
     cells = []
     for precision in ("fp32", "bf16"):
         page = api.export(run, folder / f"{label}-{precision}.html", precision=precision, overwrite=True).path
-        cells.append(f"{page.stat().st_size / 2**20:6.1f} MiB {rate(driver, page, args.chars, args.repeats):8,.0f}")
+        cells.append(f"{page.stat().st_size / 2**20:10.1f} MiB {rate(driver, page, args.chars, args.repeats):8,.0f}")
+    onnx_file = api.export(run, folder / f"{label}.onnx", overwrite=True).path
+    cells.append(f"{onnx_file.stat().st_size / 2**20:10.1f} MiB {onnx_rate(onnx_file, args.chars, args.repeats):8,.0f}")
     cfg = api.load(run).checkpoint.model_config
-    print(f"{label:<10} {cfg.layers}x{cfg.hidden:<5} {cfg.vocab_size:>5}   " + "   ".join(cells), flush=True)
+    print(f"{label:<10} {f'{cfg.layers}x{cfg.hidden}':<8} {cfg.vocab_size:>5}   " + "   ".join(cells), flush=True)
 
 
 def greedy(driver, run: Path, folder: Path, chars: int) -> None:
@@ -80,7 +105,8 @@ def greedy(driver, run: Path, folder: Path, chars: int) -> None:
         expected = api.load(run).generate("ROMEO:", length=chars, temperature=0, precision=precision)
         pairs = enumerate(zip(text, expected, strict=False))
         same = next((i for i, (a, b) in pairs if a != b), min(len(text), len(expected)))
-        print(f"greedy {precision}: the page's first {same:,} of {chars:,} characters equal charlstm sample's")
+        shown = len(options["prompt"])  # both texts start with the prompt
+        print(f"greedy {precision}: the page's first {same - shown:,} of {chars:,} characters equal charlstm sample's")
 
 
 def main() -> None:
@@ -92,10 +118,9 @@ def main() -> None:
     parser.add_argument("--greedy", type=int, default=1000)
     args = parser.parse_args()
     chromium = subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"CPU: {cpu()}; {chromium}; medians of {args.repeats} x {args.chars:,} chars at temperature 0.8")
-    print(
-        f"{'model':<10} {'shape':<7} {'vocab':>5}   {'fp32 size':>10} {'chars/s':>8}   {'bf16 size':>10} {'chars/s':>8}"
-    )
+    print(f"CPU: {cpu()}; {chromium}; medians of {args.repeats} x {args.chars:,} chars (pages at temperature 0.8)")
+    sizes = "   ".join(f"{name + ' size':>14} {'chars/s':>8}" for name in ("page fp32", "page bf16", "onnx"))
+    print(f"{'model':<10} {'shape':<8} {'vocab':>5}   {sizes}")
     driver = chrome()
     driver.set_script_timeout(600)
     try:
@@ -103,19 +128,8 @@ def main() -> None:
             folder = Path(tmp)
             for preset in args.presets.split(","):
                 run = folder / preset
-                train = [
-                    sys.executable,
-                    "-m",
-                    "charlstm",
-                    "train",
-                    "--preset",
-                    preset,
-                    "--max-steps",
-                    "2",
-                    "--out",
-                    str(run),
-                ]
-                subprocess.run([*train, "--quiet"], check=True, capture_output=True)
+                train = [sys.executable, "-m", "charlstm", "train", "--preset", preset, "--max-steps", "2"]
+                subprocess.run([*train, "--out", str(run)], check=True, capture_output=True)
                 measure(driver, run, folder, preset, args)
             if args.model:
                 measure(driver, args.model, folder, args.model.name, args)
