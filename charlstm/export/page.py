@@ -6,11 +6,13 @@ assembled from ``step.wat``) and the weights, base64 in an inert script element.
 nothing, so it works opened from ``file://``, from any static host and on a phone.
 
 The weights are the sampling step's (``sampling/stepper.py``: ``rounded_for`` then ``arranged``), so
-the page computes what ``charlstm sample`` computes. Laid out for the WebAssembly product, which
-takes four rows and four columns at a time: rows and columns are padded with zeros to multiples of
-4, and each deeper layer's matrix reads [x | h] with each half padded. With ``bf16`` the matrices
-the step reads travel as bfloat16 (the table of layer 0, the biases, peepholes and the start state
-stay float32, as the step keeps them), and the page widens them to float32 as it loads.
+the page computes what ``charlstm sample`` computes. Laid out for the WebAssembly step, which takes
+four rows and eight (bf16) or four (fp32) columns at a time, and gates four units at a time: each
+gate's block of H rows (and columns of the table, entries of the biases and peepholes) is padded
+with zeros to a multiple of 8 units, Hp, and so are the columns over h; a deeper layer's matrix
+reads [x | h] with each half padded. A padded unit reads zeros and keeps a zero state. With
+``bf16`` the matrices the step reads travel, and stay in the page's memory, as bfloat16 (layer 0's
+table, the biases, peepholes and the start state stay float32, as the step keeps them).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from charlstm.sampling.stepper import arranged, rounded_for
 from charlstm.store.card import model_card
 from charlstm.store.checkpoint import Checkpoint
 
-ALIGN = 4  # the WebAssembly product's rows and columns come in fours
+ALIGN = 8  # the WebAssembly step reads eight bf16 columns at a time, and gates four units
 
 
 def _up(n: int) -> int:
@@ -55,18 +57,16 @@ class _Blob:
         return entry
 
 
-def _padded(m: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    out = np.zeros((rows, cols), np.float32)
-    out[: m.shape[0], : m.shape[1]] = m
-    return out
+def _blocks(m: np.ndarray, hidden: int, axis: int) -> np.ndarray:
+    """``m`` with each block of ``hidden`` entries along ``axis`` (a gate's, or a layer's) padded to up(hidden)."""
+    pad = [(0, 0)] * m.ndim
+    pad[axis] = (0, _up(hidden) - hidden)
+    parts = np.split(m, m.shape[axis] // hidden, axis=axis)
+    return np.concatenate([np.pad(part, pad) for part in parts], axis=axis)
 
 
-def _over_xh(m: np.ndarray, hidden: int) -> np.ndarray:
-    """A deeper layer's (4H, 2H) matrix over [x | h] with each half padded: (4H, 2 * up(H))."""
-    hp = _up(hidden)
-    out = np.zeros((m.shape[0], 2 * hp), np.float32)
-    out[:, :hidden], out[:, hp : hp + hidden] = m[:, :hidden], m[:, hidden:]
-    return out
+def _padded_rows(m: np.ndarray) -> np.ndarray:
+    return np.pad(m, [(0, _up(m.shape[0]) - m.shape[0])] + [(0, 0)] * (m.ndim - 1))
 
 
 def page_html(checkpoint: Checkpoint, precision: Precision, name: str) -> str:
@@ -75,18 +75,20 @@ def page_html(checkpoint: Checkpoint, precision: Precision, name: str) -> str:
     weights = arranged(rounded_for(checkpoint.build_model().eval(), precision.value))
     hidden, layers, hp = cfg.hidden, cfg.layers, _up(cfg.hidden)
     kind, blob = ("bf16" if precision == Precision.BF16 else "f32"), _Blob()
+    gates = lambda m: _blocks(m, hidden, 0)  # noqa: E731 - rows: four blocks of H
+    over_h = lambda m: _blocks(m, hidden, 1)  # noqa: E731 - columns: one block of H, or [x | h]
     tensors: dict[str, Any] = {
-        "table": blob.add(weights.table, "f32"),  # (V, 4H)
-        "w0": blob.add(_padded(weights.mats[0], 4 * hidden, hp), kind),  # (4H, Hp)
-        "deeper": [blob.add(_over_xh(m, hidden), kind) for m in weights.mats[1:-1]],  # (4H, 2Hp) each
-        "head": blob.add(_padded(weights.mats[-1], _up(cfg.vocab_size), hp), kind),  # (Vp, Hp)
-        "biases": [blob.add(b, "f32") for b in weights.biases],  # (4H,) each
-        "peep": blob.add(weights.peep, "f32"),  # (L, 3, H)
+        "table": blob.add(_blocks(weights.table, hidden, 1), "f32"),  # (V, 4Hp)
+        "w0": blob.add(over_h(gates(weights.mats[0])), kind),  # (4Hp, Hp)
+        "deeper": [blob.add(over_h(gates(m)), kind) for m in weights.mats[1:-1]],  # (4Hp, 2Hp) each
+        "head": blob.add(_padded_rows(over_h(weights.mats[-1])), kind),  # (Vp, Hp)
+        "biases": [blob.add(gates(b), "f32") for b in weights.biases],  # (4Hp,) each
+        "peep": blob.add(_blocks(weights.peep, hidden, 2), "f32"),  # (L, 3, Hp)
         "head_bias": blob.add(weights.head_bias, "f32"),  # (V,)
     }
     warm = checkpoint.warm_state()  # the state sampling starts from; (layers, 1, H) each
     for key, state in zip(("warm_h", "warm_c"), warm or (), strict=False):
-        tensors[key] = blob.add(state[:, 0].float().numpy(), "f32")  # (L, H)
+        tensors[key] = blob.add(_blocks(state[:, 0].float().numpy(), hidden, 1), "f32")  # (L, Hp)
     step = {"cell": cfg.cell, "layers": layers, "hidden": hidden, "hidden_padded": hp, "vocab": cfg.vocab_size,
             "vocab_padded": _up(cfg.vocab_size), "tensors": tensors}  # fmt: skip
     card = {k: v for k, v in asdict(model_card(name, checkpoint, precision.value)).items() if k != "created"}

@@ -5,9 +5,9 @@
 // The step is charlstm's own (charlstm/sampling/stepper.py arranges the weights the same way for
 // its compiled kernels): layer 0's input part is a row of a (V, 4H) table, each deeper layer one
 // product over [x | h], gate rows reordered so that tanh alone gives every activation, sigmoid rows
-// halved. The products run in WebAssembly SIMD over rows and columns padded to multiples of 4;
-// the gates, in float64 rounded to float32 where Python's float32 arithmetic rounds. Greedy text
-// equals charlstm sample's; the last digits of a logit may differ (their sums run in another order).
+// halved. The products and the gates run in WebAssembly SIMD (step.wat), in float32 with charlstm's
+// own tanh, over blocks padded to multiples of 8 units. Greedy text equals charlstm sample's; the
+// last digits of a logit may differ (the products' sums run in another order).
 const RUNTIME = (() => {
   const LOCAL = (s) => { const e = document.getElementById(s); return e ? e.textContent : ""; };
   const MAX_LENGTH = 1000000;
@@ -50,92 +50,61 @@ const RUNTIME = (() => {
     };
   })();
 
-  class Net {
+  class Net {  // the model's weights and one stream's state in the WebAssembly memory, and its step
     constructor(exports, weights) {
-      const s = MODEL.step, H = s.hidden, Hp = s.hidden_padded;
+      const s = MODEL.step, Hp = s.hidden_padded, t = s.tensors;
       this.s = s;
-      this.matvec = exports.matvec;
+      this.wasm = exports;
+      this.product = t.w0.dtype === "bf16" ? exports.matvec_bf16 : exports.matvec;
       let end = 0;
-      const place = (floats) => { const at = end; end += Math.ceil(floats / 4) * 16; return at; };
-      const t = s.tensors;
-      this.w0 = place(t.w0.size);
-      this.deeper = t.deeper.map((d) => place(d.size));
-      this.head = place(t.head.size);
-      this.xh = Array.from({ length: s.layers }, () => place(2 * Hp));  // each layer's [x | h], padded
-      this.g = place(4 * H);
-      this.logitsAt = place(s.vocab_padded);
+      const place = (bytes) => { const at = end; end += Math.ceil(bytes / 16) * 16; return at; };
+      const bytes = (tensor) => tensor.size * (tensor.dtype === "bf16" ? 2 : 4);
+      const tensors = [t.table, t.w0, ...t.deeper, t.head, ...t.biases, t.peep];
+      const at = new Map(tensors.map((tensor) => [tensor, place(bytes(tensor))]));
+      this.xh = Array.from({ length: s.layers }, () => place(8 * Hp));  // each layer's [x | h], float32
+      this.c = Array.from({ length: s.layers }, () => place(4 * Hp));
+      this.g = place(16 * Hp);  // the gates' pre-activations, 4 Hp
+      this.logitsAt = place(4 * s.vocab_padded);
       const pages = Math.ceil(end / 65536) - exports.memory.buffer.byteLength / 65536;
       if (pages > 0) exports.memory.grow(pages);
-      const buffer = exports.memory.buffer, f32 = (at, n) => new Float32Array(buffer, at, n);
-      const load = (tensor) => {  // a weight, as float32 (a bf16 is the top half of a float32)
-        if (tensor.dtype === "f32") return new Float32Array(weights.buffer, tensor.offset, tensor.size);
-        const half = new Uint16Array(weights.buffer, tensor.offset, tensor.size), out = new Float32Array(tensor.size);
-        const bits = new Uint32Array(out.buffer);
-        for (let i = 0; i < half.length; i++) bits[i] = half[i] << 16;
-        return out;
-      };
-      f32(this.w0, t.w0.size).set(load(t.w0));
-      t.deeper.forEach((d, l) => f32(this.deeper[l], d.size).set(load(d)));
-      f32(this.head, t.head.size).set(load(t.head));
-      this.table = load(t.table);
-      this.biases = t.biases.map(load);
-      this.peep = load(t.peep);
-      this.headBias = load(t.head_bias);
-      this.warm = t.warm_h ? [load(t.warm_h), t.warm_c ? load(t.warm_c) : new Float32Array(s.layers * H)] : null;  // the GRU has no c
-      this.xhView = this.xh.map((at) => f32(at, 2 * Hp));
-      this.c = Array.from({ length: s.layers }, () => new Float32Array(H));
-      this.gView = f32(this.g, 4 * H);
-      this.logits = f32(this.logitsAt, s.vocab_padded);
+      const memory = new Uint8Array(exports.memory.buffer);
+      for (const tensor of tensors) memory.set(weights.subarray(tensor.offset, tensor.offset + bytes(tensor)), at.get(tensor));
+      [this.table, this.w0, this.head, this.peep] = [t.table, t.w0, t.head, t.peep].map((tensor) => at.get(tensor));
+      this.deeper = t.deeper.map((tensor) => at.get(tensor));
+      this.biases = t.biases.map((tensor) => at.get(tensor));
+      const floats = (tensor) => new Float32Array(weights.buffer, tensor.offset, tensor.size);
+      this.headBias = floats(t.head_bias);
+      this.warm = t.warm_h ? [floats(t.warm_h), t.warm_c ? floats(t.warm_c) : null] : null;  // the GRU has no c
+      this.memory = exports.memory.buffer;
+      this.logits = new Float32Array(this.memory, this.logitsAt, s.vocab_padded);
     }
 
     reset() {  // the state sampling starts from: the training's carried state (warm), or zeros
-      const H = this.s.hidden, Hp = this.s.hidden_padded;
+      const Hp = this.s.hidden_padded;
       for (let l = 0; l < this.s.layers; l++) {
-        this.xhView[l].fill(0);
-        this.c[l].fill(0);
-        if (this.warm) {
-          this.xhView[l].set(this.warm[0].subarray(l * H, (l + 1) * H), Hp);
-          this.c[l].set(this.warm[1].subarray(l * H, (l + 1) * H));
-        }
+        const xh = new Float32Array(this.memory, this.xh[l], 2 * Hp), c = new Float32Array(this.memory, this.c[l], Hp);
+        xh.fill(0);
+        c.fill(0);
+        if (this.warm) xh.set(this.warm[0].subarray(l * Hp, (l + 1) * Hp), Hp);
+        if (this.warm && this.warm[1]) c.set(this.warm[1].subarray(l * Hp, (l + 1) * Hp));
       }
     }
 
     step(token) {  // read one token: the logits of the next (this.logits, the first V)
-      const s = this.s, H = s.hidden, Hp = s.hidden_padded, g = this.gView, f = Math.fround;
+      const s = this.s, Hp = s.hidden_padded, w = this.wasm, heap = new Float32Array(this.memory);
       for (let l = 0; l < s.layers; l++) {
-        const xh = this.xhView[l], h = xh.subarray(Hp, Hp + H), c = this.c[l];
-        let bias, b0 = 0;
+        const h = this.xh[l] + 4 * Hp;  // this layer's h, after its input x
         if (l === 0) {
-          this.matvec(this.w0, this.xh[0] + 4 * Hp, this.g, 4 * H, Hp);
-          bias = this.table;
-          b0 = token * 4 * H;
+          this.product(this.w0, h, this.g, 4 * Hp, Hp);
         } else {
-          xh.set(this.xhView[l - 1].subarray(Hp, Hp + H), 0);
-          this.matvec(this.deeper[l - 1], this.xh[l], this.g, 4 * H, 2 * Hp);
-          bias = this.biases[l - 1];
+          heap.copyWithin(this.xh[l] / 4, (this.xh[l - 1] + 4 * Hp) / 4, (this.xh[l - 1] + 8 * Hp) / 4);  // x = h below
+          this.product(this.deeper[l - 1], this.xh[l], this.g, 4 * Hp, 2 * Hp);
         }
-        const sig = (z) => f(0.5 * f(Math.tanh(f(z))) + 0.5);  // sigmoid(2z): the rows are halved
-        if (s.cell === "gru") {
-          for (let j = 0; j < H; j++) {
-            const r = sig(g[j] + bias[b0 + j]), z = sig(g[H + j] + bias[b0 + H + j]);
-            const cand = f(Math.tanh(f(f(g[2 * H + j] + bias[b0 + 2 * H + j]) + f(r * f(g[3 * H + j] + bias[b0 + 3 * H + j])))));
-            h[j] = f(cand + f(z * f(h[j] - cand)));
-          }
-        } else {
-          const p = this.peep, pl = l * 3 * H, peep = s.cell === "peephole";
-          for (let j = 0; j < H; j++) {
-            const cj = c[j];
-            const i = sig(f(g[j] + bias[b0 + j]) + (peep ? f(p[pl + j] * cj) : 0));
-            const fg = sig(f(g[H + j] + bias[b0 + H + j]) + (peep ? f(p[pl + H + j] * cj) : 0));
-            const cell = f(Math.tanh(f(g[3 * H + j] + bias[b0 + 3 * H + j])));
-            const cn = f(f(fg * cj) + f(i * cell));
-            c[j] = cn;
-            const o = sig(f(g[2 * H + j] + bias[b0 + 2 * H + j]) + (peep ? f(p[pl + 2 * H + j] * cn) : 0));
-            h[j] = f(o * f(Math.tanh(cn)));
-          }
-        }
+        const bias = l === 0 ? this.table + 16 * Hp * token : this.biases[l - 1];
+        if (s.cell === "gru") w.gru_cell(this.g, bias, h, Hp);
+        else w.lstm_cell(this.g, bias, this.peep + 12 * Hp * l, this.c[l], h, Hp);  // the LSTM's peepholes are zeros
       }
-      this.matvec(this.head, this.xh[s.layers - 1] + 4 * Hp, this.logitsAt, s.vocab_padded, Hp);
+      this.product(this.head, this.xh[s.layers - 1] + 4 * Hp, this.logitsAt, s.vocab_padded, Hp);
       const logits = this.logits, hb = this.headBias;
       for (let v = 0; v < s.vocab; v++) logits[v] += hb[v];
       return logits;
