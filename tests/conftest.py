@@ -136,7 +136,7 @@ def wide_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "run"
 
 
-EXPORT_CELLS = [(cell, layers, with_bytes) for cell in ("lstm", "gru", "peephole") for layers in (1, 2) for with_bytes in (False, True)]
+EXPORT_CELLS = [(c, n, b) for c in ("lstm", "gru", "peephole") for n in (1, 2) for b in (False, True)]  # cell, layers, bytes
 
 
 def export_id(case: tuple[str, int, bool]) -> str:
