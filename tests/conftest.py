@@ -136,7 +136,8 @@ def wide_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "run"
 
 
-EXPORT_CELLS = [(c, n, b) for c in ("lstm", "gru", "peephole") for n in (1, 2) for b in (False, True)]  # cell, layers, bytes
+# (cell, layers, with byte tokens): every cell, 1 and 2 layers, with and without byte fallback
+EXPORT_CELLS = [(c, n, b) for c in ("lstm", "gru", "peephole") for n in (1, 2) for b in (False, True)]
 
 
 def export_id(case: tuple[str, int, bool]) -> str:
