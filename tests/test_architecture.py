@@ -50,6 +50,11 @@ def test_only_serving_imports_the_web_framework():
     assert {"starlette", "fastapi", "uvicorn", "prometheus_client"} <= set(web["forbidden_modules"])
 
 
+def test_only_the_export_imports_onnx():
+    onnx = contracts()["forbidden:onnx"]
+    assert set(onnx["source_modules"]) == top_level() - {"charlstm.export"}
+
+
 def test_subpackages_are_one_level_deep_and_no_module_outgrows_one_job():
     subpackages = [m.name for m in pkgutil.iter_modules([str(PACKAGE)]) if m.ispkg]
     assert len(subpackages) >= 5
