@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_an_unknown_suffix_lists_the_formats(shared_run, tmp_path):
-    for target in ("model.bin", "model"):
+    for target in ("model.bin", "model", "model.HTML"):
         result = invoke("export", shared_run, tmp_path / target)
         assert_user_error(result, ".safetensors, .onnx, .html", "--format")
     assert not list(tmp_path.iterdir())
@@ -42,3 +42,11 @@ def test_the_shipped_webassembly_is_built_from_its_source():
     script = ROOT / "scripts" / "build_wasm.py"
     check = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_page_escapes_the_models_name(run_copy, tmp_path):
+    named = run_copy.rename(run_copy.parent / 'a<img src=x onerror=alert(1)>&"b')
+    page = tmp_path / "page.html"
+    assert invoke("export", named, page).exit_code == 0
+    html = page.read_text("utf-8")
+    assert "<img" not in html and "<h1>charlstm: a&lt;img src=x onerror=alert(1)&gt;&amp;&quot;b</h1>" in html

@@ -90,7 +90,7 @@ def test_metadata_and_signature(exported, case):
     assert meta["charlstm.train_config"] == checkpoint.train_config.to_dict()
     assert meta["charlstm.progress"]["step"] == checkpoint.progress.step == 30
     assert meta["charlstm.progress"]["best_val_loss"] == checkpoint.progress.best_val_loss
-    assert meta["charlstm.opset"] == OPSET and meta["charlstm.format_version"] == "1"
+    assert meta["charlstm.opset"] == OPSET and meta["charlstm.format_version"] == 1
     names = ["h", "c"] if cell != "gru" else ["h"]
     warm = meta["charlstm.warm_state"]
     assert list(warm) == names

@@ -80,8 +80,40 @@ def test_the_page_checks_its_options_and_repeats_a_seed(export_models, browser, 
     assert in_page(browser, page, length=200, seed=6)["text"] != one["text"]
     banned = in_page(browser, page, length=500, seed=5, ban="e ")["text"]
     assert "e" not in banned and " " not in banned
-    info = browser.execute_script("return window.charlstm.info")
-    assert info["cell"] == "gru" and info["layers"] == 1 and info["tokens"][0] == "\n"
+    assert rejected(browser, "{ min_p: NaN }") == "RangeError: min_p must be a number in [0, 1], not NaN"
+    assert "leave no token to write" in in_page(browser, page, ban="".join(MODEL_CHARS(browser)))["error"]
+    assert "keyed by token ids" in in_page(browser, page, logit_bias={"": 100})["error"]
+    assert in_page(browser, page, seed=2**32 + 1, length=100) != in_page(browser, page, seed=1, length=100)
+    for bad in ("null", "42", "'ROMEO'"):
+        assert rejected(browser, bad).startswith("TypeError: generate takes an object of options")
+    info = browser.execute_script("const i = window.charlstm.info; try { i.tokens[1] = 'Z'; } catch (e) {} return i")
+    assert info["cell"] == "gru" and info["layers"] == 1 and info["tokens"][0] == "\n" and info["tokens"][1] == " "
+
+
+def rejected(browser, options: str) -> str:
+    """How ``window.charlstm.generate(options)`` (JavaScript source) fails: "TypeError: ...", say."""
+    done = "const done = arguments[arguments.length - 1];"
+    told = "(e) => done(`${e.name}: ${e.message}`)"
+    return browser.execute_async_script(f"{done} window.charlstm.generate({options}).then(done, {told})")
+
+
+def MODEL_CHARS(browser) -> list[str]:  # noqa: N802 - reads the page's MODEL
+    return browser.execute_script("return MODEL.chars")
+
+
+def test_a_call_stopped_while_it_waits_for_another_ends_at_once(wide_run, browser, tmp_path):
+    page = exported_page(wide_run, tmp_path)
+    browser.get(page.as_uri())
+    order = browser.execute_async_script("""
+      const done = arguments[arguments.length - 1], order = [];
+      const first = window.charlstm.generate({ prompt: "KING:", length: 3000 }).then(() => order.push("first done"));
+      const stop = new AbortController();
+      const second = window.charlstm.generate({ prompt: "KING:", length: 10, signal: stop.signal })
+        .then(() => order.push("second done"), (e) => order.push("second " + e.name));
+      setTimeout(() => stop.abort(), 20);
+      Promise.all([first, second]).then(() => done(order));
+    """)
+    assert order == ["second AbortError", "first done"]
 
 
 def test_generate_and_stop_from_file_on_a_phone_screen(wide_run, browser, tmp_path):

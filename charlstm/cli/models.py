@@ -81,7 +81,11 @@ def export(
     ],
     format: Annotated[  # noqa: A002 - the option's name
         str | None,
-        typer.Option("--format", help="safetensors, onnx or html, whatever OUT's suffix.", show_default="by suffix"),
+        typer.Option(
+            "--format",
+            help="safetensors, onnx or html, where OUT's suffix does not say (.safetensors files keep theirs).",
+            show_default="by suffix",
+        ),
     ] = None,
     precision: Annotated[
         str,
@@ -95,4 +99,4 @@ def export(
     from charlstm import api
 
     done = api.export(checkpoint, out, format, precision, overwrite)
-    err.print(render.exported(done))
+    err.print(render.exported(done), soft_wrap=True)  # one line, whatever the width: a path may be long

@@ -9,16 +9,20 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from charlstm.choices import ExportFormat
 from charlstm.store.checkpoint import Lineage
 from charlstm.training import words
 from charlstm.training.presets import Sizing
+
+if TYPE_CHECKING:
+    from charlstm.export import Exported
 
 
 class Waiting:
@@ -283,15 +287,13 @@ def _ago(seconds: float) -> str:
     return f"{max(int(seconds), 0)}s ago"
 
 
-def exported(done: Any) -> str:
+def exported(done: Exported) -> str:
     """The line ``charlstm export`` ends with: what it wrote, its size, and what reads it."""
-    size = f"{done.size:,} bytes ({done.size / 2**20:.1f} MiB)"
-    if done.format == "onnx":
-        check = f"onnxruntime matches torch over {done.steps_checked} steps"
-        check += f", largest logit difference {done.max_logit_diff:.1e}"
-        return f"wrote {done.path} ({size}, opset {done.opset}); {check}"
-    if done.format == "html":
-        return (
-            f"wrote {done.path} ({size}, {done.precision} weights); open it in a browser: it needs no server or network"
-        )
+    size = f"{done.size / 2**20:.1f} MiB, {done.size:,} bytes"
+    if done.format == ExportFormat.ONNX:
+        check = f"onnxruntime matches torch over {done.steps_checked} steps, largest logit difference"
+        return f"wrote {done.path} ({size}, opset {done.opset}); {check} {done.max_logit_diff:.1e}"
+    if done.format == ExportFormat.HTML:
+        where = "open it in a browser: it needs no server or network"
+        return f"wrote {done.path} ({size}, {done.precision} weights); {where}"
     return f"wrote {done.path} ({size}); sample, eval and info accept it"

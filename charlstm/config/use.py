@@ -27,6 +27,7 @@ from charlstm.validate import (
 
 MAX_SAMPLES = 100_000
 MAX_WINDOW = 4096  # the most recent tokens a repetition penalty may read
+PENALTY_LIMIT = 2.0  # |presence_penalty| and |frequency_penalty| at most this, as OpenAI's
 DATA, MODEL, OPTIM, BUDGET, OUTPUT, HW = Panel
 
 
@@ -78,8 +79,8 @@ class SampleConfig(DictRoundTrip):
         if self.min_p is not None and (not finite(self.min_p) or not 0 <= self.min_p <= 1):
             raise fail("min_p", self.min_p, "a number in [0, 1]")
         for name in ("presence_penalty", "frequency_penalty"):
-            if not finite(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
-                raise fail(name, getattr(self, name), "a number from -2 to 2")
+            if not finite(getattr(self, name)) or not -PENALTY_LIMIT <= getattr(self, name) <= PENALTY_LIMIT:
+                raise fail(name, getattr(self, name), f"a number from -{PENALTY_LIMIT:g} to {PENALTY_LIMIT:g}")
         if not finite(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise fail("repetition_penalty", self.repetition_penalty, "a number > 0 (1 is off)")
         positive_int(self, "repetition_window")

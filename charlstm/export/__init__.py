@@ -37,7 +37,7 @@ def format_of(out: str | Path, given: str | None = None) -> ExportFormat:
         if given not in ExportFormat.values():
             raise UserError(f"--format {given!r} is not a format; expected one of {', '.join(ExportFormat.values())}")
         return ExportFormat(given)
-    suffix = Path(out).suffix.lower().lstrip(".")
+    suffix = Path(out).suffix.lstrip(".")
     if suffix not in ExportFormat.values():
         shown = f"'.{suffix}'" if suffix else "no suffix"
         raise UserError(f"export target {str(out)!r} has {shown}; expected a file ending in {names} (or --format)")
@@ -59,7 +59,7 @@ def export(
     if precision not in (Precision.FP32.value, Precision.BF16.value):
         raise UserError(f"--precision {precision!r} is not a weights precision; expected fp32 or bf16")
     if precision == Precision.BF16.value and kind != ExportFormat.HTML:
-        raise UserError(f"--precision bf16 is for .html pages; a {kind} export holds the fp32 weights")
+        raise UserError(f"--precision bf16 is for .html pages; the {kind} export holds the fp32 weights")
     if kind == ExportFormat.SAFETENSORS:
         path = export_safetensors(checkpoint, out, overwrite)  # it keeps .safetensors: readers know it by that
         return Exported(path, kind, path.stat().st_size, Precision.FP32)

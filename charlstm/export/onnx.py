@@ -184,7 +184,7 @@ def metadata(checkpoint: Checkpoint) -> dict[str, str]:
         "warm_state": {s: t[:, 0].tolist() for s, t in zip(states, warm, strict=True)} if warm else None,
         "inputs": inputs,
         "opset": OPSET,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": FORMAT_VERSION,
     }
     return {f"charlstm.{k}": json.dumps(v, ensure_ascii=False) for k, v in values.items()}
 

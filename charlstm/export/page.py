@@ -26,9 +26,11 @@ import torch
 
 from charlstm import web
 from charlstm.choices import Precision
+from charlstm.config.use import MAX_WINDOW, PENALTY_LIMIT
 from charlstm.sampling.stepper import arranged, rounded_for
 from charlstm.store.card import model_card
 from charlstm.store.checkpoint import Checkpoint
+from charlstm.validate import BIAS_LIMIT
 
 ALIGN = 8  # the WebAssembly step reads eight bf16 columns at a time, and gates four units
 
@@ -93,7 +95,9 @@ def page_html(checkpoint: Checkpoint, precision: Precision, name: str) -> str:
             "vocab_padded": _up(cfg.vocab_size), "tensors": tensors}  # fmt: skip
     card = {k: v for k, v in asdict(model_card(name, checkpoint, precision.value)).items() if k != "created"}
     facts = {**card, "step_trained": checkpoint.progress.step}
-    model = {**facts, "chars": list(vocab.chars), "byte_values": list(vocab.byte_values), "step": step}
+    limits = {"window": MAX_WINDOW, "bias": BIAS_LIMIT, "penalty": PENALTY_LIMIT}  # the controls' ranges
+    reading = {"chars": list(vocab.chars), "byte_values": list(vocab.byte_values), "limits": limits, "step": step}
+    model = {**facts, **reading}
     blocks = {
         "charlstm-step": base64.b64encode(web.read_bytes("step.wasm")).decode("ascii"),
         "charlstm-weights": base64.b64encode(b"".join(blob.parts)).decode("ascii"),

@@ -6,6 +6,7 @@ together; everything else here is package data."""
 
 from __future__ import annotations
 
+import html
 import json
 from importlib import resources
 from typing import Any
@@ -30,5 +31,5 @@ def page(title: str, model: dict[str, Any], source: str, blocks: dict[str, str] 
     ``<script type="text/plain">`` elements by id (base64 payloads a script reads: no quoting)."""
     scripts = f"const MODEL = {script_json(model)};\n{read(source)}\n{read('page.js')}"
     data = "".join(f'<script type="text/plain" id="{name}">{text}</script>\n' for name, text in (blocks or {}).items())
-    html = read("page.html").replace("/*TITLE*/", title)
-    return html.replace("<script>\n", data + "<script>\n", 1).replace("/*SCRIPTS*/", scripts, 1)
+    text = read("page.html").replace("/*TITLE*/", html.escape(title))
+    return text.replace("<script>\n", data + "<script>\n", 1).replace("/*SCRIPTS*/", scripts, 1)

@@ -3,16 +3,14 @@
 // "charlstm-weights" block (base64); "charlstm-step" holds step.wasm, the matrix product (step.wat).
 //
 // The step is charlstm's own (charlstm/sampling/stepper.py arranges the weights the same way for
-// its compiled kernels): layer 0's input part is a row of a (V, 4H) table, each deeper layer one
+// its compiled kernels): layer 0's input part is a row of a (V, 4Hp) table, each deeper layer one
 // product over [x | h], gate rows reordered so that tanh alone gives every activation, sigmoid rows
 // halved. The products and the gates run in WebAssembly SIMD (step.wat), in float32 with charlstm's
 // own tanh, over blocks padded to multiples of 8 units. Greedy text equals charlstm sample's; the
 // last digits of a logit may differ (the products' sums run in another order).
 const RUNTIME = (() => {
   const LOCAL = (s) => { const e = document.getElementById(s); return e ? e.textContent : ""; };
-  const MAX_LENGTH = 1000000;
-  const MAX_WINDOW = 4096;
-  const BIAS_LIMIT = 100;
+  const { window: MAX_WINDOW, bias: BIAS_LIMIT, penalty: PENALTY } = MODEL.limits;  // charlstm's own (config/use.py)
   const SLICE_MS = 25;  // work between two yields to the page (painting, the Stop button)
 
   function bytesOf(base64) {
@@ -111,9 +109,10 @@ const RUNTIME = (() => {
     }
   }
 
-  // Random numbers in (0, 1] from a seed: splitmix32 to seed xoshiro128**, 53 bits a number.
+  // Random numbers in (0, 1] from a seed (up to 2^53 - 1): splitmix32 to seed xoshiro128**, 53 bits a number.
   function generator(seed) {
-    let x = seed >>> 0;
+    let x = seed % 2 ** 32 >>> 0;
+    const high = Math.floor(seed / 2 ** 32) >>> 0;
     const splitmix = () => {
       x = (x + 0x9e3779b9) >>> 0;
       let z = x;
@@ -121,7 +120,7 @@ const RUNTIME = (() => {
       z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
       return (z ^ (z >>> 16)) >>> 0;
     };
-    const st = Uint32Array.of(splitmix(), splitmix(), splitmix(), splitmix());
+    const st = Uint32Array.of(splitmix(), splitmix() ^ high, splitmix(), splitmix());
     const next = () => {
       const r = Math.imul(((Math.imul(st[1], 5) << 7) | (Math.imul(st[1], 5) >>> 25)), 9) >>> 0;
       const t = st[1] << 9;
@@ -132,50 +131,63 @@ const RUNTIME = (() => {
     return () => 1 - ((next() >>> 5) * 67108864 + (next() >>> 6)) / 9007199254740992;
   }
 
-  function check(o) {  // the options of generate, checked once, as charlstm sample checks its own
-    const fail = (name, value, expected) => { throw new RangeError(`${name} must be ${expected}, not ${JSON.stringify(value)}`); };
+  // The options of generate, checked once as charlstm sample checks its own: a bad one is a
+  // TypeError (not an option, or of the wrong type) or a RangeError (out of range) naming it.
+  const OPTIONS = ["prompt", "length", "temperature", "top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "repetition_window", "logit_bias", "ban", "seed", "logprobs", "onText", "signal"];
+  const shown = (v) => (typeof v === "string" ? JSON.stringify(v) : String(v));
+
+  function check(o) {
+    if (o === null || typeof o !== "object" || Array.isArray(o)) {
+      throw new TypeError(`generate takes an object of options, such as { prompt: "ROMEO:", length: 200 }, not ${shown(o)}`);
+    }
+    const fail = (name, value, expected) => { throw new RangeError(`${name} must be ${expected}, not ${shown(value)}`); };
     const num = (name, dflt, ok, expected) => {
       const v = o[name] === undefined || o[name] === null ? dflt : o[name];
       if (v !== null && (typeof v !== "number" || !Number.isFinite(v) || !ok(v))) fail(name, o[name], expected);
       return v;
     };
-    const int = (v) => Number.isInteger(v);
-    const known = ["prompt", "length", "temperature", "top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty",
-      "repetition_penalty", "repetition_window", "logit_bias", "ban", "seed", "logprobs", "onText", "signal"];
-    for (const key of Object.keys(o)) if (!known.includes(key)) throw new TypeError(`unknown option ${JSON.stringify(key)}; expected one of ${known.join(", ")}`);
+    const int = (v) => Number.isSafeInteger(v);
+    const unknownKeys = Object.keys(o).filter((key) => !OPTIONS.includes(key));
+    if (unknownKeys.length) throw new TypeError(`unknown option ${shown(unknownKeys[0])}; expected one of ${OPTIONS.join(", ")}`);
     const prompt = o.prompt === undefined ? "" : o.prompt;
-    if (typeof prompt !== "string") fail("prompt", prompt, "a string");
+    if (typeof prompt !== "string") throw new TypeError(`prompt must be a string, not ${shown(prompt)}`);
     const unknown = VOCAB.unknown(prompt);
-    if (unknown.length) throw new RangeError(`the prompt has characters the model never saw: ${unknown.slice(0, 10).map((c) => JSON.stringify(c)).join(", ")}`);
+    if (unknown.length) throw new RangeError(`the prompt has characters the model never saw: ${unknown.slice(0, 10).map(shown).join(", ")}`);
+    if (o.onText !== undefined && typeof o.onText !== "function") throw new TypeError(`onText must be a function, not ${shown(o.onText)}`);
+    if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new TypeError(`signal must be an AbortSignal, not ${shown(o.signal)}`);
     const rule = {
       prompt,
-      length: num("length", 500, (v) => int(v) && v >= 0 && v <= MAX_LENGTH, `a whole number from 0 to ${MAX_LENGTH}`),
+      length: num("length", 500, (v) => int(v) && v >= 0, "a whole number >= 0"),
       temperature: num("temperature", 0.8, (v) => v >= 0, "a number >= 0 (0 means greedy)"),
       top_k: num("top_k", 0, (v) => int(v) && v >= 0, "a whole number >= 0 (0: off)"),
       top_p: num("top_p", 1, (v) => v > 0 && v <= 1, "a number in (0, 1]"),
       min_p: num("min_p", 0, (v) => v >= 0 && v <= 1, "a number in [0, 1]"),
-      presence: num("presence_penalty", 0, (v) => v >= -2 && v <= 2, "a number from -2 to 2"),
-      frequency: num("frequency_penalty", 0, (v) => v >= -2 && v <= 2, "a number from -2 to 2"),
+      presence: num("presence_penalty", 0, (v) => Math.abs(v) <= PENALTY, `a number from -${PENALTY} to ${PENALTY}`),
+      frequency: num("frequency_penalty", 0, (v) => Math.abs(v) <= PENALTY, `a number from -${PENALTY} to ${PENALTY}`),
       repetition: num("repetition_penalty", 1, (v) => v > 0, "a number > 0 (1 is off)"),
       window: num("repetition_window", 64, (v) => int(v) && v >= 1 && v <= MAX_WINDOW, `a whole number from 1 to ${MAX_WINDOW}`),
-      seed: num("seed", null, (v) => int(v) && v >= 0, "a whole number >= 0"),
-      logprobs: num("logprobs", null, (v) => int(v) && v >= 0 && v <= 20, "a whole number from 0 to 20"),
+      seed: num("seed", null, (v) => int(v) && v >= 0, `a whole number from 0 to ${Number.MAX_SAFE_INTEGER}`),
+      logprobs: num("logprobs", null, (v) => int(v) && v >= 0 && v <= MODEL.vocab_size, `a whole number from 0 to ${MODEL.vocab_size}`),
       bias: new Float64Array(MODEL.vocab_size),
     };
-    const setBias = (id, value, name) => {
-      if (typeof value !== "number" || !(value >= -BIAS_LIMIT && value <= BIAS_LIMIT)) fail(name, value, `a number from -${BIAS_LIMIT} to ${BIAS_LIMIT}`);
-      rule.bias[id] = value <= -BIAS_LIMIT ? -Infinity : value;
-    };
-    for (const [key, value] of Object.entries(o.logit_bias || {})) {
-      const id = Number(key);
-      if (!int(id) || id < 0 || id >= MODEL.vocab_size) fail("logit_bias", key, `token ids from 0 to ${MODEL.vocab_size - 1} (info.tokens names them)`);
-      setBias(id, value, `logit_bias[${key}]`);
+    const biases = o.logit_bias === undefined || o.logit_bias === null ? {} : o.logit_bias;
+    if (typeof biases !== "object" || Array.isArray(biases)) throw new TypeError(`logit_bias must be an object of token ids, not ${shown(biases)}`);
+    for (const [key, value] of Object.entries(biases)) {
+      if (!/^[0-9]+$/.test(key) || Number(key) >= MODEL.vocab_size) {
+        fail("logit_bias", key, `keyed by token ids from 0 to ${MODEL.vocab_size - 1} (info.tokens names them)`);
+      }
+      if (typeof value !== "number" || !(Math.abs(value) <= BIAS_LIMIT)) fail(`logit_bias[${key}]`, value, `a number from -${BIAS_LIMIT} to ${BIAS_LIMIT}`);
+      rule.bias[Number(key)] = value <= -BIAS_LIMIT ? -Infinity : value;  // -100 bans
     }
-    for (const c of o.ban || "") {
+    const ban = o.ban === undefined || o.ban === null ? "" : o.ban;
+    if (typeof ban !== "string") throw new TypeError(`ban must be a string of characters, not ${shown(ban)}`);
+    for (const c of ban) {
       const id = MODEL.tokens.indexOf(c);
       if (id < 0) fail("ban", c, "characters of this model (info.tokens)");
       rule.bias[id] = -Infinity;
     }
+    if (rule.bias.every((b) => b === -Infinity)) throw new RangeError("ban and logit_bias leave no token to write");
     if (rule.seed === null) rule.seed = Math.floor(Math.random() * 2 ** 32);
     return rule;
   }
@@ -235,9 +247,14 @@ const RUNTIME = (() => {
 
   let net = null;
   const ready = (async () => {
-    const { instance } = await WebAssembly.instantiate(bytesOf(LOCAL("charlstm-step")));
+    const step = bytesOf(LOCAL("charlstm-step"));
+    if (!WebAssembly.validate(step)) {
+      throw new Error("this browser cannot run the page's step: it needs WebAssembly SIMD (Chrome 91, Firefox 89, Safari 16.4 or newer)");
+    }
+    const { instance } = await WebAssembly.instantiate(step);
     net = new Net(instance.exports, bytesOf(LOCAL("charlstm-weights")));
   })();
+  ready.catch(() => {});  // the page and each generate call say why
 
   // The text of one rule, piece by piece as it is made: { text, logprobs } in OpenAI's legacy shape.
   async function* pieces(rule, signal) {
@@ -248,12 +265,17 @@ const RUNTIME = (() => {
     const newline = !rule.prompt.startsWith("\n") && !VOCAB.unknown("\n").length ? "\n" : "";
     let ids = VOCAB.encode(newline + rule.prompt);
     if (!ids.length) ids = [0];
+    const stopped = () => { if (signal && signal.aborted) throw new DOMException("stopped", "AbortError"); };
     net.reset();
     let logits = null;
-    for (const id of ids) { logits = net.step(id); remember(id); }
+    for (let read = 0; read < ids.length; await tick()) {  // the prompt, in slices: the page stays live
+      stopped();
+      const until = performance.now() + SLICE_MS;
+      do { logits = net.step(ids[read]); remember(ids[read]); read++; } while (read < ids.length && performance.now() < until);
+    }
     let made = 0, offset = 0;
     while (made < rule.length) {
-      if (signal && signal.aborted) throw new DOMException("stopped", "AbortError");
+      stopped();
       const until = performance.now() + SLICE_MS;
       let text = "";
       const scores = rule.logprobs === null ? null : { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
@@ -278,24 +300,39 @@ const RUNTIME = (() => {
   }
 
   let busy = Promise.resolve();  // one generation at a time: they share the model's state
-  async function* alone(work) {
+  async function* alone(work, signal) {
     let release;
     const mine = new Promise((resolve) => { release = resolve; });
     const before = busy;
     busy = busy.then(() => mine);
-    await before;
-    try { yield* work; } finally { release(); }
+    try {
+      await new Promise((resolve, reject) => {  // the one before ends, or this one is stopped while it waits
+        const stop = () => reject(new DOMException("stopped", "AbortError"));
+        if (signal && signal.aborted) stop();
+        if (signal) signal.addEventListener("abort", stop, { once: true });
+        before.then(() => { if (signal) signal.removeEventListener("abort", stop); resolve(); });
+      });
+      yield* work;
+    } finally {
+      release();
+    }
   }
 
+  const frozen = (value) => {  // a deep copy that cannot be changed: what info hands out
+    if (value && typeof value === "object") Object.values(value).forEach(frozen);
+    return Object.freeze(value);
+  };
+
   const api = {
-    info: Object.freeze(Object.fromEntries(Object.entries(MODEL).filter(([key]) => !["step", "chars", "byte_values"].includes(key)))),
+    info: frozen(JSON.parse(JSON.stringify(Object.fromEntries(Object.entries(MODEL).filter(([key]) => !["step", "chars", "byte_values", "limits"].includes(key)))))),
     ready,
     // The prompt followed by the generated text, as Python's Model.generate; options.onText(piece)
     // sees each piece of the generated text as it comes, options.signal (an AbortSignal) stops it.
     async generate(options = {}) {
+      await ready;
       const rule = check(options);
       let text = rule.prompt;
-      for await (const piece of alone(pieces(rule, options.signal))) {
+      for await (const piece of alone(pieces(rule, options.signal), options.signal)) {
         text += piece.text;
         if (options.onText) options.onText(piece.text);
       }
@@ -311,7 +348,7 @@ const RUNTIME = (() => {
         repetition_penalty: body.repetition_penalty, repetition_window: body.repeat_last_n, logit_bias: body.logit_bias,
         seed: body.seed, logprobs: body.logprobs,
       });
-      return alone(pieces(rule, signal));
+      return alone(pieces(rule, signal), signal);
     },
   };
   return { api, SOURCE };
