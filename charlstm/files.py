@@ -33,7 +33,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     0o600 of a temporary file: checkpoints, pages and charts are made to be shared.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a folder that takes no new file (/proc, a read-only mount)
+        raise _unwritable(path, e.strerror or str(e)) from None
     os.fchmod(fd, 0o666 & ~UMASK)
     os.close(fd)
     try:
@@ -59,10 +62,14 @@ def output_file(path: str | Path, overwrite: bool, flag: str, expected: str = "t
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot write to {str(path)!r} ({e.strerror or e}), expected a writable folder") from None
+        raise _unwritable(path, e.strerror or str(e)) from None
     if not os.access(path.parent, os.W_OK):
-        raise UserError(f"cannot write to {str(path)!r} (Permission denied), expected a writable folder")
+        raise _unwritable(path, "Permission denied")
     return path
+
+
+def _unwritable(path: Path, why: str) -> UserError:
+    return UserError(f"cannot write to {str(path)!r} ({why}), expected a writable folder")
 
 
 def atomic_write(path: Path, write: Callable[[IO], None], mode: str = "wb") -> None:

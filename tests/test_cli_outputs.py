@@ -4,6 +4,7 @@ replaced only with --overwrite. And info's table speaks in units while --json ke
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -54,6 +55,14 @@ def test_an_existing_file_is_replaced_only_with_overwrite(shared_run, tmp_path, 
     replaced = write(out, "--overwrite")
     assert replaced.exit_code == 0, replaced.stderr
     assert out.read_bytes() != b"precious"
+
+
+@pytest.mark.parametrize("command", ["export", "explain", "plot"])
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a /proc, a folder that takes no new file")
+def test_a_folder_that_takes_no_file_is_one_line(shared_run, tmp_path, command):
+    refused = writers(shared_run, tmp_path)[command](Path("/proc") / f"result{SUFFIX[command]}")
+    assert refused.exit_code == 2 and refused.stderr.startswith("error: cannot write to '/proc/result")
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.output
 
 
 def test_a_target_that_is_a_folder_is_one_line(shared_run, tmp_path):

@@ -219,13 +219,13 @@ SMALL = dict(seq_len=16, batch_size=4, eval_every=3, sample_chars=0, precision="
 
 
 def test_an_export_serves_as_a_base_and_keeps_the_lineage(base, tmp_path):
-    exported = api.export(base, tmp_path / "base.safetensors")
+    exported = api.export(base, tmp_path / "base.safetensors").path
     run = fine_tune(exported, tmp_path)
     assert run.lineage.sha256 == sha(exported)
     assert torch.equal(run.learner.model.rnn.weight_hh_l0, load_checkpoint(base).model["lstm.weight_hh_l0"])
     assert load_checkpoint(exported).lineage is None
     train(replace(run, tcfg=replace(run.tcfg, max_steps=2)))
-    again = api.export(tmp_path / "tuned", tmp_path / "tuned.safetensors")
+    again = api.export(tmp_path / "tuned", tmp_path / "tuned.safetensors").path
     assert load_checkpoint(again).lineage == run.lineage  # an export keeps the lineage
 
 
