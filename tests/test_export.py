@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from charlstm.files import UMASK
 from tests.test_cli import assert_user_error, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +21,9 @@ def test_an_unknown_suffix_lists_the_formats(shared_run, tmp_path):
     assert_user_error(invoke("export", shared_run, tmp_path / "m.html", "--format", "pdf"), "safetensors, onnx, html")
     assert_user_error(invoke("export", shared_run, tmp_path / "m.html", "--precision", "fp8"), "fp32 or bf16")
     assert_user_error(invoke("export", shared_run, tmp_path / "m.onnx", "--precision", "bf16"), ".html pages")
+    refused = invoke("export", shared_run, tmp_path / "m.onnx", "--format", "html")
+    assert_user_error(refused, "ends in .onnx", "name it .html")
+    assert not list(tmp_path.iterdir())
 
 
 def test_format_names_the_format_whatever_the_suffix(shared_run, tmp_path):
@@ -29,6 +33,12 @@ def test_format_names_the_format_whatever_the_suffix(shared_run, tmp_path):
     assert "bf16 weights" in result.stderr and f"{page.stat().st_size:,} bytes" in result.stderr
     assert page.read_text("utf-8").startswith("<!doctype html>")
     assert_user_error(invoke("export", shared_run, page, "--format", "html"), "already exists", "--overwrite")
+
+
+def test_every_format_is_written_for_others_to_read(shared_run, tmp_path):
+    for name in ("m.safetensors", "m.onnx", "m.html"):  # safetensors replaces the file it is given: mode set again
+        assert invoke("export", shared_run, tmp_path / name).exit_code == 0
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~UMASK, name
 
 
 def test_without_the_onnx_extra_export_says_how_to_install_it(shared_run, tmp_path, monkeypatch):

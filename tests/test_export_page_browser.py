@@ -84,6 +84,9 @@ def test_the_page_checks_its_options_and_repeats_a_seed(export_models, browser, 
     assert "leave no token to write" in in_page(browser, page, ban="".join(MODEL_CHARS(browser)))["error"]
     assert "keyed by token ids" in in_page(browser, page, logit_bias={"": 100})["error"]
     assert in_page(browser, page, seed=2**32 + 1, length=100) != in_page(browser, page, seed=1, length=100)
+    assert rejected(browser, "{ temperature: '0' }") == 'TypeError: temperature must be a number, not "0"'
+    assert rejected(browser, "{ logprobs: 5 }").startswith('TypeError: unknown option "logprobs"')
+    assert rejected(browser, "{ ban: ['a'] }") == 'TypeError: ban must be a string of characters, not ["a"]'
     for bad in ("null", "42", "'ROMEO'"):
         assert rejected(browser, bad).startswith("TypeError: generate takes an object of options")
     info = browser.execute_script("const i = window.charlstm.info; try { i.tokens[1] = 'Z'; } catch (e) {} return i")
@@ -136,4 +139,8 @@ def test_generate_and_stop_from_file_on_a_phone_screen(wide_run, browser, tmp_pa
     assert shown < 100000 and len(output.text) == shown
     assert browser.find_element("id", "generate").is_enabled()
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
-    assert output.find_elements("css selector", ".c")  # characters coloured by their probability
+    browser.find_element("id", "top_p").clear()
+    browser.find_element("id", "top_p").send_keys("2")  # the controls send what is typed: the API says what is wrong
+    browser.find_element("id", "generate").click()
+    wait_for(lambda: "top_p must be a number in (0, 1], not 2" in status.text)
+    assert output.find_elements("css selector", ".c") and len(output.text) == shown  # the refused request kept the text

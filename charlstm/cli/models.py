@@ -83,7 +83,7 @@ def export(
         str | None,
         typer.Option(
             "--format",
-            help="safetensors, onnx or html, where OUT's suffix does not say (.safetensors files keep theirs).",
+            help="safetensors, onnx or html, for an OUT whose suffix names none (.safetensors needs its suffix).",
             show_default="by suffix",
         ),
     ] = None,

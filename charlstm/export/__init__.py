@@ -31,13 +31,16 @@ class Exported:
 
 
 def format_of(out: str | Path, given: str | None = None) -> ExportFormat:
-    """The format ``given`` (``--format``), else the one ``out``'s suffix names."""
+    """The format ``given`` (``--format``), else the one ``out``'s suffix names; a suffix that names
+    another format than ``given`` is refused (a reader would take the file for what it is not)."""
     names = ", ".join(f".{f}" for f in ExportFormat.values())
+    suffix = Path(out).suffix.lstrip(".")
     if given is not None:
         if given not in ExportFormat.values():
             raise UserError(f"--format {given!r} is not a format; expected one of {', '.join(ExportFormat.values())}")
+        if suffix in ExportFormat.values() and suffix != given:
+            raise UserError(f"export target {str(out)!r} ends in .{suffix} but --format is {given}; name it .{given}")
         return ExportFormat(given)
-    suffix = Path(out).suffix.lstrip(".")
     if suffix not in ExportFormat.values():
         shown = f"'.{suffix}'" if suffix else "no suffix"
         raise UserError(f"export target {str(out)!r} has {shown}; expected a file ending in {names} (or --format)")

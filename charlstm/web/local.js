@@ -134,21 +134,29 @@ const RUNTIME = (() => {
   // The options of generate, checked once as charlstm sample checks its own: a bad one is a
   // TypeError (not an option, or of the wrong type) or a RangeError (out of range) naming it.
   const OPTIONS = ["prompt", "length", "temperature", "top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "repetition_window", "logit_bias", "ban", "seed", "logprobs", "onText", "signal"];
-  const shown = (v) => (typeof v === "string" ? JSON.stringify(v) : String(v));
+    "repetition_penalty", "repetition_window", "logit_bias", "ban", "seed", "onText", "signal"];
+  const shown = (v) => {  // a value as a message quotes it
+    if (typeof v === "string") return JSON.stringify(v);
+    if (Array.isArray(v) || (v && Object.getPrototypeOf(v) === Object.prototype)) {
+      try { return JSON.stringify(v); } catch (_) { /* a cycle: as JavaScript writes it */ }
+    }
+    return typeof v === "object" && v ? `a ${v.constructor ? v.constructor.name : "object"}` : String(v);
+  };
 
-  function check(o) {
+  // extra: the options only the page's own controls give (logprobs, for the colours).
+  function check(o, extra = []) {
     if (o === null || typeof o !== "object" || Array.isArray(o)) {
       throw new TypeError(`generate takes an object of options, such as { prompt: "ROMEO:", length: 200 }, not ${shown(o)}`);
     }
     const fail = (name, value, expected) => { throw new RangeError(`${name} must be ${expected}, not ${shown(value)}`); };
     const num = (name, dflt, ok, expected) => {
       const v = o[name] === undefined || o[name] === null ? dflt : o[name];
-      if (v !== null && (typeof v !== "number" || !Number.isFinite(v) || !ok(v))) fail(name, o[name], expected);
+      if (v !== null && typeof v !== "number") throw new TypeError(`${name} must be a number, not ${shown(v)}`);
+      if (v !== null && (!Number.isFinite(v) || !ok(v))) fail(name, v, expected);
       return v;
     };
     const int = (v) => Number.isSafeInteger(v);
-    const unknownKeys = Object.keys(o).filter((key) => !OPTIONS.includes(key));
+    const unknownKeys = Object.keys(o).filter((key) => !OPTIONS.includes(key) && !extra.includes(key));
     if (unknownKeys.length) throw new TypeError(`unknown option ${shown(unknownKeys[0])}; expected one of ${OPTIONS.join(", ")}`);
     const prompt = o.prompt === undefined ? "" : o.prompt;
     if (typeof prompt !== "string") throw new TypeError(`prompt must be a string, not ${shown(prompt)}`);
@@ -177,7 +185,8 @@ const RUNTIME = (() => {
       if (!/^[0-9]+$/.test(key) || Number(key) >= MODEL.vocab_size) {
         fail("logit_bias", key, `keyed by token ids from 0 to ${MODEL.vocab_size - 1} (info.tokens names them)`);
       }
-      if (typeof value !== "number" || !(Math.abs(value) <= BIAS_LIMIT)) fail(`logit_bias[${key}]`, value, `a number from -${BIAS_LIMIT} to ${BIAS_LIMIT}`);
+      if (typeof value !== "number") throw new TypeError(`logit_bias[${key}] must be a number, not ${shown(value)}`);
+      if (!(Math.abs(value) <= BIAS_LIMIT)) fail(`logit_bias[${key}]`, value, `a number from -${BIAS_LIMIT} to ${BIAS_LIMIT}`);
       rule.bias[Number(key)] = value <= -BIAS_LIMIT ? -Infinity : value;  // -100 bans
     }
     const ban = o.ban === undefined || o.ban === null ? "" : o.ban;
@@ -347,7 +356,7 @@ const RUNTIME = (() => {
         min_p: body.min_p, presence_penalty: body.presence_penalty, frequency_penalty: body.frequency_penalty,
         repetition_penalty: body.repetition_penalty, repetition_window: body.repeat_last_n, logit_bias: body.logit_bias,
         seed: body.seed, logprobs: body.logprobs,
-      });
+      }, ["logprobs"]);
       return alone(pieces(rule, signal), signal);
     },
   };

@@ -162,19 +162,23 @@ function describeModel(m) {
 
 function request() {
   const body = { model: MODEL.id, prompt: $("prompt").value, stream: true, logprobs: TOP };
-  const number = (id, parse) => { const v = $(id).value.trim(); return v === "" ? null : parse(v); };
-  body.max_tokens = number("max_tokens", (v) => parseInt(v, 10));
-  body.temperature = number("temperature", parseFloat);
-  const k = number("top_k", (v) => parseInt(v, 10)); if (k) body.top_k = k;
-  const p = number("top_p", parseFloat); if (p !== null && p < 1) body.top_p = p;
-  const seed = number("seed", (v) => parseInt(v, 10)); if (seed !== null) body.seed = seed;
-  const minP = number("min_p", parseFloat); if (minP) body.min_p = minP;
-  const presence = number("presence_penalty", parseFloat); if (presence) body.presence_penalty = presence;
-  const frequency = number("frequency_penalty", parseFloat); if (frequency) body.frequency_penalty = frequency;
-  const repetition = number("repetition_penalty", parseFloat);
+  const number = (id) => {  // the field's number as typed (the API says what it accepts), or null when empty
+    const v = $(id).value.trim(), n = Number(v);
+    if (Number.isNaN(n)) throw new Error(`${$(id).labels[0].textContent} is not a number: ${v}`);
+    return v === "" ? null : n;
+  };
+  body.max_tokens = number("max_tokens");
+  body.temperature = number("temperature");
+  const k = number("top_k"); if (k !== null && k !== 0) body.top_k = k;
+  const p = number("top_p"); if (p !== null && p !== 1) body.top_p = p;
+  const seed = number("seed"); if (seed !== null) body.seed = seed;
+  const minP = number("min_p"); if (minP) body.min_p = minP;
+  const presence = number("presence_penalty"); if (presence) body.presence_penalty = presence;
+  const frequency = number("frequency_penalty"); if (frequency) body.frequency_penalty = frequency;
+  const repetition = number("repetition_penalty");
   if (repetition !== null && repetition !== 1) {
     body.repetition_penalty = repetition;
-    const window = number("repeat_last_n", (v) => parseInt(v, 10)); if (window !== null && window !== 64) body.repeat_last_n = window;
+    const window = number("repeat_last_n"); if (window !== null && window !== 64) body.repeat_last_n = window;
   }
   const ban = [...$("ban").value];  // characters, as logit_bias by their token ids (MODEL.tokens names each id)
   if (ban.length) {
@@ -185,16 +189,34 @@ function request() {
       body.logit_bias[id] = -100;
     }
   }
-  for (const key of Object.keys(body)) if (body[key] === null || Number.isNaN(body[key])) delete body[key];
+  for (const key of Object.keys(body)) if (body[key] === null) delete body[key];
   return body;
 }
+
+function count(n) { return Math.round(n).toLocaleString("en"); }
 
 function setRunning(running) {
   $("generate").disabled = running;
   $("stop").disabled = !running;
 }
 
+function showError(e) {
+  const span = document.createElement("span");
+  span.className = "error";
+  span.textContent = "error: " + e.message;
+  $("status").replaceChildren(span);
+}
+
 async function generate() {
+  let completions;
+  controller = new AbortController();
+  try {  // a request the source refuses at once leaves the last text where it is
+    completions = SOURCE.completions(request(), controller.signal);
+  } catch (e) {
+    controller = null;
+    showError(e);
+    return;
+  }
   const out = $("output");
   pin(null);
   out.textContent = "";
@@ -203,32 +225,27 @@ async function generate() {
   shown.textContent = $("prompt").value;
   out.appendChild(shown);
   const painters = new Map();  // by choice index
-  controller = new AbortController();
   setRunning(true);
   $("status").textContent = "waiting for the first character...";
   const started = performance.now();
   let chars = 0, first = null;
   try {
-    for await (const choice of SOURCE.completions(request(), controller.signal)) {
+    for await (const choice of completions) {
       if (first === null) first = performance.now();
       if (!painters.has(choice.index)) painters.set(choice.index, new Painter(out));
       painters.get(choice.index).add(choice.text, choice.logprobs);
       chars += Array.from(choice.text).length;
       const seconds = (performance.now() - (first || started)) / 1000;
-      $("status").textContent = `${chars} characters` + (seconds > 0.05 ? `, ${Math.round(chars / seconds)} per second` : "");
+      $("status").textContent = `${count(chars)} characters` + (seconds > 0.05 ? `, ${count(chars / seconds)} per second` : "");
     }
     const seconds = (performance.now() - (first || started)) / 1000;
-    const rate = seconds > 0.05 ? `, ${Math.round(chars / seconds)} per second` : "";
-    $("status").textContent = `done: ${chars} characters${rate}, first after ${Math.round((first || performance.now()) - started)} ms`;
+    const rate = seconds > 0.05 ? `, ${count(chars / seconds)} per second` : "";  // too short a time says nothing
+    $("status").textContent = `done: ${count(chars)} characters${rate}, first after ${count((first || performance.now()) - started)} ms`;
   } catch (e) {
     if (e.name === "AbortError") {
-      $("status").textContent = `stopped after ${chars} characters`;
+      $("status").textContent = `stopped after ${count(chars)} characters`;
     } else {
-      $("status").textContent = "";
-      const span = document.createElement("span");
-      span.className = "error";
-      span.textContent = "error: " + e.message;
-      $("status").appendChild(span);
+      showError(e);
     }
   } finally {
     controller = null;
