@@ -5,7 +5,10 @@ and without byte tokens; its Generate and Stop buttons work; it names no outside
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -174,3 +177,22 @@ def test_generate_and_stop_from_file_on_a_phone_screen(wide_run, browser, tmp_pa
     browser.find_element("id", "generate").click()
     wait_for(lambda: "top_p must be a number in (0, 1], not 2" in status.text)
     assert output.find_elements("css selector", ".c") and len(output.text) == shown  # the refused request kept the text
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # the test's output is not a web log
+        pass
+
+
+def test_the_page_works_from_a_static_host(export_models, browser, tmp_path):
+    run = export_models[("peephole", 2, True)]
+    page = exported_page(run, tmp_path)
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            browser.get(f"http://127.0.0.1:{server.server_address[1]}/{page.name}")
+            text = browser.execute_async_script(GENERATE, {"prompt": "FOOL:", "length": LENGTH, "temperature": 0})
+        finally:
+            server.shutdown()
+    assert text == {"text": api.load(run).generate("FOOL:", length=LENGTH, temperature=0, precision="fp32")}
