@@ -48,7 +48,7 @@ from charlstm.store.card import run_name
 from charlstm.store.checkpoint import BEST, LAST, Checkpoint, load_checkpoint
 from charlstm.training import distributed, words
 from charlstm.training.distributed import Processes
-from charlstm.training.evaluate import EvalResult, evaluate, evaluate_checkpoint
+from charlstm.training.evaluate import EvalResult, evaluate, evaluate_checkpoint, read_dynamically
 from charlstm.training.events import Compiling, Evaluated, Event, EventFn, Finished, Progress, Started, TrainResult
 from charlstm.training.loop import StopFlag, stop_on_signals
 from charlstm.training.loop import train as train_loop
@@ -169,15 +169,21 @@ class Model:
         logprobs = np.concatenate([[np.nan], scores.logprobs.astype(np.float64)])  # (tokens,)
         return np.add.reduceat(logprobs, np.flatnonzero(self.vocab.char_starts()[ids])) if ids else np.zeros(0)
 
-    def evaluate(self, text: str, seq_len: int = EvalConfig.seq_len) -> EvalResult:
+    def evaluate(self, text: str, seq_len: int = EvalConfig.seq_len, dynamic: bool = False) -> EvalResult:
         """Loss of the model on ``text``: ``.loss`` (nats/char), ``.bpc``, ``.perplexity``, ``.chars``.
 
-        Every character of ``text`` after the first is predicted and scored, in fp32.
+        Every character of ``text`` after the first is predicted and scored, in fp32. With
+        ``dynamic``, ``.dynamic`` also holds the text read with dynamic evaluation beside its
+        static reading (``charlstm eval --dynamic``; the rates fitted on the training corpus at
+        first use and kept in the checkpoint).
         """
-        config = EvalConfig(seq_len=seq_len)
+        config = EvalConfig(seq_len=seq_len, dynamic=dynamic)
         tokens = np.array(self.vocab.encode(text), dtype=np.int64)
         device, starts = self.module.head.weight.device, self.vocab.char_starts()
-        return evaluate(self.module, tokens, config.seq_len, device, char_starts=starts)
+        result = evaluate(self.module, tokens, config.seq_len, device, char_starts=starts)
+        if config.dynamic:
+            result.dynamic = read_dynamically(self.checkpoint, tokens)
+        return result
 
 
 def _sampling_options(options: dict[str, Any]) -> dict[str, Any]:

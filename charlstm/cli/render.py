@@ -123,6 +123,14 @@ def eval_table(report: Any) -> Table:
     table.add_row("bits per char", f"{result.bpc:.4f}")
     table.add_row("perplexity", f"{result.perplexity:.3f}")
     table.add_row("characters", f"{result.chars:,}")
+    if result.dynamic is not None:
+        d = result.dynamic
+        table.add_row("read in one stream", f"{d.static_loss:.4f} nats/char in {d.static_seconds:.1f}s (static)")
+        gain = f"{d.static_loss - d.dynamic_loss:+.4f} better"
+        table.add_row("dynamic evaluation", f"{d.dynamic_loss:.4f} nats/char in {d.dynamic_seconds:.1f}s ({gain})")
+        fitted = "fitted now on the training split, kept in the checkpoint" if d.fitted else "the checkpoint's"
+        rates = f"lr {d.rates.lr:g}, decay {d.rates.decay:g}, segments of {d.rates.segment}"
+        table.add_row("its rates", f"{rates} ({fitted})")
     return table
 
 
@@ -174,6 +182,12 @@ def info_table(report: dict[str, Any]) -> Table:
         table.add_row("sizing", sizing)
     if report.get("lineage"):
         table.add_row("started from", words.lineage(Lineage.from_dict(report["lineage"])))
+    if report.get("dynamic"):  # fitted by the first eval --dynamic
+        d = report["dynamic"]
+        there = f"{d['static_loss']:.4f} -> {d['dynamic_loss']:.4f}"
+        fitted = f"fitted on {d['fitted_chars']:,} tokens of the training split: {there}"
+        rates = f"lr {d['lr']:g}, decay {d['decay']:g}, segments of {d['segment']}"
+        table.add_row("dynamic evaluation", f"{rates} ({fitted})")
     table.add_row("vocabulary", repr(report["vocab"]))
     for section, values in report["config"].items():
         table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))

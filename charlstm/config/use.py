@@ -156,6 +156,11 @@ class EvalConfig(DictRoundTrip):
     )
     max_chars: int | None = opt(None, "Measure this many tokens, spread over the text.", shown="all")  # None: all
     skip_bad_files: bool = opt(False, "Leave out the files of a folder that are not text.")
+    dynamic: bool = opt(
+        False,
+        "Also measure with dynamic evaluation: the model learns from the text as it reads it (Krause et al.), "
+        "its rates fitted once on the training split and kept in the checkpoint.",
+    )
 
     def __post_init__(self) -> None:
         if self.split is not None:

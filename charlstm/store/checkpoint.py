@@ -26,6 +26,8 @@ A checkpoint is one ``torch.save`` dict of tensors and plain Python values (form
                                        (of the file), "corpus", "corpus_sha256", "steps", and "base"
                                        (its own lineage, or None); None for a run from scratch. Files
                                        written before fine-tuning existed lack the key: None
+    dynamic         dict | None        dynamic evaluation's rates ("lr", "decay", "segment", where fitted),
+                                       written by the first eval --dynamic; files without it: None
 
 Files are read with ``torch.load(weights_only=True)``: anything but tensors and plain types is
 refused and nothing in a file runs. Older formats are read through explicit migrations
@@ -72,6 +74,7 @@ EXPORTED_PROGRESS = (
 # JSON metadata of an export, beside "format" and "format_version" (format 1 had model_config,
 # train_config, vocab and progress); formats 2 and 3 also wrote "epoch", which migrates into progress
 EXPORTED_METADATA = ("model_config", "train_config", "vocab", "byte_fallback", "progress", "corpus", "lineage")
+EXPORTED_METADATA += ("dynamic",)  # the rates of dynamic evaluation travel too
 READ_METADATA = (*EXPORTED_METADATA, "epoch")
 
 
@@ -148,6 +151,7 @@ class Checkpoint:
     corpus: dict[str, Any] | None = None
     averaged: dict[str, torch.Tensor] | None = None
     lineage: Lineage | None = None  # the base of a fine-tuning run (training/finetune.py)
+    dynamic: dict[str, Any] | None = None  # dynamic evaluation's rates, fitted at first use (training/dynamic.py)
     path: Path | None = None  # not saved: the file it was read from
     file_version: int = FORMAT_VERSION  # not saved: the format that file was written in
 
@@ -165,6 +169,7 @@ class Checkpoint:
         "corpus",
         "averaged",
         "lineage",
+        "dynamic",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +188,7 @@ class Checkpoint:
             "corpus": self.corpus,
             "averaged": self.averaged,
             "lineage": self.lineage.to_dict() if self.lineage else None,
+            "dynamic": self.dynamic,
         }
 
     @classmethod
@@ -212,6 +218,7 @@ class Checkpoint:
                 corpus=payload.get("corpus"),
                 averaged=dict(payload["averaged"]) if payload.get("averaged") else None,
                 lineage=Lineage.from_dict(payload["lineage"]) if payload.get("lineage") else None,
+                dynamic=payload.get("dynamic") or None,
                 path=path,
                 file_version=version,
             )
@@ -275,6 +282,7 @@ class Checkpoint:
             "sizing": p.sizing or None,  # the preset chosen for the budget (presets.Sizing)
             "corpus": self.corpus,
             "lineage": self.lineage.to_dict() if self.lineage else None,
+            "dynamic": self.dynamic,
             "config": {"model": self.model_config.to_dict(), "train": self.train_config.to_dict()},
             # resume always continues from the run's last.pt, whichever file was inspected
             "resume": resume_command(self.path.parent) if self.optimizer is not None and self.path else None,

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM, State, first_stream
 from charlstm.store.checkpoint import Checkpoint, load_checkpoint
 from charlstm.training.distributed import SINGLE, Processes, max_all, sum_all
+from charlstm.training.dynamic import DynamicResult, compare, rates_for
 
 EVAL_STREAMS = 64  # evaluation splits the text into this many carried-state streams
 
@@ -33,6 +35,7 @@ class EvalResult:
     loss: float  # nats per character
     chars: int
     first_state: State | None = field(default=None, repr=False, compare=False)
+    dynamic: DynamicResult | None = None  # asked for: the text read one stream through, statically and dynamically
 
     @property
     def bpc(self) -> float:
@@ -43,8 +46,9 @@ class EvalResult:
     def perplexity(self) -> float:
         return math.exp(self.loss)
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"loss": self.loss, "bpc": self.bpc, "perplexity": self.perplexity, "chars": self.chars}
+    def to_dict(self) -> dict[str, Any]:
+        plain = {"loss": self.loss, "bpc": self.bpc, "perplexity": self.perplexity, "chars": self.chars}
+        return plain if self.dynamic is None else {**plain, "dynamic": self.dynamic.to_dict()}
 
 
 @dataclass
@@ -200,7 +204,21 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, on_progress: Pr
         tokens = split_tokens(tokens, ckpt.train_config.val_fraction)[cfg.part == "val"]
     model, starts = ckpt.build_model(), ckpt.vocab.char_starts()
     result = evaluate(model, tokens, cfg.seq_len, char_starts=starts, max_chars=cfg.max_chars, on_progress=on_progress)
+    if cfg.dynamic:
+        measured = tokens if cfg.max_chars is None else tokens[: cfg.max_chars + 1]
+        result.dynamic = read_dynamically(ckpt, measured)
     return EvalReport(result, corpus.source.spec, cfg.part, corpus.stats.dropped_chars)
+
+
+def read_dynamically(ckpt: Checkpoint, tokens: np.ndarray) -> DynamicResult:
+    """``tokens`` read statically and with dynamic evaluation, on the CPU in fp32, by the
+    checkpoint's rates (fitted on its own training split at first use)."""
+    model = ckpt.build_model()
+    own = load_in_vocab(resolve_corpus(ckpt.train_config.corpus), Reading.of(ckpt.train_config), ckpt.vocab)
+    train = split_tokens(own.tokens, ckpt.train_config.val_fraction)[0]
+    starts = ckpt.vocab.char_starts()
+    rates, rms, fitted = rates_for(ckpt, model, train, starts)
+    return compare(model, tokens, rates, rms, starts, fitted)
 
 
 def _text_to_measure(ckpt: Checkpoint, cfg: EvalConfig) -> TokenizedCorpus:

@@ -1,0 +1,236 @@
+"""Dynamic evaluation (Krause, Kahembwe, Murray and Renals, "Dynamic Evaluation of Neural Sequence
+Models", 2018): while the model reads a text, it takes small gradient steps on what it has read,
+so it adapts to the text's names, words and style; a different measure from the static loss,
+reported beside it.
+
+The text is read in segments of ``segment`` tokens, the state carried through the whole text.
+Each segment is **scored first**, with the weights as the segments before it left them, and only
+then does the model learn from it::
+
+    for each segment:
+        losses = model(segment)                 # the scores: nothing learned from this segment yet
+        g = gradient of mean(losses)
+        W += decay * r * (W0 - W) - lr * g / (rms + eps)
+
+``rms`` is the root mean square of each weight's gradient over segments of the *training* text
+(:func:`gradient_rms`), so every weight moves in steps of about the same size, as RMSprop does;
+``r`` is that RMS relative to the mean over all weights (at most ``1 / decay``), so the weights
+that move most are pulled back hardest toward the trained ones, ``W0``. The two rates, ``lr`` and
+``decay``, are fitted by a grid search on a held-out part of the training split (:func:`fit_rates`),
+never on the text judged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charlstm.data.batches import StreamBatches
+from charlstm.net.model import CharLSTM, State, detach_state
+from charlstm.store.checkpoint import Checkpoint
+
+SEGMENT = 20  # tokens a step learns from (Krause et al. used 5 to 50)
+EPSILON = 2e-5  # keeps a weight whose gradient was always 0 from an infinite step
+RMS_STREAMS = 64  # training streams the gradient statistics are gathered over, each ...
+RMS_SEGMENTS = 100  # ... for this many segments
+FIT_CHARS = 20_000  # the end of the training split the rates are fitted on
+LR_GRID = (2e-5, 5e-5, 1e-4, 2e-4, 4e-4)
+DECAY_GRID = (0.0, 0.002, 0.01, 0.05)
+
+
+@dataclass(frozen=True)
+class DynamicRates:
+    """The rates of dynamic evaluation, and where they were fitted."""
+
+    lr: float
+    decay: float
+    segment: int = SEGMENT
+    fitted_chars: int = 0  # tokens of the training split's end they were fitted on
+    static_loss: float = float("nan")  # there, without dynamic evaluation
+    dynamic_loss: float = float("nan")  # there, with these rates
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DynamicRates:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def _params(model: CharLSTM) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in model.named_parameters()}
+
+
+def gradient_rms(
+    model: CharLSTM,
+    tokens: np.ndarray,
+    segment: int = SEGMENT,
+    streams: int = RMS_STREAMS,
+    segments: int = RMS_SEGMENTS,
+) -> dict[str, torch.Tensor]:
+    """Each weight's root mean square gradient of the mean loss, over ``segments`` segments of
+    ``streams`` contiguous streams of ``tokens`` (the training text), the state carried."""
+    streams = max(1, min(streams, (len(tokens) - 1) // segment))
+    batches = StreamBatches(tokens, streams, segment, drop_last=True)
+    params = _params(model)
+    squares = {name: torch.zeros_like(p) for name, p in params.items()}
+    was_training, state, count = model.training, None, 0
+    model.eval()
+    try:
+        for i in range(min(segments, len(batches))):
+            x, y = batches.batch(i)
+            logits, state = model(x, state)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            grads = torch.autograd.grad(loss, list(params.values()))
+            for name, g in zip(params, grads, strict=True):
+                squares[name] += g * g
+            state, count = detach_state(state), count + 1
+    finally:
+        model.train(was_training)
+    return {name: (s / max(count, 1)).sqrt() for name, s in squares.items()}
+
+
+class DynamicReader:
+    """Reads texts with dynamic evaluation from one trained model and its gradient statistics;
+    each text starts again from the trained weights."""
+
+    def __init__(self, model: CharLSTM, rms: dict[str, torch.Tensor]):
+        self.model = deepcopy(model).eval()  # its weights move as it reads; the caller's never do
+        self.trained = {name: p.detach().clone() for name, p in _params(self.model).items()}
+        self.rms = rms
+        mean = torch.stack([r.mean() for r in rms.values()]).mean()
+        self.relative = {name: r / mean for name, r in rms.items()}
+
+    def scores(
+        self,
+        tokens: np.ndarray,
+        rates: DynamicRates,
+        start: State | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """The loss of each of ``tokens[1:]`` (N - 1 of them, in nats), each scored before any
+        update that has read it, from the trained weights and ``start`` (or zeros)."""
+        params = _params(self.model)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.trained[name])
+        pull = {name: (rates.decay * r).clamp(max=1.0) for name, r in self.relative.items()}  # Krause's clip at 1/decay
+        step = {name: rates.lr / (r + EPSILON) for name, r in self.rms.items()}
+        ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+        out = np.empty(len(ids) - 1, np.float32)
+        state, total = start, len(out)
+        for begin in range(0, total, rates.segment):
+            end = min(begin + rates.segment, total)
+            logits, state = self.model(ids[None, begin:end], state)
+            losses = F.cross_entropy(logits[0].float(), ids[begin + 1 : end + 1], reduction="none")
+            out[begin:end] = losses.detach().numpy()  # scored: only now does the model learn from this segment
+            grads = torch.autograd.grad(losses.mean(), list(params.values()))
+            with torch.no_grad():
+                for (name, p), g in zip(params.items(), grads, strict=True):
+                    p.add_(pull[name] * (self.trained[name] - p) - step[name] * g)
+            state = detach_state(state)
+            if on_progress is not None:
+                on_progress(end, total)
+        return out
+
+
+def mean_loss(losses: np.ndarray, targets: np.ndarray, char_starts: np.ndarray | None) -> float:
+    """Nats per character: the sum over the targets, divided by those that begin a character."""
+    count = len(targets) if char_starts is None else int(char_starts[targets].sum())
+    return float(losses.astype(np.float64).sum() / max(count, 1))
+
+
+def fit_rates(
+    model: CharLSTM,
+    train_tokens: np.ndarray,
+    char_starts: np.ndarray | None = None,
+    fit_chars: int = FIT_CHARS,
+    lr_grid: tuple[float, ...] = LR_GRID,
+    decay_grid: tuple[float, ...] = DECAY_GRID,
+    segment: int = SEGMENT,
+) -> tuple[DynamicRates, dict[str, torch.Tensor]]:
+    """The rates that give the lowest dynamic loss on the last ``fit_chars`` tokens of the
+    training split, ``train_tokens`` (the gradient statistics come from the rest of it), and the
+    gradient statistics: nothing of the validation split is read."""
+    fit_chars = min(fit_chars, len(train_tokens) // 4)
+    held_out, rest = train_tokens[-fit_chars:], train_tokens[:-fit_chars]
+    rms = gradient_rms(model, rest, segment)
+    reader = DynamicReader(model, rms)
+    targets = np.asarray(held_out[1:], dtype=np.int64)
+    static = mean_loss(reader.scores(held_out, DynamicRates(0.0, 0.0, segment)), targets, char_starts)
+    best = DynamicRates(0.0, 0.0, segment, fit_chars, static, static)
+    for lr in lr_grid:
+        for decay in decay_grid:
+            loss = mean_loss(reader.scores(held_out, DynamicRates(lr, decay, segment)), targets, char_starts)
+            if loss < best.dynamic_loss:
+                best = DynamicRates(lr, decay, segment, fit_chars, static, loss)
+    return best, rms
+
+
+@dataclass(frozen=True)
+class DynamicResult:
+    """A text's loss read statically and dynamically, and the time each took."""
+
+    static_loss: float
+    dynamic_loss: float
+    chars: int
+    static_seconds: float
+    dynamic_seconds: float
+    rates: DynamicRates
+    fitted: bool = False  # whether the rates were fitted for this reading (the checkpoint's first)
+
+    def to_dict(self) -> dict:
+        plain = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "rates"}
+        return {**plain, "rates": self.rates.to_dict()}
+
+
+def compare(
+    model: CharLSTM,
+    tokens: np.ndarray,
+    rates: DynamicRates,
+    rms: dict[str, torch.Tensor],
+    char_starts: np.ndarray | None = None,
+    fitted: bool = False,
+) -> DynamicResult:
+    """``tokens`` read one stream through, from zero, statically (rates 0) and dynamically."""
+    reader = DynamicReader(model, rms)
+    targets = np.asarray(tokens[1:], dtype=np.int64)
+    started = time.perf_counter()
+    with torch.no_grad():
+        logits, _ = reader.model(torch.from_numpy(np.asarray(tokens[:-1], dtype=np.int64))[None])
+        static = F.cross_entropy(logits[0].float(), torch.from_numpy(targets), reduction="none").numpy()
+    middle = time.perf_counter()
+    dynamic = reader.scores(tokens, rates)
+    ended = time.perf_counter()
+    return DynamicResult(
+        mean_loss(static, targets, char_starts),
+        mean_loss(dynamic, targets, char_starts),
+        len(targets),
+        middle - started,
+        ended - middle,
+        rates,
+        fitted,
+    )
+
+
+def rates_for(
+    checkpoint: Checkpoint, model: CharLSTM, train_tokens: np.ndarray, char_starts: np.ndarray | None
+) -> tuple[DynamicRates, dict[str, torch.Tensor], bool]:
+    """The checkpoint's rates, or rates fitted now on its training split (``train_tokens``) and
+    kept in the checkpoint's file (a ``.pt``: an export is read-only here); the gradient
+    statistics (gathered again: they take seconds, and would double the file); whether fitted now."""
+    if checkpoint.dynamic:
+        rates = DynamicRates.from_dict(checkpoint.dynamic)
+        held_out = train_tokens[: len(train_tokens) - rates.fitted_chars]
+        return rates, gradient_rms(model, held_out, rates.segment), False
+    rates, rms = fit_rates(model, train_tokens, char_starts)
+    checkpoint.dynamic = rates.to_dict()
+    if checkpoint.path is not None and checkpoint.path.suffix == ".pt":
+        checkpoint.save(checkpoint.path)
+    return rates, rms, True
