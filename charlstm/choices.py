@@ -74,6 +74,14 @@ class ExportFormat(Choice):
     HTML = "html"  # one page that generates offline in a browser
 
 
+class RatesFrom(Choice):
+    """Where the rates of a dynamic evaluation came from."""
+
+    CHECKPOINT = "checkpoint"  # fitted by an earlier eval --dynamic and kept in the file
+    FITTED = "fitted"  # fitted now, and kept in the checkpoint's file
+    FITTED_NOT_KEPT = "fitted_not_kept"  # fitted now; the file could not take them (export, older format, changed)
+
+
 class ByteFallback(Choice):
     AUTO = "auto"  # byte tokens when some character has no token of its own
     ON = "on"

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from charlstm.choices import ExportFormat
+from charlstm.choices import ExportFormat, RatesFrom
 from charlstm.store.checkpoint import Lineage
 from charlstm.training import words
 from charlstm.training.presets import Sizing
@@ -126,9 +126,13 @@ def eval_table(report: Any) -> Table:
     if result.dynamic is not None:
         d = result.dynamic
         table.add_row("read in one stream", f"{d.static_loss:.4f} nats/char in {d.static_seconds:.1f}s (static)")
-        gain = f"{d.static_loss - d.dynamic_loss:+.4f} better"
+        gain = f"{d.dynamic_loss - d.static_loss:+.4f} against static"
         table.add_row("dynamic evaluation", f"{d.dynamic_loss:.4f} nats/char in {d.dynamic_seconds:.1f}s ({gain})")
-        fitted = "fitted now on the training split, kept in the checkpoint" if d.fitted else "the checkpoint's"
+        fitted = {
+            RatesFrom.CHECKPOINT: "the checkpoint's",
+            RatesFrom.FITTED: "fitted now on the training split, kept in the checkpoint",
+            RatesFrom.FITTED_NOT_KEPT: "fitted now on the training split; this file cannot keep them",
+        }[d.rates_from]
         rates = f"lr {d.rates.lr:g}, decay {d.rates.decay:g}, segments of {d.rates.segment}"
         table.add_row("its rates", f"{rates} ({fitted})")
     return table

@@ -73,8 +73,8 @@ EXPORTED_PROGRESS = (
 )
 # JSON metadata of an export, beside "format" and "format_version" (format 1 had model_config,
 # train_config, vocab and progress); formats 2 and 3 also wrote "epoch", which migrates into progress
-EXPORTED_METADATA = ("model_config", "train_config", "vocab", "byte_fallback", "progress", "corpus", "lineage")
-EXPORTED_METADATA += ("dynamic",)  # the rates of dynamic evaluation travel too
+_THE_MODEL = ("model_config", "train_config", "vocab", "byte_fallback")
+EXPORTED_METADATA = (*_THE_MODEL, "progress", "corpus", "lineage", "dynamic")
 READ_METADATA = (*EXPORTED_METADATA, "epoch")
 
 

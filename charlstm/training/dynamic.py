@@ -14,7 +14,7 @@ then does the model learn from it::
 
 ``rms`` is the root mean square of each weight's gradient over segments of the *training* text
 (:func:`gradient_rms`), so every weight moves in steps of about the same size, as RMSprop does;
-``r`` is that RMS relative to the mean over all weights (at most ``1 / decay``), so the weights
+``r`` is that RMS relative to the mean of each weight tensor's mean RMS (``decay * r`` at most 1), so the weights
 that move most are pulled back hardest toward the trained ones, ``W0``. The two rates, ``lr`` and
 ``decay``, are fitted by a grid search on a held-out part of the training split (:func:`fit_rates`),
 never on the text judged.
@@ -26,14 +26,17 @@ import time
 from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charlstm.choices import RatesFrom
 from charlstm.data.batches import StreamBatches
+from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM, State, detach_state
-from charlstm.store.checkpoint import Checkpoint
+from charlstm.store.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint
 
 SEGMENT = 20  # tokens a step learns from (Krause et al. used 5 to 50)
 EPSILON = 2e-5  # keeps a weight whose gradient was always 0 from an infinite step
@@ -59,14 +62,23 @@ class DynamicRates:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
-    def from_dict(cls, data: dict) -> DynamicRates:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+    def from_dict(cls, data: Any) -> DynamicRates:
+        """Rates as a checkpoint keeps them; ``UserError`` for a damaged record."""
+        try:
+            rates = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+            if not (rates.lr >= 0 and rates.decay >= 0 and int(rates.segment) == rates.segment >= 1):
+                raise ValueError(data)
+            return rates
+        except (TypeError, ValueError, KeyError):
+            raise UserError(f"the checkpoint's dynamic evaluation rates are damaged ({data!r})") from None
 
 
 def _params(model: CharLSTM) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters()}
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()
 def gradient_rms(
     model: CharLSTM,
     tokens: np.ndarray,
@@ -83,7 +95,7 @@ def gradient_rms(
     was_training, state, count = model.training, None, 0
     model.eval()
     try:
-        for i in range(min(segments, len(batches))):
+        for i in range(min(segments, len(batches) if len(tokens) > segment else 0)):
             x, y = batches.batch(i)
             logits, state = model(x, state)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -93,7 +105,9 @@ def gradient_rms(
             state, count = detach_state(state), count + 1
     finally:
         model.train(was_training)
-    return {name: (s / max(count, 1)).sqrt() for name, s in squares.items()}
+    if not count:
+        raise UserError(f"dynamic evaluation needs more than {segment} tokens of training text for its statistics")
+    return {name: (s / count).sqrt() for name, s in squares.items()}
 
 
 class DynamicReader:
@@ -107,6 +121,8 @@ class DynamicReader:
         mean = torch.stack([r.mean() for r in rms.values()]).mean()
         self.relative = {name: r / mean for name, r in rms.items()}
 
+    @torch.inference_mode(False)
+    @torch.enable_grad()
     def scores(
         self,
         tokens: np.ndarray,
@@ -146,6 +162,13 @@ def mean_loss(losses: np.ndarray, targets: np.ndarray, char_starts: np.ndarray |
     return float(losses.astype(np.float64).sum() / max(count, 1))
 
 
+def fit_split(train_tokens: np.ndarray, fit_chars: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training split as the fit reads it: the rest, for the gradient statistics, and its
+    last ``fit_chars`` tokens, which the grid is scored on."""
+    cut = len(train_tokens) - fit_chars
+    return train_tokens[:cut], train_tokens[cut:]
+
+
 def fit_rates(
     model: CharLSTM,
     train_tokens: np.ndarray,
@@ -158,8 +181,8 @@ def fit_rates(
     """The rates that give the lowest dynamic loss on the last ``fit_chars`` tokens of the
     training split, ``train_tokens`` (the gradient statistics come from the rest of it), and the
     gradient statistics: nothing of the validation split is read."""
-    fit_chars = min(fit_chars, len(train_tokens) // 4)
-    held_out, rest = train_tokens[-fit_chars:], train_tokens[:-fit_chars]
+    fit_chars = max(1, min(fit_chars, len(train_tokens) // 4))
+    rest, held_out = fit_split(train_tokens, fit_chars)
     rms = gradient_rms(model, rest, segment)
     reader = DynamicReader(model, rms)
     targets = np.asarray(held_out[1:], dtype=np.int64)
@@ -183,11 +206,11 @@ class DynamicResult:
     static_seconds: float
     dynamic_seconds: float
     rates: DynamicRates
-    fitted: bool = False  # whether the rates were fitted for this reading (the checkpoint's first)
+    rates_from: RatesFrom = RatesFrom.CHECKPOINT
 
     def to_dict(self) -> dict:
         plain = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "rates"}
-        return {**plain, "rates": self.rates.to_dict()}
+        return {**plain, "rates": self.rates.to_dict(), "rates_from": self.rates_from.value}
 
 
 def compare(
@@ -196,41 +219,66 @@ def compare(
     rates: DynamicRates,
     rms: dict[str, torch.Tensor],
     char_starts: np.ndarray | None = None,
-    fitted: bool = False,
+    rates_from: RatesFrom = RatesFrom.CHECKPOINT,
 ) -> DynamicResult:
-    """``tokens`` read one stream through, from zero, statically (rates 0) and dynamically."""
+    """``tokens`` read one stream through, from zero, statically and dynamically."""
     reader = DynamicReader(model, rms)
     targets = np.asarray(tokens[1:], dtype=np.int64)
     started = time.perf_counter()
-    with torch.no_grad():
-        logits, _ = reader.model(torch.from_numpy(np.asarray(tokens[:-1], dtype=np.int64))[None])
-        static = F.cross_entropy(logits[0].float(), torch.from_numpy(targets), reduction="none").numpy()
+    static = _static_scores(reader.model, tokens)
     middle = time.perf_counter()
     dynamic = reader.scores(tokens, rates)
     ended = time.perf_counter()
-    return DynamicResult(
-        mean_loss(static, targets, char_starts),
-        mean_loss(dynamic, targets, char_starts),
-        len(targets),
-        middle - started,
-        ended - middle,
-        rates,
-        fitted,
-    )
+    chars = len(targets) if char_starts is None else int(char_starts[targets].sum())
+    static_loss, dynamic_loss = mean_loss(static, targets, char_starts), mean_loss(dynamic, targets, char_starts)
+    return DynamicResult(static_loss, dynamic_loss, chars, middle - started, ended - middle, rates, rates_from)
+
+
+@torch.no_grad()
+def _static_scores(model: CharLSTM, tokens: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """The loss of each of ``tokens[1:]``, one stream from zero, a chunk at a time (bounded memory)."""
+    ids, state = torch.from_numpy(np.asarray(tokens, dtype=np.int64)), None
+    out = np.empty(len(ids) - 1, np.float32)
+    for begin in range(0, len(out), chunk):
+        end = min(begin + chunk, len(out))
+        logits, state = model(ids[None, begin:end], state)
+        out[begin:end] = F.cross_entropy(logits[0].float(), ids[begin + 1 : end + 1], reduction="none").numpy()
+    return out
 
 
 def rates_for(
     checkpoint: Checkpoint, model: CharLSTM, train_tokens: np.ndarray, char_starts: np.ndarray | None
-) -> tuple[DynamicRates, dict[str, torch.Tensor], bool]:
-    """The checkpoint's rates, or rates fitted now on its training split (``train_tokens``) and
-    kept in the checkpoint's file (a ``.pt``: an export is read-only here); the gradient
-    statistics (gathered again: they take seconds, and would double the file); whether fitted now."""
+) -> tuple[DynamicRates, dict[str, torch.Tensor], RatesFrom]:
+    """The checkpoint's rates, or rates fitted now on its training split (``train_tokens``); the
+    gradient statistics, gathered again on the same tokens as the fit's (seconds; kept, they
+    would double the file); where the rates came from.
+
+    Fitted rates are kept in the checkpoint's file when that is safe: a ``.pt`` in the current
+    format whose weights are still those fitted on (a run may have written it meanwhile). The
+    file is read again and written with the rates added, so nothing newer in it is lost."""
     if checkpoint.dynamic:
         rates = DynamicRates.from_dict(checkpoint.dynamic)
-        held_out = train_tokens[: len(train_tokens) - rates.fitted_chars]
-        return rates, gradient_rms(model, held_out, rates.segment), False
+        rest, _ = fit_split(train_tokens, rates.fitted_chars)
+        return rates, gradient_rms(model, rest, rates.segment), RatesFrom.CHECKPOINT
     rates, rms = fit_rates(model, train_tokens, char_starts)
     checkpoint.dynamic = rates.to_dict()
-    if checkpoint.path is not None and checkpoint.path.suffix == ".pt":
-        checkpoint.save(checkpoint.path)
-    return rates, rms, True
+    return rates, rms, _keep(checkpoint)
+
+
+def _keep(checkpoint: Checkpoint) -> RatesFrom:
+    """Write the checkpoint's rates into its file where that is safe (see :func:`rates_for`)."""
+    path = checkpoint.path
+    if path is None or path.suffix != ".pt" or checkpoint.file_version != FORMAT_VERSION:
+        return RatesFrom.FITTED_NOT_KEPT
+    try:
+        on_disk = load_checkpoint(path)
+        same = on_disk.model.keys() == checkpoint.model.keys() and all(
+            torch.equal(on_disk.model[k], checkpoint.model[k]) for k in checkpoint.model
+        )
+        if not same or on_disk.dynamic:
+            return RatesFrom.FITTED_NOT_KEPT
+        on_disk.dynamic = checkpoint.dynamic
+        on_disk.save(path)
+    except UserError:  # gone, damaged or unwritable meanwhile: the measurement stands
+        return RatesFrom.FITTED_NOT_KEPT
+    return RatesFrom.FITTED

@@ -217,8 +217,8 @@ def read_dynamically(ckpt: Checkpoint, tokens: np.ndarray) -> DynamicResult:
     own = load_in_vocab(resolve_corpus(ckpt.train_config.corpus), Reading.of(ckpt.train_config), ckpt.vocab)
     train = split_tokens(own.tokens, ckpt.train_config.val_fraction)[0]
     starts = ckpt.vocab.char_starts()
-    rates, rms, fitted = rates_for(ckpt, model, train, starts)
-    return compare(model, tokens, rates, rms, starts, fitted)
+    rates, rms, rates_from = rates_for(ckpt, model, train, starts)
+    return compare(model, tokens, rates, rms, starts, rates_from)
 
 
 def _text_to_measure(ckpt: Checkpoint, cfg: EvalConfig) -> TokenizedCorpus:
