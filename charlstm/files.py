@@ -37,11 +37,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:  # a folder that takes no new file (/proc, a read-only mount)
         raise _unwritable(path, e.strerror or str(e)) from None
-    os.fchmod(fd, 0o666 & ~UMASK)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)  # again: a writer may have replaced the file (safetensors does)
+        os.chmod(tmp, 0o666 & ~UMASK)  # once written: a writer may have replaced the file (safetensors does)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

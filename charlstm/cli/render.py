@@ -133,8 +133,7 @@ def eval_table(report: Any) -> Table:
             RatesFrom.FITTED: "fitted now on the training split, kept in the checkpoint",
             RatesFrom.FITTED_NOT_KEPT: "fitted now on the training split; this file cannot keep them",
         }[d.rates_from]
-        rates = f"lr {d.rates.lr:g}, decay {d.rates.decay:g}, segments of {d.rates.segment}"
-        table.add_row("its rates", f"{rates} ({fitted})")
+        table.add_row("its rates", f"{_rates(d.rates.to_dict())} ({fitted})")
     return table
 
 
@@ -190,12 +189,16 @@ def info_table(report: dict[str, Any]) -> Table:
         d = report["dynamic"]
         there = f"{d['static_loss']:.4f} -> {d['dynamic_loss']:.4f}"
         fitted = f"fitted on {d['fitted_chars']:,} tokens of the training split: {there}"
-        rates = f"lr {d['lr']:g}, decay {d['decay']:g}, segments of {d['segment']}"
-        table.add_row("dynamic evaluation", f"{rates} ({fitted})")
+        table.add_row("dynamic evaluation", f"{_rates(d)} ({fitted})")
     table.add_row("vocabulary", repr(report["vocab"]))
     for section, values in report["config"].items():
         table.add_row(f"{section} config", ", ".join(f"{k}={v}" for k, v in values.items()))
     return table
+
+
+def _rates(rates: dict[str, Any]) -> str:
+    """Dynamic evaluation's rates, as eval and info write them."""
+    return f"lr {rates['lr']:g}, decay {rates['decay']:g}, segments of {rates['segment']}"
 
 
 def _info_value(key: str, value: Any) -> str:

@@ -74,7 +74,7 @@ def _padded_rows(m: np.ndarray) -> np.ndarray:
 def page_html(checkpoint: Checkpoint, precision: Precision, name: str) -> str:
     """The page of ``checkpoint``'s model, named ``name``, its matrices in ``precision``."""
     cfg, vocab = checkpoint.model_config, checkpoint.vocab
-    weights = arranged(rounded_for(checkpoint.build_model().eval(), precision.value))
+    weights = arranged(rounded_for(checkpoint.build_model(), precision.value))
     hidden, layers, hp = cfg.hidden, cfg.layers, _up(cfg.hidden)
     kind, blob = ("bf16" if precision == Precision.BF16 else "f32"), _Blob()
     gates = lambda m: _blocks(m, hidden, 0)  # noqa: E731 - rows: four blocks of H

@@ -22,7 +22,6 @@ never on the text judged.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass
@@ -213,37 +212,16 @@ class DynamicResult:
         return {**plain, "rates": self.rates.to_dict(), "rates_from": self.rates_from.value}
 
 
-def compare(
+def dynamic_loss(
     model: CharLSTM,
     tokens: np.ndarray,
     rates: DynamicRates,
     rms: dict[str, torch.Tensor],
     char_starts: np.ndarray | None = None,
-    rates_from: RatesFrom = RatesFrom.CHECKPOINT,
-) -> DynamicResult:
-    """``tokens`` read one stream through, from zero, statically and dynamically."""
-    reader = DynamicReader(model, rms)
-    targets = np.asarray(tokens[1:], dtype=np.int64)
-    started = time.perf_counter()
-    static = _static_scores(reader.model, tokens)
-    middle = time.perf_counter()
-    dynamic = reader.scores(tokens, rates)
-    ended = time.perf_counter()
-    chars = len(targets) if char_starts is None else int(char_starts[targets].sum())
-    static_loss, dynamic_loss = mean_loss(static, targets, char_starts), mean_loss(dynamic, targets, char_starts)
-    return DynamicResult(static_loss, dynamic_loss, chars, middle - started, ended - middle, rates, rates_from)
-
-
-@torch.no_grad()
-def _static_scores(model: CharLSTM, tokens: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """The loss of each of ``tokens[1:]``, one stream from zero, a chunk at a time (bounded memory)."""
-    ids, state = torch.from_numpy(np.asarray(tokens, dtype=np.int64)), None
-    out = np.empty(len(ids) - 1, np.float32)
-    for begin in range(0, len(out), chunk):
-        end = min(begin + chunk, len(out))
-        logits, state = model(ids[None, begin:end], state)
-        out[begin:end] = F.cross_entropy(logits[0].float(), ids[begin + 1 : end + 1], reduction="none").numpy()
-    return out
+) -> float:
+    """Nats per character of ``tokens`` read one stream through, from zero, with dynamic evaluation."""
+    losses = DynamicReader(model, rms).scores(tokens, rates)
+    return mean_loss(losses, np.asarray(tokens[1:], dtype=np.int64), char_starts)
 
 
 def rates_for(
