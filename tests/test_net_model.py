@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from charlstm.choices import Cell
 from charlstm.config import ModelConfig
-from charlstm.net.model import CharLSTM, detach_state, drop_connect
+from charlstm.net.dropout import drop_connect, locked_dropout
+from charlstm.net.model import CharLSTM, detach_state
 from charlstm.net.peephole import PeepholeLayer, PeepholeLSTM
 
 CELLS = Cell.values()
@@ -65,6 +66,63 @@ def test_drop_connect_zeroes_a_share_p_of_the_weights_and_scales_the_rest():
     assert abs((~kept).float().mean().item() - 0.25) < 0.01  # 120,000 draws: the share is within 0.004
     torch.testing.assert_close(dropped[kept], weight[kept] / 0.75)
     assert not torch.equal(kept, drop_connect(weight, 0.25) != 0)  # a new mask each call
+
+
+def test_locked_dropout_drops_the_same_units_of_a_stream_at_every_step():
+    torch.manual_seed(0)
+    x = torch.rand(50, 40, 30) + 1  # (T, B, H), no zeros of its own
+    dropped = locked_dropout(x, 0.25)
+    kept = dropped != 0
+    assert torch.equal(kept, kept[:1].expand_as(kept))  # one mask per stream for the whole chunk
+    assert not torch.equal(kept[0, 0], kept[0, 1])  # and each stream its own
+    assert abs((~kept[0]).float().mean().item() - 0.25) < 0.03  # 1,200 draws
+    torch.testing.assert_close(dropped[kept], x[kept] / 0.75)
+    assert locked_dropout(x, 0.0) is x
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("weight_drop", [0.0, 0.5])
+def test_dropout_is_locked_between_the_layers_and_before_the_head_in_training_only(cell, weight_drop, monkeypatch):
+    """A stacked model in training runs its layers one at a time with locked dropout between them
+    and before the head: with the masks replaced by the identity (and the same weight-drop masks),
+    it computes exactly what the whole stack does in one call."""
+    import charlstm.net.model as model_module
+    import charlstm.net.peephole as peephole_module
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=11, embedding=4, hidden=8, layers=3, cell=cell, weight_drop=weight_drop)
+    plain, dropped = CharLSTM(config), CharLSTM(replace(config, dropout=0.3))
+    dropped.load_state_dict(plain.state_dict())
+    tokens = torch.randint(0, 11, (5, 9))
+    state = tuple(torch.randn_like(t) for t in plain.init_state(5))
+    seen = []
+
+    def spy(x, p):
+        seen.append((tuple(x.shape), p))
+        return x
+
+    for module in (model_module, peephole_module):
+        monkeypatch.setattr(module, "locked_dropout", spy)
+    for start in (None, state):
+        seen.clear()
+        torch.manual_seed(7)
+        trained, trained_state = dropped.train()(tokens, start)
+        assert seen == [((9, 5, 8), 0.3)] * 3  # after layers 1 and 2, and before the head
+        torch.manual_seed(7)
+        whole, whole_state = plain.train()(tokens, start)  # the same weight-drop masks, drawn alike
+        torch.testing.assert_close(trained, whole)
+        for a, b in zip(trained_state, whole_state, strict=True):
+            torch.testing.assert_close(a, b)
+    trained.sum().backward()
+    assert all(getattr(dropped.rnn, f"weight_ih_l{k}").grad.abs().sum() > 0 for k in range(3))
+    seen.clear()
+    dropped.eval()(tokens)
+    assert not seen
+    monkeypatch.undo()
+    torch.manual_seed(7)
+    a = dropped.train()(tokens)[0]
+    torch.manual_seed(8)
+    assert not torch.equal(a, dropped(tokens)[0])  # the masks are real in training
 
 
 def test_embed_dropout_drops_whole_characters_in_training_only():

@@ -43,7 +43,13 @@ class ModelConfig(DictRoundTrip):
     )
     hidden: int = opt(512, "Units per layer.", MODEL, sized=True, from_base=True)
     embedding: int = opt(64, "Character embedding size.", MODEL, from_base=True)
-    dropout: float = opt(0.0, "Dropout between layers and before the head, in [0, 1).", MODEL, sized=True)
+    dropout: float = opt(  # locked (variational), as AWD-LSTM's: net/dropout.py
+        0.0,
+        "Locked dropout between layers and before the head, the same units of a stream dropped at every step"
+        " of a chunk, in [0, 1).",
+        MODEL,
+        sized=True,
+    )
     weight_drop: float = opt(  # DropConnect on the recurrent weights, one mask per chunk (AWD-LSTM)
         0.25,
         "DropConnect on the recurrent weights, the same connections dropped at every step of a chunk, in [0, 1).",

@@ -5,11 +5,13 @@ of the gate equations in which the input and forget gates also read c(t-1) and t
 reads c(t) (``peephole.py``). The recurrent module is the attribute named after its cell (``model.lstm``, ...), so
 an LSTM's weights keep the names they always had.
 
-Two regularisers of AWD-LSTM (Merity et al., 2017) act in training only, and cost next to
-nothing per step because their masks are drawn over weights, not over activations:
-``weight_drop`` (DropConnect on every layer's hidden-to-hidden weights, one mask per chunk,
-so the same connections are dropped at every time step) and ``embed_dropout`` (whole
-characters' embeddings dropped, one mask per chunk).
+Three regularisers of AWD-LSTM (Merity et al., 2017) act in training only, each with one mask
+per chunk, so they cost next to nothing per step: ``weight_drop`` (DropConnect on every layer's
+hidden-to-hidden weights, so the same connections are dropped at every time step),
+``embed_dropout`` (whole characters' embeddings dropped) and ``dropout``, locked (variational)
+dropout between the layers and before the head: one mask per stream, the same at every step of
+the chunk. A stacked LSTM or GRU with locked dropout runs its layers one call each in training,
+the same oneDNN kernel ``nn.LSTM`` runs for all of them at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from charlstm.config import ModelConfig
+from charlstm.net.dropout import drop_connect, locked_dropout
 from charlstm.net.peephole import PeepholeLSTM
 
 State = tuple[torch.Tensor, ...]  # (h, c) for the LSTMs, (h,) for the GRU; each (layers, B, H)
@@ -27,12 +30,12 @@ State = tuple[torch.Tensor, ...]  # (h, c) for the LSTMs, (h,) for the GRU; each
 
 def recurrent(config: ModelConfig) -> nn.Module:
     """The stacked cells of ``config``, time-major (T, B, E): oneDNN's native layout for
-    ``nn.LSTM``, measured 15% faster in fp32 than batch_first."""
-    dropout = config.dropout if config.layers > 1 else 0.0
+    ``nn.LSTM``, measured 15% faster in fp32 than batch_first. ``nn.LSTM``'s own dropout between
+    layers (a new mask at every step) stays off: ``CharLSTM`` drops between them, locked."""
     if config.cell == "peephole":
-        return PeepholeLSTM(config.embedding, config.hidden, config.layers, dropout)
+        return PeepholeLSTM(config.embedding, config.hidden, config.layers, config.dropout)
     cls = nn.GRU if config.cell == "gru" else nn.LSTM
-    return cls(config.embedding, config.hidden, num_layers=config.layers, dropout=dropout)
+    return cls(config.embedding, config.hidden, num_layers=config.layers)
 
 
 class CharLSTM(nn.Module):
@@ -41,7 +44,6 @@ class CharLSTM(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embedding)
         self.add_module(config.cell, recurrent(config))
-        self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.vocab_size)
         if config.cell != "gru":
             self.reset_forget_bias()
@@ -77,7 +79,7 @@ class CharLSTM(nn.Module):
             state = (h,)
         else:
             out, state = self._recur(x, state)  # (T, B, H)
-        logits = self.head(self.drop(out))  # (T, B, V)
+        logits = self.head(self._locked(out))  # (T, B, V)
         return logits.transpose(0, 1), tuple(state)  # (B, T, V), a view
 
     def _embedding_weight(self) -> torch.Tensor:
@@ -88,25 +90,49 @@ class CharLSTM(nn.Module):
         keep = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p)
         return weight * keep / (1 - p)
 
+    def _locked(self, x: torch.Tensor) -> torch.Tensor:
+        """x (T, B, H) with locked dropout in training: the same units of a stream dropped at every step."""
+        return locked_dropout(x, self.config.dropout) if self.training else x
+
     def _recur(self, x: torch.Tensor, state: torch.Tensor | State | None):  # noqa: ANN202 - the cell's own output
-        """The recurrent module over x, its hidden-to-hidden weights dropped in training."""
-        p = self.config.weight_drop
-        if not (self.training and p):
+        """The recurrent module over x; in training, its hidden-to-hidden weights dropped, and
+        locked dropout between its layers."""
+        p, config = self.config.weight_drop, self.config
+        between = self.training and config.dropout and config.layers > 1 and config.cell != "peephole"
+        if not (self.training and p) and not between:
             return self.rnn(x, state)
-        weights = self.rnn.named_parameters()
-        dropped = {name: drop_connect(w, p) for name, w in weights if name.startswith("weight_hh")}
-        return functional_call(self.rnn, dropped, (x, state))
+        weights = dict(self.rnn.named_parameters())
+        dropped = {name: drop_connect(w, p) for name, w in weights.items() if p and name.startswith("weight_hh")}
+        if not between:  # the peephole LSTM drops between its layers itself
+            return functional_call(self.rnn, dropped, (x, state))
+        return self._layer_by_layer(x, state, weights | dropped)
+
+    def _layer_by_layer(self, x: torch.Tensor, state: torch.Tensor | State | None, weights: dict):  # noqa: ANN202
+        """``nn.LSTM``'s or ``nn.GRU``'s stack over x one layer a call (the op its forward runs,
+        on one layer's weights), with locked dropout between the layers."""
+        config, gru = self.config, self.config.cell == "gru"
+        if state is None:
+            state = self.init_state(x.shape[1], x.device)
+        elif gru:
+            state = (state,)
+        finals: list[list[torch.Tensor]] = [[] for _ in state]
+        for k in range(config.layers):
+            if k:
+                x = locked_dropout(x, config.dropout)
+            params = [weights[f"{name}_l{k}"] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            if gru:
+                x, h = torch.gru(x, state[0][k : k + 1], params, True, 1, 0.0, True, False, False)
+                last: tuple[torch.Tensor, ...] = (h,)
+            else:
+                hc = (state[0][k : k + 1], state[1][k : k + 1])
+                x, *last = torch.lstm(x, hc, params, True, 1, 0.0, True, False, False)
+            for kept, t in zip(finals, last, strict=True):
+                kept.append(t)
+        out = tuple(torch.cat(kept) for kept in finals)
+        return (x, out[0]) if gru else (x, out)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def drop_connect(weight: torch.Tensor, p: float) -> torch.Tensor:
-    """``weight`` with each entry zeroed with probability ``p`` and the rest scaled by 1/(1 - p), as
-    ``F.dropout`` does; a uniform draw compared with ``p`` takes half the time of its Bernoulli draw
-    on CPU (4 ms against 8 for a 2048 x 512 matrix, 3% of the small preset's step)."""
-    keep = torch.rand_like(weight) >= p
-    return weight * keep / (1 - p)
 
 
 def state_size(config: ModelConfig) -> int:

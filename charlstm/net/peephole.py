@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charlstm.net.dropout import locked_dropout
+
 
 class PeepholeLSTM(nn.Module):
     """A stacked, time-major peephole LSTM. Weights are named and laid out as ``nn.LSTM``'s
@@ -49,8 +51,8 @@ class PeepholeLSTM(nn.Module):
             state = (zeros, zeros)
         hs, cs = [], []
         for k in range(self.layers):
-            if k and self.dropout and self.training:
-                x = F.dropout(x, self.dropout)
+            if k and self.training:
+                x = locked_dropout(x, self.dropout)  # one mask per stream, the same at every step
             w_ih, w_hh = getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")
             bias = getattr(self, f"bias_ih_l{k}") + getattr(self, f"bias_hh_l{k}")
             projected = F.linear(x, w_ih, bias).float()  # (T, B, 4H): every step's input part at once
