@@ -16,6 +16,7 @@ For each shape it prints:
 
     python benchmarks/speed.py                  # 2x256 and 2x512 (and 3x512 on a GPU)
     python benchmarks/speed.py --shapes 2x256 --seconds 5
+    python benchmarks/speed.py --training-only --batch 64 --shapes 1x768 2x768 --dropout 0.2 --weight-drop 0.5
 """
 
 from __future__ import annotations
@@ -89,10 +90,14 @@ def plain_training(h: int, layers: int, batch: int, device: torch.device, second
     return rate(step, device, seconds)
 
 
-def charlstm_training(h: int, layers: int, batch: int, device: torch.device, seconds: float) -> tuple[float, str]:
+def charlstm_training(
+    h: int, layers: int, batch: int, device: torch.device, seconds: float, **regularised: float
+) -> tuple[float, str]:
+    """``regularised``: ``dropout`` and ``weight_drop`` (the configs' defaults unless given)."""
     tokens = np.random.default_rng(0).integers(0, V, batch * T * 4 + 1).astype(np.uint8)
     tcfg = TrainConfig(batch_size=batch, seq_len=T)
-    model = CharLSTM(ModelConfig(vocab_size=V, embedding=E, hidden=h, layers=layers)).to(device).train()
+    config = ModelConfig(vocab_size=V, embedding=E, hidden=h, layers=layers, **regularised)
+    model = CharLSTM(config).to(device).train()
     batches = StreamBatches(tokens, batch, T)
     precision = choose_precision("auto", model, batches.batch(0), device)
     optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, device)
@@ -149,6 +154,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per figure")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dropout", type=float, help="charlstm's training: locked dropout (default 0)")
+    parser.add_argument("--weight-drop", type=float, help="charlstm's training: weight drop (default 0.25)")
+    parser.add_argument("--training-only", action="store_true", help="charlstm's training speed alone")
     args = parser.parse_args()
     device = torch.device(args.device)
     shapes = args.shapes or (["2x256", "2x512", "3x512"] if device.type == "cuda" else ["2x256", "2x512"])
@@ -157,6 +165,19 @@ def main() -> None:
         f"# {hw}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"cpu capability {torch.backends.cpu.get_cpu_capability()}, device {device}"
     )
+    if args.training_only:
+        keep_freed_memory()
+        given = {"dropout": args.dropout, "weight_drop": args.weight_drop}
+        regularised = {k: v for k, v in given.items() if v is not None}
+        config = ModelConfig(**regularised)
+        print("| shape, batch | dropout | weight drop | charlstm training chars/s |\n|---|---|---|---|")
+        for shape in shapes:
+            layers, hidden = map(int, shape.split("x"))
+            torch.manual_seed(0)
+            ours, precision = charlstm_training(hidden, layers, args.batch, device, args.seconds, **regularised)
+            row = f"| {shape} b{args.batch} | {config.dropout:g} | {config.weight_drop:g} | {ours:,.0f} ({precision}) |"
+            print(row, flush=True)
+        return
     peaks = {
         "fp32": matmul_peak(torch.float32, device, args.seconds),
         "bf16": matmul_peak(torch.bfloat16, device, args.seconds),

@@ -125,6 +125,16 @@ def test_dropout_is_locked_between_the_layers_and_before_the_head_in_training_on
     assert not torch.equal(a, dropped(tokens)[0])  # the masks are real in training
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_head_reads_the_same_units_dropped_at_every_step_of_a_stream(cell):
+    model = CharLSTM(ModelConfig(vocab_size=11, embedding=4, hidden=32, layers=2, cell=cell, dropout=0.5)).train()
+    seen = []
+    model.head.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0].detach()))
+    model(torch.randint(0, 11, (6, 20)))
+    dropped = seen[0] == 0  # (T, B, H): a unit is dropped at every step of its stream, or at none
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped)) and 0 < dropped[0].float().mean() < 1
+
+
 def test_embed_dropout_drops_whole_characters_in_training_only():
     model = CharLSTM(ModelConfig(vocab_size=200, embedding=6, hidden=8, embed_dropout=0.5)).train()
     weight, table = model.embed.weight, model._embedding_weight()

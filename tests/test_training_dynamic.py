@@ -6,16 +6,30 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from charlstm.choices import RatesFrom
+from charlstm.data.sources import resolve_corpus
+from charlstm.errors import UserError
 from charlstm.store.checkpoint import load_checkpoint
-from charlstm.training.dynamic import DynamicRates, DynamicReader, fit_rates, gradient_rms
+from charlstm.training import dynamic
+from charlstm.training.dynamic import (
+    DynamicRates,
+    DynamicReader,
+    fit_rates,
+    gradient_rms,
+    read_streams,
+    stream_bounds,
+    stream_count,
+)
 from charlstm.training.evaluate import read_dynamically
+from charlstm.training.parallel import Stopped, Tally, in_parallel
 from tests.test_cli import invoke
 
 RATES = DynamicRates(lr=2e-3, decay=0.01, segment=8)
@@ -45,6 +59,8 @@ def test_without_steps_it_is_the_static_loss(shared_run):
         logits, _ = model(torch.from_numpy(tokens[None, :-1]))
     static = F.cross_entropy(logits[0], torch.from_numpy(tokens[1:]), reduction="none").numpy()
     assert np.allclose(scores, static, atol=1e-5)
+    learning = reader.scores(tokens, DynamicRates(0.0, 1e-30, 8))  # through the gradient steps, which move nothing
+    assert np.allclose(learning, static, atol=1e-5)
     for p, q in zip(reader.model.parameters(), model.parameters(), strict=True):
         assert torch.equal(p, q)  # at rates 0 the weights stay the trained ones
 
@@ -62,6 +78,43 @@ def test_reading_a_repeated_text_it_learns_it(shared_run):
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), trained, strict=True))  # in its own copy
     with torch.no_grad():  # a caller's no_grad does not stop it from learning
         assert np.array_equal(reader.scores(tokens, RATES), dynamic)
+
+
+def test_streams_tile_the_text_and_their_number_follows_its_length_alone():
+    assert stream_count(10) == stream_count(dynamic.STREAM_TOKENS * 2 - 1) == 1
+    assert stream_count(dynamic.STREAM_TOKENS * 2) == 2 and stream_count(dynamic.STREAM_TOKENS * 7 + 5) == 7
+    for targets, streams in ((10, 3), (1000, 7), (5, 9), (50_001, 1)):
+        bounds = stream_bounds(targets, streams)
+        assert bounds[0][0] == 0 and bounds[-1][1] == targets and len(bounds) == min(streams, targets)
+        assert all(a < b == c for (a, b), (c, _) in zip(bounds, bounds[1:] + [(bounds[-1][1], 0)], strict=True))
+
+
+def test_each_stream_reads_its_piece_with_its_own_weights_from_the_trained_ones(shared_run, monkeypatch):
+    model, tokens, _ = model_and_tokens(shared_run, "KING:\nMy lord the night is long and the king is my lord.\n" * 12)
+    rms = gradient_rms(model, tokens, 8, streams=2, segments=4)
+    rates = DynamicRates(lr=2e-3, decay=0.01, segment=8)
+    monkeypatch.setattr(dynamic, "WARM", 40)
+    together = read_streams(model, tokens, rates, rms, streams=3, at_once=1)
+    assert together.shape == (len(tokens) - 1,)
+    for begin, end in stream_bounds(len(tokens) - 1, 3):  # each piece as a reader alone reads it
+        reader = DynamicReader(model, rms)
+        start = reader.warm_state(tokens[max(0, begin - 40) : begin])
+        assert np.array_equal(together[begin:end], reader.scores(tokens[begin : end + 1], rates, start))
+    first_end = stream_bounds(len(tokens) - 1, 3)[0][1]
+    assert np.array_equal(together[:first_end], DynamicReader(model, rms).scores(tokens[: first_end + 1], rates))
+    changed = tokens.copy()
+    i = first_end + 30  # in the second stream: every score up to i, in any stream, stays as it was
+    changed[i + 1 :] = np.roll(tokens[i + 1 :], 5)
+    other = read_streams(model, changed, rates, rms, streams=3, at_once=1)
+    assert np.array_equal(together[:i], other[:i]) and not np.array_equal(together[i:], other[i:])
+    threads = torch.get_num_threads()
+    threaded = read_streams(model, tokens, rates, rms, streams=3, at_once=2)  # in threads, one core each
+    np.testing.assert_allclose(threaded, together, rtol=0, atol=1e-5)
+    assert torch.get_num_threads() == threads  # torch's own threads as they were
+    monkeypatch.setattr(dynamic, "WARM", len(tokens))  # each stream warmed on all the text before it:
+    static = DynamicRates(0.0, 0.0, 8)  # without steps, three streams read as one does
+    one = DynamicReader(model, rms).scores(tokens, static)
+    np.testing.assert_allclose(read_streams(model, tokens, static, rms, streams=3, at_once=1), one, rtol=0, atol=1e-5)
 
 
 def test_the_rates_are_fitted_on_the_training_split_alone(shared_run):
@@ -97,10 +150,15 @@ def test_the_fitted_rates_do_not_read_the_validation_tail(tiny_train, tiny_model
     corpus = Path(tiny_train.corpus)
     text = corpus.read_text("utf-8")
     fitted = []
-    for tail in (text[int(len(text) * 0.9) :], "FOOL:\nNo.\n" * (len(text) // 10 + 1)):  # its own tail, then another
+    tails = (text[int(len(text) * 0.9) :], "FOOL:\nNo.\n" * (len(text) // 10 + 1))  # its own tail, then another
+    for other, tail in enumerate(tails):
         corpus.write_text(text[: int(len(text) * 0.9)] + tail[: len(text) - int(len(text) * 0.9)], encoding="utf-8")
         ckpt = load_checkpoint(Path(tiny_train.out) / "best.pt")
         ckpt.dynamic, ckpt.path = None, None  # as never fitted, and nowhere to keep them
+        if other:
+            with pytest.raises(UserError, match="has changed since the model trained on it"):
+                read_dynamically(ckpt, np.asarray(ckpt.vocab.encode(text[:200]), dtype=np.int64))
+        ckpt.corpus = {**ckpt.corpus, "sha256": resolve_corpus(str(corpus)).sha256}  # as if trained on this one
         fitted.append(read_dynamically(ckpt, np.asarray(ckpt.vocab.encode(text[:200]), dtype=np.int64)).rates)
     assert fitted[0] == fitted[1]
 
@@ -121,3 +179,41 @@ def test_rates_are_kept_only_where_the_file_can_take_them(run_copy, tmp_path):
     assert (run_copy / "best.pt").read_bytes() == written  # the newer weights stand
     exported = load_checkpoint(export_safetensors(load_checkpoint(run_copy / "last.pt"), tmp_path / "m.safetensors"))
     assert rates_for(exported, exported.build_model(), train, None)[2] == RatesFrom.FITTED_NOT_KEPT
+
+
+def test_progress_counts_the_fit_and_both_readings_once_each(run_copy):
+    from charlstm.data.batches import split_tokens
+    from charlstm.training.dynamic import fit_work
+
+    ckpt = load_checkpoint(run_copy / "best.pt")
+    text = Path(ckpt.train_config.corpus).read_text("utf-8")
+    train = split_tokens(np.asarray(ckpt.vocab.encode(text), dtype=np.int64), 0.1)[0]
+    tokens = np.asarray(ckpt.vocab.encode(text[:300]), dtype=np.int64)
+    for total in (2 * 299 + fit_work(len(train)), 2 * 299):  # fitted first, then the checkpoint's rates
+        heard: list[tuple[int, int]] = []
+        read_dynamically(load_checkpoint(run_copy / "best.pt"), tokens, lambda *call, into=heard: into.append(call))
+        assert max(heard) == (total, total) and {of for _, of in heard} == {total}
+        assert len(heard) == len({done for done, _ in heard})  # every call a new count
+
+
+def test_when_one_stream_fails_the_others_stop_at_their_next_segment(shared_run):
+    model, tokens, _ = model_and_tokens(shared_run, "KING:\nMy lord the night is long.\n" * 40)
+    rms = gradient_rms(model, tokens, 8, streams=2, segments=4)
+    tally = Tally()
+
+    def fails() -> None:
+        while tally.done < 16:  # once the other has read two segments
+            time.sleep(0.001)
+        raise RuntimeError("a stream failed")
+
+    def reads() -> np.ndarray:
+        return DynamicReader(model, rms).scores(tokens, RATES, tally=tally)
+
+    for jobs in ([fails, reads], [reads, fails]):  # whichever fails, the wait hears it at once
+        tally.done = 0
+        tally.stop.clear()
+        with pytest.raises(RuntimeError, match="a stream failed"):
+            in_parallel(jobs, 2, tally)
+        assert tally.stop.is_set() and 16 <= tally.done < len(tokens) - 1  # it stopped long before the end
+        with pytest.raises(Stopped):
+            tally.add(1)

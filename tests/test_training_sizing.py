@@ -45,15 +45,18 @@ def test_config_accepts_exactly_the_presets_sizing_defines():
         (27.9, 28_000_000, "small"),
         (28, 28_000_000, "medium"),
         (500, 1_000_000, "medium"),  # a small text read many times: the data decides
+        (179.9, 180_000_000, "medium"),
+        (180, 180_000_000, "large"),  # an hour's compute on tiny Shakespeare
+        (5_000, 179_999_999, "medium"),  # a small text read very often, but not that much compute
     ],
 )
 def test_preset_follows_the_compute_and_the_passes_the_budget_buys(passes, chars, preset):
     assert presets.preset_for(passes, chars).name == preset
 
 
-def test_presets_grow_in_size_and_chunk_from_micro_to_medium_and_evaluate_as_often():
-    order = [presets.PRESETS[n] for n in ("micro", "tiny", "small", "medium")]
-    assert list(presets.PRESETS) == ["micro", "tiny", "small", "medium"]
+def test_presets_grow_in_size_and_chunk_from_micro_to_large_and_evaluate_as_often():
+    order = [presets.PRESETS[n] for n in ("micro", "tiny", "small", "medium", "large")]
+    assert list(presets.PRESETS) == ["micro", "tiny", "small", "medium", "large"]
     for smaller, larger in itertools.pairwise(order):
         assert larger.layers * larger.hidden > smaller.layers * smaller.hidden
         assert larger.batch_size * larger.seq_len >= smaller.batch_size * smaller.seq_len
@@ -223,21 +226,23 @@ def test_options_the_user_sets_win_over_a_named_preset(corpus_file, tmp_path):
     assert saved["progress"]["sizing"]["kept"] == ["layers", "hidden", "seq_len", "batch_size", "eval_every"]
 
 
-def test_a_sized_run_resumes_bitwise(corpus_file, tmp_path):
-    """A run sized by --preset, stopped by Ctrl-C at step 4 and resumed, ends where an uninterrupted one does."""
+@pytest.mark.parametrize("preset", ["medium", "large"])
+def test_a_sized_run_resumes_bitwise(corpus_file, tmp_path, preset):
+    """A run sized by --preset, stopped by Ctrl-C at step 4 and resumed, ends where an uninterrupted one does
+    (large: two layers, with locked dropout between them)."""
 
     def interrupt_at_4(event):
         if isinstance(event, Progress) and event.step == 4:
             os.kill(os.getpid(), signal.SIGINT)
 
-    _train(corpus_file, tmp_path / "whole", max_steps=8, hidden=16, preset="medium", log_every=1)
+    _train(corpus_file, tmp_path / "whole", max_steps=8, hidden=16, preset=preset, log_every=1)
     stopped = _train(
-        corpus_file, tmp_path / "split", max_steps=8, hidden=16, preset="medium", log_every=1, on_event=interrupt_at_4
+        corpus_file, tmp_path / "split", max_steps=8, hidden=16, preset=preset, log_every=1, on_event=interrupt_at_4
     )
     assert stopped.stopped_by == "signal" and stopped.step == 4
     api.train(resume=tmp_path / "split")
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert split["progress"]["sizing"] == whole["progress"]["sizing"]
-    assert ModelConfig.from_dict(split["model_config"]).dropout == presets.PRESETS["medium"].dropout
+    assert ModelConfig.from_dict(split["model_config"]).dropout == presets.PRESETS[preset].dropout
     assert all(torch.equal(whole["model"][k], split["model"][k]) for k in whole["model"])

@@ -47,8 +47,8 @@ def evaluate(checkpoint: CheckpointArg, *, as_json: JsonFlag = False, **options:
     from charlstm import api
 
     config = EvalConfig(**options)
-    with render.ProgressBar(err, "eval") as bar:
-        report = api.evaluate_checkpoint(checkpoint, config, on_progress=bar.update)
+    with render.ProgressBar(err, "eval") as bar, render.ProgressBar(err, "dynamic evaluation") as dynamic:
+        report = api.evaluate_checkpoint(checkpoint, config, on_progress=bar.update, on_dynamic=dynamic.update)
     if report.dropped_chars:
         err.print(f"warning: left out {report.dropped_chars:,} characters the model cannot read (--unknown skip)")
     if as_json:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ class ProgressBar:
             TextColumn(description), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=console
         )
         self.task: Any = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -69,10 +71,14 @@ class ProgressBar:
             self.bar.stop()
 
     def update(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.bar.start()
-            self.task = self.bar.add_task("", total=total)
-        self.bar.update(self.task, completed=done)
+        """From any thread; at ``total`` the bar stays as it is and the console is free for another."""
+        with self._lock:
+            if self.task is None:
+                self.bar.start()
+                self.task = self.bar.add_task("", total=total)
+            self.bar.update(self.task, completed=max(done, self.bar.tasks[0].completed))
+            if done >= total and self.bar.live.is_started:
+                self.bar.stop()
 
 
 def write_samples(out: IO[str], prompt: str, pieces: Iterator[list[str]], count: int) -> None:
@@ -125,7 +131,8 @@ def eval_table(report: Any) -> Table:
     table.add_row("characters", f"{result.chars:,}")
     if result.dynamic is not None:
         d = result.dynamic
-        table.add_row("read in one stream", f"{d.static_loss:.4f} nats/char in {d.static_seconds:.1f}s (static)")
+        pieces = "one stream" if d.streams == 1 else f"{d.streams} streams"
+        table.add_row(f"read in {pieces}", f"{d.static_loss:.4f} nats/char in {d.static_seconds:.1f}s (static)")
         gain = f"{d.dynamic_loss - d.static_loss:+.4f} against static"
         table.add_row("dynamic evaluation", f"{d.dynamic_loss:.4f} nats/char in {d.dynamic_seconds:.1f}s ({gain})")
         fitted = {

@@ -39,7 +39,7 @@ class ModelConfig(DictRoundTrip):
         Cell.LSTM.value, "Recurrent cell: lstm, gru or peephole (an LSTM whose gates read c).", MODEL, from_base=True
     )
     layers: int = opt(
-        1, "Recurrent layers, stacked (every preset has one; see docs/sweep.md).", MODEL, sized=True, from_base=True
+        1, "Recurrent layers, stacked (two in the large preset; see docs/sizing.md).", MODEL, sized=True, from_base=True
     )
     hidden: int = opt(512, "Units per layer.", MODEL, sized=True, from_base=True)
     embedding: int = opt(64, "Character embedding size.", MODEL, from_base=True)
@@ -92,7 +92,7 @@ class TrainConfig(DictRoundTrip):
     preset: str = opt(  # model size and regularisation for the budget: training/presets.py
         PresetName.AUTO.value,
         "Model, regularisation and chunk: auto (sized for the budget, corpus and machine speed),"
-        " micro, tiny, small or medium. Options you set win.",
+        " micro, tiny, small, medium or large. Options you set win.",
         MODEL,
     )
     seq_len: int = opt(

@@ -81,6 +81,15 @@ class CorpusSource:
             digest.update(f"{path.relative_to(self.root).as_posix()}\0{file_sha256(path)}\n".encode())
         return digest.hexdigest()
 
+    def check_unchanged(self, expected: str | None, since: str, needs: str) -> None:
+        """``UserError`` unless the text's sha256 is ``expected`` (nothing to check without one):
+        "the corpus 'x' has changed since {since} (sha256 ...); {needs}"."""
+        if expected and self.sha256 != expected:
+            raise UserError(
+                f"the corpus {self.spec!r} has changed since {since} (sha256 {self.sha256[:12]}... instead of "
+                f"{expected[:12]}...); {needs}"
+            )
+
     def cache_folder(self) -> Path:
         """Where the token cache goes first: beside the file or the folder, or in the folder the
         glob's matches share (caches are hidden files, which folders and globs leave out)."""

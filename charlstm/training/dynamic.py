@@ -3,7 +3,7 @@ Models", 2018): while the model reads a text, it takes small gradient steps on w
 so it adapts to the text's names, words and style; a different measure from the static loss,
 reported beside it.
 
-The text is read in segments of ``segment`` tokens, the state carried through the whole text.
+The text is read in segments of ``segment`` tokens, the state carried through each stream.
 Each segment is **scored first**, with the weights as the segments before it left them, and only
 then does the model learn from it::
 
@@ -18,6 +18,12 @@ then does the model learn from it::
 that move most are pulled back hardest toward the trained ones, ``W0``. The two rates, ``lr`` and
 ``decay``, are fitted by a grid search on a held-out part of the training split (:func:`fit_rates`),
 never on the text judged.
+
+A long text is read as several **streams** (:func:`read_streams`), contiguous pieces each read
+by its own copy of the weights from the trained ones, one per ``STREAM_TOKENS`` of text, so the
+reading and its result do not depend on the machine; as many as there are cores run at once, in
+threads (torch's kernels let go of Python's lock), each kernel on one core. Like ``evaluate``'s
+pieces, each stream after the first starts from the state its ``WARM`` tokens before leave.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from charlstm.data.batches import StreamBatches
 from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM, State, detach_state
 from charlstm.store.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint
+from charlstm.training.parallel import Tally, in_parallel, workers
 
 SEGMENT = 20  # tokens a step learns from (Krause et al. used 5 to 50)
 EPSILON = 2e-5  # keeps a weight whose gradient was always 0 from an infinite step
@@ -44,6 +51,9 @@ RMS_SEGMENTS = 100  # ... for this many segments
 FIT_CHARS = 10_000  # the end of the training split the rates are fitted on
 LR_GRID = (2e-5, 5e-5, 1e-4, 2e-4)  # 5e-5 won a grid of 5e-5 to 4e-4 on the 600 s model: one step below
 DECAY_GRID = (0.0, 0.002, 0.01)
+STREAM_TOKENS = 50_000  # a stream for each this many tokens of the text read (at least one)
+WARM = 256  # tokens before a stream's piece read (unscored, unlearned) for its starting state
+STATIC_SEGMENT = 256  # tokens a call reads where nothing is learned
 
 
 @dataclass(frozen=True)
@@ -122,19 +132,23 @@ class DynamicReader:
 
     @torch.inference_mode(False)
     @torch.enable_grad()
+    @torch.autocast("cpu", enabled=False)  # fp32, whatever the calling thread has on
     def scores(
         self,
         tokens: np.ndarray,
         rates: DynamicRates,
         start: State | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
+        tally: Tally | None = None,
     ) -> np.ndarray:
         """The loss of each of ``tokens[1:]`` (N - 1 of them, in nats), each scored before any
-        update that has read it, from the trained weights and ``start`` (or zeros)."""
+        update that has read it, from the trained weights and ``start`` (or zeros); each segment
+        counted in ``tally``."""
         params = _params(self.model)
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(self.trained[name])
+        if not (rates.lr or rates.decay):  # no steps: the static scores, without gradients
+            return self._static(tokens, rates.segment, start, tally)
         pull = {name: (rates.decay * r).clamp(max=1.0) for name, r in self.relative.items()}  # Krause's clip at 1/decay
         step = {name: rates.lr / (r + EPSILON) for name, r in self.rms.items()}
         ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
@@ -150,15 +164,100 @@ class DynamicReader:
                 for (name, p), g in zip(params.items(), grads, strict=True):
                     p.add_(pull[name] * (self.trained[name] - p) - step[name] * g)
             state = detach_state(state)
-            if on_progress is not None:
-                on_progress(end, total)
+            if tally is not None:
+                tally.add(end - begin)
         return out
+
+    @torch.no_grad()
+    def _static(
+        self,
+        tokens: np.ndarray,
+        segment: int,
+        start: State | None,
+        tally: Tally | None,
+    ) -> np.ndarray:
+        """What :meth:`scores` gives at rates 0, read with no gradients in longer segments."""
+        ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+        out, state = np.empty(len(ids) - 1, np.float32), start
+        segment = max(segment, STATIC_SEGMENT)  # the same scores up to rounding, in fewer calls
+        for begin in range(0, len(out), segment):
+            end = min(begin + segment, len(out))
+            logits, state = self.model(ids[None, begin:end], state)
+            out[begin:end] = F.cross_entropy(logits[0].float(), ids[begin + 1 : end + 1], reduction="none").numpy()
+            if tally is not None:
+                tally.add(end - begin)
+        return out
+
+    @torch.inference_mode(False)  # a state that a reading may then learn through
+    @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
+    def warm_state(self, tokens: np.ndarray) -> State | None:
+        """The state the trained weights leave after reading ``tokens`` (None for none)."""
+        if not len(tokens):
+            return None
+        for name, p in _params(self.model).items():
+            p.copy_(self.trained[name])
+        return self.model(torch.from_numpy(np.asarray(tokens, dtype=np.int64))[None], None)[1]
+
+
+def stream_count(targets: int) -> int:
+    """The streams a text of ``targets`` scored tokens is read in: one per ``STREAM_TOKENS``."""
+    return max(1, targets // STREAM_TOKENS)
+
+
+def stream_bounds(targets: int, streams: int) -> list[tuple[int, int]]:
+    """The targets each stream scores, as ranges [begin, end) that tile ``range(targets)``."""
+    edges = np.linspace(0, targets, streams + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def read_streams(
+    model: CharLSTM,
+    tokens: np.ndarray,
+    rates: DynamicRates,
+    rms: dict[str, torch.Tensor],
+    streams: int | None = None,
+    at_once: int | None = None,
+    tally: Tally | None = None,
+) -> np.ndarray:
+    """The score of each of ``tokens[1:]``, read in ``streams`` (by default
+    :func:`stream_count`) contiguous pieces, each by its own reader from the trained weights; a
+    piece after the first starts from the state of the ``WARM`` tokens before it."""
+    tally = tally or Tally()
+    targets = len(tokens) - 1
+    bounds = stream_bounds(targets, streams or stream_count(targets))
+
+    def piece(begin: int, end: int) -> Callable[[], np.ndarray]:
+        def read() -> np.ndarray:
+            reader = DynamicReader(model, rms)
+            start = reader.warm_state(tokens[max(0, begin - WARM) : begin])
+            return reader.scores(tokens[begin : end + 1], rates, start, tally)
+
+        return read
+
+    parts = in_parallel([piece(a, b) for a, b in bounds], at_once or workers(), tally)
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def char_count(targets: np.ndarray, char_starts: np.ndarray | None) -> int:
+    """The characters among ``targets``: the tokens that begin one."""
+    return len(targets) if char_starts is None else int(char_starts[targets].sum())
 
 
 def mean_loss(losses: np.ndarray, targets: np.ndarray, char_starts: np.ndarray | None) -> float:
     """Nats per character: the sum over the targets, divided by those that begin a character."""
-    count = len(targets) if char_starts is None else int(char_starts[targets].sum())
-    return float(losses.astype(np.float64).sum() / max(count, 1))
+    return float(losses.astype(np.float64).sum() / max(char_count(targets, char_starts), 1))
+
+
+def fit_size(train_len: int, fit_chars: int = FIT_CHARS) -> int:
+    """The tokens of a training split of ``train_len`` the rates are fitted on: ``fit_chars``,
+    but no more than a quarter of it."""
+    return max(1, min(fit_chars, train_len // 4))
+
+
+def fit_work(train_len: int) -> int:
+    """The tokens :func:`fit_rates` scores with its default grid: every point reads the held-out end."""
+    return (1 + len(LR_GRID) * len(DECAY_GRID)) * (fit_size(train_len) - 1)
 
 
 def fit_split(train_tokens: np.ndarray, fit_chars: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,22 +275,27 @@ def fit_rates(
     lr_grid: tuple[float, ...] = LR_GRID,
     decay_grid: tuple[float, ...] = DECAY_GRID,
     segment: int = SEGMENT,
+    tally: Tally | None = None,
 ) -> tuple[DynamicRates, dict[str, torch.Tensor]]:
     """The rates that give the lowest dynamic loss on the last ``fit_chars`` tokens of the
     training split, ``train_tokens`` (the gradient statistics come from the rest of it), and the
-    gradient statistics: nothing of the validation split is read."""
-    fit_chars = max(1, min(fit_chars, len(train_tokens) // 4))
-    rest, held_out = fit_split(train_tokens, fit_chars)
+    gradient statistics: nothing of the validation split is read. Each grid point's tokens are
+    counted in ``tally`` (:func:`fit_work` of them in all)."""
+    rest, held_out = fit_split(train_tokens, fit_size(len(train_tokens), fit_chars))
     rms = gradient_rms(model, rest, segment)
-    reader = DynamicReader(model, rms)
     targets = np.asarray(held_out[1:], dtype=np.int64)
-    static = mean_loss(reader.scores(held_out, DynamicRates(0.0, 0.0, segment)), targets, char_starts)
+    grid = [DynamicRates(0.0, 0.0, segment)] + [DynamicRates(lr, d, segment) for lr in lr_grid for d in decay_grid]
+    tally = tally or Tally()
+
+    def point(rates: DynamicRates) -> Callable[[], float]:
+        return lambda: mean_loss(DynamicReader(model, rms).scores(held_out, rates, tally=tally), targets, char_starts)
+
+    static, *losses = in_parallel([point(rates) for rates in grid], workers(), tally)  # one stream each, in threads
+    fit_chars = len(held_out)
     best = DynamicRates(0.0, 0.0, segment, fit_chars, static, static)
-    for lr in lr_grid:
-        for decay in decay_grid:
-            loss = mean_loss(reader.scores(held_out, DynamicRates(lr, decay, segment)), targets, char_starts)
-            if loss < best.dynamic_loss:
-                best = DynamicRates(lr, decay, segment, fit_chars, static, loss)
+    for rates, loss in zip(grid[1:], losses, strict=True):
+        if loss < best.dynamic_loss:
+            best = DynamicRates(rates.lr, rates.decay, segment, fit_chars, static, loss)
     return best, rms
 
 
@@ -206,6 +310,7 @@ class DynamicResult:
     dynamic_seconds: float
     rates: DynamicRates
     rates_from: RatesFrom = RatesFrom.CHECKPOINT
+    streams: int = 1  # both readings' contiguous pieces, each from the trained weights
 
     def to_dict(self) -> dict:
         plain = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "rates"}
@@ -218,14 +323,21 @@ def dynamic_loss(
     rates: DynamicRates,
     rms: dict[str, torch.Tensor],
     char_starts: np.ndarray | None = None,
+    streams: int | None = None,
+    tally: Tally | None = None,
 ) -> float:
-    """Nats per character of ``tokens`` read one stream through, from zero, with dynamic evaluation."""
-    losses = DynamicReader(model, rms).scores(tokens, rates)
+    """Nats per character of ``tokens`` read with dynamic evaluation, in ``streams`` (by default
+    one per ``STREAM_TOKENS``)."""
+    losses = read_streams(model, tokens, rates, rms, streams, tally=tally)
     return mean_loss(losses, np.asarray(tokens[1:], dtype=np.int64), char_starts)
 
 
 def rates_for(
-    checkpoint: Checkpoint, model: CharLSTM, train_tokens: np.ndarray, char_starts: np.ndarray | None
+    checkpoint: Checkpoint,
+    model: CharLSTM,
+    train_tokens: np.ndarray,
+    char_starts: np.ndarray | None,
+    tally: Tally | None = None,
 ) -> tuple[DynamicRates, dict[str, torch.Tensor], RatesFrom]:
     """The checkpoint's rates, or rates fitted now on its training split (``train_tokens``); the
     gradient statistics, gathered again on the same tokens as the fit's (seconds; kept, they
@@ -238,7 +350,7 @@ def rates_for(
         rates = DynamicRates.from_dict(checkpoint.dynamic)
         rest, _ = fit_split(train_tokens, rates.fitted_chars)
         return rates, gradient_rms(model, rest, rates.segment), RatesFrom.CHECKPOINT
-    rates, rms = fit_rates(model, train_tokens, char_starts)
+    rates, rms = fit_rates(model, train_tokens, char_starts, tally=tally)
     checkpoint.dynamic = rates.to_dict()
     return rates, rms, _keep(checkpoint)
 

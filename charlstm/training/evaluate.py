@@ -6,7 +6,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,15 @@ from charlstm.errors import UserError
 from charlstm.net.model import CharLSTM, State, first_stream
 from charlstm.store.checkpoint import Checkpoint, load_checkpoint
 from charlstm.training.distributed import SINGLE, Processes, max_all, sum_all
-from charlstm.training.dynamic import DynamicResult, dynamic_loss, rates_for
+from charlstm.training.dynamic import (
+    DynamicResult,
+    Tally,
+    char_count,
+    dynamic_loss,
+    fit_work,
+    rates_for,
+    stream_count,
+)
 
 EVAL_STREAMS = 64  # evaluation splits the text into this many carried-state streams
 
@@ -36,7 +44,7 @@ class EvalResult:
     loss: float  # nats per character
     chars: int
     first_state: State | None = field(default=None, repr=False, compare=False)
-    dynamic: DynamicResult | None = None  # asked for: the text read one stream through, statically and dynamically
+    dynamic: DynamicResult | None = None  # asked for: the text read in streams, statically and dynamically
 
     @property
     def bpc(self) -> float:
@@ -196,8 +204,14 @@ def _warm_streams(
     return state
 
 
-def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, on_progress: ProgressFn | None = None) -> EvalReport:
-    """The loss of a checkpoint (in fp32) on its own validation tail, or on ``cfg``'s text and split."""
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    cfg: EvalConfig,
+    on_progress: ProgressFn | None = None,
+    on_dynamic: ProgressFn | None = None,
+) -> EvalReport:
+    """The loss of a checkpoint (in fp32) on its own validation tail, or on ``cfg``'s text and
+    split; ``on_dynamic`` hears the progress of dynamic evaluation (``read_dynamically``)."""
     ckpt = load_checkpoint(checkpoint)
     corpus = _text_to_measure(ckpt, cfg)
     tokens = corpus.tokens
@@ -207,24 +221,32 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, on_progress: Pr
     result = evaluate(model, tokens, cfg.seq_len, char_starts=starts, max_chars=cfg.max_chars, on_progress=on_progress)
     if cfg.dynamic:
         measured = tokens if cfg.max_chars is None else tokens[: cfg.max_chars + 1]
-        result.dynamic = read_dynamically(ckpt, measured)
+        result.dynamic = read_dynamically(ckpt, measured, on_dynamic)
     return EvalReport(result, corpus.source.spec, cfg.part, corpus.stats.dropped_chars)
 
 
-def read_dynamically(ckpt: Checkpoint, tokens: np.ndarray) -> DynamicResult:
+def read_dynamically(ckpt: Checkpoint, tokens: np.ndarray, on_progress: ProgressFn | None = None) -> DynamicResult:
     """``tokens`` read statically and with dynamic evaluation, on the CPU in fp32, by the
-    checkpoint's rates (fitted on its own training split at first use)."""
-    model = ckpt.build_model()
-    own = load_in_vocab(resolve_corpus(ckpt.train_config.corpus), Reading.of(ckpt.train_config), ckpt.vocab)
+    checkpoint's rates (fitted on its own training split at first use); ``on_progress`` hears
+    (tokens done, tokens in all) over the fit and both readings."""
+    if len(tokens) < 2:
+        raise UserError(f"the text to measure has {len(tokens)} characters, expected at least 2")
+    model, source = ckpt.build_model(), resolve_corpus(ckpt.train_config.corpus)
+    why = "dynamic evaluation fits its rates and statistics on the text the model trained on"
+    source.check_unchanged((ckpt.corpus or {}).get("sha256"), "the model trained on it", why)
+    own = load_in_vocab(source, Reading.of(ckpt.train_config), ckpt.vocab)
     train = split_tokens(own.tokens, ckpt.train_config.val_fraction)[0]
-    starts = ckpt.vocab.char_starts()
-    rates, rms, rates_from = rates_for(ckpt, model, train, starts)
+    starts, targets = ckpt.vocab.char_starts(), len(tokens) - 1
+    tally = Tally(2 * targets + (0 if ckpt.dynamic else fit_work(len(train))), on_progress)
+    rates, rms, rates_from = rates_for(ckpt, model, train, starts, tally)
+    streams = stream_count(targets)
     started = time.perf_counter()
-    static = evaluate(model, tokens, streams=1, char_starts=starts)  # one stream from zero, as the dynamic reading
+    static = dynamic_loss(model, tokens, replace(rates, lr=0.0, decay=0.0), rms, starts, streams, tally)  # same pieces
     middle = time.perf_counter()
-    dynamic = dynamic_loss(model, tokens, rates, rms, starts)
+    dynamic = dynamic_loss(model, tokens, rates, rms, starts, streams, tally)
     seconds = (middle - started, time.perf_counter() - middle)
-    return DynamicResult(static.loss, dynamic, static.chars, *seconds, rates, rates_from)
+    chars = char_count(np.asarray(tokens[1:], dtype=np.int64), starts)
+    return DynamicResult(static, dynamic, chars, *seconds, rates, rates_from, streams)
 
 
 def _text_to_measure(ckpt: Checkpoint, cfg: EvalConfig) -> TokenizedCorpus:

@@ -4,7 +4,8 @@ The rule reads what the budget buys with the small preset (the defaults of ``Mod
 ``TrainConfig``, with any option the user set): characters of compute, and passes over the
 training text. Little compute is spent best on a smaller, faster model trained on smaller chunks,
 so more optimizer steps (``micro``, ``tiny``); a budget that would make the small model memorise
-the text goes further with a larger model and stronger weight drop (``medium``). ``--max-steps``
+the text goes further with a larger model and stronger weight drop (``medium``), and an hour's
+compute and more on it with two layers of it and locked dropout between them (``large``). ``--max-steps``
 and ``--epochs`` give the passes directly; ``--max-time`` needs the speed of this machine, which
 ``probe.training_speed`` measures on the small model with the real corpus's vocabulary (a large
 vocabulary counts through the size of the head). The presets and thresholds come from the sweeps
@@ -60,11 +61,16 @@ PRESETS = {
         Preset("tiny", layers=1, hidden=384, weight_drop=0.25, **REGULARISED, **SHORT_STEPS),
         Preset("small", layers=1, hidden=512, weight_drop=0.25, **REGULARISED, **LONG_STEPS),
         Preset("medium", layers=1, hidden=768, weight_drop=0.4, **REGULARISED, **LONG_STEPS),
+        Preset("large", layers=2, hidden=768, weight_drop=0.5, **{**REGULARISED, "dropout": 0.2}, **LONG_STEPS),
     )
 }
 # From docs/sweep.md (the presets). Data: from this many passes over the text with the small
 # model, it would memorise, and the medium model learns more per second.
 MEDIUM_FROM_PASSES = 28.0
+# Long budgets: from this many passes, with at least this much compute (the 3600 s run that won
+# bought the small model 192 passes of a 1M-character text), the stacked large model learns more.
+LARGE_FROM_PASSES = 180.0
+LARGE_FROM_CHARS = 180_000_000
 # Compute: below this many characters in the budget (with the small model), a smaller, faster
 # model learns more, and a smaller chunk per step (four times the updates) more still; the best
 # size grows with the compute, whatever the corpus's size.
@@ -86,6 +92,8 @@ def default_text(name: str) -> str:
 def preset_for(passes: float, chars: float) -> Preset:
     """The preset the sweep found best for a budget of ``passes`` over the text, ``chars``
     characters in all, with the small model."""
+    if passes >= LARGE_FROM_PASSES and chars >= LARGE_FROM_CHARS:
+        return PRESETS["large"]
     if passes >= MEDIUM_FROM_PASSES:
         return PRESETS["medium"]
     if chars >= SMALL_FROM_CHARS:

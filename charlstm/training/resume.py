@@ -109,11 +109,7 @@ def _same_corpus(tcfg: TrainConfig, ckpt: Checkpoint, progress: ProgressFn | Non
         raise UserError(
             f"{str(ckpt.path)!r} records no corpus hash, so resuming cannot check the text; start a new run"
         )
-    if source.sha256 != expected:
-        raise UserError(
-            f"the corpus {tcfg.corpus!r} has changed since the run started (sha256 {source.sha256[:12]}... "
-            f"instead of {expected[:12]}...); resume needs the same text"
-        )
+    source.check_unchanged(expected, "the run started", "resume needs the same text")
     return load_in_vocab(source, Reading.of(tcfg), ckpt.vocab, progress)
 
 
