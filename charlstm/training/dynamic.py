@@ -143,10 +143,7 @@ class DynamicReader:
         """The loss of each of ``tokens[1:]`` (N - 1 of them, in nats), each scored before any
         update that has read it, from the trained weights and ``start`` (or zeros); each segment
         counted in ``tally``."""
-        params = _params(self.model)
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self.trained[name])
+        params = self._restore()
         if not (rates.lr or rates.decay):  # no steps: the static scores, without gradients
             return self._static(tokens, rates.segment, start, tally)
         pull = {name: (rates.decay * r).clamp(max=1.0) for name, r in self.relative.items()}  # Krause's clip at 1/decay
@@ -167,6 +164,14 @@ class DynamicReader:
             if tally is not None:
                 tally.add(end - begin)
         return out
+
+    @torch.no_grad()
+    def _restore(self) -> dict[str, torch.Tensor]:
+        """The reader's weights set back to the trained ones; its parameters by name."""
+        params = _params(self.model)
+        for name, p in params.items():
+            p.copy_(self.trained[name])
+        return params
 
     @torch.no_grad()
     def _static(
@@ -195,8 +200,7 @@ class DynamicReader:
         """The state the trained weights leave after reading ``tokens`` (None for none)."""
         if not len(tokens):
             return None
-        for name, p in _params(self.model).items():
-            p.copy_(self.trained[name])
+        self._restore()
         return self.model(torch.from_numpy(np.asarray(tokens, dtype=np.int64))[None], None)[1]
 
 
