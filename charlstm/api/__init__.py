@@ -285,9 +285,7 @@ def train(
     distributed.start(procs)
     finished = False
     try:
-        run = _run_to_train(given, resume, overwrite, on_reading, procs, keep_freed_memory)
-        with _signals_stop(StopFlag()) as flag:
-            result = train_loop(run, _broadcast([fn for fn in (on_event, bar) if fn is not None]), flag)
+        result = _train_run(given, resume, overwrite, on_reading, procs, keep_freed_memory, [on_event, bar])
         finished = True
     finally:
         if bar is not None:
@@ -296,6 +294,22 @@ def train(
     if result.failure:
         raise UserError(result.failure)
     return result
+
+
+def _train_run(
+    given: dict[str, Any],
+    resume: str | Path | None,
+    overwrite: bool,
+    on_reading: ProgressFn | None,
+    procs: Processes,
+    keep_freed_memory: bool,
+    listeners: list[EventFn | None],
+) -> TrainResult:
+    """The run trained, in a frame of its own: when it returns, the run (and the process group its
+    wrapped model holds) can be freed before the group is left (``distributed.stop``)."""
+    run = _run_to_train(given, resume, overwrite, on_reading, procs, keep_freed_memory)
+    with _signals_stop(StopFlag()) as flag:
+        return train_loop(run, _broadcast([fn for fn in listeners if fn is not None]), flag)
 
 
 def _run_to_train(

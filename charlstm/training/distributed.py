@@ -10,6 +10,7 @@ requests, sums) always travel through gloo, so they never wait for a GPU.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ def stop(procs: Processes, finished: bool = False) -> None:
     first: the source of the last broadcast returns as soon as it has sent, and must not close its
     connections while the others still read from them. (After an error, some may never come.)"""
     if procs.many and dist.is_initialized():
+        gc.collect()  # a wrapped model left in a cycle holds the group: freed now, not at interpreter exit
         if finished:
             dist.barrier()
         dist.destroy_process_group()
