@@ -25,15 +25,7 @@ from charlstm.data.batches import split_tokens
 from charlstm.data.corpus import Reading, load_in_vocab
 from charlstm.data.sources import resolve_corpus
 from charlstm.store.checkpoint import load_checkpoint
-from charlstm.training.dynamic import (
-    DynamicRates,
-    fit_rates,
-    fit_split,
-    gradient_rms,
-    mean_loss,
-    read_streams,
-    stream_count,
-)
+from charlstm.training.dynamic import DynamicRates, mean_loss, rates_for, read_streams, stream_count
 from charlstm.training.parallel import workers
 
 
@@ -50,11 +42,8 @@ def main() -> None:
     own = load_in_vocab(resolve_corpus(ckpt.train_config.corpus), Reading.of(ckpt.train_config), ckpt.vocab)
     train, val = split_tokens(own.tokens, ckpt.train_config.val_fraction)
     text = val if args.tokens is None else val[: args.tokens + 1]
-    if ckpt.dynamic:
-        rates = DynamicRates.from_dict(ckpt.dynamic)
-        rms = gradient_rms(model, fit_split(train, rates.fitted_chars)[0], rates.segment)
-    else:
-        rates, rms = fit_rates(model, train, starts)
+    ckpt.path = None  # rates fitted here are not written into its file
+    rates, rms, _ = rates_for(ckpt, model, train, starts)
     streams = args.streams or max(2, stream_count(len(text) - 1))
     targets = np.asarray(text[1:], dtype=np.int64)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {workers()} threads")
