@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import itertools
 import os
 import threading
@@ -285,7 +286,8 @@ def train(
     distributed.start(procs)
     finished = False
     try:
-        result = _train_run(given, resume, overwrite, on_reading, procs, keep_freed_memory, [on_event, bar])
+        make_run = functools.partial(_run_to_train, given, resume, overwrite, on_reading, procs, keep_freed_memory)
+        result = _train_run(make_run, [on_event, bar])
         finished = True
     finally:
         if bar is not None:
@@ -296,18 +298,10 @@ def train(
     return result
 
 
-def _train_run(
-    given: dict[str, Any],
-    resume: str | Path | None,
-    overwrite: bool,
-    on_reading: ProgressFn | None,
-    procs: Processes,
-    keep_freed_memory: bool,
-    listeners: list[EventFn | None],
-) -> TrainResult:
-    """The run trained, in a frame of its own: when it returns, the run (and the process group its
-    wrapped model holds) can be freed before the group is left (``distributed.stop``)."""
-    run = _run_to_train(given, resume, overwrite, on_reading, procs, keep_freed_memory)
+def _train_run(make_run: Callable[[], Run], listeners: list[EventFn | None]) -> TrainResult:
+    """The run ``make_run`` builds, trained in a frame of its own: when it returns, the run (and the
+    process group its wrapped model holds) can be freed before the group is left (``distributed.stop``)."""
+    run = make_run()
     with _signals_stop(StopFlag()) as flag:
         return train_loop(run, _broadcast([fn for fn in listeners if fn is not None]), flag)
 
