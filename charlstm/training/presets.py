@@ -66,7 +66,7 @@ PRESETS = {
 }
 # From docs/sweep.md (the presets). Data: from this many passes over the text with the small
 # model, it would memorise, and the medium model learns more per second (with weight drop, the
-# small model still won at 30 passes and tied at 41).
+# small model still won at 30 passes and tied at 41 and 49).
 MEDIUM_FROM_PASSES = 40.0
 # Long budgets: from this many passes, with at least this much compute (the 3600 s run that won
 # bought the small model 192 passes of a 1M-character text), the stacked large model learns more.
