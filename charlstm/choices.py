@@ -93,6 +93,7 @@ class PresetName(Choice):
     TINY = "tiny"
     SMALL = "small"
     MEDIUM = "medium"
+    STACKED = "stacked"
     LARGE = "large"
 
 

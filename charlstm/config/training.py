@@ -39,7 +39,11 @@ class ModelConfig(DictRoundTrip):
         Cell.LSTM.value, "Recurrent cell: lstm, gru or peephole (an LSTM whose gates read c).", MODEL, from_base=True
     )
     layers: int = opt(
-        1, "Recurrent layers, stacked (two in the large preset; see docs/sizing.md).", MODEL, sized=True, from_base=True
+        1,
+        "Recurrent layers, stacked (two in the stacked and large presets; see docs/sizing.md).",
+        MODEL,
+        sized=True,
+        from_base=True,
     )
     hidden: int = opt(512, "Units per layer.", MODEL, sized=True, from_base=True)
     embedding: int = opt(64, "Character embedding size.", MODEL, from_base=True)

@@ -5,12 +5,13 @@ The rule reads what the budget buys with the small preset (the defaults of ``Mod
 training text. Little compute is spent best on a smaller, faster model trained on smaller chunks,
 so more optimizer steps (``micro``, ``tiny``); a budget that would make the small model memorise
 the text goes further with a larger model and stronger weight drop (``medium``), and an hour's
-compute and more on it with two layers of it and locked dropout between them (``large``). ``--max-steps``
-and ``--epochs`` give the passes directly; ``--max-time`` needs the speed of this machine, which
-``probe.training_speed`` measures on the small model with the real corpus's vocabulary (a large
-vocabulary counts through the size of the head). The presets and thresholds come from the sweeps
-in ``docs/sweep.md`` (the presets). Options the user sets win. ``sizing.py`` applies the
-rule to a new run. No torch here: the help and ``info`` read it.
+compute and more with two layers and locked dropout between them (``stacked``, two of 512, and
+from more compute ``large``, two of 768). ``--max-steps`` and ``--epochs`` give the passes
+directly; ``--max-time`` needs the speed of this machine, which ``probe.training_speed`` measures
+on the small model with the real corpus's vocabulary (a large vocabulary counts through the size
+of the head). The presets and thresholds come from the sweeps in ``docs/sweep.md`` (the
+presets). Options the user sets win. ``sizing.py`` applies the rule to a new run. No torch here:
+the help and ``info`` read it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ SIZED = tuple(d.name for d in train_options() if d.option.sized)  # what a prese
 SHORT_STEPS = dict(batch_size=32, seq_len=64, eval_every=1000, save_every=1000)  # 2,048 characters a step
 LONG_STEPS = dict(batch_size=64, seq_len=128, eval_every=250, save_every=250)  # 8,192
 REGULARISED = dict(dropout=0.0, weight_decay=0.2, lr=3e-2)
+LOCKED = {**REGULARISED, "dropout": 0.2}  # locked dropout between the layers and before the head
 PRESETS = {
     p.name: p
     for p in (
@@ -61,15 +63,19 @@ PRESETS = {
         Preset("tiny", layers=1, hidden=384, weight_drop=0.25, **REGULARISED, **SHORT_STEPS),
         Preset("small", layers=1, hidden=512, weight_drop=0.25, **REGULARISED, **LONG_STEPS),
         Preset("medium", layers=1, hidden=768, weight_drop=0.4, **REGULARISED, **LONG_STEPS),
-        Preset("large", layers=2, hidden=768, weight_drop=0.5, **{**REGULARISED, "dropout": 0.2}, **LONG_STEPS),
+        Preset("stacked", layers=2, hidden=512, weight_drop=0.5, **LOCKED, **LONG_STEPS),
+        Preset("large", layers=2, hidden=768, weight_drop=0.5, **LOCKED, **LONG_STEPS),
     )
 }
 # From docs/sweep.md (the presets). Data: from this many passes over the text with the small
 # model, it would memorise, and the medium model learns more per second (with weight drop, the
 # small model still won at 30 passes and tied at 41 and 49).
 MEDIUM_FROM_PASSES = 40.0
-# Long budgets: from this many passes, with at least this much compute (the 3600 s run that won
-# bought the small model 192 passes of a 1M-character text), the stacked large model learns more.
+# Long budgets: from this many passes, with at least this much compute, two layers learn more than
+# one: two of 512 where the 3600 s run that won bought the small model 152 passes of a 1M-character
+# text (two of 512 had lost to one layer at 45), two of 768 where it bought 192 (at 152 they lost).
+STACKED_FROM_PASSES = 140.0
+STACKED_FROM_CHARS = 140_000_000
 LARGE_FROM_PASSES = 180.0
 LARGE_FROM_CHARS = 180_000_000
 # Compute: below this many characters in the budget (with the small model), a smaller, faster
@@ -95,6 +101,8 @@ def preset_for(passes: float, chars: float) -> Preset:
     characters in all, with the small model."""
     if passes >= LARGE_FROM_PASSES and chars >= LARGE_FROM_CHARS:
         return PRESETS["large"]
+    if passes >= STACKED_FROM_PASSES and chars >= STACKED_FROM_CHARS:
+        return PRESETS["stacked"]
     if passes >= MEDIUM_FROM_PASSES:
         return PRESETS["medium"]
     if chars >= SMALL_FROM_CHARS:
