@@ -27,6 +27,7 @@ from charlstm.validate import (
 )
 
 DEFAULT_MAX_VOCAB = 128  # characters with their own token; chosen by measurement, see docs/sweep.md
+PRESET_NAMES = tuple(p for p in PresetName.values() if p != PresetName.AUTO)  # as --help lists them
 DATA, MODEL, OPTIM, BUDGET, OUTPUT, HW = Panel
 
 
@@ -96,7 +97,7 @@ class TrainConfig(DictRoundTrip):
     preset: str = opt(  # model size and regularisation for the budget: training/presets.py
         PresetName.AUTO.value,
         "Model, regularisation and chunk: auto (sized for the budget, corpus and machine speed),"
-        " micro, tiny, small, medium or large. Options you set win.",
+        f" {', '.join(PRESET_NAMES[:-1])} or {PRESET_NAMES[-1]}. Options you set win.",
         MODEL,
     )
     seq_len: int = opt(
