@@ -116,11 +116,14 @@ def test_help_lists_every_option_with_its_default_and_flags_take_no_value():
         assert page.exit_code == 0 and "<bool>" not in page.stdout, command
     train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).stdout
     for option, default in [
-        ("--hidden", "by --preset: 256 micro, 384 tiny, 512 small/stacked, 768 medium/large; the base's with --init-from"),
+        (
+            "--hidden",
+            "by --preset: 256 micro, 384 tiny, 512 small/stacked, 768 medium/large; the base's with --init-from",
+        ),
         (
             "--weight-drop",
-            "by --preset: 0.25 micro/tiny/small, 0.4 medium, 0.5 stacked/large; 0.5 with --init-from, as from scratch on a "
-            "text far from the base's",
+            "by --preset: 0.25 micro/tiny/small, 0.4 medium, 0.5 stacked/large; 0.5 with --init-from, as from scratch"
+            " on a text far from the base's",
         ),
         ("--batch-size", "by --preset: 32 micro/tiny, 64 small/medium/stacked/large; 32 with --init-from"),
         ("--layers", "by --preset: 1 micro/tiny/small/medium, 2 stacked/large; the base's with --init-from"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 from charlstm import api
 from charlstm.choices import PresetName
-from charlstm.config import ModelConfig, TrainConfig
+from charlstm.config import ModelConfig, TrainConfig, train_options
 from charlstm.errors import UserError
 from charlstm.training import presets, sizing, words
 from charlstm.training.events import Progress
@@ -28,8 +29,10 @@ def test_small_preset_is_the_configs_defaults():
     assert small == {k: defaults[k] for k in presets.SIZED}
 
 
-def test_config_accepts_exactly_the_presets_sizing_defines():
+def test_config_accepts_exactly_the_presets_sizing_defines_and_its_help_names_them():
     assert PresetName.values() == ("auto", *presets.PRESETS)
+    help_text = next(d.help for d in train_options() if d.name == "preset")
+    assert set(presets.PRESETS) <= set(re.findall(r"\w+", help_text))
     with pytest.raises(UserError, match="--preset 'huge'"):
         TrainConfig(preset="huge")
 
